@@ -1,0 +1,267 @@
+"""Every default of the pipeline, in one place.
+
+Edit this file to steer experiments; the CLI reads its defaults from here and
+`validate_config` checks every value at start-up, before any image is read.
+The fully resolved configuration is written next to every result
+(`config_resolved.json`).
+
+Layer indices refer to the tables in LAYER_GUIDE.md (generated from
+layer_registry.py). Names of keys, never line numbers, are the contract.
+"""
+from __future__ import annotations
+
+import copy
+
+CONFIG = {
+    # ---------------------------------------------------------------- data
+    "dataset": "builtin",          # "builtin" or a folder of images (searched recursively)
+    "seed": 0,                     # every random choice derives from this seed
+    # Images are resized (shorter side) and centre-cropped to this square size,
+    # degraded at this size, then resized to the backbone's input size.
+    "working_size": 256,
+    "n_images_inference": None,    # None = the mode's default (MODES below)
+    "n_images_evaluation": None,
+
+    # ----------------------------------------------------------- extraction
+    "backbone": "resnet50",
+    "weights": "auto",             # auto | pretrained | random | /path/to/checkpoint
+    "device": "auto",              # auto | cpu | cuda | mps
+    "batch_size": 16,
+    "image_size": None,            # None = the backbone's own input size
+    "num_workers": "auto",         # DataLoader workers; auto = min(4, cores - 1)
+    "cache_dir": "cache",
+    "results_dir": "results",
+    "cache_dtype": "float16",      # float16 | float32: how raw activations are stored
+    "verify_checksums": True,      # sha256 of every cached file checked on load
+
+    # ------------------------------------------------------ what to compare
+    # Each layer config names registry indices (or module paths) of the backbone.
+    # Several layers are aggregated by `aggregate` ("concat" or "mean").
+    # When None, medium/full modes build one config per enabled layer
+    # (ENABLED_LAYERS below); quick mode uses QUICK["layers"].
+    "layer_configs": None,
+
+    # Representation of one layer's activations:
+    #   use_gram   False: global average pooling (GAP; tokens pooled by vit_pool)
+    #              True : Gram matrix F F^T / (C*H*W) (course notes), upper triangle
+    #   use_pca    PCA to pca_dim, fitted on the reference images only
+    #   whiten     scale PCA components to unit variance (needs use_pca)
+    #   standardize z-score each dimension with the reference mean/std
+    #   l2_normalize divide each row by its L2 norm (before PCA/standardize)
+    #   vit_pool   token pooling for ViT layers under GAP: mean | cls | cls_mean
+    "feature_transforms": [
+        {"name": "raw", "use_gram": False, "use_pca": False},
+        {"name": "gram_only", "use_gram": True, "use_pca": False},
+        {"name": "gram_pca", "use_gram": True, "use_pca": True, "pca_dim": 10},
+    ],
+
+    # Models of the reference distribution, used by mahalanobis and neg_loglik.
+    "distribution_models": [
+        {"name": "gaussian", "type": "gaussian"},
+        {"name": "gmm_diag", "type": "gmm", "covariance_type": "diag", "n_components": 5},
+        {"name": "gmm_full", "type": "gmm", "covariance_type": "full", "n_components": 5},
+        {"name": "kde", "type": "kde", "bandwidth": "auto"},
+    ],
+
+    # Two-sample metrics (fid, kid, cmmd, mmd_rbf) need no distribution model;
+    # model-based metrics (mahalanobis, neg_loglik) are crossed with every model.
+    "distance_metrics": ["fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik"],
+
+    "kid": {
+        "subsets": None,           # None = deterministic estimate over the full sets
+        "subset_size": 1000,       # torch-fidelity default
+        "degree": 3,
+        "gamma": None,             # None = 1 / dim
+        "coef0": 1.0,
+    },
+    "cmmd": {"sigma": 10.0, "scale": 1000.0},   # values of the CMMD reference
+
+    # ---------------------------------------------------------- degradations
+    # Levels from the original pipeline. Severity increases along each list;
+    # the undegraded evaluation images are always scored as level 0.
+    "degradations": {
+        "blur": {"type": "gaussian_blur",
+                 "levels": [0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.3, 1.6, 2, 2.5, 3]},
+        "blur_contrast": {"type": "blur_plus_contrast",
+                          "levels": [[0.3, 0.95], [0.7, 0.9], [1.0, 0.85],
+                                     [1.5, 0.8], [2.0, 0.7], [3.0, 0.6]]},
+        "noise": {"type": "gaussian_noise",
+                  "levels": [1, 2, 3, 5, 7, 9, 12, 15, 18, 22, 26, 30]},
+        "aliasing": {"type": "downsample_upsample",
+                     "levels": [1.1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3]},
+        "jpeg": {"type": "jpeg_compression", "levels": [90, 70, 50, 30, 20, 10]},
+    },
+
+    # ------------------------------------------------------------ evaluation
+    "bootstrap": {
+        "n_resamples": 200,
+        "scope": "top",            # "top": the top_n configurations; "all": every one
+        "confidence": 0.95,
+    },
+    "top_n": 5,
+    # A configuration whose representation would need more memory or compute
+    # than these limits is skipped, with the reason written into the results.
+    "max_representation_bytes": 2 * 1024**3,
+    "max_kernel_gflop": 200.0,
+}
+
+# Image counts and defaults per mode (seed README: quick = 50 images, one config;
+# full = 1000 images, every config).
+MODES = {
+    "quick": {"n_images_inference": 50, "n_images_evaluation": 20},
+    "medium": {"n_images_inference": 200, "n_images_evaluation": 30},
+    "full": {"n_images_inference": 1000, "n_images_evaluation": 50},
+}
+
+# The single configuration of quick mode, per backbone (seed default: layer 8 of
+# resnet50 = `layer4`, raw GAP features, FID).
+QUICK = {
+    "layers": {"resnet50": [8], "vgg19": [11], "dinov2_vitb14": [11],
+               "sd_vae": [9], "lpips_vgg": [7], "clip_vit": [9]},
+    "transform": "raw",
+    "metric": "fid",
+}
+
+# Layers used by medium/full modes, per backbone: index -> enabled.
+# Defaults are the recommended layers of LAYER_GUIDE.md.
+ENABLED_LAYERS = {
+    "resnet50": {0: False, 1: False, 2: False, 3: False, 4: False, 5: False, 6: False,
+                 7: True, 8: True, 9: True, 10: False, 11: False, 12: False,
+                 13: False, 14: False, 15: False},
+    "vgg19": {i: i in (0, 3, 7, 11, 15, 17) for i in range(18)},
+    "dinov2_vitb14": {i: i in (0, 2, 5, 8, 11, 13) for i in range(14)},
+    "sd_vae": {i: i in (0, 3, 6, 9, 12, 16) for i in range(17)},
+    "lpips_vgg": {i: i in (0, 3, 6, 9, 12) for i in range(13)},
+    "clip_vit": {i: i in (0, 3, 6, 9, 12) for i in range(13)},
+}
+
+# Valid choices, used by validation and the CLI.
+TRANSFORM_KEYS = {"name", "use_gram", "use_pca", "pca_dim", "whiten", "standardize",
+                  "l2_normalize", "vit_pool"}
+VIT_POOLS = ("mean", "cls", "cls_mean")
+AGGREGATIONS = ("concat", "mean")
+TWO_SAMPLE_METRICS = ("fid", "kid", "cmmd", "mmd_rbf")
+MODEL_METRICS = ("mahalanobis", "neg_loglik")
+METRICS = TWO_SAMPLE_METRICS + MODEL_METRICS
+DISTRIBUTION_TYPES = ("gaussian", "gmm", "kde")
+GMM_COVARIANCES = ("diag", "full", "tied", "spherical")
+DTYPES = ("float16", "float32")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and how to fix it."""
+
+
+def default_config() -> dict:
+    """A deep copy of CONFIG, safe to modify."""
+    return copy.deepcopy(CONFIG)
+
+
+def _choice(value, choices, where):
+    if value not in choices:
+        raise ConfigError(f"{where} = {value!r} is not valid; choose one of: "
+                          f"{', '.join(map(str, choices))} (edit config.py)")
+
+
+def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the first invalid value and the valid choices.
+
+    `backbones` are the registry's names (passed in so config.py imports nothing).
+    Layer indices are checked against the registry by `main.resolve_layers`.
+    """
+    from degradation_generator import validate_degradations  # local: keeps config import-free
+
+    unknown = set(cfg) - set(CONFIG)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(unknown)}; valid keys: "
+                          f"{', '.join(sorted(CONFIG))}")
+    if cfg["backbone"] != "all":
+        _choice(cfg["backbone"], backbones + ("all",), "config['backbone']")
+    _choice(cfg["device"], DEVICES, "config['device']")
+    _choice(cfg["cache_dtype"], DTYPES, "config['cache_dtype']")
+    for key in ("batch_size", "working_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a positive integer")
+    if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], int)
+                                          or cfg["image_size"] < 16):
+        raise ConfigError(f"image size {cfg['image_size']!r} must be an integer >= 16")
+    for key in ("n_images_inference", "n_images_evaluation"):
+        v = cfg[key]
+        if v is not None and (not isinstance(v, int) or v < 2):
+            raise ConfigError(f"config['{key}'] = {v!r} must be an integer >= 2 "
+                              "(statistics need at least two images)")
+    if not isinstance(cfg["seed"], int):
+        raise ConfigError(f"config['seed'] = {cfg['seed']!r} must be an integer")
+
+    names = set()
+    for t in cfg["feature_transforms"]:
+        extra = set(t) - TRANSFORM_KEYS
+        if extra:
+            raise ConfigError(f"feature transform {t.get('name')!r} has unknown key(s) "
+                              f"{sorted(extra)}; valid keys: {sorted(TRANSFORM_KEYS)}")
+        if "name" not in t or t["name"] in names:
+            raise ConfigError(f"every feature transform needs a unique 'name' (got {t})")
+        names.add(t["name"])
+        if t.get("use_pca") and (not isinstance(t.get("pca_dim"), int) or t["pca_dim"] < 1):
+            raise ConfigError(f"feature transform {t['name']!r}: use_pca needs an integer "
+                              f"pca_dim >= 1 (got {t.get('pca_dim')!r})")
+        if t.get("whiten") and not t.get("use_pca"):
+            raise ConfigError(f"feature transform {t['name']!r}: whiten needs use_pca: True")
+        if "vit_pool" in t:
+            _choice(t["vit_pool"], VIT_POOLS, f"feature transform {t['name']!r} vit_pool")
+
+    names = set()
+    for m in cfg["distribution_models"]:
+        if "name" not in m or m["name"] in names:
+            raise ConfigError(f"every distribution model needs a unique 'name' (got {m})")
+        names.add(m["name"])
+        _choice(m.get("type"), DISTRIBUTION_TYPES, f"distribution model {m['name']!r} type")
+        if m["type"] == "gmm":
+            _choice(m.get("covariance_type", "full"), GMM_COVARIANCES,
+                    f"distribution model {m['name']!r} covariance_type")
+            k = m.get("n_components", 1)
+            if not isinstance(k, int) or k < 1:
+                raise ConfigError(f"distribution model {m['name']!r}: n_components = {k!r} "
+                                  "must be an integer >= 1")
+        if m["type"] == "kde":
+            bw = m.get("bandwidth", "auto")
+            if bw != "auto" and not (isinstance(bw, (int, float)) and bw > 0):
+                raise ConfigError(f"distribution model {m['name']!r}: bandwidth = {bw!r} "
+                                  "must be 'auto' or a positive number")
+
+    if not cfg["distance_metrics"]:
+        raise ConfigError("config['distance_metrics'] is empty; choose from: "
+                          + ", ".join(METRICS))
+    for metric in cfg["distance_metrics"]:
+        _choice(metric, METRICS, "distance metric")
+    if (any(m in MODEL_METRICS for m in cfg["distance_metrics"])
+            and not cfg["distribution_models"]):
+        raise ConfigError("mahalanobis/neg_loglik need at least one entry in "
+                          "config['distribution_models']")
+
+    if cfg["layer_configs"] is not None:
+        for lc in cfg["layer_configs"]:
+            if not lc.get("layers"):
+                raise ConfigError(f"layer config {lc} needs a non-empty 'layers' list")
+            _choice(lc.get("aggregate", "concat"), AGGREGATIONS,
+                    f"layer config {lc.get('name')!r} aggregate")
+
+    validate_degradations(cfg["degradations"])
+
+    b = cfg["bootstrap"]
+    if not isinstance(b.get("n_resamples"), int) or b["n_resamples"] < 0:
+        raise ConfigError(f"bootstrap n_resamples = {b.get('n_resamples')!r} must be an "
+                          "integer >= 0 (0 disables intervals)")
+    _choice(b.get("scope"), ("top", "all"), "bootstrap scope")
+    if not 0 < b.get("confidence", 0) < 1:
+        raise ConfigError(f"bootstrap confidence = {b.get('confidence')!r} must be in (0, 1)")
+    if not isinstance(cfg["top_n"], int) or cfg["top_n"] < 1:
+        raise ConfigError(f"config['top_n'] = {cfg['top_n']!r} must be an integer >= 1")
+
+    kid = cfg["kid"]
+    if kid["subsets"] is not None and (not isinstance(kid["subsets"], int) or kid["subsets"] < 1):
+        raise ConfigError(f"kid subsets = {kid['subsets']!r} must be None or an integer >= 1")
+
+    for backbone, table in ENABLED_LAYERS.items():
+        _choice(backbone, backbones, "ENABLED_LAYERS key")

@@ -1,0 +1,228 @@
+"""Where images come from: the built-in dataset or a folder, split into disjoint sets.
+
+Every image is identified by the sha256 of its content (file bytes for a folder,
+decoded pixels for built-in images), so cache keys follow the content, not names.
+
+Built-in dataset (no download, deterministic):
+* crops of the real photographs shipped inside installed packages
+  (scikit-learn's `china.jpg` and `flower.jpg`, matplotlib's `grace_hopper.jpg`),
+  at three scales on a grid, each resized to 256x256;
+* dead-leaves images (Matheron's model, used by ISO/IEEE camera tests to measure
+  texture loss): opaque disks with radius density ∝ r^-3, colours drawn from the
+  photographs' pixels, which gives natural-image-like 1/f spectra and occlusions.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+BUILTIN_SIZE = 256
+N_DEAD_LEAVES = 900
+DEAD_LEAVES_RADII = (3.0, 120.0)      # min / max disk radius in pixels
+DEAD_LEAVES_COVERAGE = 0.99         # stop once this fraction is covered
+DEAD_LEAVES_VERSION = 1               # bump when the generator changes
+PHOTO_CROP_SIZES = (256, 320, 400)    # crop sides taken from each photo, resized to 256
+PHOTO_CROP_STRIDE = 40
+
+
+class DatasetError(ValueError):
+    """A user-facing problem with the images; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image: where to get it (`source`) and what it is (`sha256` of its content)."""
+    source: str        # a file path, or "builtin:photo:<file>:<size>:<y>:<x>" / "builtin:leaves:<i>"
+    sha256: str
+
+
+# ------------------------------------------------------------------ built-in
+
+def _photo_paths() -> list[str]:
+    import matplotlib
+    import sklearn
+    sk = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images")
+    mpl = os.path.join(matplotlib.get_data_path(), "sample_data")
+    return [os.path.join(sk, "china.jpg"), os.path.join(sk, "flower.jpg"),
+            os.path.join(mpl, "grace_hopper.jpg")]
+
+
+_PHOTO_CACHE: dict[str, np.ndarray] = {}
+
+
+def _photo(path: str) -> np.ndarray:
+    if path not in _PHOTO_CACHE:
+        _PHOTO_CACHE[path] = np.asarray(Image.open(path).convert("RGB"))
+    return _PHOTO_CACHE[path]
+
+
+def builtin_sources() -> list[str]:
+    """Every built-in image id, in a fixed order (over 1,100 distinct images)."""
+    ids = []
+    for path in _photo_paths():
+        h, w = Image.open(path).size[::-1]
+        for size in PHOTO_CROP_SIZES:
+            for y in range(0, h - size + 1, PHOTO_CROP_STRIDE):
+                for x in range(0, w - size + 1, PHOTO_CROP_STRIDE):
+                    ids.append(f"builtin:photo:{os.path.basename(path)}:{size}:{y}:{x}")
+    ids += [f"builtin:leaves:{i}" for i in range(N_DEAD_LEAVES)]
+    return ids
+
+
+@functools.lru_cache(maxsize=1)
+def _palette() -> np.ndarray:
+    pixels = np.concatenate([_photo(p).reshape(-1, 3) for p in _photo_paths()])
+    return pixels[:: 97]  # a fixed subsample of real colours
+
+
+def dead_leaves(index: int, size: int = BUILTIN_SIZE) -> np.ndarray:
+    """One dead-leaves image (size, size, 3) uint8, a pure function of `index`."""
+    rng = np.random.default_rng([DEAD_LEAVES_VERSION, index])
+    palette = _palette()
+    rmin, rmax = DEAD_LEAVES_RADII
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = palette[rng.integers(len(palette))]  # background: shows through the last gaps
+    covered = np.zeros((size, size), bool)
+    yy, xx = np.mgrid[0:size, 0:size]
+    # Disks are drawn front to back, each only where nothing lies in front yet.
+    while covered.mean() < DEAD_LEAVES_COVERAGE:
+        u = rng.random(64)
+        radii = 1.0 / np.sqrt(1 / rmin**2 - u * (1 / rmin**2 - 1 / rmax**2))  # inverse CDF of r^-3
+        for r, cy, cx, c in zip(radii, rng.uniform(-rmax / 4, size + rmax / 4, 64),
+                                rng.uniform(-rmax / 4, size + rmax / 4, 64),
+                                rng.integers(0, len(palette), 64)):
+            y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, size)
+            x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, size)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            disk = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
+            free = disk & ~covered[y0:y1, x0:x1]
+            img[y0:y1, x0:x1][free] = palette[c]
+            covered[y0:y1, x0:x1] |= free
+    return img
+
+
+def load_builtin(source: str) -> np.ndarray:
+    """Pixels (256, 256, 3) uint8 of a built-in id."""
+    parts = source.split(":")
+    if parts[1] == "leaves":
+        return dead_leaves(int(parts[2]))
+    fname, size, y, x = parts[2], int(parts[3]), int(parts[4]), int(parts[5])
+    path = next(p for p in _photo_paths() if os.path.basename(p) == fname)
+    crop = _photo(path)[y:y + size, x:x + size]
+    if size != BUILTIN_SIZE:
+        crop = np.asarray(Image.fromarray(crop).resize((BUILTIN_SIZE, BUILTIN_SIZE),
+                                                       Image.Resampling.LANCZOS))
+    return crop
+
+
+# ------------------------------------------------------------------ loading
+
+def load_rgb(source: str, working_size: int) -> np.ndarray:
+    """Decode `source`, resize its shorter side to `working_size` (Lanczos) and
+    centre-crop to a square. Returns (working_size, working_size, 3) uint8."""
+    if source.startswith("builtin:"):
+        arr = load_builtin(source)
+        img = Image.fromarray(arr)
+    else:
+        with Image.open(source) as im:
+            img = im.convert("RGB")
+    w, h = img.size
+    if (w, h) != (working_size, working_size):
+        scale = working_size / min(w, h)
+        nw, nh = max(working_size, round(w * scale)), max(working_size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+        left, top = (nw - working_size) // 2, (nh - working_size) // 2
+        img = img.crop((left, top, left + working_size, top + working_size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def list_image_files(folder: str) -> tuple[list[str], list[str]]:
+    """(image files, other files) under `folder`, recursively, sorted."""
+    images, others = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    return images, others
+
+
+def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Deterministically sample disjoint (evaluation, reference) sets.
+
+    The candidates are shuffled with `seed`; the evaluation set is taken first, so
+    changing n_ref never changes the evaluation images (and the reference set for a
+    smaller n_ref is a prefix of the one for a larger n_ref).
+    """
+    need = n_eval + n_ref
+    rng = np.random.default_rng(seed)
+    if dataset == "builtin":
+        sources = builtin_sources()
+        if need > len(sources):
+            raise DatasetError(f"the built-in dataset has {len(sources)} images but "
+                               f"{need} were requested ({n_ref} reference + {n_eval} evaluation); "
+                               "lower --n-inference/--n-evaluation or pass --dataset FOLDER")
+        order = rng.permutation(len(sources))[:need]
+        records = [ImageRecord(sources[i], _sha256_bytes(load_builtin(sources[i]).tobytes()))
+                   for i in order]
+        return records[:n_eval], records[n_eval:]
+
+    if not os.path.exists(dataset):
+        raise DatasetError(f"dataset folder {dataset!r} does not exist; pass --dataset FOLDER "
+                           "with images in it, or --dataset builtin")
+    if not os.path.isdir(dataset):
+        raise DatasetError(f"--dataset {dataset!r} is a file; pass the folder that holds the images")
+    images, others = list_image_files(dataset)
+    if others:
+        log.warning("ignored %d file(s) without an image extension in %s: %s%s", len(others),
+                    dataset, ", ".join(others[:5]), " …" if len(others) > 5 else "")
+    if not images:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {dataset!r}")
+    records, bad, seen = [], [], set()
+    for i in rng.permutation(len(images)):
+        if len(records) == need:
+            break
+        path = images[i]
+        if not _readable(path):
+            bad.append(path)
+            continue
+        with open(path, "rb") as f:
+            digest = _sha256_bytes(f.read())
+        if digest in seen:  # identical copies would leak between the two sets
+            continue
+        seen.add(digest)
+        records.append(ImageRecord(os.path.abspath(path), digest))
+    if bad:
+        log.warning("skipped %d unreadable image file(s): %s%s", len(bad), ", ".join(bad[:5]),
+                    " …" if len(bad) > 5 else "")
+    if len(records) < need:
+        raise DatasetError(
+            f"found {len(records)} readable distinct images under {dataset!r} but {need} are "
+            f"needed ({n_ref} reference + {n_eval} evaluation); lower --n-inference "
+            f"(reference) or --n-evaluation, or add images")
+    return records[:n_eval], records[n_eval:]

@@ -1,0 +1,204 @@
+"""Image degradations at increasing severity, deterministic per image and level.
+
+Every function takes an RGB image as (H, W, 3) uint8 (0–255) and returns the
+same shape and dtype. Random ones take a `numpy.random.Generator`; the pipeline
+derives it from (seed, image content, degradation type, level value) with
+`degradation_rng`, so the same image, type and level give the same bytes in any
+process, whatever else is computed.
+
+Implementations are library ones: scipy.ndimage (blur, swirl resampling),
+Pillow (contrast, resampling, JPEG).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+from PIL import Image, ImageEnhance
+from scipy import ndimage
+
+from config import ConfigError
+
+GAUSSIAN_TRUNCATE = 4.0            # kernel radius in sigmas (scipy's default)
+N_BLACK_RECTANGLES = 5             # FID paper (Heusel et al. 2017, fig. A): 5 rectangles
+DOWNSAMPLE_FILTER = Image.Resampling.NEAREST   # no prefilter: high frequencies alias
+UPSAMPLE_FILTER = Image.Resampling.BICUBIC
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of standard deviation `sigma` pixels (scipy.ndimage, reflect border)."""
+    out = ndimage.gaussian_filter(img.astype(np.float32), sigma=(sigma, sigma, 0),
+                                  mode="reflect", truncate=GAUSSIAN_TRUNCATE)
+    return _to_uint8(out)
+
+
+def blur_plus_contrast(img: np.ndarray, level) -> np.ndarray:
+    """Blur with sigma, then contrast factor c in (0, 1] (Pillow ImageEnhance.Contrast:
+    blend towards the mean grey level). `level` is the pair (sigma, c)."""
+    sigma, contrast = level
+    out = gaussian_blur(img, sigma) if sigma > 0 else img
+    return np.asarray(ImageEnhance.Contrast(Image.fromarray(out)).enhance(contrast))
+
+
+def gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive white Gaussian noise, standard deviation `sigma` on the 0–255 scale."""
+    return _to_uint8(img.astype(np.float64) + rng.normal(0.0, sigma, img.shape))
+
+
+def downsample_upsample(img: np.ndarray, factor: float) -> np.ndarray:
+    """Shrink by `factor` with nearest-neighbour decimation (no anti-alias filter, so
+    aliasing appears), then enlarge back with bicubic interpolation (Pillow)."""
+    h, w = img.shape[:2]
+    small = Image.fromarray(img).resize((max(1, round(w / factor)), max(1, round(h / factor))),
+                                        DOWNSAMPLE_FILTER)
+    return np.asarray(small.resize((w, h), UPSAMPLE_FILTER))
+
+
+def jpeg_compression(img: np.ndarray, quality: int) -> np.ndarray:
+    """Encode as JPEG with Pillow at `quality` (1–100, 4:2:0 chroma subsampling) and decode."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def pixelation(img: np.ndarray, factor: float) -> np.ndarray:
+    """Box-average down by `factor`, nearest-neighbour back up: visible square blocks."""
+    h, w = img.shape[:2]
+    small = Image.fromarray(img).resize((max(1, round(w / factor)), max(1, round(h / factor))),
+                                        Image.Resampling.BOX)
+    return np.asarray(small.resize((w, h), Image.Resampling.NEAREST))
+
+
+def black_rectangles(img: np.ndarray, size: float, rng: np.random.Generator) -> np.ndarray:
+    """FID paper disturbance: 5 black squares of side `size` × image side at random places."""
+    out = img.copy()
+    h, w = img.shape[:2]
+    side = max(1, round(size * min(h, w)))
+    for _ in range(N_BLACK_RECTANGLES):
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        out[y:y + side, x:x + side] = 0
+    return out
+
+
+def salt_and_pepper(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """FID paper disturbance: a fraction `amount` of pixels set to black or white (half each)."""
+    out = img.copy()
+    hit = rng.random(img.shape[:2]) < amount
+    white = rng.random(img.shape[:2]) < 0.5
+    out[hit & white] = 255
+    out[hit & ~white] = 0
+    return out
+
+
+def swirl(img: np.ndarray, strength: float) -> np.ndarray:
+    """FID paper disturbance: scikit-image's swirl mapping (radius = half the image side,
+    centred), resampled with scipy.ndimage.map_coordinates (bilinear, reflect)."""
+    h, w = img.shape[:2]
+    radius = min(h, w) / 2
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    rho = np.hypot(yy - cy, xx - cx)
+    theta = strength * np.exp(-rho / (radius / np.log(2))) + np.arctan2(yy - cy, xx - cx)
+    src_y, src_x = cy + rho * np.sin(theta), cx + rho * np.cos(theta)
+    out = np.stack([ndimage.map_coordinates(img[..., c].astype(np.float64), [src_y, src_x],
+                                            order=1, mode="reflect") for c in range(3)], -1)
+    return _to_uint8(out)
+
+
+# type -> (function, needs rng, severity direction, check(level) -> error text or None)
+DEGRADATIONS = {
+    "gaussian_blur": (gaussian_blur, False, +1,
+                      lambda v: None if _num(v) and v > 0 else "sigma must be a number > 0"),
+    "blur_plus_contrast": (blur_plus_contrast, False, +1,
+                           lambda v: None if (isinstance(v, (list, tuple)) and len(v) == 2
+                                              and _num(v[0]) and v[0] >= 0 and _num(v[1])
+                                              and 0 < v[1] <= 1)
+                           else "a level is a pair [sigma >= 0, contrast in (0, 1]]"),
+    "gaussian_noise": (gaussian_noise, True, +1,
+                       lambda v: None if _num(v) and v > 0 else "sigma (0-255 scale) must be > 0"),
+    "downsample_upsample": (downsample_upsample, False, +1,
+                            lambda v: None if _num(v) and v >= 1 else "factor must be >= 1"),
+    "jpeg_compression": (jpeg_compression, False, -1,
+                         lambda v: None if isinstance(v, int) and 1 <= v <= 100
+                         else "quality must be an integer in 1..100"),
+    "pixelation": (pixelation, False, +1,
+                   lambda v: None if _num(v) and v >= 1 else "factor must be >= 1"),
+    "black_rectangles": (black_rectangles, True, +1,
+                         lambda v: None if _num(v) and 0 < v < 1 else "size must be in (0, 1)"),
+    "salt_and_pepper": (salt_and_pepper, True, +1,
+                        lambda v: None if _num(v) and 0 < v < 1 else "amount must be in (0, 1)"),
+    "swirl": (swirl, False, +1, lambda v: None if _num(v) and v > 0 else "strength must be > 0"),
+}
+
+# Off by default; copy into config['degradations'] to use them.
+EXTRA_DEGRADATIONS = {
+    "rectangles": {"type": "black_rectangles", "levels": [0.05, 0.1, 0.15, 0.2, 0.25]},
+    "swirl": {"type": "swirl", "levels": [0.5, 1, 2, 3, 4]},
+    "salt_pepper": {"type": "salt_and_pepper", "levels": [0.005, 0.01, 0.02, 0.05, 0.1]},
+    "pixelation": {"type": "pixelation", "levels": [2, 3, 4, 6, 8]},
+}
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _severity(dtype: str, level) -> tuple:
+    direction = DEGRADATIONS[dtype][2]
+    if dtype == "blur_plus_contrast":
+        return (level[0], -level[1])
+    return (direction * level,)
+
+
+def validate_degradations(degradations: dict) -> None:
+    """Raise ConfigError for an unknown type, an out-of-range level, or levels not
+    ordered from mild to severe."""
+    if not degradations:
+        raise ConfigError("config['degradations'] is empty; add at least one degradation")
+    for name, spec in degradations.items():
+        dtype = spec.get("type")
+        if dtype not in DEGRADATIONS:
+            raise ConfigError(f"degradation {name!r}: unknown type {dtype!r}; choose one of: "
+                              f"{', '.join(DEGRADATIONS)}")
+        extra = set(spec) - {"type", "levels"}
+        if extra:
+            raise ConfigError(f"degradation {name!r}: unknown key(s) {sorted(extra)}; "
+                              "a degradation has 'type' and 'levels' only")
+        levels = spec.get("levels")
+        if not isinstance(levels, (list, tuple)) or len(levels) < 1:
+            raise ConfigError(f"degradation {name!r}: 'levels' must be a non-empty list")
+        check = DEGRADATIONS[dtype][3]
+        for v in levels:
+            err = check(v)
+            if err:
+                raise ConfigError(f"degradation {name!r} ({dtype}): level {v!r} is out of range: "
+                                  f"{err}. Fix config['degradations'][{name!r}]['levels']")
+        sev = [_severity(dtype, v) for v in levels]
+        if any(not a < b for a, b in zip(sev, sev[1:])):
+            order = "decreasing quality" if dtype == "jpeg_compression" else "increasing severity"
+            raise ConfigError(f"degradation {name!r}: levels {list(levels)} must be in strictly "
+                              f"{order} order (mild to severe): Spearman ranks them by position")
+
+
+def degradation_rng(seed: int, image_sha256: str, dtype: str, level) -> np.random.Generator:
+    """Generator for one (image, degradation, level), independent of processing order."""
+    tag = json.dumps([seed, image_sha256, dtype, level]).encode()
+    words = np.frombuffer(hashlib.sha256(tag).digest(), dtype=np.uint32)
+    return np.random.default_rng(np.random.SeedSequence(words.tolist()))
+
+
+def apply_degradation(img: np.ndarray, dtype: str, level, seed: int, image_sha256: str) -> np.ndarray:
+    """Degrade `img` ((H, W, 3) uint8) with `dtype` at `level`; level None = clean."""
+    if level is None:
+        return img
+    fn, needs_rng, _, _ = DEGRADATIONS[dtype]
+    if needs_rng:
+        return fn(img, level, degradation_rng(seed, image_sha256, dtype, level))
+    return fn(img, level)

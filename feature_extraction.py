@@ -1,0 +1,211 @@
+"""Run a backbone once per batch and capture every requested layer through hooks.
+
+* One forward pass serves all requested layers, and it stops as soon as the last
+  of them has produced its output (like timm's `forward_intermediates(stop_early=True)`).
+* Each hook stores a *copy* of the output taken when the module returns: torchvision's
+  VGG (and LPIPS) apply `ReLU(inplace=True)` right after each conv, so keeping a
+  reference would silently turn a "Conv2d" capture into a post-ReLU one.
+* Hooks are removed in every case (`capture_layers` is a context manager).
+* Images are decoded, degraded and resized in DataLoader workers so the
+  accelerator is fed; `torch.inference_mode`, and bf16 autocast + channels_last on CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dataset import ImageRecord, load_rgb
+from degradation_generator import apply_degradation
+
+log = logging.getLogger(__name__)
+
+# Modules worth listing for an arbitrary model (the layer guide's "extractable" kinds);
+# activations, pooling, dropout and reshapes are left out.
+EXTRACTABLE_TYPES = ("Conv2d", "Linear", "LayerNorm", "BatchNorm2d", "GroupNorm",
+                     "Bottleneck", "BasicBlock", "Block", "PatchEmbed", "EncoderLayer",
+                     "Attention", "ResnetBlock2D")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to run through the backbone: a record, optionally degraded."""
+    record: ImageRecord
+    degradation: str | None = None   # degradation *type*
+    level: object = None             # None = clean
+
+
+class JobDataset(torch.utils.data.Dataset):
+    """Decodes, degrades and normalises images; runs inside DataLoader workers."""
+
+    def __init__(self, jobs, working_size, input_size, mean, std, seed):
+        self.jobs, self.working_size, self.input_size = list(jobs), working_size, input_size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.seed = seed
+
+    def __len__(self):
+        return len(self.jobs)
+
+    def __getitem__(self, i):
+        job = self.jobs[i]
+        img = load_rgb(job.record.source, self.working_size)
+        img = apply_degradation(img, job.degradation, job.level, self.seed, job.record.sha256)
+        return preprocess(img, self.input_size, self.mean, self.std)
+
+
+def preprocess(img: np.ndarray, input_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, S, S) float32 normalised; bicubic resize with antialias."""
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    if x.shape[-1] != input_size or x.shape[-2] != input_size:
+        x = F.interpolate(x[None], size=(input_size, input_size), mode="bicubic",
+                          align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)
+    return (x - mean) / std
+
+
+class _StopForward(Exception):
+    """Raised by the last hook: the rest of the network is not needed."""
+
+
+def _unwrap(output):
+    """Tensor inside tuples / Hugging Face ModelOutputs."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    if isinstance(output, (tuple, list)) and output:
+        return _unwrap(output[0])
+    raise TypeError(f"cannot capture a module output of type {type(output).__name__}")
+
+
+def find_modules(module: nn.Module, paths) -> dict[str, nn.Module]:
+    """Map each path to its submodule, or raise KeyError with close matches."""
+    named = dict(module.named_modules())
+    out = {}
+    for p in paths:
+        if p not in named:
+            import difflib
+            close = difflib.get_close_matches(p, list(named), n=5, cutoff=0.5)
+            raise KeyError(f"no module {p!r}" + (f"; close matches: {', '.join(close)}" if close else ""))
+        out[p] = named[p]
+    return out
+
+
+@contextlib.contextmanager
+def capture_layers(module: nn.Module, paths, stop_early: bool = True):
+    """Hook `paths`; yields a dict filled with float32 CPU copies of their outputs
+    on every forward. With `stop_early`, the forward pass raises `_StopForward`
+    once every path has fired (callers use `run_captured`)."""
+    targets = find_modules(module, paths)
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(path):
+        def hook(_mod, _inp, out):
+            # .float().cpu() copies unless already float32 on the CPU: clone then.
+            t = _unwrap(out).detach()
+            store[path] = t.float().cpu() if (t.dtype != torch.float32 or t.is_cuda) else t.clone()
+            if stop_early and len(store) == len(targets):
+                raise _StopForward
+        return hook
+
+    try:
+        for path, mod in targets.items():
+            handles.append(mod.register_forward_hook(make_hook(path)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_captured(forward, x: torch.Tensor, store: dict) -> dict:
+    """Run `forward(x)` under `capture_layers`; returns {path: tensor} for this batch."""
+    store.clear()
+    try:
+        forward(x)
+    except _StopForward:
+        pass
+    return dict(store)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps: MPS is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def default_workers(setting) -> int:
+    if setting != "auto":
+        return int(setting)
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def extract(backbone, jobs, paths, *, working_size, mean, std, seed, batch_size=16,
+            device="auto", num_workers="auto", progress=True):
+    """Yield (start, {path: float32 ndarray (b, ...)}) batch after batch, in job order."""
+    dev = resolve_device(device)
+    module = backbone.module.to(dev)
+    if dev.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed)
+    workers = default_workers(num_workers)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, pin_memory=dev.type == "cuda",
+                                         persistent_workers=False)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(data), unit="img", desc=f"extract {backbone.name}", leave=False)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+           else contextlib.nullcontext())
+    start, t0 = 0, time.perf_counter()
+    with capture_layers(module, paths) as store, torch.inference_mode(), amp:
+        for x in loader:
+            x = x.to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = run_captured(backbone.forward, x, store)
+            yield start, {p: out[p].numpy() for p in paths}
+            start += len(x)
+            if bar is not None:
+                bar.update(len(x))
+    if bar is not None:
+        bar.close()
+    dt = time.perf_counter() - t0
+    if data:
+        log.info("extracted %d images with %s on %s in %.1fs (%.1f img/s)", len(data),
+                 backbone.name, dev, dt, len(data) / max(dt, 1e-9))
+
+
+def list_extractable_layers(module: nn.Module, forward, input_size: int):
+    """[(index, path, type, output shape)] for every extractable module of a model,
+    found by one forward pass on a zero image."""
+    named = [(p, m) for p, m in module.named_modules()
+             if p and type(m).__name__.endswith(EXTRACTABLE_TYPES)]
+    shapes = {}
+    handles = [m.register_forward_hook(
+        lambda _m, _i, o, p=p: shapes.setdefault(p, tuple(_unwrap(o).shape[1:])))
+        for p, m in named]
+    try:
+        with torch.inference_mode():
+            forward(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [(p, type(m).__name__, shapes[p]) for p, m in named if p in shapes]
+    return [(i, p, t, s) for i, (p, t, s) in enumerate(rows)]

@@ -1,0 +1,190 @@
+"""The layer tables: which module of each backbone an index names, and what it outputs.
+
+Plain data only (like timm's `feature_info` or pytorch-fid's BLOCK_INDEX_BY_DIM):
+no model is built here. `tests/test_layer_registry.py` builds every backbone and
+checks every row against the real module, and LAYER_GUIDE.md is generated from
+these tables by `python main.py --write-layer-guide`.
+
+`shape` is the hooked output for one image at the backbone's `input_size`:
+(C, H, W) for feature maps, (tokens, width) for transformer tokens, (C,) for
+vectors. Every hook stores a copy of the module's output taken when the module
+returns, so a Conv2d followed by an in-place ReLU is captured *before* the ReLU.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Layer(NamedTuple):
+    index: int
+    path: str          # module path, as in model.named_modules()
+    kind: str
+    shape: tuple       # output shape per image at the backbone's input size
+    level: str         # semantic level: very early ... final
+    description: str
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # openai/clip-vit-base-patch32 preprocessor
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGNED_UNIT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # maps [0, 1] to [-1, 1]
+
+# What the hook captures, recorded in every cache key.
+CAPTURE = "module-output-copied-at-return-v1"
+
+RESNET50 = [
+    Layer(0, "conv1", "Conv2d", (64, 112, 112), "very early",
+          "stem 7x7 convolution, before BatchNorm and ReLU"),
+    Layer(1, "layer1.0", "Bottleneck", (256, 56, 56), "early", "first bottleneck of stage 1"),
+    Layer(2, "layer1", "ResNet stage", (256, 56, 56), "early", "output of stage 1 (3 bottlenecks)"),
+    Layer(3, "layer2.0", "Bottleneck", (512, 28, 28), "early-mid", "first bottleneck of stage 2"),
+    Layer(4, "layer2", "ResNet stage", (512, 28, 28), "early-mid", "output of stage 2 (4 bottlenecks)"),
+    Layer(5, "layer3.0", "Bottleneck", (1024, 14, 14), "mid", "first bottleneck of stage 3"),
+    Layer(6, "layer3.1", "Bottleneck", (1024, 14, 14), "mid", "second bottleneck of stage 3"),
+    Layer(7, "layer3", "ResNet stage", (1024, 14, 14), "mid",
+          "output of stage 3 (6 bottlenecks); same tensor as layer3.5"),
+    Layer(8, "layer4", "ResNet stage", (2048, 7, 7), "late",
+          "output of stage 4 (3 bottlenecks); same tensor as layer4.2"),
+    Layer(9, "avgpool", "AdaptiveAvgPool2d", (2048, 1, 1), "late",
+          "global average pool of layer4: the classic 2048-d embedding"),
+    Layer(10, "fc", "Linear", (1000,), "final", "ImageNet logits (2048 -> 1000)"),
+    Layer(11, "layer4.0", "Bottleneck", (2048, 7, 7), "late", "first bottleneck of stage 4"),
+    Layer(12, "layer4.1", "Bottleneck", (2048, 7, 7), "late", "second bottleneck of stage 4"),
+    Layer(13, "layer4.2", "Bottleneck", (2048, 7, 7), "late",
+          "third bottleneck of stage 4; same tensor as layer4"),
+    Layer(14, "layer3.5", "Bottleneck", (1024, 14, 14), "mid",
+          "sixth bottleneck of stage 3; same tensor as layer3"),
+    Layer(15, "layer3.4", "Bottleneck", (1024, 14, 14), "mid", "fifth bottleneck of stage 3"),
+]
+
+_VGG19_CONVS = [  # (features index, name, channels, resolution)
+    (0, "conv1_1", 64, 224), (2, "conv1_2", 64, 224), (5, "conv2_1", 128, 112),
+    (7, "conv2_2", 128, 112), (10, "conv3_1", 256, 56), (12, "conv3_2", 256, 56),
+    (14, "conv3_3", 256, 56), (16, "conv3_4", 256, 56), (19, "conv4_1", 512, 28),
+    (21, "conv4_2", 512, 28), (23, "conv4_3", 512, 28), (25, "conv4_4", 512, 28),
+    (28, "conv5_1", 512, 14), (30, "conv5_2", 512, 14), (32, "conv5_3", 512, 14),
+    (34, "conv5_4", 512, 14),
+]
+_VGG19_LEVELS = ["very early", "very early", "early", "early-mid", "early-mid", "early-mid",
+                 "early-mid", "mid", "mid", "mid", "mid", "mid-late", "mid-late", "mid-late",
+                 "late", "late"]
+VGG19 = [
+    Layer(i, f"features.{f}", "Conv2d", (c, r, r), _VGG19_LEVELS[i], f"{name}, before its in-place ReLU")
+    for i, (f, name, c, r) in enumerate(_VGG19_CONVS)
+] + [
+    Layer(16, "classifier.0", "Linear", (4096,), "late", "fc6 (25088 -> 4096), before ReLU"),
+    Layer(17, "classifier.3", "Linear", (4096,), "final", "fc7 (4096 -> 4096), before ReLU"),
+]
+
+# LPIPS's trunk is torchvision's VGG16 cut into 5 slices; names keep VGG16's indices.
+_LPIPS_CONVS = [
+    ("slice1.0", "conv1_1", 64, 224), ("slice1.2", "conv1_2", 64, 224),
+    ("slice2.5", "conv2_1", 128, 112), ("slice2.7", "conv2_2", 128, 112),
+    ("slice3.10", "conv3_1", 256, 56), ("slice3.12", "conv3_2", 256, 56),
+    ("slice3.14", "conv3_3", 256, 56), ("slice4.17", "conv4_1", 512, 28),
+    ("slice4.19", "conv4_2", 512, 28), ("slice4.21", "conv4_3", 512, 28),
+    ("slice5.24", "conv5_1", 512, 14), ("slice5.26", "conv5_2", 512, 14),
+    ("slice5.28", "conv5_3", 512, 14),
+]
+_LPIPS_LEVELS = ["very early", "very early", "early", "early-mid", "early-mid", "early-mid",
+                 "mid", "mid", "mid", "mid-late", "mid-late", "late", "final"]
+LPIPS_VGG = [
+    Layer(i, f"net.{p}", "Conv2d", (c, r, r), _LPIPS_LEVELS[i], f"VGG16 {name}, before its in-place ReLU")
+    for i, (p, name, c, r) in enumerate(_LPIPS_CONVS)
+]
+
+_VIT_LEVELS = ["early", "early-mid", "early-mid", "early-mid", "mid", "mid", "mid",
+               "mid-late", "mid-late", "mid-late", "late", "late"]
+DINOV2_VITB14 = [
+    Layer(0, "patch_embed", "PatchEmbed", (1369, 768), "initial",
+          "37x37 patches of 14x14 pixels; no CLS token yet, no position embedding"),
+] + [
+    Layer(i + 1, f"blocks.{i}", "Transformer block", (1370, 768), _VIT_LEVELS[i],
+          f"block {i + 1} of 12; CLS + 1369 patch tokens")
+    for i in range(12)
+] + [
+    Layer(13, "norm", "LayerNorm", (1370, 768), "final", "final LayerNorm; CLS + 1369 patch tokens"),
+]
+
+# transformers 5.x CLIPVisionModel: no `vision_model.` prefix (that belongs to CLIPModel).
+CLIP_VIT = [
+    Layer(0, "embeddings", "Embeddings", (50, 768), "initial",
+          "32x32 patch embedding + position embedding; CLS + 49 patch tokens"),
+] + [
+    Layer(i + 1, f"encoder.layers.{i}", "Transformer block", (50, 768),
+          (_VIT_LEVELS[i] if i < 11 else "final"), f"encoder layer {i + 1} of 12; CLS + 49 patch tokens")
+    for i in range(12)
+]
+
+_SD_VAE_ROWS = [
+    ("encoder.conv_in", "Conv2d", 128, 256, "early", "initial convolution"),
+    ("encoder.down_blocks.0.resnets.0", "ResNet block", 128, 256, "early", "first residual block"),
+    ("encoder.down_blocks.0.resnets.1", "ResNet block", 128, 256, "early", "second residual block"),
+    ("encoder.down_blocks.0.downsamplers.0", "Downsample (Conv2d)", 128, 128, "early-mid",
+     "strided conv to 128x128"),
+    ("encoder.down_blocks.1.resnets.0", "ResNet block", 256, 128, "early-mid", "channels 128 -> 256"),
+    ("encoder.down_blocks.1.resnets.1", "ResNet block", 256, 128, "early-mid", "refines 256 channels"),
+    ("encoder.down_blocks.1.downsamplers.0", "Downsample (Conv2d)", 256, 64, "mid",
+     "strided conv to 64x64"),
+    ("encoder.down_blocks.2.resnets.0", "ResNet block", 512, 64, "mid", "channels 256 -> 512"),
+    ("encoder.down_blocks.2.resnets.1", "ResNet block", 512, 64, "mid", "refines 512 channels"),
+    ("encoder.down_blocks.2.downsamplers.0", "Downsample (Conv2d)", 512, 32, "mid-late",
+     "strided conv to 32x32"),
+    ("encoder.down_blocks.3.resnets.0", "ResNet block", 512, 32, "mid-late",
+     "last stage, no downsampler"),
+    ("encoder.down_blocks.3.resnets.1", "ResNet block", 512, 32, "mid-late", "last stage refinement"),
+    ("encoder.mid_block.resnets.0", "ResNet block", 512, 32, "late", "bottleneck residual block 1"),
+    ("encoder.mid_block.attentions.0", "Attention", 512, 32, "late", "self-attention, global context"),
+    ("encoder.mid_block.resnets.1", "ResNet block", 512, 32, "late", "bottleneck residual block 2"),
+    ("encoder.conv_norm_out", "GroupNorm", 512, 32, "late", "final GroupNorm, before SiLU"),
+    ("encoder.conv_out", "Conv2d", 8, 32, "final", "latent moments: 4 means + 4 log-variances"),
+]
+SD_VAE = [Layer(i, p, k, (c, r, r), lvl, d) for i, (p, k, c, r, lvl, d) in enumerate(_SD_VAE_ROWS)]
+
+
+BACKBONES = {
+    "resnet50": {
+        "library": "torchvision", "architecture": "resnet50", "weights_id": "IMAGENET1K_V1",
+        "input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic",
+        "token_layout": None, "recommended": [7, 8, 9], "layers": RESNET50,
+    },
+    "vgg19": {
+        "library": "torchvision", "architecture": "vgg19", "weights_id": "IMAGENET1K_V1",
+        "input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic",
+        "token_layout": None, "recommended": [0, 3, 7, 11, 15, 17], "layers": VGG19,
+    },
+    "dinov2_vitb14": {
+        "library": "timm", "architecture": "vit_base_patch14_dinov2",
+        "weights_id": "timm/vit_base_patch14_dinov2.lvd142m",
+        "input_size": 518, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic",
+        "token_layout": {"patch": 14, "prefix_tokens": 1}, "recommended": [0, 2, 5, 8, 11, 13],
+        "layers": DINOV2_VITB14,
+    },
+    "sd_vae": {
+        "library": "diffusers", "architecture": "AutoencoderKL (Stable Diffusion VAE encoder)",
+        "weights_id": "stabilityai/sd-vae-ft-mse",
+        "input_size": 256, "mean": SIGNED_UNIT[0], "std": SIGNED_UNIT[1], "interpolation": "bicubic",
+        "token_layout": None, "recommended": [0, 3, 6, 9, 12, 16], "layers": SD_VAE,
+    },
+    "lpips_vgg": {
+        "library": "lpips", "architecture": "LPIPS(net='vgg') trunk = VGG16 features",
+        "weights_id": "torchvision VGG16_Weights.IMAGENET1K_V1",
+        "input_size": 224, "mean": SIGNED_UNIT[0], "std": SIGNED_UNIT[1], "interpolation": "bicubic",
+        "token_layout": None, "recommended": [0, 3, 6, 9, 12], "layers": LPIPS_VGG,
+    },
+    "clip_vit": {
+        "library": "transformers", "architecture": "CLIPVisionModel ViT-B/32",
+        "weights_id": "openai/clip-vit-base-patch32",
+        "input_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic",
+        "token_layout": {"patch": 32, "prefix_tokens": 1}, "recommended": [0, 3, 6, 9, 12],
+        "layers": CLIP_VIT,
+    },
+}
+
+BACKBONE_NAMES = tuple(BACKBONES)
+
+
+def output_form(shape: tuple) -> str:
+    """'map' for (C, H, W), 'tokens' for (T, D), 'vector' for (C,)."""
+    return {3: "map", 2: "tokens", 1: "vector"}[len(shape)]
