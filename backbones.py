@@ -255,84 +255,98 @@ def _hf_files(name: str, allow_download: bool) -> tuple[str, list[str]]:
     return repo, paths
 
 
-def _pretrained(name: str, input_size: int, allow_download: bool) -> tuple[nn.Module, dict]:
+def _pretrained_files(name: str, allow_download: bool) -> dict:
+    """Locate (or download) the pretrained files; no model is built."""
     spec = BACKBONES[name]
     if name in ("resnet50", "vgg19", "lpips_vgg"):
-        arch = "vgg16" if name == "lpips_vgg" else name
-        path = _torchvision_file(arch, allow_download)
-        module = _architecture(name, input_size)
-        _load_strict(name, module, _read_state_dict(path), path)
-        return module, {"source": "pretrained", "library": "torchvision",
-                        "model_id": spec["weights_id"], "file": os.path.basename(path),
-                        "sha256": sha256_file(path)}
+        path = _torchvision_file("vgg16" if name == "lpips_vgg" else name, allow_download)
+        return {"source": "pretrained", "library": "torchvision", "model_id": spec["weights_id"],
+                "file": path, "sha256": sha256_file(path)}
     repo, paths = _hf_files(name, allow_download)
-    if name == "dinov2_vitb14":
-        import timm
-        module = timm.create_model("vit_base_patch14_dinov2", pretrained=True, num_classes=0,
-                                   img_size=input_size,
-                                   pretrained_cfg_overlay={"file": paths[0]})
-    elif name == "sd_vae":
-        from diffusers import AutoencoderKL
-        module = _VaeEncoder(AutoencoderKL.from_pretrained(os.path.dirname(paths[0])).encoder)
-    else:
-        from transformers import CLIPVisionModel
-        module = CLIPVisionModel.from_pretrained(os.path.dirname(paths[0]))
-    return module, {"source": "pretrained", "library": spec["library"], "model_id": repo,
-                    "file": os.path.basename(paths[-1]), "sha256": sha256_file(paths[-1])}
+    return {"source": "pretrained", "library": spec["library"], "model_id": repo,
+            "file": paths[-1], "sha256": sha256_file(paths[-1])}
 
 
-def _from_path(name: str, path: str, input_size: int) -> tuple[nn.Module, dict]:
-    if not os.path.exists(path):
-        raise WeightsError(f"--weights {path!r}: no such file or folder. Give a checkpoint file "
-                           "or a save_pretrained folder, or one of auto, pretrained, random")
-    if os.path.isdir(path):
-        if name == "sd_vae":
-            from diffusers import AutoencoderKL
-            module = _VaeEncoder(AutoencoderKL.from_pretrained(path).encoder)
-        elif name == "clip_vit":
-            from transformers import CLIPVisionModel
-            module = CLIPVisionModel.from_pretrained(path)
-        else:
-            raise WeightsError(f"--weights {path!r} is a folder; {name} needs a checkpoint file "
-                               "(.pth, .pt, .bin or .safetensors)")
-        return module, {"source": "local", "path": os.path.abspath(path),
-                        "sha256": _folder_sha256(path)}
-    module = _architecture(name, input_size)
-    _load_strict(name, module, _read_state_dict(path), path)
-    return module, {"source": "local", "path": os.path.abspath(path), "sha256": sha256_file(path)}
-
-
-def build_backbone(name: str, weights: str = "auto", seed: int = 0,
-                   input_size: int | None = None, allow_download: bool = True) -> Backbone:
-    """Build `name` (a registry key) with `weights` (auto | pretrained | random | path)."""
+def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
+                    allow_download: bool = True) -> dict:
+    """The provenance of the weights `build_backbone` would load, without building a model:
+    {"source": pretrained | local | random-init, "model_id"/"path", "sha256" or "seed", "label"}.
+    Cache keys use it, so a full cache hit never constructs the backbone."""
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    input_size = input_size or BACKBONES[name]["input_size"]
-    if weights == "random":
-        module, prov = None, None
-    elif weights in ("pretrained", "auto"):
+    prov = None
+    if weights in ("pretrained", "auto"):
         try:
-            module, prov = _pretrained(name, input_size, allow_download)
+            prov = _pretrained_files(name, allow_download)
         except WeightsError as exc:
             if weights == "pretrained":
                 raise
             log.warning("!" * 78)
-            log.warning("NO PRETRAINED WEIGHTS for %s — using RANDOM-INIT weights (seed %d).", name, seed)
+            log.warning("NO PRETRAINED WEIGHTS for %s: using RANDOM-INIT weights (seed %d).", name, seed)
             log.warning("%s", exc)
             log.warning("Scores from random-init features are NOT comparable to published ones.")
             log.warning("!" * 78)
-            module, prov = None, None
-    else:
-        module, prov = _from_path(name, weights, input_size)
-    if module is None:
+    elif weights != "random":
+        if not os.path.exists(weights):
+            raise WeightsError(f"--weights {weights!r}: no such file or folder. Give a checkpoint "
+                               "file or a save_pretrained folder, or one of auto, pretrained, random")
+        digest = _folder_sha256(weights) if os.path.isdir(weights) else sha256_file(weights)
+        prov = {"source": "local", "path": os.path.abspath(weights), "sha256": digest}
+    if prov is None:
+        return {"source": "random-init", "seed": seed, "label": f"random-init seed {seed}"}
+    prov["label"] = (f"{prov['source']} {prov.get('model_id', prov.get('path', ''))} "
+                     f"sha256:{prov['sha256'][:12]}")
+    return prov
+
+
+def _load_pretrained(name: str, prov: dict, input_size: int) -> nn.Module:
+    path = prov["file"]
+    if name in ("resnet50", "vgg19", "lpips_vgg"):
+        module = _architecture(name, input_size)
+        _load_strict(name, module, _read_state_dict(path), path)
+        return module
+    if name == "dinov2_vitb14":
+        import timm
+        return timm.create_model("vit_base_patch14_dinov2", pretrained=True, num_classes=0,
+                                 img_size=input_size, pretrained_cfg_overlay={"file": path})
+    if name == "sd_vae":
+        from diffusers import AutoencoderKL
+        return _VaeEncoder(AutoencoderKL.from_pretrained(os.path.dirname(path)).encoder)
+    from transformers import CLIPVisionModel
+    return CLIPVisionModel.from_pretrained(os.path.dirname(path))
+
+
+def _load_local(name: str, path: str, input_size: int) -> nn.Module:
+    if os.path.isdir(path):
+        if name == "sd_vae":
+            from diffusers import AutoencoderKL
+            return _VaeEncoder(AutoencoderKL.from_pretrained(path).encoder)
+        if name == "clip_vit":
+            from transformers import CLIPVisionModel
+            return CLIPVisionModel.from_pretrained(path)
+        raise WeightsError(f"--weights {path!r} is a folder; {name} needs a checkpoint file "
+                           "(.pth, .pt, .bin or .safetensors)")
+    module = _architecture(name, input_size)
+    _load_strict(name, module, _read_state_dict(path), path)
+    return module
+
+
+def build_backbone(name: str, weights: str = "auto", seed: int = 0,
+                   input_size: int | None = None, allow_download: bool = True,
+                   provenance: dict | None = None) -> Backbone:
+    """Build `name` (a registry key) with `weights` (auto | pretrained | random | path).
+    Pass the `provenance` from `resolve_weights` to avoid locating the files twice."""
+    prov = provenance or resolve_weights(name, weights, seed, allow_download)
+    input_size = input_size or BACKBONES[name]["input_size"]
+    if prov["source"] == "random-init":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(prov["seed"])
             module = _architecture(name, input_size)
-        prov = {"source": "random-init", "seed": seed, "label": f"random-init seed {seed}"}
+    elif prov["source"] == "pretrained":
+        module = _load_pretrained(name, prov, input_size)
+    else:
+        module = _load_local(name, prov["path"], input_size)
     module.eval().requires_grad_(False)
-    if "label" not in prov:
-        prov["label"] = (f"{prov['source']} {prov.get('model_id', prov.get('path', ''))} "
-                         f"sha256:{prov['sha256'][:12]}")
     return Backbone(name, module, _forward_fn(name, module, input_size), prov, input_size)
 
 

@@ -1,0 +1,339 @@
+"""Distances between a reference feature set and an evaluation set. Pure numpy.
+
+All functions take `(n, d)` float arrays, reference first, compute in float64 and
+return a Python float. Scoring many evaluation sets against one reference is the
+common case (every degradation level), so each metric has a `*Reference` class
+that precomputes the reference side once; `fid(ref, ev)` etc. are the one-shot
+forms and give identical results.
+
+The `*_from_kernel` functions compute the same two-sample metrics from linear
+kernel blocks (K_rr = R R^T, K_re = R E^T, K_ee = E E^T): the sample-space route
+for features too large to hold explicitly (Gram matrices of wide layers, where
+<G_i, G_j> = ||F_i^T F_j||_F^2 needs no C x C matrix).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import linalg
+
+CMMD_SIGMA = 10.0     # RBF bandwidth used by the CMMD reference (Jayasumana et al., CVPR 2024)
+CMMD_SCALE = 1000.0   # the CMMD reference reports MMD^2 x 1000
+KID_DEGREE, KID_COEF0 = 3, 1.0   # Binkowski et al. 2018 (KID), torch-fidelity defaults
+KID_SUBSET_SIZE = 1000
+
+
+class MetricInputError(ValueError):
+    """Features unusable for a metric (NaN, too few rows, mismatched dims …)."""
+
+
+def check_features(x, name: str = "features", min_rows: int = 2) -> np.ndarray:
+    """float64 (n, d) copy-free view of `x`, or MetricInputError saying what is wrong."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise MetricInputError(f"{name}: expected a 2-D (n, d) array, got shape {x.shape}")
+    if x.shape[0] < min_rows:
+        raise MetricInputError(f"{name}: {x.shape[0]} row(s); at least {min_rows} are needed")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise MetricInputError(f"{name}: {bad} row(s) contain NaN or inf")
+    return x
+
+
+def _check_pair(ref, ev):
+    ref, ev = check_features(ref, "reference"), check_features(ev, "evaluation")
+    if ref.shape[1] != ev.shape[1]:
+        raise MetricInputError(f"dimension mismatch: reference has {ref.shape[1]} features, "
+                               f"evaluation has {ev.shape[1]}")
+    return ref, ev
+
+
+# ---------------------------------------------------------------------------- FID
+
+def gaussian_stats(x) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (np.cov, ddof=1) of (n, d) rows."""
+    x = check_features(x)
+    return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
+
+
+def _cov_factor(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """A (d, r) with A A^T = cov(x, ddof=1), r = min(n - 1, d) columns at most."""
+    n, d = x.shape
+    xc = (x - mu).T / np.sqrt(n - 1)               # (d, n): xc xc^T = cov
+    if n - 1 <= d:
+        return xc
+    w, v = linalg.eigh(xc @ xc.T)
+    return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _psd_factor(sigma: np.ndarray) -> np.ndarray:
+    w, v = linalg.eigh(sigma)
+    return v * np.sqrt(np.clip(w, 0.0, None))
+
+
+def _frechet(dmu_sq: float, tr1: float, tr2: float, nuclear: float) -> float:
+    """||mu1-mu2||^2 + tr S1 + tr S2 - 2 tr (S1 S2)^{1/2}, with tr (S1 S2)^{1/2} = ||A^T B||_*
+    for any S1 = A A^T, S2 = B B^T (the eigenvalues of S1 S2 are the squared singular
+    values of A^T B), so no matrix square root and no complex numbers are needed.
+    The result is >= 0 mathematically; rounding below zero is clipped when it is within
+    1e-9 of the traces."""
+    value = dmu_sq + tr1 + tr2 - 2.0 * nuclear
+    if value < 0:
+        if value < -1e-9 * max(tr1 + tr2, 1e-300):
+            raise ArithmeticError(f"Fréchet distance {value} is negative beyond rounding")
+        value = 0.0
+    return float(value)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017, eq. 6),
+    exact for singular covariances. For pytorch-fid `.npz` statistics."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise MetricInputError(f"statistics shapes differ: mu {mu1.shape} vs {mu2.shape}, "
+                               f"sigma {s1.shape} vs {s2.shape}")
+    a, b = _psd_factor(s1), _psd_factor(s2)
+    nuclear = linalg.svdvals(a.T @ b).sum()
+    return _frechet(float(np.sum((mu1 - mu2) ** 2)), float(np.trace(s1)), float(np.trace(s2)), nuclear)
+
+
+class FIDReference:
+    """Reference side of FID, precomputed once: mean, a covariance factor A, tr S1."""
+
+    def __init__(self, ref):
+        ref = check_features(ref, "reference")
+        self.dim = ref.shape[1]
+        self.mu = ref.mean(axis=0)
+        self.factor = _cov_factor(ref, self.mu)
+        self.trace = float(np.sum(self.factor ** 2))
+
+    def score(self, ev) -> float:
+        ev = check_features(ev, "evaluation")
+        if ev.shape[1] != self.dim:
+            raise MetricInputError(f"dimension mismatch: reference {self.dim}, evaluation {ev.shape[1]}")
+        mu2 = ev.mean(axis=0)
+        b = (ev - mu2).T / np.sqrt(len(ev) - 1)     # (d, n2): b b^T = cov(ev)
+        nuclear = linalg.svdvals(self.factor.T @ b).sum()
+        return _frechet(float(np.sum((self.mu - mu2) ** 2)), self.trace, float(np.sum(b ** 2)), nuclear)
+
+
+def fid(ref, ev) -> float:
+    """Fréchet Inception Distance between the rows of `ref` (n1, d) and `ev` (n2, d),
+    with np.cov (ddof=1) statistics, exact in float64 (also when n < d)."""
+    ref, ev = _check_pair(ref, ev)
+    return FIDReference(ref).score(ev)
+
+
+# ---------------------------------------------------------------------------- MMDs
+
+def _mmd2_unbiased(k_xx_offdiag_sum, k_yy, k_xy, n: int) -> float:
+    """Unbiased MMD^2 (Gretton et al. 2012, eq. 3): within-set terms exclude the diagonal."""
+    m = k_yy.shape[0]
+    return float(k_xx_offdiag_sum / (n * (n - 1))
+                 + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+                 - 2.0 * k_xy.sum() / (n * m))
+
+
+def _poly(a, b, gamma, degree, coef0):
+    return (a @ b.T * gamma + coef0) ** degree
+
+
+class KIDReference:
+    """Kernel Inception Distance (Binkowski et al. 2018): polynomial-kernel MMD^2,
+    k(x, y) = (gamma x.y + coef0)^degree, gamma = 1/d by default.
+
+    subsets=None: the deterministic unbiased estimate over the full sets.
+    subsets=k: torch-fidelity's convention: k subsets of min(n1, n2, subset_size) rows,
+    drawn without replacement by numpy.random.RandomState(seed), alternately from the
+    reference and the evaluation set; the mean of the subset estimates."""
+
+    def __init__(self, ref, subsets=None, subset_size=KID_SUBSET_SIZE, degree=KID_DEGREE,
+                 gamma=None, coef0=KID_COEF0, seed=0):
+        self.ref = check_features(ref, "reference")
+        self.dim = self.ref.shape[1]
+        self.gamma = 1.0 / self.dim if gamma is None else float(gamma)
+        self.degree, self.coef0, self.subsets, self.subset_size, self.seed = \
+            degree, coef0, subsets, subset_size, seed
+        if subsets is None:
+            k = _poly(self.ref, self.ref, self.gamma, degree, coef0)
+            self.k_rr_offdiag = float(k.sum() - np.trace(k))
+
+    def score(self, ev) -> float:
+        ev = check_features(ev, "evaluation")
+        if ev.shape[1] != self.dim:
+            raise MetricInputError(f"dimension mismatch: reference {self.dim}, evaluation {ev.shape[1]}")
+        kern = lambda a, b: _poly(a, b, self.gamma, self.degree, self.coef0)  # noqa: E731
+        if self.subsets is None:
+            return _mmd2_unbiased(self.k_rr_offdiag, kern(ev, ev), kern(self.ref, ev), len(self.ref))
+        m = min(len(self.ref), len(ev), self.subset_size)
+        rng = np.random.RandomState(self.seed)
+        values = []
+        for _ in range(self.subsets):
+            r = self.ref[rng.choice(len(self.ref), m, replace=False)]
+            e = ev[rng.choice(len(ev), m, replace=False)]
+            k_rr = kern(r, r)
+            values.append(_mmd2_unbiased(k_rr.sum() - np.trace(k_rr), kern(e, e), kern(r, e), m))
+        return float(np.mean(values))
+
+
+def kid(ref, ev, subsets=None, subset_size=KID_SUBSET_SIZE, degree=KID_DEGREE, gamma=None,
+        coef0=KID_COEF0, seed=0) -> float:
+    """KID between `ref` (n1, d) and `ev` (n2, d); see KIDReference."""
+    ref, ev = _check_pair(ref, ev)
+    return KIDReference(ref, subsets, subset_size, degree, gamma, coef0, seed).score(ev)
+
+
+def _sq_dists(a, b, a_sq=None, b_sq=None):
+    a_sq = np.sum(a * a, axis=1) if a_sq is None else a_sq
+    b_sq = np.sum(b * b, axis=1) if b_sq is None else b_sq
+    return np.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T), 0.0)
+
+
+class CMMDReference:
+    """CMMD (Jayasumana et al., CVPR 2024): Gaussian RBF kernel exp(-||x-y||^2 / (2 sigma^2)),
+    the biased MMD^2 estimator with diagonal terms kept, times `scale`. Rows are used as
+    given: the reference feeds L2-normalised CLIP embeddings; normalising is the
+    representation's job, not the metric's."""
+
+    def __init__(self, ref, sigma=CMMD_SIGMA, scale=CMMD_SCALE):
+        self.ref = check_features(ref, "reference")
+        self.gamma, self.scale = 1.0 / (2.0 * sigma ** 2), scale
+        self.ref_sq = np.sum(self.ref ** 2, axis=1)
+        self.k_rr = float(np.exp(-self.gamma * _sq_dists(self.ref, self.ref, self.ref_sq, self.ref_sq)).mean())
+
+    def score(self, ev) -> float:
+        ev = check_features(ev, "evaluation")
+        if ev.shape[1] != self.ref.shape[1]:
+            raise MetricInputError(f"dimension mismatch: reference {self.ref.shape[1]}, evaluation {ev.shape[1]}")
+        ev_sq = np.sum(ev ** 2, axis=1)
+        k_ee = np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)).mean()
+        k_re = np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)).mean()
+        return float(self.scale * (self.k_rr + k_ee - 2.0 * k_re))
+
+
+def cmmd(ref, ev, sigma=CMMD_SIGMA, scale=CMMD_SCALE) -> float:
+    """CMMD between `ref` (n1, d) and `ev` (n2, d); see CMMDReference."""
+    ref, ev = _check_pair(ref, ev)
+    return CMMDReference(ref, sigma, scale).score(ev)
+
+
+def median_bandwidth(sq_dists: np.ndarray) -> float:
+    """Median heuristic: the median of the pairwise distances among distinct reference rows."""
+    iu = np.triu_indices(sq_dists.shape[0], k=1)
+    sigma = float(np.sqrt(np.median(sq_dists[iu])))
+    if sigma <= 0:
+        raise MetricInputError("median heuristic: the reference rows are (mostly) identical, "
+                               "bandwidth 0; give a numeric sigma")
+    return sigma
+
+
+class MMDRBFReference:
+    """Unbiased RBF-kernel MMD^2 with bandwidth from the median heuristic on the
+    *reference* rows, so every evaluation set is measured on the same scale."""
+
+    def __init__(self, ref, sigma="median"):
+        self.ref = check_features(ref, "reference")
+        self.ref_sq = np.sum(self.ref ** 2, axis=1)
+        d_rr = _sq_dists(self.ref, self.ref, self.ref_sq, self.ref_sq)
+        self.sigma = median_bandwidth(d_rr) if sigma == "median" else float(sigma)
+        self.gamma = 1.0 / (2.0 * self.sigma ** 2)
+        k = np.exp(-self.gamma * d_rr)
+        self.k_rr_offdiag = float(k.sum() - np.trace(k))
+
+    def score(self, ev) -> float:
+        ev = check_features(ev, "evaluation")
+        if ev.shape[1] != self.ref.shape[1]:
+            raise MetricInputError(f"dimension mismatch: reference {self.ref.shape[1]}, evaluation {ev.shape[1]}")
+        ev_sq = np.sum(ev ** 2, axis=1)
+        k_ee = np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq))
+        k_re = np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq))
+        return _mmd2_unbiased(self.k_rr_offdiag, k_ee, k_re, len(self.ref))
+
+
+def mmd_rbf(ref, ev, sigma="median") -> float:
+    """RBF-MMD^2 between `ref` (n1, d) and `ev` (n2, d); see MMDRBFReference."""
+    ref, ev = _check_pair(ref, ev)
+    return MMDRBFReference(ref, sigma).score(ev)
+
+
+# ---------------------------------------------------------------- model-based metrics
+
+def mahalanobis(model, ev) -> float:
+    """Mean over rows of the Mahalanobis distance of `ev` (n, d) to a fitted model
+    (distribution_modeling): for a Gaussian sqrt((x-mu)^T S^-1 (x-mu)); for a GMM the
+    responsibility-weighted distance to its components."""
+    return float(np.mean(model.mahalanobis(check_features(ev, "evaluation", min_rows=1))))
+
+
+def neg_loglik(model, ev) -> float:
+    """Minus the mean log-density of the rows of `ev` (n, d) under a fitted model."""
+    return float(-np.mean(model.log_density(check_features(ev, "evaluation", min_rows=1))))
+
+
+# ---------------------------------------------------------------- from linear kernels
+
+def _centre(k_rr, k_re, k_ee):
+    """Kernel blocks of the rows centred on their own set's mean (H K H)."""
+    r_row, e_row = k_rr.mean(axis=0), k_ee.mean(axis=0)
+    krr_c = k_rr - r_row[:, None] - r_row[None, :] + k_rr.mean()
+    kee_c = k_ee - e_row[:, None] - e_row[None, :] + k_ee.mean()
+    kre_c = k_re - k_re.mean(axis=1, keepdims=True) - k_re.mean(axis=0, keepdims=True) + k_re.mean()
+    return krr_c, kre_c, kee_c
+
+
+def fid_from_kernel(k_rr, k_re, k_ee) -> float:
+    """FID from linear kernel blocks (n1 x n1, n1 x n2, n2 x n2): equal to `fid` on the
+    rows that produced them. ||A^T B||_* with A, B the centred data scaled by
+    1/sqrt(n-1) is the nuclear norm of the centred cross-kernel."""
+    n1, n2 = k_re.shape
+    krr_c, kre_c, kee_c = _centre(k_rr, k_re, k_ee)
+    dmu_sq = k_rr.mean() + k_ee.mean() - 2.0 * k_re.mean()
+    nuclear = linalg.svdvals(kre_c).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    tr1, tr2 = np.trace(krr_c) / (n1 - 1), np.trace(kee_c) / (n2 - 1)
+    return _frechet(max(float(dmu_sq), 0.0), float(tr1), float(tr2), float(nuclear))
+
+
+def kid_from_kernel(k_rr, k_re, k_ee, dim: int, degree=KID_DEGREE, gamma=None, coef0=KID_COEF0) -> float:
+    """Deterministic (full-set) KID from linear kernel blocks; `dim` sets gamma = 1/dim."""
+    g = 1.0 / dim if gamma is None else gamma
+    p = lambda k: (k * g + coef0) ** degree  # noqa: E731
+    prr = p(k_rr)
+    return _mmd2_unbiased(prr.sum() - np.trace(prr), p(k_ee), p(k_re), k_rr.shape[0])
+
+
+def _sq_from_kernel(k_ab, a_sq, b_sq):
+    return np.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * k_ab, 0.0)
+
+
+def cmmd_from_kernel(k_rr, k_re, k_ee, sigma=CMMD_SIGMA, scale=CMMD_SCALE) -> float:
+    g = 1.0 / (2.0 * sigma ** 2)
+    r_sq, e_sq = np.diag(k_rr), np.diag(k_ee)
+    return float(scale * (np.exp(-g * _sq_from_kernel(k_rr, r_sq, r_sq)).mean()
+                          + np.exp(-g * _sq_from_kernel(k_ee, e_sq, e_sq)).mean()
+                          - 2.0 * np.exp(-g * _sq_from_kernel(k_re, r_sq, e_sq)).mean()))
+
+
+def mmd_rbf_from_kernel(k_rr, k_re, k_ee, sigma="median") -> float:
+    r_sq, e_sq = np.diag(k_rr), np.diag(k_ee)
+    d_rr = _sq_from_kernel(k_rr, r_sq, r_sq)
+    s = median_bandwidth(d_rr) if sigma == "median" else float(sigma)
+    g = 1.0 / (2.0 * s ** 2)
+    k = np.exp(-g * d_rr)
+    return _mmd2_unbiased(k.sum() - np.trace(k), np.exp(-g * _sq_from_kernel(k_ee, e_sq, e_sq)),
+                          np.exp(-g * _sq_from_kernel(k_re, r_sq, e_sq)), k_rr.shape[0])
+
+
+# ---------------------------------------------------------------- pytorch-fid interop
+
+def save_fid_stats(path: str, ref) -> None:
+    """Write `mu`, `sigma` of `ref` (n, d) as a pytorch-fid compatible .npz."""
+    mu, sigma = gaussian_stats(ref)
+    np.savez(path, mu=mu, sigma=sigma)
+
+
+def load_fid_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise MetricInputError(f"{path}: a pytorch-fid statistics file holds 'mu' and "
+                                   f"'sigma'; found {sorted(f.files)}")
+        return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)

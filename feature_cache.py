@@ -1,0 +1,307 @@
+"""A crash-safe, content-keyed disk cache of raw layer activations.
+
+Layout (the original pipeline's, with content keys):
+
+    cache/<backbone>/<layer dir>/ref_<key>/chunk_000.npy   images 0-99 of the reference set
+                                          /chunk_001.npy   ...
+                                          /metadata.json
+                                /eval_<key>/clean/level_00.npy           undegraded images
+                                           /<degradation>/level_01.npy   first level, ...
+                                           /metadata.json
+
+* `cache_key` is the only function that builds keys. It hashes everything that
+  changes the stored bytes: the images' sha256 (content, not names), backbone,
+  weights provenance, module path, what the hook captures, input size, resize
+  rule and normalisation, degradation type, level and seed, stored dtype and the
+  cache format version. Each file's key is stored in metadata.json and compared
+  on load, so a changed parameter is a CACHE MISS, never a stale hit.
+* Every file is written to a temporary name and `os.replace`d into place, and
+  only then recorded in metadata.json (itself replaced atomically): a file not
+  listed there does not exist for the cache, so an interrupted build resumes
+  where it stopped. A `fcntl` lock serialises writers of one entry.
+* Each file's size, shape, dtype and sha256 are checked before use; a corrupt
+  file is dropped with a warning and extracted again.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+CHUNK_SIZE = 100                     # reference images per chunk file
+RESIZE_RULE = "lanczos shorter side to working_size, centre crop, bicubic+antialias to input_size"
+CLEAN = "clean"
+
+
+class CacheError(RuntimeError):
+    """The cache cannot be used as it is; the message gives the command that fixes it."""
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cache_key(fields: dict) -> str:
+    """The one key function: sha256 of the canonical JSON of `fields` (16 hex digits)."""
+    return hashlib.sha256(_canonical({"format": CACHE_FORMAT_VERSION, **fields}).encode()).hexdigest()[:16]
+
+
+def weights_identity(provenance: dict) -> dict:
+    """What of a provenance identifies the weights' bytes (not where they lie on disk)."""
+    return {k: v for k, v in provenance.items() if k not in ("file", "path", "label")}
+
+
+def layer_dirname(index: int | None, path: str) -> str:
+    """`single_layer_9` for registry layers (the original layout), `module_<path>` otherwise."""
+    return f"single_layer_{index}" if index is not None else "module_" + path.replace("/", "_")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cached file: a reference chunk or one evaluation level."""
+    kind: str            # "ref" or "eval"
+    group: str           # "" for ref chunks, degradation name or "clean" for eval
+    position: int        # chunk index, or level position (0 = clean)
+    dtype: str | None    # degradation type (None for ref and clean)
+    level: object        # level value (None for ref and clean)
+    records: tuple       # the ImageRecords, in row order
+
+    @property
+    def relpath(self) -> str:
+        if self.kind == "ref":
+            return f"chunk_{self.position:03d}.npy"
+        return f"{self.group}/level_{self.position:02d}.npy"
+
+
+def reference_units(records) -> list[Unit]:
+    return [Unit("ref", "", i // CHUNK_SIZE, None, None, tuple(records[i:i + CHUNK_SIZE]))
+            for i in range(0, len(records), CHUNK_SIZE)]
+
+
+def evaluation_units(records, degradations: dict) -> list[Unit]:
+    units = [Unit("eval", CLEAN, 0, None, None, tuple(records))]
+    for name, spec in degradations.items():
+        for pos, level in enumerate(spec["levels"], start=1):
+            units.append(Unit("eval", name, pos, spec["type"], level, tuple(records)))
+    return units
+
+
+class LayerCache:
+    """The cache of one (backbone, layer) for one reference and one evaluation set."""
+
+    def __init__(self, root, backbone, layer_index, module_path, context: dict,
+                 ref_records, eval_records, seed: int, verify: bool = True):
+        self.layer_dir = os.path.join(root, backbone, layer_dirname(layer_index, module_path))
+        self.context = {"backbone": backbone, "module_path": module_path, **context}
+        self.seed, self.verify = seed, verify
+        self.ref_dir = os.path.join(self.layer_dir, "ref_" + cache_key(
+            {**self.context, "set": "ref", "images": [r.sha256 for r in ref_records]}))
+        self.eval_dir = os.path.join(self.layer_dir, "eval_" + cache_key(
+            {**self.context, "set": "eval", "images": [r.sha256 for r in eval_records]}))
+        self.name = f"{backbone}/{module_path}"
+
+    # ------------------------------------------------------------ keys
+    def unit_key(self, unit: Unit) -> str:
+        fields = {**self.context, "kind": unit.kind, "position": unit.position,
+                  "images": [r.sha256 for r in unit.records]}
+        if unit.kind == "eval":
+            fields.update({"group": unit.group, "degradation": unit.dtype, "level": unit.level,
+                           "seed": self.seed})
+        return cache_key(fields)
+
+    def _dir(self, unit: Unit) -> str:
+        return self.ref_dir if unit.kind == "ref" else self.eval_dir
+
+    # ------------------------------------------------------------ metadata
+    @staticmethod
+    def _read_meta(entry: str) -> dict:
+        try:
+            with open(os.path.join(entry, "metadata.json")) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"files": {}}
+
+    def _write_meta(self, entry: str, meta: dict) -> None:
+        meta["context"] = self.context
+        _atomic_write_bytes(os.path.join(entry, "metadata.json"),
+                            json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
+
+    @contextlib.contextmanager
+    def _locked(self, entry: str):
+        os.makedirs(entry, exist_ok=True)
+        with open(os.path.join(entry, ".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------ queries
+    def check(self, unit: Unit, full: bool | None = None) -> str | None:
+        """None if `unit` is cached and intact, else why not ('absent', 'stale', 'corrupt: …')."""
+        entry = self._dir(unit)
+        info = self._read_meta(entry)["files"].get(unit.relpath)
+        if info is None:
+            return "absent"
+        if info.get("key") != self.unit_key(unit):
+            return "stale"
+        problem = _verify_file(os.path.join(entry, unit.relpath), info,
+                               self.verify if full is None else full)
+        return f"corrupt: {problem}" if problem else None
+
+    def missing(self, units) -> list[Unit]:
+        """The units that must be extracted; corrupt files are dropped with a warning."""
+        out = []
+        for unit in units:
+            why = self.check(unit)
+            if why is None:
+                continue
+            if why.startswith("corrupt"):
+                log.warning("cache file %s/%s is %s; it will be extracted again",
+                            self._dir(unit), unit.relpath, why)
+                self._forget(unit)
+            out.append(unit)
+        return out
+
+    def _forget(self, unit: Unit) -> None:
+        entry = self._dir(unit)
+        with self._locked(entry):
+            meta = self._read_meta(entry)
+            meta["files"].pop(unit.relpath, None)
+            meta["complete"] = False
+            self._write_meta(entry, meta)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(entry, unit.relpath))
+
+    # ------------------------------------------------------------ write / read
+    def write(self, unit: Unit, array: np.ndarray, dtype: str, n_units: int) -> None:
+        """Store `array` (rows = unit.records) atomically, then record it in metadata."""
+        if len(array) != len(unit.records):
+            raise ValueError(f"{unit.relpath}: {len(array)} rows for {len(unit.records)} images")
+        stored = array.astype(dtype)
+        if not np.isfinite(stored).all():
+            bad = "overflow to inf in float16" if np.isfinite(array).all() else "NaN/inf activations"
+            raise CacheError(f"{self.name}: {bad} in {unit.relpath}; set config['cache_dtype'] = "
+                             "'float32' (or check the input images)")
+        entry = self._dir(unit)
+        path = os.path.join(entry, unit.relpath)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with self._locked(entry):
+            _atomic_save_npy(path, stored)
+            meta = self._read_meta(entry)
+            meta["files"][unit.relpath] = {
+                "key": self.unit_key(unit), "shape": list(stored.shape), "dtype": str(stored.dtype),
+                "bytes": os.path.getsize(path), "sha256": _sha256_path(path),
+                "images": [r.source for r in unit.records], "degradation": unit.dtype,
+                "level": unit.level}
+            meta["complete"] = len(meta["files"]) >= n_units
+            self._write_meta(entry, meta)
+
+    def load(self, unit: Unit, mmap: bool = True) -> np.ndarray:
+        """The cached array of `unit` (memory-mapped); raises CacheError if it changed."""
+        entry = self._dir(unit)
+        info = self._read_meta(entry)["files"].get(unit.relpath)
+        if info is None or info.get("key") != self.unit_key(unit):
+            raise CacheError(f"{self.name}: {unit.relpath} is not in the cache; rebuild with "
+                             "`python main.py --build-cache ...` or rerun the same command")
+        path = os.path.join(entry, unit.relpath)
+        problem = _verify_file(path, info, full=False)
+        if problem:
+            raise CacheError(f"cache file {path} is corrupt ({problem}); delete it "
+                             f"(`rm {path}`) and rerun the same command to extract it again")
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+# ---------------------------------------------------------------- file helpers
+
+def _sha256_path(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify_file(path: str, info: dict, full: bool) -> str | None:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return "file missing"
+    if size != info.get("bytes"):
+        return f"size {size} bytes, expected {info.get('bytes')}"
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if list(arr.shape) != info.get("shape") or str(arr.dtype) != info.get("dtype"):
+        return f"shape {arr.shape} {arr.dtype}, expected {tuple(info.get('shape'))} {info.get('dtype')}"
+    if full and _sha256_path(path) != info.get("sha256"):
+        return "checksum mismatch"
+    return None
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _atomic_save_npy(path: str, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def cache_info(root: str) -> list[dict]:
+    """Every entry under `root`: backbone, layer, entry, files, bytes, complete, key."""
+    rows = []
+    if not os.path.isdir(root):
+        return rows
+    for backbone in sorted(os.listdir(root)):
+        bdir = os.path.join(root, backbone)
+        if not os.path.isdir(bdir):
+            continue
+        for layer in sorted(os.listdir(bdir)):
+            ldir = os.path.join(bdir, layer)
+            for entry in sorted(os.listdir(ldir)) if os.path.isdir(ldir) else []:
+                edir = os.path.join(ldir, entry)
+                meta = LayerCache._read_meta(edir)
+                size = sum(os.path.getsize(os.path.join(dp, f))
+                           for dp, _, fs in os.walk(edir) for f in fs)
+                rows.append({"backbone": backbone, "layer": layer, "entry": entry,
+                             "module_path": meta.get("context", {}).get("module_path", "?"),
+                             "files": len(meta["files"]), "bytes": size,
+                             "complete": bool(meta.get("complete")),
+                             "weights": meta.get("context", {}).get("weights", {})})
+    return rows
+
+
+def remove_entry(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)

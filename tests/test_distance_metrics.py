@@ -1,0 +1,146 @@
+"""Metrics against independent peers and closed forms."""
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+
+import distance_metrics as dm
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    full = (rng.normal(size=(300, 16)), rng.normal(0.3, 1.2, size=(250, 16)))
+    singular = (rng.normal(size=(40, 64)), rng.normal(0.2, 1.0, size=(30, 64)))   # n < d
+    # ill-conditioned: condition number ~1e10 on the covariance
+    basis = np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    scales = np.logspace(0, -5, 12)
+    ill = (rng.normal(size=(500, 12)) * scales @ basis.T,
+           rng.normal(size=(400, 12)) * scales @ basis.T + 0.01)
+    return {"full-rank": full, "singular": singular, "ill-conditioned": ill}
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fid_matches_pytorch_fid(case):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    ref, ev = CASES[case]
+    ours = dm.fid(ref, ev)
+    mu1, s1 = np.mean(ref, 0), np.cov(ref, rowvar=False)
+    mu2, s2 = np.mean(ev, 0), np.cov(ev, rowvar=False)
+    peer = calculate_frechet_distance(mu1, s1, mu2, s2)
+    assert np.isreal(ours) and ours >= 0
+    assert ours == pytest.approx(peer, rel=1e-5)
+    assert dm.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ours, rel=1e-7)
+
+
+def test_fid_closed_forms():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 200))            # n < d: pytorch-fid's sqrtm goes complex here
+    shift = rng.normal(size=200)
+    # equal covariances (a translated copy): FID = ||delta mu||^2 exactly
+    assert dm.fid(x, x + shift) == pytest.approx(float(shift @ shift), rel=1e-10)
+    assert dm.fid(x, x) == pytest.approx(0.0, abs=1e-9 * 2 * np.trace(np.cov(x, rowvar=False)))
+    assert dm.fid(x, x) >= 0.0
+    # one-dimensional Gaussians: (m1-m2)^2 + (s1-s2)^2
+    a, b = rng.normal(size=(500, 1)), rng.normal(size=(400, 1)) * 3 + 2
+    s1, s2 = a.std(ddof=1), b.std(ddof=1)
+    assert dm.fid(a, b) == pytest.approx((a.mean() - b.mean()) ** 2 + (s1 - s2) ** 2, rel=1e-10)
+
+
+def test_fid_reference_precomputed_equals_one_shot():
+    ref, ev = CASES["singular"]
+    r = dm.FIDReference(ref)
+    for k in range(3):
+        e = ev + k
+        assert r.score(e) == dm.fid(ref, e)
+    big_ref, big_ev = CASES["full-rank"]
+    assert dm.FIDReference(big_ref).score(big_ev) == dm.fid(big_ref, big_ev)
+
+
+def _kid_torch_fidelity(ref, ev, subsets, subset_size, seed=0):
+    import torch
+    from torch_fidelity.metric_kid import kid_features_to_metric, KEY_METRIC_KID_MEAN
+    out = kid_features_to_metric(torch.from_numpy(ref), torch.from_numpy(ev),
+                                 kid_subsets=subsets, kid_subset_size=subset_size,
+                                 kid_degree=3, kid_gamma=None, kid_coef0=1, rng_seed=seed,
+                                 verbose=False, kid_kernel="poly")
+    return out[KEY_METRIC_KID_MEAN]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kid_matches_torch_fidelity(case):
+    ref, ev = CASES[case]
+    n = min(len(ref), len(ev))
+    ref, ev = ref[:n], ev[:n]
+    # a single subset of all rows is the full-set estimate
+    assert dm.kid(ref, ev) == pytest.approx(_kid_torch_fidelity(ref, ev, 1, n), abs=1e-6, rel=1e-6)
+    # the subset convention, same seed
+    m = n // 2
+    ours = dm.kid(ref, ev, subsets=7, subset_size=m, seed=3)
+    assert ours == pytest.approx(_kid_torch_fidelity(ref, ev, 7, m, seed=3), abs=1e-6, rel=1e-6)
+
+
+def test_kid_does_not_touch_global_rng():
+    np.random.seed(123)
+    before = np.random.random()
+    np.random.seed(123)
+    ref, ev = CASES["full-rank"]
+    dm.kid(ref, ev, subsets=3, subset_size=50)
+    assert np.random.random() == before
+
+
+def test_cmmd_matches_direct_formula():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(40, 8)); ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    ev = rng.normal(0.2, 1, size=(30, 8)); ev /= np.linalg.norm(ev, axis=1, keepdims=True)
+    g = 1 / (2 * 10.0 ** 2)
+
+    def k(a, b):
+        return np.array([[np.exp(-g * np.sum((x - y) ** 2)) for y in b] for x in a])
+    direct = 1000 * (k(ref, ref).mean() + k(ev, ev).mean() - 2 * k(ref, ev).mean())
+    assert dm.cmmd(ref, ev) == pytest.approx(direct, rel=1e-9, abs=1e-12)
+
+
+def test_mmd_rbf_median_heuristic_by_hand():
+    rng = np.random.default_rng(3)
+    ref, ev = rng.normal(size=(25, 4)), rng.normal(0.5, 1, size=(20, 4))
+    d = np.array([[np.sum((a - b) ** 2) for b in ref] for a in ref])
+    sigma = np.sqrt(np.median(d[np.triu_indices(25, 1)]))
+    kern = lambda a, b: np.exp(-np.array([[np.sum((x - y) ** 2) for y in b] for x in a]) / (2 * sigma ** 2))  # noqa
+    krr, kee, kre = kern(ref, ref), kern(ev, ev), kern(ref, ev)
+    expected = ((krr.sum() - 25) / (25 * 24) + (kee.sum() - 20) / (20 * 19) - 2 * kre.mean())
+    assert dm.mmd_rbf(ref, ev) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("case", ["full-rank", "singular"])
+def test_kernel_forms_equal_explicit_forms(case):
+    ref, ev = CASES[case]
+    krr, kre, kee = ref @ ref.T, ref @ ev.T, ev @ ev.T
+    assert dm.fid_from_kernel(krr, kre, kee) == pytest.approx(dm.fid(ref, ev), rel=1e-8)
+    assert dm.kid_from_kernel(krr, kre, kee, ref.shape[1]) == pytest.approx(dm.kid(ref, ev), rel=1e-9)
+    assert dm.cmmd_from_kernel(krr, kre, kee) == pytest.approx(dm.cmmd(ref, ev), rel=1e-9)
+    assert dm.mmd_rbf_from_kernel(krr, kre, kee) == pytest.approx(dm.mmd_rbf(ref, ev), rel=1e-9)
+
+
+def test_fid_stats_npz_roundtrip(tmp_path):
+    ref, ev = CASES["full-rank"]
+    dm.save_fid_stats(tmp_path / "ref.npz", ref)
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    mu, sigma = dm.load_fid_stats(str(tmp_path / "ref.npz"))
+    mu2, s2 = dm.gaussian_stats(ev)
+    assert dm.frechet_distance(mu, sigma, mu2, s2) == pytest.approx(
+        calculate_frechet_distance(mu, sigma, mu2, s2), rel=1e-5)
+    assert dm.frechet_distance(mu, sigma, mu2, s2) == pytest.approx(dm.fid(ref, ev), rel=1e-9)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.full((5, 3), np.nan), "NaN"),
+    (np.ones((1, 3)), "at least 2"),
+    (np.ones((5, 4)), "dimension mismatch"),
+])
+def test_bad_inputs_raise_clear_errors(bad, match):
+    good = np.random.default_rng(0).normal(size=(10, 3))
+    for fn in (dm.fid, dm.kid, dm.cmmd, dm.mmd_rbf):
+        with pytest.raises(dm.MetricInputError, match=match):
+            fn(good, bad)
