@@ -47,6 +47,14 @@ def _check_pair(ref, ev):
     return ref, ev
 
 
+def _check_dim(ev, dim: int) -> np.ndarray:
+    ev = check_features(ev, "evaluation")
+    if ev.shape[1] != dim:
+        raise MetricInputError(f"dimension mismatch: reference has {dim} features, "
+                               f"evaluation has {ev.shape[1]}")
+    return ev
+
+
 # ---------------------------------------------------------------------------- FID
 
 def gaussian_stats(x) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +115,27 @@ class FIDReference:
         self.factor = _cov_factor(ref, self.mu)
         self.trace = float(np.sum(self.factor ** 2))
 
+    def prepare(self, ev):
+        """Per-evaluation-set state: rows relative to the reference mean, and their
+        projection on the reference factor. Resampled rows reuse it exactly."""
+        ev = _check_dim(ev, self.dim)
+        z = ev - self.mu
+        return z, self.factor.T @ z.T
+
+    def score_prepared(self, state, idx=None) -> float:
+        """FID of the evaluation rows `idx` (all when None; repeats allowed)."""
+        z, pz = state
+        if idx is not None:
+            z, pz = z[idx], pz[:, idx]
+        n2 = len(z)
+        m = z.mean(axis=0)                       # = mu2 - mu1
+        tr2 = float(np.sum((z - m) ** 2)) / (n2 - 1)
+        proj = (pz - pz.mean(axis=1, keepdims=True)) / np.sqrt(n2 - 1)   # A^T B
+        nuclear = linalg.svdvals(proj).sum()
+        return _frechet(float(m @ m), self.trace, tr2, nuclear)
+
     def score(self, ev) -> float:
-        ev = check_features(ev, "evaluation")
-        if ev.shape[1] != self.dim:
-            raise MetricInputError(f"dimension mismatch: reference {self.dim}, evaluation {ev.shape[1]}")
-        mu2 = ev.mean(axis=0)
-        b = (ev - mu2).T / np.sqrt(len(ev) - 1)     # (d, n2): b b^T = cov(ev)
-        nuclear = linalg.svdvals(self.factor.T @ b).sum()
-        return _frechet(float(np.sum((self.mu - mu2) ** 2)), self.trace, float(np.sum(b ** 2)), nuclear)
+        return self.score_prepared(self.prepare(ev))
 
 
 def fid(ref, ev) -> float:
@@ -158,22 +179,35 @@ class KIDReference:
             k = _poly(self.ref, self.ref, self.gamma, degree, coef0)
             self.k_rr_offdiag = float(k.sum() - np.trace(k))
 
-    def score(self, ev) -> float:
-        ev = check_features(ev, "evaluation")
-        if ev.shape[1] != self.dim:
-            raise MetricInputError(f"dimension mismatch: reference {self.dim}, evaluation {ev.shape[1]}")
-        kern = lambda a, b: _poly(a, b, self.gamma, self.degree, self.coef0)  # noqa: E731
+    def _kern(self, a, b):
+        return _poly(a, b, self.gamma, self.degree, self.coef0)
+
+    def prepare(self, ev):
+        ev = _check_dim(ev, self.dim)
+        if self.subsets is not None:
+            return ev
+        return self._kern(self.ref, ev), self._kern(ev, ev)
+
+    def score_prepared(self, state, idx=None) -> float:
         if self.subsets is None:
-            return _mmd2_unbiased(self.k_rr_offdiag, kern(ev, ev), kern(self.ref, ev), len(self.ref))
+            k_re, k_ee = state
+            if idx is not None:
+                k_re, k_ee = k_re[:, idx], k_ee[np.ix_(idx, idx)]
+            return _mmd2_unbiased(self.k_rr_offdiag, k_ee, k_re, len(self.ref))
+        ev = state if idx is None else state[idx]
         m = min(len(self.ref), len(ev), self.subset_size)
         rng = np.random.RandomState(self.seed)
         values = []
         for _ in range(self.subsets):
             r = self.ref[rng.choice(len(self.ref), m, replace=False)]
             e = ev[rng.choice(len(ev), m, replace=False)]
-            k_rr = kern(r, r)
-            values.append(_mmd2_unbiased(k_rr.sum() - np.trace(k_rr), kern(e, e), kern(r, e), m))
+            k_rr = self._kern(r, r)
+            values.append(_mmd2_unbiased(k_rr.sum() - np.trace(k_rr), self._kern(e, e),
+                                         self._kern(r, e), m))
         return float(np.mean(values))
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
 
 
 def kid(ref, ev, subsets=None, subset_size=KID_SUBSET_SIZE, degree=KID_DEGREE, gamma=None,
@@ -201,14 +235,20 @@ class CMMDReference:
         self.ref_sq = np.sum(self.ref ** 2, axis=1)
         self.k_rr = float(np.exp(-self.gamma * _sq_dists(self.ref, self.ref, self.ref_sq, self.ref_sq)).mean())
 
-    def score(self, ev) -> float:
-        ev = check_features(ev, "evaluation")
-        if ev.shape[1] != self.ref.shape[1]:
-            raise MetricInputError(f"dimension mismatch: reference {self.ref.shape[1]}, evaluation {ev.shape[1]}")
+    def prepare(self, ev):
+        ev = _check_dim(ev, self.ref.shape[1])
         ev_sq = np.sum(ev ** 2, axis=1)
-        k_ee = np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)).mean()
-        k_re = np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)).mean()
-        return float(self.scale * (self.k_rr + k_ee - 2.0 * k_re))
+        return (np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)),
+                np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)))
+
+    def score_prepared(self, state, idx=None) -> float:
+        k_re, k_ee = state
+        if idx is not None:
+            k_re, k_ee = k_re[:, idx], k_ee[np.ix_(idx, idx)]
+        return float(self.scale * (self.k_rr + k_ee.mean() - 2.0 * k_re.mean()))
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
 
 
 def cmmd(ref, ev, sigma=CMMD_SIGMA, scale=CMMD_SCALE) -> float:
@@ -240,14 +280,20 @@ class MMDRBFReference:
         k = np.exp(-self.gamma * d_rr)
         self.k_rr_offdiag = float(k.sum() - np.trace(k))
 
-    def score(self, ev) -> float:
-        ev = check_features(ev, "evaluation")
-        if ev.shape[1] != self.ref.shape[1]:
-            raise MetricInputError(f"dimension mismatch: reference {self.ref.shape[1]}, evaluation {ev.shape[1]}")
+    def prepare(self, ev):
+        ev = _check_dim(ev, self.ref.shape[1])
         ev_sq = np.sum(ev ** 2, axis=1)
-        k_ee = np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq))
-        k_re = np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq))
+        return (np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)),
+                np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)))
+
+    def score_prepared(self, state, idx=None) -> float:
+        k_re, k_ee = state
+        if idx is not None:
+            k_re, k_ee = k_re[:, idx], k_ee[np.ix_(idx, idx)]
         return _mmd2_unbiased(self.k_rr_offdiag, k_ee, k_re, len(self.ref))
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
 
 
 def mmd_rbf(ref, ev, sigma="median") -> float:
@@ -258,16 +304,35 @@ def mmd_rbf(ref, ev, sigma="median") -> float:
 
 # ---------------------------------------------------------------- model-based metrics
 
+class ModelMetricReference:
+    """mahalanobis or neg_loglik under a fitted model: per-row values, then their mean."""
+
+    def __init__(self, model, metric: str):
+        self.model, self.metric = model, metric
+
+    def prepare(self, ev):
+        ev = check_features(ev, "evaluation", min_rows=1)
+        if self.metric == "mahalanobis":
+            return self.model.mahalanobis(ev)
+        return -self.model.log_density(ev)
+
+    def score_prepared(self, state, idx=None) -> float:
+        return float(np.mean(state if idx is None else state[idx]))
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
 def mahalanobis(model, ev) -> float:
     """Mean over rows of the Mahalanobis distance of `ev` (n, d) to a fitted model
     (distribution_modeling): for a Gaussian sqrt((x-mu)^T S^-1 (x-mu)); for a GMM the
     responsibility-weighted distance to its components."""
-    return float(np.mean(model.mahalanobis(check_features(ev, "evaluation", min_rows=1))))
+    return ModelMetricReference(model, "mahalanobis").score(ev)
 
 
 def neg_loglik(model, ev) -> float:
     """Minus the mean log-density of the rows of `ev` (n, d) under a fitted model."""
-    return float(-np.mean(model.log_density(check_features(ev, "evaluation", min_rows=1))))
+    return ModelMetricReference(model, "neg_loglik").score(ev)
 
 
 # ---------------------------------------------------------------- from linear kernels

@@ -144,3 +144,64 @@ def test_bad_inputs_raise_clear_errors(bad, match):
     for fn in (dm.fid, dm.kid, dm.cmmd, dm.mmd_rbf):
         with pytest.raises(dm.MetricInputError, match=match):
             fn(good, bad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda r: dm.FIDReference(r), lambda r: dm.KIDReference(r), lambda r: dm.CMMDReference(r),
+    lambda r: dm.MMDRBFReference(r), lambda r: dm.KIDReference(r, subsets=3, subset_size=20)])
+def test_resampled_scores_equal_scores_of_resampled_rows(make):
+    """The bootstrap path (prepare once, score index sets) gives the same number as
+    scoring the resampled rows from scratch."""
+    ref, ev = CASES["full-rank"]
+    r = make(ref)
+    state = r.prepare(ev[:40])
+    idx = np.random.default_rng(0).integers(0, 40, 40)
+    assert r.score_prepared(state) == pytest.approx(r.score(ev[:40]), rel=1e-12)
+    if isinstance(r, dm.FIDReference):   # FID of a resample with repeated rows
+        assert r.score_prepared(state, idx) == pytest.approx(dm.fid(ref, ev[:40][idx]), rel=1e-9)
+    elif not isinstance(r, dm.KIDReference) or r.subsets is not None:
+        assert r.score_prepared(state, idx) == pytest.approx(r.score(ev[:40][idx]), rel=1e-9)
+
+
+def test_mahalanobis_gaussian_matches_scipy():
+    from distribution_modeling import fit_distribution
+    for case in ("full-rank", "ill-conditioned"):
+        ref, ev = CASES[case]
+        model = fit_distribution(ref, {"type": "gaussian"})
+        vi = np.linalg.inv(model.covariance)
+        expected = np.mean([scipy_mahalanobis(x, model.mean, vi) for x in ev])
+        assert dm.mahalanobis(model, ev) == pytest.approx(expected, rel=1e-6)
+
+
+def test_neg_loglik_gaussian_matches_scipy():
+    from scipy.stats import multivariate_normal
+    from distribution_modeling import fit_distribution
+    ref, ev = CASES["full-rank"]
+    model = fit_distribution(ref, {"type": "gaussian", "reg": 0.0})
+    assert np.allclose(model.covariance, np.cov(ref, rowvar=False, ddof=1))
+    expected = -np.mean(multivariate_normal(ref.mean(0), np.cov(ref, rowvar=False)).logpdf(ev))
+    assert dm.neg_loglik(model, ev) == pytest.approx(expected, rel=1e-9)
+
+
+def test_gmm_and_kde_models():
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import KernelDensity
+    from distribution_modeling import fit_distribution, ModelError
+    ref, ev = CASES["full-rank"]
+    for cov in ("diag", "full", "tied", "spherical"):
+        model = fit_distribution(ref, {"type": "gmm", "covariance_type": cov, "n_components": 3}, seed=0)
+        peer = GaussianMixture(3, covariance_type=cov, random_state=0, max_iter=200).fit(ref)
+        assert dm.neg_loglik(model, ev) == pytest.approx(-peer.score(ev), rel=1e-9)
+        assert dm.mahalanobis(model, ev) > 0
+    # one spherical component with unit variance: weighted distance = Euclidean distance
+    m = fit_distribution(ref, {"type": "gmm", "covariance_type": "full", "n_components": 1})
+    g = m.gmm
+    expected = np.mean([scipy_mahalanobis(x, g.means_[0], np.linalg.inv(g.covariances_[0])) for x in ev])
+    assert dm.mahalanobis(m, ev) == pytest.approx(expected, rel=1e-6)
+    kde = fit_distribution(ref, {"type": "kde", "bandwidth": 0.7})
+    assert dm.neg_loglik(kde, ev) == pytest.approx(
+        -KernelDensity(bandwidth=0.7).fit(ref).score_samples(ev).mean(), rel=1e-9)
+    with pytest.raises(ModelError, match="covariance"):
+        dm.mahalanobis(kde, ev)
+    with pytest.raises(ModelError, match="components"):
+        fit_distribution(ref[:4], {"type": "gmm", "covariance_type": "diag", "n_components": 5})
