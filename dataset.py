@@ -127,9 +127,10 @@ def load_builtin(source: str) -> np.ndarray:
 
 # ------------------------------------------------------------------ loading
 
+@functools.lru_cache(maxsize=256)   # an evaluation image is read once per degradation level
 def load_rgb(source: str, working_size: int) -> np.ndarray:
     """Decode `source`, resize its shorter side to `working_size` (Lanczos) and
-    centre-crop to a square. Returns (working_size, working_size, 3) uint8."""
+    centre-crop to a square. Returns (working_size, working_size, 3) uint8, read-only."""
     if source.startswith("builtin:"):
         arr = load_builtin(source)
         img = Image.fromarray(arr)
@@ -143,7 +144,9 @@ def load_rgb(source: str, working_size: int) -> np.ndarray:
         img = img.resize((nw, nh), Image.Resampling.LANCZOS)
         left, top = (nw - working_size) // 2, (nh - working_size) // 2
         img = img.crop((left, top, left + working_size, top + working_size))
-    return np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)
+    arr.flags.writeable = False        # shared by the cache: degradations return new arrays
+    return arr
 
 
 def _sha256_bytes(data: bytes) -> str:

@@ -78,6 +78,10 @@ class Unit:
     records: tuple       # the ImageRecords, in row order
 
     @property
+    def id(self) -> tuple:
+        return (self.kind, self.group, self.position)
+
+    @property
     def relpath(self) -> str:
         if self.kind == "ref":
             return f"chunk_{self.position:03d}.npy"

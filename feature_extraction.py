@@ -63,7 +63,7 @@ class JobDataset(torch.utils.data.Dataset):
 
 def preprocess(img: np.ndarray, input_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, S, S) float32 normalised; bicubic resize with antialias."""
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         x = F.interpolate(x[None], size=(input_size, input_size), mode="bicubic",
                           align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)

@@ -1,0 +1,511 @@
+"""Which deep-feature space gives an image-quality score that rises monotonically
+as images get worse? Command-line entry point.
+
+    python main.py --mode quick                          # one configuration, 50 images
+    python main.py --mode medium --backbone vgg19        # ENABLED_LAYERS x transforms x models x metrics
+    python main.py --build-cache --backbone sd_vae --layers 7 9 12 --n-inference 1000
+
+Data flow (one file per stage): dataset.py -> degradation_generator.py ->
+feature_extraction.py (backbones.py, layer_registry.py) -> feature_cache.py ->
+representations.py -> distribution_modeling.py -> distance_metrics.py ->
+evaluation.py -> report.py.
+
+Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import difflib
+import json
+import logging
+import os
+import sys
+
+import config as C
+from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE
+
+log = logging.getLogger("iqm")
+
+
+class UsageError(ValueError):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    d = C.CONFIG
+    p = argparse.ArgumentParser(
+        prog="main.py", allow_abbrev=False,
+        description="Rank deep-feature spaces by how monotonically an image-quality score "
+                    "rises with degradation severity (Spearman rho). Defaults come from config.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 success, 2 usage/configuration error, 1 runtime error.\n"
+               "Layer tables: LAYER_GUIDE.md, or --list-layers BACKBONE.")
+    g = p.add_argument_group("what to run")
+    g.add_argument("--mode", choices=tuple(C.MODES), default="quick",
+                   help="quick: 50 reference images, one configuration; medium: ENABLED_LAYERS x "
+                        "transforms x models x metrics; full: 1000 reference images, every configuration "
+                        "(default: quick)")
+    g.add_argument("--build-cache", action="store_true",
+                   help="extract and cache activations of --layers for --backbone, then stop")
+    g.add_argument("--list-layers", metavar="BACKBONE",
+                   help="print the layer table of a backbone, or timm:NAME / torchvision:NAME "
+                        "to list the extractable modules of any model those libraries build")
+    g.add_argument("--cache-info", action="store_true", help="list cache entries with sizes and keys")
+    g.add_argument("--preview-degradations", action="store_true",
+                   help="write a PNG collage of a few images at every level of every degradation")
+    g.add_argument("--write-layer-guide", action="store_true",
+                   help="regenerate LAYER_GUIDE.md from layer_registry.py")
+    g = p.add_argument_group("model and layers")
+    g.add_argument("--backbone", choices=BACKBONE_NAMES + ("all",), default=None,
+                   help=f"backbone (default: config['backbone'] = {d['backbone']})")
+    g.add_argument("--layers", nargs="+", metavar="L",
+                   help="layer indices (see --list-layers) or module paths; required with --build-cache")
+    g.add_argument("--weights", default=None, metavar="{auto,pretrained,random,PATH}",
+                   help="auto: pretrained if found, else random-init with a warning; pretrained: "
+                        "fail if absent; random: seeded random init; PATH: a local checkpoint "
+                        f"(default: {d['weights']})")
+    g.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="override the backbone's input size, e.g. 112 for fast CPU runs")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None, metavar="{builtin,FOLDER}",
+                   help="'builtin' (no download) or a folder searched recursively for "
+                        "jpg/png/webp/bmp/tiff (default: builtin)")
+    g.add_argument("--n-inference", type=int, default=None, metavar="N",
+                   help="number of reference images (default: the mode's)")
+    g.add_argument("--n-evaluation", type=int, default=None, metavar="N",
+                   help="number of evaluation images, disjoint from the reference (default: the mode's)")
+    g.add_argument("--seed", type=int, default=None, help=f"seed of every random choice (default: {d['seed']})")
+    g = p.add_argument_group("execution")
+    g.add_argument("--device", choices=C.DEVICES, default=None, help="default: auto (cuda, mps, cpu)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"default: {d['batch_size']}")
+    g.add_argument("--cache-dir", default=None, help=f"default: {d['cache_dir']}")
+    g.add_argument("--results-dir", default=None, help=f"default: {d['results_dir']}")
+    g.add_argument("--n-resamples", type=int, default=None,
+                   help=f"bootstrap resamples (default: {d['bootstrap']['n_resamples']}; 0 = none)")
+    g.add_argument("--bootstrap-all", action="store_true",
+                   help="bootstrap intervals for every configuration, not only the top-N")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and the summary only")
+    return p
+
+
+def resolve_config(args) -> dict:
+    """config.py defaults, overridden by the flags given; validated."""
+    cfg = C.default_config()
+    for flag, key in (("backbone", "backbone"), ("weights", "weights"), ("device", "device"),
+                      ("batch_size", "batch_size"), ("image_size", "image_size"),
+                      ("dataset", "dataset"), ("seed", "seed"), ("cache_dir", "cache_dir"),
+                      ("results_dir", "results_dir"), ("n_inference", "n_images_inference"),
+                      ("n_evaluation", "n_images_evaluation")):
+        if getattr(args, flag, None) is not None:
+            cfg[key] = getattr(args, flag)
+    if args.n_resamples is not None:
+        cfg["bootstrap"]["n_resamples"] = args.n_resamples
+    if args.bootstrap_all:
+        cfg["bootstrap"]["scope"] = "all"
+    mode = C.MODES[args.mode]
+    for key in ("n_images_inference", "n_images_evaluation"):
+        if cfg[key] is None:
+            cfg[key] = mode[key]
+    C.validate_config(cfg, BACKBONE_NAMES)
+    return cfg
+
+
+def resolve_layers(backbone: str, specs) -> list[tuple[int | None, str]]:
+    """[(registry index or None, module path)] for indices or module paths."""
+    table = BACKBONES[backbone]["layers"]
+    by_path = {layer.path: layer.index for layer in table}
+    out = []
+    for spec in specs:
+        s = str(spec)
+        if s.lstrip("-").isdigit():
+            i = int(s)
+            if not 0 <= i < len(table):
+                raise UsageError(f"layer index {i} is out of range for {backbone}: valid indices are "
+                                 f"0..{len(table) - 1} (python main.py --list-layers {backbone})")
+            out.append((i, table[i].path))
+        elif s in by_path:
+            out.append((by_path[s], s))
+        else:
+            out.append((None, s))   # any other module path: checked against the built model
+    return out
+
+
+def check_module_paths(backbone: str, layers, image_size) -> None:
+    """Unknown module paths fail now, with close matches, before any extraction."""
+    others = [p for i, p in layers if i is None]
+    if not others:
+        return
+    from backbones import build_backbone
+    from feature_extraction import find_modules
+    module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
+    try:
+        find_modules(module, others)
+    except KeyError as exc:
+        raise UsageError(f"{backbone}: {exc.args[0]}. List valid names with "
+                         f"`python main.py --list-layers {backbone}`") from None
+
+
+def layer_configs_for(cfg, mode, backbone, cli_layers) -> list[dict]:
+    """The layer configurations of a run, each with its resolved module paths."""
+    if cli_layers:
+        specs = [{"name": None, "layers": [s]} for s in cli_layers]
+    elif cfg["layer_configs"] is not None:
+        specs = cfg["layer_configs"]
+    elif mode == "quick":
+        specs = [{"name": None, "layers": C.QUICK["layers"][backbone]}]
+    else:
+        enabled = C.ENABLED_LAYERS[backbone]
+        n = len(BACKBONES[backbone]["layers"])
+        bad = [i for i in enabled if not 0 <= i < n]
+        if bad:
+            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] has index {bad[0]} but {backbone} "
+                                f"has layers 0..{n - 1}; fix config.py")
+        specs = [{"name": None, "layers": [i]} for i, on in sorted(enabled.items()) if on]
+        if not specs:
+            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
+    out = []
+    for s in specs:
+        resolved = resolve_layers(backbone, s["layers"])
+        name = s.get("name") or ("single_layer_" + "_".join(
+            str(i) if i is not None else p for i, p in resolved))
+        out.append({"name": name, "layers": [i if i is not None else p for i, p in resolved],
+                    "paths": [p for _, p in resolved], "aggregate": s.get("aggregate", "concat"),
+                    "resolved": resolved})
+    return out
+
+
+# ---------------------------------------------------------------------- cache fill
+
+def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records):
+    from feature_cache import LayerCache, RESIZE_RULE, weights_identity
+    spec = BACKBONES[backbone]
+    input_size = cfg["image_size"] or spec["input_size"]
+    context = {"weights": weights_identity(provenance), "capture": CAPTURE,
+               "input_size": input_size, "working_size": cfg["working_size"],
+               "resize": RESIZE_RULE, "mean": list(spec["mean"]), "std": list(spec["std"]),
+               "dtype": cfg["cache_dtype"]}
+    return {path: LayerCache(cfg["cache_dir"], backbone, index, path, context, ref_records,
+                             eval_records, cfg["seed"], cfg["verify_checksums"])
+            for index, path in layers}
+
+
+def ensure_cached(cfg, backbone, caches, ref_units, eval_units, provenance, progress=True) -> None:
+    """Extract exactly what is missing, for all layers in one pass per image."""
+    import numpy as np
+    todo = {}                                   # unit id -> [paths]
+    for path, cache in caches.items():
+        missing = cache.missing(ref_units + eval_units)
+        n_ref = sum(u.kind == "ref" for u in missing)
+        if missing:
+            log.info("CACHE MISS %s/%s: %d of %d reference chunk(s), %d of %d evaluation file(s) "
+                     "to extract", backbone, path, n_ref, len(ref_units), len(missing) - n_ref,
+                     len(eval_units))
+        else:
+            log.info("CACHE HIT %s/%s: %d reference chunk(s), %d evaluation file(s) (%s)",
+                     backbone, path, len(ref_units), len(eval_units), cache.eval_dir)
+        for u in missing:
+            todo.setdefault(u.id, []).append(path)
+    if not todo:
+        return
+    from backbones import build_backbone
+    from feature_extraction import Job, extract
+    spec = BACKBONES[backbone]
+    bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
+                        provenance=provenance)
+    units = [u for u in ref_units + eval_units if u.id in todo]
+    jobs, owner = [], []
+    for ui, u in enumerate(units):
+        for r in u.records:
+            jobs.append(Job(r, u.dtype, u.level))
+            owner.append(ui)
+    paths = sorted({p for ps in todo.values() for p in ps})
+    buffers, filled = {}, [0] * len(units)
+    n_units = {"ref": len(ref_units), "eval": len(eval_units)}
+    for start, batch in extract(bb, jobs, paths, working_size=cfg["working_size"], mean=spec["mean"],
+                                std=spec["std"], seed=cfg["seed"], batch_size=cfg["batch_size"],
+                                device=cfg["device"], num_workers=cfg["num_workers"],
+                                progress=progress):
+        n = len(next(iter(batch.values())))
+        for j in range(n):
+            ui = owner[start + j]
+            u = units[ui]
+            row = filled[ui]
+            for p in todo[u.id]:
+                if (ui, p) not in buffers:
+                    buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], np.float32)
+                buffers[(ui, p)][row] = batch[p][j]
+            filled[ui] += 1
+            if filled[ui] == len(u.records):
+                for p in todo[u.id]:
+                    caches[p].write(u, buffers.pop((ui, p)), cfg["cache_dtype"], n_units[u.kind])
+
+
+# ---------------------------------------------------------------------- run
+
+def select(cfg):
+    from dataset import select_images
+    return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
+
+
+def backbones_of(cfg) -> list[str]:
+    return list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
+
+
+def build_cache(cfg, args) -> int:
+    from backbones import resolve_weights
+    from feature_cache import evaluation_units, reference_units
+    if not args.layers:
+        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
+                         "--build-cache --backbone resnet50 --layers 7 8 9")
+    eval_records, ref_records = select(cfg)
+    for backbone in backbones_of(cfg):
+        layers = resolve_layers(backbone, args.layers)
+        check_module_paths(backbone, layers, cfg["image_size"])
+        prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+        caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
+        ensure_cached(cfg, backbone, caches, reference_units(ref_records),
+                      evaluation_units(eval_records, cfg["degradations"]), prov, not args.quiet)
+        log.info("cache ready for %s layers %s in %s (weights: %s)", backbone,
+                 " ".join(str(i if i is not None else p) for i, p in layers), cfg["cache_dir"],
+                 prov["label"])
+    return 0
+
+
+def run(cfg, args) -> int:
+    from backbones import resolve_weights
+    from evaluation import (Configuration, FeatureAssembler, SkipConfiguration, bootstrap,
+                            build_grid, rank, score_configuration)
+    from feature_cache import evaluation_units, reference_units
+    import report
+
+    mode = args.mode
+    plans = []
+    for backbone in backbones_of(cfg):
+        lcs = layer_configs_for(cfg, mode, backbone, args.layers)
+        for lc in lcs:
+            check_module_paths(backbone, lc["resolved"], cfg["image_size"])
+        plans.append((backbone, lcs))
+    eval_records, ref_records = select(cfg)
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}")
+    os.makedirs(out_dir, exist_ok=True)
+    handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
+             len(ref_records), len(eval_records), cfg["dataset"], out_dir)
+    report.write_json(os.path.join(out_dir, "config_resolved.json"),
+                      {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
+
+    ref_units, eval_units = reference_units(ref_records), evaluation_units(eval_records, cfg["degradations"])
+    rows, weights, scored = [], {}, []
+    for backbone, lcs in plans:
+        prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+        weights[backbone] = prov
+        layers = sorted({(i, p) for lc in lcs for i, p in lc["resolved"]}, key=str)
+        caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
+        ensure_cached(cfg, backbone, caches, ref_units, eval_units, prov, not args.quiet)
+        spec = BACKBONES[backbone]
+        assembler = FeatureAssembler(caches, ref_units, eval_units,
+                                     cfg["image_size"] or spec["input_size"], spec["token_layout"],
+                                     cfg["max_representation_bytes"], cfg["max_kernel_gflop"])
+        if mode == "quick" and not args.layers and cfg["layer_configs"] is None:
+            transforms = [next((t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"]),
+                               {"name": "raw", "use_gram": False, "use_pca": False})]
+            grid = [Configuration(backbone, lcs[0], transforms[0], None, C.QUICK["metric"])]
+        else:
+            grid = build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
+                              cfg["distance_metrics"])
+        log.info("%s: scoring %d configuration(s)", backbone, len(grid))
+        for conf in grid:
+            row = _row(conf, cfg, prov, len(ref_records), len(eval_records))
+            try:
+                res = score_configuration(conf, assembler.features(conf.layer_config, conf.transform),
+                                          cfg["degradations"], cfg, cfg["seed"])
+                row.update(res)
+                scored.append(row)
+            except SkipConfiguration as exc:
+                row["skipped"] = str(exc)
+                log.info("skipped %s: %s", conf.label, exc)
+            rows.append(row)
+
+    ranked = rank(rows)
+    b = cfg["bootstrap"]
+    if b["n_resamples"] > 0:
+        targets = [r for r in ranked if not r.get("skipped")]
+        if b["scope"] == "top":
+            targets = targets[:cfg["top_n"]]
+        for r in targets:
+            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"])
+    for r in rows:
+        r.pop("_scorer", None)
+        r.pop("_prepared", None)
+        r["confidence"] = b["confidence"]
+
+    base = os.path.join(out_dir, f"results_{mode}_{stamp}")
+    report.write_csv(base + ".csv", ranked, cfg["degradations"])
+    report.write_json(base + ".json", {"mode": mode, "timestamp": stamp, "weights": weights,
+                                       "dataset": {"source": cfg["dataset"],
+                                                   "reference": [r.source for r in ref_records],
+                                                   "evaluation": [r.source for r in eval_records]},
+                                       "config": cfg, "results": ranked})
+    done = [r for r in ranked if not r.get("skipped")]
+    for k, r in enumerate(done[:cfg["top_n"]], start=1):
+        report.plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
+    report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked)
+    text = report.summary(ranked, cfg["top_n"], weights)
+    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    print(f"\nResults: {out_dir}")
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+    return 0 if done else 1
+
+
+def _row(conf, cfg, prov, n_ref, n_eval) -> dict:
+    t = {k: v for k, v in conf.transform.items() if k != "name"}
+    m = {k: v for k, v in conf.model.items() if k != "name"} if conf.model else None
+    return {"label": conf.label, "backbone": conf.backbone, "layer_config": conf.layer_config["name"],
+            "layers": conf.layer_config["layers"], "module_paths": conf.layer_config["paths"],
+            "aggregate": conf.layer_config["aggregate"], "transform": conf.transform["name"],
+            "transform_params": t, "distribution": conf.model["name"] if conf.model else "",
+            "distribution_params": m, "metric": conf.metric, "n_reference": n_ref,
+            "n_evaluation": n_eval, "seed": cfg["seed"], "weights": prov["label"],
+            "random_init": prov["source"] == "random-init", "skipped": None}
+
+
+# ---------------------------------------------------------------------- small commands
+
+def list_layers(spec: str) -> int:
+    if spec in BACKBONES:
+        b = BACKBONES[spec]
+        print(f"{spec}: {b['architecture']} ({b['library']}), input {b['input_size']}x{b['input_size']}, "
+              f"recommended {b['recommended']}")
+        print(f"{'idx':>3}  {'module path':<40} {'kind':<20} {'output':<16} level")
+        for layer in b["layers"]:
+            print(f"{layer.index:>3}  {layer.path:<40} {layer.kind:<20} "
+                  f"{'x'.join(map(str, layer.shape)):<16} {layer.level}")
+        return 0
+    if ":" not in spec:
+        close = difflib.get_close_matches(spec, BACKBONE_NAMES, n=3)
+        raise UsageError(f"unknown backbone {spec!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + f"; choose one of {', '.join(BACKBONE_NAMES)}, or timm:NAME / torchvision:NAME")
+    from backbones import build_library_model
+    from feature_extraction import list_extractable_layers
+    try:
+        model, size = build_library_model(spec)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    rows = list_extractable_layers(model, model, size)
+    print(f"{spec}: {len(rows)} extractable modules at input {size}x{size} "
+          "(ReLU, pooling, dropout and reshapes left out)")
+    for i, path, kind, shape in rows:
+        print(f"{i:>4}  {path:<48} {kind:<22} {'x'.join(map(str, shape))}")
+    return 0
+
+
+def show_cache_info(cfg) -> int:
+    from feature_cache import cache_info
+    rows = cache_info(cfg["cache_dir"])
+    if not rows:
+        print(f"cache {cfg['cache_dir']!r} is empty")
+        return 0
+    total = 0
+    for r in rows:
+        total += r["bytes"]
+        print(f"{r['backbone']:<14} {r['layer']:<18} {r['entry']:<22} {r['module_path']:<38} "
+              f"{r['files']:>4} files {r['bytes'] / 2**20:>9.1f} MiB  "
+              f"{'complete' if r['complete'] else 'partial '}  "
+              f"weights={r['weights'].get('source', '?')}:{r['weights'].get('sha256', r['weights'].get('seed', ''))!s:.12}")
+    print(f"total {total / 2**20:.1f} MiB in {len(rows)} entries under {cfg['cache_dir']}")
+    return 0
+
+
+def preview_degradations(cfg) -> int:
+    from degradation_generator import apply_degradation
+    from dataset import load_rgb
+    import numpy as np
+    from PIL import Image, ImageDraw
+    eval_records, _ = __import__("dataset").select_images(cfg["dataset"], 3, 0, cfg["seed"])
+    tile = 128
+    rows = []
+    for name, spec in cfg["degradations"].items():
+        for rec in eval_records:
+            img = load_rgb(rec.source, cfg["working_size"])
+            tiles = [img] + [apply_degradation(img, spec["type"], lv, cfg["seed"], rec.sha256)
+                             for lv in spec["levels"]]
+            rows.append((name, spec, [np.asarray(Image.fromarray(t).resize((tile, tile))) for t in tiles]))
+    width = max(len(t) for _, _, t in rows) * tile + 110
+    canvas = Image.new("RGB", (width, len(rows) * (tile + 14) + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, spec, tiles) in enumerate(rows):
+        y = r * (tile + 14) + 14
+        draw.text((4, y + tile // 2), name, fill="black")
+        for c, t in enumerate(tiles):
+            canvas.paste(Image.fromarray(t), (110 + c * tile, y))
+            label = "clean" if c == 0 else str(spec["levels"][c - 1])
+            draw.text((110 + c * tile + 2, y - 12), label, fill="black")
+    os.makedirs(cfg["results_dir"], exist_ok=True)
+    path = os.path.join(cfg["results_dir"], "degradation_preview.png")
+    canvas.save(path)
+    print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- entry
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Console at the chosen verbosity; experiment.log (added per run) always gets INFO."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = next((h for h in root.handlers if getattr(h, "_iqm", False)), None)
+    if console is None:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        console._iqm = True
+        root.addHandler(console)
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    from backbones import WeightsError
+    from dataset import DatasetError
+    from feature_cache import CacheError
+    try:
+        if args.list_layers:
+            return list_layers(args.list_layers)
+        if args.write_layer_guide:
+            from layer_guide import write_guide
+            print(f"wrote {write_guide()}")
+            return 0
+        cfg = resolve_config(args)
+        if args.cache_info:
+            return show_cache_info(cfg)
+        if args.preview_degradations:
+            return preview_degradations(cfg)
+        if args.build_cache:
+            return build_cache(cfg, args)
+        return run(cfg, args)
+    except (UsageError, C.ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (WeightsError, CacheError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; completed cache files are kept and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

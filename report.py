@@ -1,0 +1,166 @@
+"""Write what a run found: CSV, JSON, monotonicity plots, a heatmap, the summary.
+
+Nothing here computes a result; it only lays out the rows from evaluation.py.
+Files carry no timing or host data, so two runs with the same seed give the
+same CSV and JSON apart from the timestamp.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+RULE = "=" * 80
+
+
+def _weights_label(prov: dict) -> str:
+    if prov.get("source") == "random-init":
+        return f"RANDOM-INIT weights (seed {prov['seed']}): not pretrained, not comparable to published scores"
+    return prov.get("label", str(prov))
+
+
+def csv_rows(rows: list[dict], degradations: dict) -> tuple[list[str], list[dict]]:
+    head = ["rank", "backbone", "layer_config", "layers", "module_paths", "aggregate", "transform",
+            "transform_params", "distribution", "distribution_params", "metric", "mean_spearman",
+            "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall"]
+    for d in degradations:
+        head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
+    head += ["n_reference", "n_evaluation", "seed", "weights", "skipped"]
+    out = []
+    for r in rows:
+        row = {k: r.get(k) for k in ("rank", "backbone", "layer_config", "aggregate", "transform",
+                                      "distribution", "metric", "n_reference", "n_evaluation", "seed")}
+        row["layers"] = " ".join(map(str, r["layers"]))
+        row["module_paths"] = " ".join(r["module_paths"])
+        row["transform_params"] = json.dumps(r["transform_params"], sort_keys=True)
+        row["distribution_params"] = json.dumps(r["distribution_params"], sort_keys=True) if r["distribution_params"] else ""
+        row["weights"] = r["weights"]
+        row["skipped"] = r.get("skipped") or ""
+        if not r.get("skipped"):
+            row["mean_spearman"] = r["mean_spearman"]
+            row["mean_kendall"] = r["mean_kendall"]
+            ci = r.get("mean_spearman_ci") or [None, None]
+            row["mean_spearman_ci_low"], row["mean_spearman_ci_high"] = ci
+            for d, v in r["per_degradation"].items():
+                row[f"rho_{d}"], row[f"tau_{d}"] = v["spearman"], v["kendall"]
+                ci = v.get("spearman_ci") or [None, None]
+                row[f"rho_{d}_ci_low"], row[f"rho_{d}_ci_high"] = ci
+                row[f"sensitivity_{d}"] = v.get("sensitivity")
+        out.append(row)
+    return head, out
+
+
+def write_csv(path: str, rows: list[dict], degradations: dict) -> None:
+    head, out = csv_rows(rows, degradations)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=head)
+        w.writeheader()
+        for row in out:
+            w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
+                        for k, v in row.items()})
+
+
+def write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True, default=str)
+
+
+def _level_label(level) -> str:
+    if level is None:
+        return "clean"
+    if isinstance(level, (list, tuple)):
+        return "/".join(f"{v:g}" for v in level)
+    return f"{level:g}"
+
+
+def plot_monotonicity(path: str, row: dict, position: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    degs = row["per_degradation"]
+    fig, axes = plt.subplots(1, len(degs), figsize=(4.2 * len(degs), 3.8), squeeze=False)
+    for ax, (name, d) in zip(axes[0], degs.items()):
+        x = np.arange(len(d["scores"]))
+        ax.plot(x, d["scores"], "o-", color="C0", label=f"{row['metric']} (rho={d['spearman']:.3f})")
+        if d.get("scores_ci"):
+            ax.fill_between(x, d["scores_ci"][0], d["scores_ci"][1], color="C0", alpha=0.2,
+                            label=f"{row.get('confidence', 0.95):.0%} bootstrap band")
+        ax.set_xticks(x, [_level_label(v) for v in d["levels"]], rotation=60, fontsize=7)
+        ax.set_xlabel(f"{name} level (mild → severe)")
+        ax.set_ylabel(f"{row['metric']} score")
+        ax.set_title(name)
+        ax.legend(fontsize=7, loc="upper left")
+    title = (f"#{position} {row['label']}  mean rho = {row['mean_spearman']:.3f}"
+             + (f" [{row['mean_spearman_ci'][0]:.2f}, {row['mean_spearman_ci'][1]:.2f}]"
+                if row.get("mean_spearman_ci") else ""))
+    if row.get("random_init"):
+        title += "  (RANDOM-INIT weights)"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmap(path: str, rows: list[dict]) -> bool:
+    """Mean rho per (layer config, metric): the best over transforms and models."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    done = [r for r in rows if not r.get("skipped")]
+    if not done:
+        return False
+    layers = list(dict.fromkeys(f"{r['backbone']}:{r['layer_config']}" for r in done))
+    metrics = list(dict.fromkeys(r["metric"] for r in done))
+    grid = np.full((len(layers), len(metrics)), np.nan)
+    for r in done:
+        i, j = layers.index(f"{r['backbone']}:{r['layer_config']}"), metrics.index(r["metric"])
+        grid[i, j] = np.nanmax([grid[i, j], r["mean_spearman"]])
+    fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 3, 0.45 * len(layers) + 2))
+    im = ax.imshow(np.ma.masked_invalid(grid), vmin=-1, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(metrics)), metrics, rotation=30)
+    ax.set_yticks(range(len(layers)), layers, fontsize=8)
+    for i in range(len(layers)):
+        for j in range(len(metrics)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("metric")
+    ax.set_ylabel("layer configuration")
+    ax.set_title("mean Spearman rho (best over transforms and models)")
+    fig.colorbar(im, ax=ax, label="mean rho")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def summary(rows: list[dict], top_n: int, weights: dict) -> str:
+    lines = [RULE, "TOP PERFORMING CONFIGURATIONS", RULE, ""]
+    for backbone, prov in weights.items():
+        lines.append(f"Weights ({backbone}): {_weights_label(prov)}")
+    lines.append("")
+    done = [r for r in rows if not r.get("skipped")]
+    for i, r in enumerate(done[:top_n], start=1):
+        ci = r.get("mean_spearman_ci")
+        lines.append(f"{i}. Mean Monotonicity: {r['mean_spearman']:.4f}"
+                     + (f"  [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+        lines.append(f"   Backbone: {r['backbone']}")
+        lines.append(f"   Layers: {r['layer_config']} ({', '.join(r['module_paths'])})")
+        lines.append(f"   Transform: {r['transform']}")
+        lines.append(f"   Distribution: {r['distribution'] or '- (two-sample metric)'}")
+        lines.append(f"   Metric: {r['metric']}")
+        lines.append("   Per-degradation scores:")
+        for name, d in r["per_degradation"].items():
+            ci = d.get("spearman_ci")
+            lines.append(f"     - {name}: {d['spearman']:.4f}"
+                         + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+        lines.append("")
+    skipped = [r for r in rows if r.get("skipped")]
+    if skipped:
+        lines.append(f"{len(skipped)} configuration(s) skipped (reasons in the CSV 'skipped' column), e.g.:")
+        for r in skipped[:3]:
+            lines.append(f"   {r['label']}: {r['skipped']}")
+    if not done:
+        lines.append("No configuration could be scored.")
+    return "\n".join(lines)
