@@ -153,10 +153,12 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _readable(path: str) -> bool:
+def _readable(path: str, full: bool) -> bool:
+    """Header check (cheap), or with `full` a complete decode check (Pillow's verify)."""
     try:
         with Image.open(path) as im:
-            im.verify()
+            if full:
+                im.verify()
         return True
     except Exception:
         return False
@@ -206,12 +208,17 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
                     dataset, ", ".join(others[:5]), " …" if len(others) > 5 else "")
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {dataset!r}")
-    records, bad, seen = [], [], set()
+    bad = [p for p in images if not _readable(p, full=False)]
+    images = [p for p in images if p not in set(bad)]
+    if not images:
+        raise DatasetError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                           f"{dataset!r}" + (f"; {len(bad)} unreadable file(s)" if bad else ""))
+    records, seen = [], set()
     for i in rng.permutation(len(images)):
         if len(records) == need:
             break
         path = images[i]
-        if not _readable(path):
+        if not _readable(path, full=True):
             bad.append(path)
             continue
         with open(path, "rb") as f:

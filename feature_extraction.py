@@ -198,9 +198,12 @@ def list_extractable_layers(module: nn.Module, forward, input_size: int):
     named = [(p, m) for p, m in module.named_modules()
              if p and type(m).__name__.endswith(EXTRACTABLE_TYPES)]
     shapes = {}
-    handles = [m.register_forward_hook(
-        lambda _m, _i, o, p=p: shapes.setdefault(p, tuple(_unwrap(o).shape[1:])))
-        for p, m in named]
+
+    def record(path):
+        def hook(_mod, _inp, out):   # returns None: a hook's return value replaces the output
+            shapes.setdefault(path, tuple(_unwrap(out).shape[1:]))
+        return hook
+    handles = [m.register_forward_hook(record(p)) for p, m in named]
     try:
         with torch.inference_mode():
             forward(torch.zeros(1, 3, input_size, input_size))

@@ -470,6 +470,7 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
         console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         console._iqm = True
         root.addHandler(console)
+    console.stream = sys.stderr     # the current stderr, also when a caller swapped it
     console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -502,6 +503,8 @@ def main(argv=None) -> int:
     except (WeightsError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:          # e.g. `--list-layers … | head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted; completed cache files are kept and a rerun resumes", file=sys.stderr)
         return 130
