@@ -1,0 +1,84 @@
+"""Monotonicity statistics, bootstrap intervals on known truths, and the grid."""
+import numpy as np
+import pytest
+from scipy import stats
+
+import evaluation as ev
+from config import default_config
+
+
+@pytest.mark.parametrize("scores", [[1, 2, 2, 3, 5], [3, 3, 1, 4, 4, 0], [0, 1, 2, 3], [5, 4, 3, 3]])
+def test_spearman_and_kendall_equal_scipy_with_ties(scores):
+    x = np.arange(len(scores))
+    assert ev.spearman_monotonicity(scores) == pytest.approx(stats.spearmanr(x, scores).statistic)
+    assert ev.kendall_monotonicity(scores) == pytest.approx(stats.kendalltau(x, scores).statistic)
+    rows = np.array([scores, scores[::-1]], dtype=float)
+    assert np.allclose(ev._spearman_rows(rows),
+                       [stats.spearmanr(x, r).statistic for r in rows])
+
+
+def test_constant_score_has_zero_monotonicity():
+    assert ev.spearman_monotonicity([2, 2, 2]) == 0.0 and ev.kendall_monotonicity([1, 1]) == 0.0
+
+
+def _features(shift_per_level, n_eval=40, n_ref=80, dim=6, levels=5, seed=0):
+    """Evaluation features whose mean moves by shift_per_level * level (known truth)."""
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(n_ref, dim))
+    base = rng.normal(size=(n_eval, dim))
+    evals = {("clean", 0): base}
+    for p in range(1, levels + 1):
+        evals[("d", p)] = base + shift_per_level * p + 0.0 * rng.normal(size=base.shape)
+    return ev.FeatureSet(ref, evals, n_eval)
+
+
+DEGS = {"d": {"type": "gaussian_blur", "levels": [1, 2, 3, 4, 5]}}
+
+
+def _score(features, metric, model=None):
+    cfg = default_config()
+    conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]},
+                            {"name": "raw"}, model, metric)
+    res = ev.score_configuration(conf, features, DEGS, cfg, seed=0)
+    ev.bootstrap(res, DEGS, 100, 0.95, seed=0)
+    return res
+
+
+@pytest.mark.parametrize("metric,model", [("fid", None), ("kid", None), ("mmd_rbf", None),
+                                          ("mahalanobis", {"name": "g", "type": "gaussian"})])
+def test_severity_injected_into_features_gives_rho_one_with_tight_interval(metric, model):
+    res = _score(_features(1.0), metric, model)
+    d = res["per_degradation"]["d"]
+    assert d["spearman"] == 1.0
+    assert d["spearman_ci"][0] >= 0.9 and res["mean_spearman_ci"][1] == 1.0
+    assert d["sensitivity"] > 2
+
+
+def test_score_that_ignores_severity_has_interval_containing_zero():
+    # the evaluation images are redrawn at each level: nothing depends on the level
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(80, 6))
+    evals = {("clean", 0): rng.normal(size=(40, 6))}
+    for p in range(1, 6):
+        evals[("d", p)] = rng.normal(size=(40, 6))
+    res = _score(ev.FeatureSet(ref, evals, 40), "fid")
+    lo, hi = res["per_degradation"]["d"]["spearman_ci"]
+    assert lo < 0 < hi
+
+
+def test_grid_has_no_redundant_rows():
+    cfg = default_config()
+    lcs = [{"name": "a", "layers": [0], "paths": ["p"]}, {"name": "b", "layers": [1], "paths": ["q"]}]
+    grid = ev.build_grid("bb", lcs, cfg["feature_transforms"], cfg["distribution_models"],
+                         cfg["distance_metrics"])
+    n_t, n_m = len(cfg["feature_transforms"]), len(cfg["distribution_models"])
+    assert len(grid) == 2 * n_t * (4 + 2 * n_m)
+    assert all(c.model is None for c in grid if c.metric in ("fid", "kid", "cmmd", "mmd_rbf"))
+    assert len({c.label for c in grid}) == len(grid)
+
+
+def test_rank_orders_by_mean_rho_and_puts_skipped_last():
+    rows = [{"mean_spearman": 0.2, "skipped": None}, {"skipped": "why"},
+            {"mean_spearman": 0.9, "skipped": None}]
+    out = ev.rank(rows)
+    assert [r.get("rank") for r in out] == [1, 2, None] and out[0]["mean_spearman"] == 0.9
