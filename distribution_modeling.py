@@ -29,6 +29,8 @@ GMM_MAX_ITER = 200
 # Beyond this dimension a full/tied GMM costs O(k d^3) per EM step and is
 # ill-posed with a few hundred images: reduce with PCA first.
 GMM_FULL_MAX_DIM = 512
+# A Gaussian model holds a d x d covariance: 8192 dims is 512 MiB in float64.
+GAUSSIAN_MAX_DIM = 8192
 
 
 class ModelError(ValueError):
@@ -38,6 +40,9 @@ class ModelError(ValueError):
 class GaussianModel:
     def __init__(self, x: np.ndarray, reg: float = GAUSSIAN_REG):
         n, d = x.shape
+        if d > GAUSSIAN_MAX_DIM:
+            raise ModelError(f"a Gaussian model in {d} dimensions needs a {d}x{d} covariance "
+                             f"(limit {GAUSSIAN_MAX_DIM}); add use_pca with a smaller pca_dim")
         self.mean = x.mean(axis=0)
         cov = np.cov(x, rowvar=False, ddof=1).reshape(d, d)
         self.covariance = cov + np.eye(d) * (reg * np.trace(cov) / d)

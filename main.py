@@ -314,10 +314,10 @@ def run(cfg, args) -> int:
         assembler = FeatureAssembler(caches, ref_units, eval_units,
                                      cfg["image_size"] or spec["input_size"], spec["token_layout"],
                                      cfg["max_representation_bytes"], cfg["max_kernel_gflop"])
-        if mode == "quick" and not args.layers and cfg["layer_configs"] is None:
-            transforms = [next((t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"]),
-                               {"name": "raw", "use_gram": False, "use_pca": False})]
-            grid = [Configuration(backbone, lcs[0], transforms[0], None, C.QUICK["metric"])]
+        if mode == "quick":   # one configuration per layer config: QUICK's transform and metric
+            transform = next((t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"]),
+                             {"name": "raw", "use_gram": False, "use_pca": False})
+            grid = [Configuration(backbone, lc, transform, None, C.QUICK["metric"]) for lc in lcs]
         else:
             grid = build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
                               cfg["distance_metrics"])

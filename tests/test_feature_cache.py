@@ -1,0 +1,226 @@
+"""The activation cache: content keys, no model on a full hit, crash safety, corruption."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import backbones
+import config
+import main
+from helpers import tiny_args, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _images(folder, n=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+
+
+def _build(tmp_path, *extra, layers=("8",)):
+    return main.main(tiny_args(tmp_path, "--build-cache", "--layers", *layers, "--dataset",
+                               str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
+                               *extra))
+
+
+def _hits(caplog):
+    lines = [r.getMessage() for r in caplog.records]
+    return [l for l in lines if l.startswith("CACHE HIT")], [l for l in lines if l.startswith("CACHE MISS")]
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch, caplog):
+    tiny_config(monkeypatch)
+    _images(tmp_path / "imgs")
+    assert _build(tmp_path) == 0
+    caplog.clear()
+    return tmp_path
+
+
+def test_second_build_is_a_hit(built, caplog):
+    assert _build(built) == 0
+    hits, misses = _hits(caplog)
+    assert hits and not misses
+
+
+@pytest.mark.parametrize("change", ["image contents", "weights", "input size", "levels",
+                                    "dtype", "layer"])
+def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
+    extra, layers = [], ("8",)
+    if change == "image contents":   # same file names, new pixels
+        _images(built / "imgs", seed=1)
+    elif change == "weights":
+        torch = pytest.importorskip("torch")
+        ckpt = built / "w.pth"
+        m = backbones._architecture("resnet50", 32)
+        torch.save(m.state_dict(), ckpt)
+        extra = ["--weights", str(ckpt)]
+    elif change == "input size":
+        extra = ["--image-size", "64"]
+    elif change == "levels":
+        config.CONFIG["degradations"]["blur"]["levels"] = [1.0, 2.0]
+    elif change == "dtype":
+        config.CONFIG["cache_dtype"] = "float32"
+    elif change == "layer":
+        layers = ("7",)
+    args = tiny_args(built, "--build-cache", "--layers", *layers, "--dataset", str(built / "imgs"),
+                     "--n-inference", "5", "--n-evaluation", "3", *extra)
+    if change == "weights":      # tiny_args says --weights random; the later flag wins
+        args = args[:args.index("--weights")] + args[args.index("--weights") + 2:]
+    assert main.main(args) == 0
+    hits, misses = _hits(caplog)
+    assert misses, f"{change}: expected a CACHE MISS, got {hits}"
+    if change == "levels":      # only the changed level is extracted again
+        assert "1 of 5 evaluation" in misses[0] or "of 5 evaluation" in misses[0]
+
+
+def test_noise_seed_changes_evaluation_keys_only(tmp_path):
+    """Same images, another seed: every evaluation file's key changes (the noise is
+    redrawn), the reference chunks' keys do not."""
+    from dataset import ImageRecord
+    from feature_cache import LayerCache, evaluation_units, reference_units
+    recs = [ImageRecord(f"/x/{i}.png", f"{i:064x}") for i in range(8)]
+    ctx = {"weights": {"source": "random-init", "seed": 0}, "dtype": "float16"}
+    degs = {"noise": {"type": "gaussian_noise", "levels": [5, 10]}}
+    a = LayerCache(str(tmp_path), "resnet50", 8, "layer4", ctx, recs[:5], recs[5:], seed=0)
+    b = LayerCache(str(tmp_path), "resnet50", 8, "layer4", ctx, recs[:5], recs[5:], seed=1)
+    for u in evaluation_units(recs[5:], degs):
+        if u.dtype is not None:
+            assert a.unit_key(u) != b.unit_key(u)
+    for u in reference_units(recs[:5]):
+        assert a.unit_key(u) == b.unit_key(u)
+    u = evaluation_units(recs[5:], degs)[1]
+    assert a.check(u) == "absent"
+
+
+def test_full_hit_never_builds_the_backbone(built, caplog, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("backbone constructed on a full cache hit")
+    monkeypatch.setattr(backbones, "_architecture", boom)
+    monkeypatch.setattr(backbones, "build_backbone", boom)
+    assert main.main(tiny_args(built, "--dataset", str(built / "imgs"), "--n-inference", "5",
+                               "--n-evaluation", "3", "--layers", "8")) == 0
+    hits, misses = _hits(caplog)
+    assert hits and not misses
+
+
+def _chunks(root):
+    out = {}
+    for dp, _, fs in os.walk(root):
+        for f in fs:
+            if f.endswith(".npy"):
+                out[os.path.relpath(os.path.join(dp, f), root)] = np.load(os.path.join(dp, f))
+    return out
+
+
+def test_corrupt_files_are_detected_and_extracted_again(built, caplog):
+    clean = _chunks(built / "cache")
+    chunk = next(p for p in clean if p.endswith("chunk_000.npy"))
+    level = next(p for p in clean if p.endswith("level_02.npy"))
+    with open(built / "cache" / chunk, "r+b") as f:      # truncated
+        f.truncate(100)
+    arr = clean[level]
+    np.save(built / "cache" / level, np.zeros(arr.shape[:1] + (3,), arr.dtype))  # wrong shape
+    assert _build(built) == 0
+    text = caplog.text
+    assert "corrupt" in text and "extracted again" in text
+    after = _chunks(built / "cache")
+    for k in clean:
+        assert np.array_equal(after[k], clean[k]), k
+
+
+def test_checksum_mismatch_is_detected(built, caplog):
+    clean = _chunks(built / "cache")
+    chunk = next(p for p in clean if p.endswith("chunk_000.npy"))
+    path = built / "cache" / chunk
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF                                     # same size and shape, other bytes
+    path.write_bytes(bytes(data))
+    assert _build(built) == 0
+    assert "checksum" in caplog.text
+    assert np.array_equal(np.load(path), clean[chunk])
+
+
+@pytest.mark.parametrize("layer", ["7", "8"])
+def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypatch, layer):
+    """At the backbone's own input size (224), on the same images."""
+    import distance_metrics as dm
+    import representations as rp
+    tiny_config(monkeypatch, working_size=64)
+    _images(tmp_path / "imgs", n=40)
+    scores = {}
+    for dtype in ("float16", "float32"):
+        config.CONFIG["cache_dtype"] = dtype
+        args = tiny_args(tmp_path, "--build-cache", "--layers", layer, "--dataset",
+                         str(tmp_path / "imgs"), "--n-inference", "30", "--n-evaluation", "8")
+        args[args.index("--image-size") + 1] = "224"
+        assert main.main(args) == 0
+        files = _chunks(tmp_path / "cache")
+        ref = next(v for k, v in files.items() if "chunk_000" in k and v.dtype == np.dtype(dtype))
+        evs = [v for k, v in sorted(files.items()) if "level_" in k and v.dtype == np.dtype(dtype)]
+        r = rp.gap(ref)
+        scores[dtype] = [dm.fid(r, rp.gap(e)) for e in evs] + [dm.kid(r, rp.gap(e)) for e in evs]
+    a, b = np.array(scores["float16"]), np.array(scores["float32"])
+    assert np.all(np.abs(a - b) <= 1e-3 * np.abs(b) + 1e-12)
+
+
+def test_cache_info_lists_entries(built, capsys):
+    assert main.main(["--cache-info", "--cache-dir", str(built / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "single_layer_8" in out and "layer4" in out and "complete" in out
+
+
+def test_deleting_one_layer_folder_invalidates_only_that_layer(built, caplog):
+    assert _build(built, layers=("7", "8")) == 0
+    import shutil
+    shutil.rmtree(built / "cache" / "resnet50" / "single_layer_7")
+    caplog.clear()
+    assert _build(built, layers=("7", "8")) == 0
+    hits, misses = _hits(caplog)
+    assert any("layer4" in h for h in hits) and any("layer3" in m for m in misses)
+
+
+def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
+    """Kill --build-cache at several points; every rerun completes and the final files
+    equal an uninterrupted build's."""
+    _images(tmp_path / "imgs", n=60)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    script = (
+        "import sys, config\n"
+        "config.CONFIG.update(working_size=32, batch_size=4, num_workers=0)\n"
+        "config.CONFIG['degradations'] = {'blur': {'type': 'gaussian_blur', 'levels': [1.0, 2.0, 3.0]},"
+        " 'noise': {'type': 'gaussian_noise', 'levels': [5, 10, 20]}}\n"
+        "import main\n"
+        "sys.exit(main.main(sys.argv[1:]))\n")
+
+    def cmd(cache):
+        return [sys.executable, "-c", script, "--build-cache", "--layers", "7", "8",
+                "--dataset", str(tmp_path / "imgs"), "--n-inference", "45", "--n-evaluation", "12",
+                "--image-size", "32", "--weights", "random", "-q", "--cache-dir", str(cache)]
+
+    clean_dir = tmp_path / "clean"
+    assert subprocess.run(cmd(clean_dir), cwd=ROOT, env=env, capture_output=True).returncode == 0
+    clean = _chunks(clean_dir)
+    assert len(clean) == 2 * (1 + 1 + 6)
+    crash_dir = tmp_path / "crash"
+    for delay in (2.0, 3.5, 5.0):
+        p = subprocess.Popen(cmd(crash_dir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert subprocess.run(cmd(crash_dir), cwd=ROOT, env=env, capture_output=True).returncode == 0
+    resumed = _chunks(crash_dir)
+    assert resumed.keys() == clean.keys()
+    for k in clean:
+        assert np.array_equal(resumed[k], clean[k]), k
+    leftovers = [f for dp, _, fs in os.walk(crash_dir) for f in fs if f.startswith(".tmp_")]
+    assert len(leftovers) <= 3    # at most one interrupted temp file per kill, never read
