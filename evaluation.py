@@ -300,20 +300,38 @@ class FeatureAssembler:
 
 # ------------------------------------------------------------------ scoring
 
-def score_configuration(conf: Configuration, features: FeatureSet, degradations: dict,
-                        cfg: dict, seed: int) -> dict:
-    """Scores at every level (position 0 = clean) and monotonicity per degradation."""
-    feats = postprocess(features, conf.transform)
+def score_configuration(conf: Configuration, features, degradations: dict,
+                        cfg: dict, seed: int, memo: dict | None = None) -> dict:
+    """Scores at every level (position 0 = clean) and monotonicity per degradation.
+
+    `features` is a FeatureSet or a function returning one; with a `memo` dict shared
+    across configurations, post-processed features and fitted models are computed once
+    per (layers, transform[, model])."""
+    memo = {} if memo is None else memo
+    fkey = (conf.layer_config["name"], conf.transform["name"])
+    if fkey not in memo:
+        try:
+            memo[fkey] = postprocess(features() if callable(features) else features, conf.transform)
+        except (SkipConfiguration, dm.MetricInputError) as exc:
+            memo[fkey] = SkipConfiguration(str(exc))
+    if isinstance(memo[fkey], Exception):
+        raise memo[fkey]
+    feats = memo[fkey]
     model = None
     if feats.kernel is not None:
         scorer = KernelScorer(conf.metric, feats.kernel["rr"], feats.kernel["dim"], cfg)
         states = {k: v for k, v in feats.kernel.items() if isinstance(k, tuple)}
     else:
         if conf.model is not None:
-            try:
-                model = fit_distribution(feats.ref, conf.model, seed)
-            except ModelError as exc:
-                raise SkipConfiguration(str(exc)) from None
+            mkey = fkey + (conf.model["name"],)
+            if mkey not in memo:
+                try:
+                    memo[mkey] = fit_distribution(feats.ref, conf.model, seed)
+                except (ModelError, dm.MetricInputError) as exc:
+                    memo[mkey] = SkipConfiguration(str(exc))
+            if isinstance(memo[mkey], Exception):
+                raise memo[mkey]
+            model = memo[mkey]
         try:
             scorer = scorer_for(conf.metric, feats.ref, model, cfg, seed)
         except (dm.MetricInputError, ModelError) as exc:

@@ -293,7 +293,12 @@ def run(cfg, args) -> int:
 
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
     out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}")
-    os.makedirs(out_dir, exist_ok=True)
+    suffix = 1
+    while os.path.exists(out_dir):           # two runs within one second
+        suffix += 1
+        out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}-{suffix}")
+    stamp = os.path.basename(out_dir).split("_", 1)[1]
+    os.makedirs(out_dir)
     handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -322,11 +327,13 @@ def run(cfg, args) -> int:
             grid = build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
                               cfg["distance_metrics"])
         log.info("%s: scoring %d configuration(s)", backbone, len(grid))
+        memo = {}
         for conf in grid:
             row = _row(conf, cfg, prov, len(ref_records), len(eval_records))
             try:
-                res = score_configuration(conf, assembler.features(conf.layer_config, conf.transform),
-                                          cfg["degradations"], cfg, cfg["seed"])
+                res = score_configuration(
+                    conf, lambda c=conf: assembler.features(c.layer_config, c.transform),
+                    cfg["degradations"], cfg, cfg["seed"], memo)
                 row.update(res)
                 scored.append(row)
             except SkipConfiguration as exc:

@@ -118,6 +118,21 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / norms
 
 
+def _top_right_singular(xc: np.ndarray, k: int):
+    """Top-k singular values and right singular vectors of centred rows (n, d).
+    With n < d, through the n x n Gram matrix (O(n^2 d)) rather than an SVD of the rows."""
+    n, d = xc.shape
+    if n >= d:
+        _, s, vt = linalg.svd(xc, full_matrices=False)
+        return s[:k], vt[:k]
+    w, u = linalg.eigh(xc @ xc.T)
+    order = np.argsort(w)[::-1][:k]
+    s = np.sqrt(np.clip(w[order], 0, None))
+    if np.any(s <= 1e-12 * max(s[0], 1e-300)):
+        raise MetricInputError("PCA: fewer non-zero components than pca_dim; lower pca_dim")
+    return s, (u[:, order].T @ xc) / s[:, None]
+
+
 class PostProcess:
     """L2 rows -> z-score -> PCA(pca_dim, whiten), each step fitted on the reference rows."""
 
@@ -140,8 +155,8 @@ class PostProcess:
                 raise MetricInputError(f"pca_dim={pca_dim} exceeds min(n_ref - 1, dim) = "
                                        f"{min(n - 1, d)}; lower pca_dim or use more images")
             self.center = x.mean(axis=0)
-            _, s, vt = linalg.svd(x - self.center, full_matrices=False)
-            self.components = vt[:pca_dim]
+            s, vt = _top_right_singular(x - self.center, pca_dim)
+            self.components = vt
             self.scale = s[:pca_dim] / np.sqrt(n - 1) if whiten else np.ones(pca_dim)
             if whiten and np.any(self.scale <= 1e-12 * max(self.scale[0], 1e-300)):
                 raise MetricInputError("whiten: a PCA component has zero variance; lower pca_dim")

@@ -1,0 +1,122 @@
+"""Weights load through each library's standard cache, offline; bad files fail clearly."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import backbones
+import main
+from helpers import tiny_args, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _standin(name, seed=5):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return backbones._architecture(name, backbones.BACKBONES[name]["input_size"])
+
+
+def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = _standin("resnet50")
+    ckpt = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), ckpt)
+    bb = backbones.build_backbone("resnet50", "pretrained", allow_download=False)
+    for (k, a), b in zip(model.state_dict().items(), bb.module.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert bb.provenance["source"] == "pretrained"
+    assert bb.provenance["sha256"] == backbones.sha256_file(str(ckpt))
+    assert backbones.resolve_weights("resnet50", "auto", allow_download=False)["source"] == "pretrained"
+
+
+def test_lpips_trunk_from_torchvision_vgg16_checkpoint(tmp_path, monkeypatch):
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    vgg = torchvision.models.vgg16(weights=None)
+    ckpt = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(vgg.state_dict(), ckpt)
+    bb = backbones.build_backbone("lpips_vgg", "pretrained", allow_download=False)
+    mods = dict(bb.module.named_modules())
+    assert torch.equal(mods["net.slice4.19"].weight, vgg.features[19].weight)
+    assert torch.equal(mods["net.slice1.0"].bias, vgg.features[0].bias)
+
+
+def test_pretrained_absent_offline_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(backbones.WeightsError, match="resnet50-0676ba61.pth"):
+        backbones.resolve_weights("resnet50", "pretrained", allow_download=False)
+    prov = backbones.resolve_weights("resnet50", "auto", seed=7, allow_download=False)
+    assert prov == {"source": "random-init", "seed": 7, "label": "random-init seed 7"}
+
+
+def test_random_init_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = backbones.build_backbone("resnet50", "random", seed=1, allow_download=False)
+    after = torch.rand(1)
+    b = backbones.build_backbone("resnet50", "random", seed=1, allow_download=False)
+    assert torch.equal(before, after)
+    assert torch.equal(a.module.conv1.weight, b.module.conv1.weight)
+
+
+def test_hf_cache_pretrained_timm_offline(tmp_path):
+    """A stand-in DINOv2 checkpoint in a temporary Hugging Face cache loads with
+    HF_HUB_OFFLINE=1 (run in a subprocess: huggingface_hub reads its cache path at import)."""
+    from safetensors.torch import save_file
+    cache = tmp_path / "hf"
+    snap = cache / "models--timm--vit_base_patch14_dinov2.lvd142m" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (cache / "models--timm--vit_base_patch14_dinov2.lvd142m" / "refs").mkdir()
+    (cache / "models--timm--vit_base_patch14_dinov2.lvd142m" / "refs" / "main").write_text("0" * 40)
+    model = _standin("dinov2_vitb14")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "model.safetensors"))
+    code = ("import torch, backbones; from safetensors.torch import load_file; "
+            f"bb = backbones.build_backbone('dinov2_vitb14', 'pretrained'); "
+            f"sd = load_file(r'{snap / 'model.safetensors'}'); "
+            "own = bb.module.state_dict(); "
+            "assert all(torch.equal(own[k], sd[k]) for k in sd), 'weights differ'; "
+            "print(bb.provenance['source'], bb.provenance['model_id'])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pretrained timm/vit_base_patch14_dinov2.lvd142m" in out.stdout
+
+
+def test_hf_absent_offline_names_the_model_id(tmp_path):
+    code = ("import backbones\n"
+            "try:\n backbones.resolve_weights('clip_vit', 'pretrained')\n"
+            "except backbones.WeightsError as e:\n print(e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert "openai/clip-vit-base-patch32" in out.stdout and "--weights" in out.stdout
+
+
+def test_mismatched_and_corrupt_weight_files_fail_clearly(tmp_path, monkeypatch, capsys):
+    import torchvision
+    tiny_config(monkeypatch)
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
+    with pytest.raises(backbones.WeightsError, match="shape mismatch|missing keys"):
+        backbones.build_backbone("resnet50", str(wrong))
+    partial = tmp_path / "partial.pth"
+    sd = _standin("resnet50").state_dict()
+    sd.pop("fc.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    torch.save(sd, partial)
+    with pytest.raises(backbones.WeightsError, match="missing keys: fc.weight.*unexpected keys: extra.weight"):
+        backbones.build_backbone("resnet50", str(partial))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x04garbage")
+    args = tiny_args(tmp_path, "--build-cache", "--layers", "8", "--n-inference", "3", "--n-evaluation", "2")
+    args[args.index("--weights") + 1] = str(corrupt)
+    assert main.main(args) == 1
+    err = capsys.readouterr().err
+    assert "cannot read weights file" in err and "Traceback" not in err
