@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from torch import nn
-
 from layer_registry import BACKBONES
+
+# torch is imported inside the functions that build models: resolving weights for a cache key
+# (a full cache hit) needs no torch at all.
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class WeightsError(RuntimeError):
 @dataclass
 class Backbone:
     name: str
-    module: nn.Module                       # hook paths are relative to this module
-    forward: Callable[[torch.Tensor], object]
+    module: "torch.nn.Module"               # hook paths are relative to this module
+    forward: Callable
     provenance: dict                        # source, model id, sha256 or random seed
     input_size: int
 
@@ -75,15 +75,15 @@ def _folder_sha256(folder: str) -> str:
 
 # ----------------------------------------------------------------- architectures
 
-class _VaeEncoder(nn.Module):
-    """Holds the SD VAE encoder under the attribute `encoder`, so paths read `encoder.…`."""
+def _vae_container(encoder):
+    """A module holding the SD VAE encoder as `encoder`, so paths read `encoder.…`."""
+    from torch import nn
+    holder = nn.Module()
+    holder.encoder = encoder
+    return holder
 
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
 
-
-def _sd_vae_encoder() -> nn.Module:
+def _sd_vae_encoder():
     # The Stable Diffusion v1 VAE configuration (stabilityai/sd-vae-ft-mse config.json).
     from diffusers.models.autoencoders.vae import Encoder
     return Encoder(in_channels=3, out_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -99,7 +99,7 @@ def _clip_config(image_size: int):
                             hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=512)
 
 
-def _architecture(name: str, input_size: int) -> nn.Module:
+def _architecture(name: str, input_size: int) :
     """The randomly initialised architecture (the caller seeds torch)."""
     if name in ("resnet50", "vgg19"):
         import torchvision
@@ -109,7 +109,7 @@ def _architecture(name: str, input_size: int) -> nn.Module:
         return timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
                                  img_size=input_size)
     if name == "sd_vae":
-        return _VaeEncoder(_sd_vae_encoder())
+        return _vae_container(_sd_vae_encoder())
     if name == "lpips_vgg":
         import lpips
         return lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
@@ -119,7 +119,7 @@ def _architecture(name: str, input_size: int) -> nn.Module:
     raise KeyError(name)
 
 
-def _forward_fn(name: str, module: nn.Module, input_size: int) -> Callable:
+def _forward_fn(name: str, module, input_size: int) -> Callable:
     if name == "dinov2_vitb14":
         return module.forward_features
     if name == "sd_vae":
@@ -140,6 +140,7 @@ def _read_state_dict(path: str) -> dict:
             from safetensors.torch import load_file
             sd = load_file(path)
         else:
+            import torch
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled objects, wrong format
         raise WeightsError(f"cannot read weights file {path!r}: {type(exc).__name__}: "
@@ -183,7 +184,7 @@ def _lpips_slice(vgg_index: int) -> str:
     raise ValueError(vgg_index)
 
 
-def _load_strict(name: str, module: nn.Module, sd: dict, source: str) -> None:
+def _load_strict(name: str, module, sd: dict, source: str) -> None:
     sd = _adapt_keys(name, sd)
     own = module.state_dict()
     if name == "lpips_vgg":  # only the trunk is used; LPIPS's lin layers are not ours to check
@@ -213,13 +214,22 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def torch_hub_dir() -> str:
+    """torch.hub.get_dir()'s rule, without importing torch: $TORCH_HOME/hub, where TORCH_HOME
+    defaults to $XDG_CACHE_HOME/torch (~/.cache/torch)."""
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
 def _torchvision_file(arch: str, allow_download: bool) -> str:
     url = TORCHVISION_FILES[arch]
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    path = os.path.join(torch_hub_dir(), "checkpoints", os.path.basename(url))
     if os.path.isfile(path):
         return path
     if allow_download and not _offline():
         try:
+            import torch
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             torch.hub.download_url_to_file(url, path, progress=False)
             return path
         except Exception:
@@ -299,7 +309,7 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
     return prov
 
 
-def _load_pretrained(name: str, prov: dict, input_size: int) -> nn.Module:
+def _load_pretrained(name: str, prov: dict, input_size: int) :
     path = prov["file"]
     if name in ("resnet50", "vgg19", "lpips_vgg"):
         module = _architecture(name, input_size)
@@ -311,16 +321,16 @@ def _load_pretrained(name: str, prov: dict, input_size: int) -> nn.Module:
                                  img_size=input_size, pretrained_cfg_overlay={"file": path})
     if name == "sd_vae":
         from diffusers import AutoencoderKL
-        return _VaeEncoder(AutoencoderKL.from_pretrained(os.path.dirname(path)).encoder)
+        return _vae_container(AutoencoderKL.from_pretrained(os.path.dirname(path)).encoder)
     from transformers import CLIPVisionModel
     return CLIPVisionModel.from_pretrained(os.path.dirname(path))
 
 
-def _load_local(name: str, path: str, input_size: int) -> nn.Module:
+def _load_local(name: str, path: str, input_size: int) :
     if os.path.isdir(path):
         if name == "sd_vae":
             from diffusers import AutoencoderKL
-            return _VaeEncoder(AutoencoderKL.from_pretrained(path).encoder)
+            return _vae_container(AutoencoderKL.from_pretrained(path).encoder)
         if name == "clip_vit":
             from transformers import CLIPVisionModel
             return CLIPVisionModel.from_pretrained(path)
@@ -338,6 +348,7 @@ def build_backbone(name: str, weights: str = "auto", seed: int = 0,
     Pass the `provenance` from `resolve_weights` to avoid locating the files twice."""
     prov = provenance or resolve_weights(name, weights, seed, allow_download)
     input_size = input_size or BACKBONES[name]["input_size"]
+    import torch
     if prov["source"] == "random-init":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(prov["seed"])
@@ -350,7 +361,7 @@ def build_backbone(name: str, weights: str = "auto", seed: int = 0,
     return Backbone(name, module, _forward_fn(name, module, input_size), prov, input_size)
 
 
-def build_library_model(spec: str) -> tuple[nn.Module, int]:
+def build_library_model(spec: str) -> tuple:
     """`timm:NAME` or `torchvision:NAME` -> (random-init model, input size), for --list-layers."""
     library, _, arch = spec.partition(":")
     if library == "timm":

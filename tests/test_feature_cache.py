@@ -188,23 +188,47 @@ def test_deleting_one_layer_folder_invalidates_only_that_layer(built, caplog):
     assert any("layer4" in h for h in hits) and any("layer3" in m for m in misses)
 
 
+BUILD_SCRIPT = (
+    "import sys, config\n"
+    "config.CONFIG.update(working_size=32, batch_size=4, num_workers=0)\n"
+    "config.CONFIG['degradations'] = {'blur': {'type': 'gaussian_blur', 'levels': [1.0, 2.0, 3.0]},"
+    " 'noise': {'type': 'gaussian_noise', 'levels': [5, 10, 20]}}\n"
+    "import main\n"
+    "sys.exit(main.main(sys.argv[1:]))\n")
+
+
+def _build_cmd(tmp_path, cache):
+    return [sys.executable, "-c", BUILD_SCRIPT, "--build-cache", "--layers", "7", "8",
+            "--dataset", str(tmp_path / "imgs"), "--n-inference", "45", "--n-evaluation", "12",
+            "--image-size", "32", "--weights", "random", "-q", "--cache-dir", str(cache)]
+
+
+def test_two_processes_building_the_same_entry_do_not_corrupt_it(tmp_path):
+    _images(tmp_path / "imgs", n=60)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    clean_dir, shared = tmp_path / "clean", tmp_path / "shared"
+    assert subprocess.run(_build_cmd(tmp_path, clean_dir), cwd=ROOT, env=env).returncode == 0
+    procs = [subprocess.Popen(_build_cmd(tmp_path, shared), cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait() for p in procs] == [0, 0]
+    clean, both = _chunks(clean_dir), _chunks(shared)
+    assert both.keys() == clean.keys()
+    for k in clean:
+        assert np.array_equal(both[k], clean[k]), k
+    for dp, _, fs in os.walk(shared):
+        if "metadata.json" in fs:
+            meta = json.loads(open(os.path.join(dp, "metadata.json")).read())
+            assert meta["complete"] and all(os.path.exists(os.path.join(dp, f)) for f in meta["files"])
+
+
 def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
     """Kill --build-cache at several points; every rerun completes and the final files
     equal an uninterrupted build's."""
     _images(tmp_path / "imgs", n=60)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
-    script = (
-        "import sys, config\n"
-        "config.CONFIG.update(working_size=32, batch_size=4, num_workers=0)\n"
-        "config.CONFIG['degradations'] = {'blur': {'type': 'gaussian_blur', 'levels': [1.0, 2.0, 3.0]},"
-        " 'noise': {'type': 'gaussian_noise', 'levels': [5, 10, 20]}}\n"
-        "import main\n"
-        "sys.exit(main.main(sys.argv[1:]))\n")
 
     def cmd(cache):
-        return [sys.executable, "-c", script, "--build-cache", "--layers", "7", "8",
-                "--dataset", str(tmp_path / "imgs"), "--n-inference", "45", "--n-evaluation", "12",
-                "--image-size", "32", "--weights", "random", "-q", "--cache-dir", str(cache)]
+        return _build_cmd(tmp_path, cache)
 
     clean_dir = tmp_path / "clean"
     assert subprocess.run(cmd(clean_dir), cwd=ROOT, env=env, capture_output=True).returncode == 0

@@ -120,3 +120,12 @@ def test_mismatched_and_corrupt_weight_files_fail_clearly(tmp_path, monkeypatch,
     assert main.main(args) == 1
     err = capsys.readouterr().err
     assert "cannot read weights file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env", [{}, {"TORCH_HOME": "/tmp/th"}, {"XDG_CACHE_HOME": "/tmp/xdg"}])
+def test_torch_hub_dir_follows_torch_rule(monkeypatch, env):
+    for k in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert backbones.torch_hub_dir() == torch.hub.get_dir()
