@@ -36,10 +36,11 @@ def as_positions(act: np.ndarray) -> np.ndarray:
 
 
 def gap(act: np.ndarray, vit_pool: str = "mean", prefix_tokens: int = 1) -> np.ndarray:
-    """Global average pooling -> (n, C); tokens pooled per `vit_pool`."""
-    act = np.asarray(act, dtype=np.float64)
-    if act.ndim == 4:
-        return act.mean(axis=(2, 3))
+    """Global average pooling -> (n, C) float64; tokens pooled per `vit_pool`."""
+    act = np.asarray(act)
+    if act.ndim == 4:   # float64 accumulator, no float64 copy of the whole map
+        return act.reshape(act.shape[0], act.shape[1], -1).mean(axis=2, dtype=np.float64)
+    act = act.astype(np.float64)
     if act.ndim == 2:
         return act
     if act.ndim == 3:
