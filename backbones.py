@@ -281,13 +281,14 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
                     allow_download: bool = True) -> dict:
     """The provenance of the weights `build_backbone` would load, without building a model:
     {"source": pretrained | local | random-init, "model_id"/"path", "sha256" or "seed", "label"}.
-    Cache keys use it, so a full cache hit never constructs the backbone."""
+    Cache keys use it, so a full cache hit never constructs the backbone. `auto` looks in the
+    local caches only (never the network); `pretrained` downloads when absent and online."""
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     prov = None
     if weights in ("pretrained", "auto"):
         try:
-            prov = _pretrained_files(name, allow_download)
+            prov = _pretrained_files(name, allow_download and weights == "pretrained")
         except WeightsError as exc:
             if weights == "pretrained":
                 raise

@@ -1,7 +1,10 @@
 """Where images come from: the built-in dataset or a folder, split into disjoint sets.
 
-Every image is identified by the sha256 of its content (file bytes for a folder,
-decoded pixels for built-in images), so cache keys follow the content, not names.
+Every image is identified by a sha256 of its content, so cache keys follow the content,
+not names: the file's bytes for a folder; for a built-in image, the exact inputs of its
+deterministic generator (image id, generator version, the numpy and Pillow versions that
+render it, and the sha256 of the source photograph), which fix its pixels without rendering
+them (a test checks the pixels are identical across processes).
 
 Built-in dataset (no download, deterministic):
 * crops of the real photographs shipped inside installed packages
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,9 +31,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 BUILTIN_SIZE = 256
 N_DEAD_LEAVES = 900
-DEAD_LEAVES_RADII = (3.0, 120.0)      # min / max disk radius in pixels
-DEAD_LEAVES_DISKS = 3000              # enough to cover ~99.8 % of the image
-DEAD_LEAVES_VERSION = 2               # bump when the generator changes
+DEAD_LEAVES_RADII = (4.0, 120.0)      # min / max disk radius in pixels
+DEAD_LEAVES_DISKS = 2000              # enough to cover ~99.8 % of the image
+DEAD_LEAVES_VERSION = 3               # bump when the generator changes
 PHOTO_CROP_SIZES = (256, 320, 400)    # crop sides taken from each photo, resized to 256
 PHOTO_CROP_STRIDE = 40
 
@@ -105,6 +109,25 @@ def dead_leaves(index: int, size: int = BUILTIN_SIZE) -> np.ndarray:
     for r, (cx, cy), c in zip(radii[::-1], centres[::-1], colours[::-1]):
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(int(c[0]), int(c[1]), int(c[2])))
     return np.asarray(img)
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return _sha256_bytes(f.read())
+
+
+def builtin_identity(source: str) -> str:
+    """sha256 of everything that determines a built-in image's pixels."""
+    import PIL
+    parts = {"source": source, "size": BUILTIN_SIZE, "numpy": np.__version__, "pillow": PIL.__version__}
+    if ":leaves:" in source:
+        parts.update(generator=DEAD_LEAVES_VERSION, radii=DEAD_LEAVES_RADII, disks=DEAD_LEAVES_DISKS,
+                     palette=[_file_sha256(p) for p in _photo_paths()])
+    else:
+        fname = source.split(":")[2]
+        parts["photo"] = _file_sha256(next(p for p in _photo_paths() if os.path.basename(p) == fname))
+    return _sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
 def load_builtin(source: str) -> np.ndarray:
@@ -189,8 +212,7 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
                                f"{need} were requested ({n_ref} reference + {n_eval} evaluation); "
                                "lower --n-inference/--n-evaluation or pass --dataset FOLDER")
         order = rng.permutation(len(sources))[:need]
-        records = [ImageRecord(sources[i], _sha256_bytes(load_builtin(sources[i]).tobytes()))
-                   for i in order]
+        records = [ImageRecord(sources[i], builtin_identity(sources[i])) for i in order]
         return records[:n_eval], records[n_eval:]
 
     if not os.path.exists(dataset):

@@ -17,7 +17,6 @@ import json
 
 import numpy as np
 from PIL import Image, ImageEnhance
-from scipy import ndimage
 
 from config import ConfigError
 
@@ -33,6 +32,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of standard deviation `sigma` pixels (scipy.ndimage, reflect border)."""
+    from scipy import ndimage   # imported on use: config validation needs none of it
     out = ndimage.gaussian_filter(img.astype(np.float32), sigma=(sigma, sigma, 0),
                                   mode="reflect", truncate=GAUSSIAN_TRUNCATE)
     return _to_uint8(out)
@@ -107,6 +107,7 @@ def swirl(img: np.ndarray, strength: float) -> np.ndarray:
     rho = np.hypot(yy - cy, xx - cx)
     theta = strength * np.exp(-rho / (radius / np.log(2))) + np.arctan2(yy - cy, xx - cx)
     src_y, src_x = cy + rho * np.sin(theta), cx + rho * np.cos(theta)
+    from scipy import ndimage
     out = np.stack([ndimage.map_coordinates(img[..., c].astype(np.float64), [src_y, src_x],
                                             order=1, mode="reflect") for c in range(3)], -1)
     return _to_uint8(out)

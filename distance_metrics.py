@@ -223,7 +223,25 @@ def _sq_dists(a, b, a_sq=None, b_sq=None):
     return np.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T), 0.0)
 
 
-class CMMDReference:
+class _RBFReference:
+    """Shared by CMMD and RBF-MMD: the Gaussian kernel blocks of an evaluation set."""
+
+    def prepare(self, ev):
+        ev = _check_dim(ev, self.ref.shape[1])
+        ev_sq = np.sum(ev ** 2, axis=1)
+        return (np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)),
+                np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)))
+
+    @staticmethod
+    def _resampled(state, idx):
+        k_re, k_ee = state
+        return (k_re, k_ee) if idx is None else (k_re[:, idx], k_ee[np.ix_(idx, idx)])
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
+class CMMDReference(_RBFReference):
     """CMMD (Jayasumana et al., CVPR 2024): Gaussian RBF kernel exp(-||x-y||^2 / (2 sigma^2)),
     the biased MMD^2 estimator with diagonal terms kept, times `scale`. Rows are used as
     given: the reference feeds L2-normalised CLIP embeddings; normalising is the
@@ -235,20 +253,9 @@ class CMMDReference:
         self.ref_sq = np.sum(self.ref ** 2, axis=1)
         self.k_rr = float(np.exp(-self.gamma * _sq_dists(self.ref, self.ref, self.ref_sq, self.ref_sq)).mean())
 
-    def prepare(self, ev):
-        ev = _check_dim(ev, self.ref.shape[1])
-        ev_sq = np.sum(ev ** 2, axis=1)
-        return (np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)),
-                np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)))
-
     def score_prepared(self, state, idx=None) -> float:
-        k_re, k_ee = state
-        if idx is not None:
-            k_re, k_ee = k_re[:, idx], k_ee[np.ix_(idx, idx)]
+        k_re, k_ee = self._resampled(state, idx)
         return float(self.scale * (self.k_rr + k_ee.mean() - 2.0 * k_re.mean()))
-
-    def score(self, ev) -> float:
-        return self.score_prepared(self.prepare(ev))
 
 
 def cmmd(ref, ev, sigma=CMMD_SIGMA, scale=CMMD_SCALE) -> float:
@@ -267,7 +274,7 @@ def median_bandwidth(sq_dists: np.ndarray) -> float:
     return sigma
 
 
-class MMDRBFReference:
+class MMDRBFReference(_RBFReference):
     """Unbiased RBF-kernel MMD^2 with bandwidth from the median heuristic on the
     *reference* rows, so every evaluation set is measured on the same scale."""
 
@@ -280,20 +287,9 @@ class MMDRBFReference:
         k = np.exp(-self.gamma * d_rr)
         self.k_rr_offdiag = float(k.sum() - np.trace(k))
 
-    def prepare(self, ev):
-        ev = _check_dim(ev, self.ref.shape[1])
-        ev_sq = np.sum(ev ** 2, axis=1)
-        return (np.exp(-self.gamma * _sq_dists(self.ref, ev, self.ref_sq, ev_sq)),
-                np.exp(-self.gamma * _sq_dists(ev, ev, ev_sq, ev_sq)))
-
     def score_prepared(self, state, idx=None) -> float:
-        k_re, k_ee = state
-        if idx is not None:
-            k_re, k_ee = k_re[:, idx], k_ee[np.ix_(idx, idx)]
+        k_re, k_ee = self._resampled(state, idx)
         return _mmd2_unbiased(self.k_rr_offdiag, k_ee, k_re, len(self.ref))
-
-    def score(self, ev) -> float:
-        return self.score_prepared(self.prepare(ev))
 
 
 def mmd_rbf(ref, ev, sigma="median") -> float:
@@ -337,33 +333,80 @@ def neg_loglik(model, ev) -> float:
 
 # ---------------------------------------------------------------- from linear kernels
 
-def _centre(k_rr, k_re, k_ee):
-    """Kernel blocks of the rows centred on their own set's mean (H K H)."""
-    r_row, e_row = k_rr.mean(axis=0), k_ee.mean(axis=0)
-    krr_c = k_rr - r_row[:, None] - r_row[None, :] + k_rr.mean()
-    kee_c = k_ee - e_row[:, None] - e_row[None, :] + k_ee.mean()
-    kre_c = k_re - k_re.mean(axis=1, keepdims=True) - k_re.mean(axis=0, keepdims=True) + k_re.mean()
-    return krr_c, kre_c, kee_c
+class KernelReference:
+    """Two-sample metrics from linear kernel blocks, reference side precomputed once:
+    `KernelReference(metric, K_rr, dim)`, then `prepare((K_re, K_ee))` per evaluation set and
+    `score_prepared(state, idx)`. Equal to the explicit metrics on the rows behind the kernels."""
+
+    def __init__(self, metric: str, k_rr, dim: int, sigma="median", kid_degree=KID_DEGREE,
+                 kid_gamma=None, kid_coef0=KID_COEF0, cmmd_sigma=CMMD_SIGMA, cmmd_scale=CMMD_SCALE):
+        self.metric, self.k_rr, self.n = metric, np.asarray(k_rr, np.float64), len(k_rr)
+        self.r_sq = np.diag(self.k_rr).copy()
+        if metric == "fid":
+            row = self.k_rr.mean(axis=0)
+            self.row_mean, self.all_mean = row, self.k_rr.mean()
+            self.tr1 = float(np.trace(self.k_rr) - self.n * self.all_mean) / (self.n - 1)
+        elif metric == "kid":
+            g = 1.0 / dim if kid_gamma is None else kid_gamma
+            self.kern = lambda k: (k * g + kid_coef0) ** kid_degree  # noqa: E731
+            p = self.kern(self.k_rr)
+            self.offdiag = float(p.sum() - np.trace(p))
+        elif metric in ("cmmd", "mmd_rbf"):
+            d_rr = _sq_from_kernel(self.k_rr, self.r_sq, self.r_sq)
+            if metric == "cmmd":
+                self.gamma, self.scale = 1.0 / (2.0 * cmmd_sigma ** 2), cmmd_scale
+                self.k_rr_mean = float(np.exp(-self.gamma * d_rr).mean())
+            else:
+                s = median_bandwidth(d_rr) if sigma == "median" else float(sigma)
+                self.gamma = 1.0 / (2.0 * s ** 2)
+                k = np.exp(-self.gamma * d_rr)
+                self.offdiag = float(k.sum() - np.trace(k))
+        else:
+            raise MetricInputError(f"{metric} is not a two-sample metric")
+
+    def prepare(self, blocks):
+        k_re, k_ee = (np.asarray(b, np.float64) for b in blocks)
+        if self.metric == "fid":
+            return k_re, k_ee
+        if self.metric == "kid":
+            return self.kern(k_re), self.kern(k_ee)
+        e_sq = np.diag(k_ee)
+        return (np.exp(-self.gamma * _sq_from_kernel(k_re, self.r_sq, e_sq)),
+                np.exp(-self.gamma * _sq_from_kernel(k_ee, e_sq, e_sq)))
+
+    def score_prepared(self, state, idx=None) -> float:
+        a, b = state
+        if idx is not None:
+            a, b = a[:, idx], b[np.ix_(idx, idx)]
+        if self.metric == "kid" or self.metric == "mmd_rbf":
+            return _mmd2_unbiased(self.offdiag, b, a, self.n)
+        if self.metric == "cmmd":
+            return float(self.scale * (self.k_rr_mean + b.mean() - 2.0 * a.mean()))
+        # FID: ||A^T B||_* with A, B the centred rows / sqrt(n-1) is the nuclear norm of the
+        # doubly centred cross-kernel
+        n2 = b.shape[0]
+        e_row = b.mean(axis=0)
+        col = a.mean(axis=0)                       # mean over reference rows, per evaluation row
+        kre_c = a - a.mean(axis=1, keepdims=True) - col[None, :] + a.mean()
+        dmu_sq = self.all_mean + b.mean() - 2.0 * a.mean()
+        tr2 = float(np.trace(b) - n2 * e_row.mean()) / (n2 - 1)
+        nuclear = linalg.svdvals(kre_c).sum() / np.sqrt((self.n - 1) * (n2 - 1))
+        return _frechet(max(float(dmu_sq), 0.0), self.tr1, tr2, float(nuclear))
+
+    def score(self, blocks) -> float:
+        return self.score_prepared(self.prepare(blocks))
 
 
 def fid_from_kernel(k_rr, k_re, k_ee) -> float:
-    """FID from linear kernel blocks (n1 x n1, n1 x n2, n2 x n2): equal to `fid` on the
-    rows that produced them. ||A^T B||_* with A, B the centred data scaled by
-    1/sqrt(n-1) is the nuclear norm of the centred cross-kernel."""
-    n1, n2 = k_re.shape
-    krr_c, kre_c, kee_c = _centre(k_rr, k_re, k_ee)
-    dmu_sq = k_rr.mean() + k_ee.mean() - 2.0 * k_re.mean()
-    nuclear = linalg.svdvals(kre_c).sum() / np.sqrt((n1 - 1) * (n2 - 1))
-    tr1, tr2 = np.trace(krr_c) / (n1 - 1), np.trace(kee_c) / (n2 - 1)
-    return _frechet(max(float(dmu_sq), 0.0), float(tr1), float(tr2), float(nuclear))
+    """FID from linear kernel blocks (n1 x n1, n1 x n2, n2 x n2): equal to `fid` on the rows
+    that produced them."""
+    return KernelReference("fid", k_rr, 1).score((k_re, k_ee))
 
 
 def kid_from_kernel(k_rr, k_re, k_ee, dim: int, degree=KID_DEGREE, gamma=None, coef0=KID_COEF0) -> float:
     """Deterministic (full-set) KID from linear kernel blocks; `dim` sets gamma = 1/dim."""
-    g = 1.0 / dim if gamma is None else gamma
-    p = lambda k: (k * g + coef0) ** degree  # noqa: E731
-    prr = p(k_rr)
-    return _mmd2_unbiased(prr.sum() - np.trace(prr), p(k_ee), p(k_re), k_rr.shape[0])
+    return KernelReference("kid", k_rr, dim, kid_degree=degree, kid_gamma=gamma,
+                           kid_coef0=coef0).score((k_re, k_ee))
 
 
 def _sq_from_kernel(k_ab, a_sq, b_sq):
@@ -371,21 +414,11 @@ def _sq_from_kernel(k_ab, a_sq, b_sq):
 
 
 def cmmd_from_kernel(k_rr, k_re, k_ee, sigma=CMMD_SIGMA, scale=CMMD_SCALE) -> float:
-    g = 1.0 / (2.0 * sigma ** 2)
-    r_sq, e_sq = np.diag(k_rr), np.diag(k_ee)
-    return float(scale * (np.exp(-g * _sq_from_kernel(k_rr, r_sq, r_sq)).mean()
-                          + np.exp(-g * _sq_from_kernel(k_ee, e_sq, e_sq)).mean()
-                          - 2.0 * np.exp(-g * _sq_from_kernel(k_re, r_sq, e_sq)).mean()))
+    return KernelReference("cmmd", k_rr, 1, cmmd_sigma=sigma, cmmd_scale=scale).score((k_re, k_ee))
 
 
 def mmd_rbf_from_kernel(k_rr, k_re, k_ee, sigma="median") -> float:
-    r_sq, e_sq = np.diag(k_rr), np.diag(k_ee)
-    d_rr = _sq_from_kernel(k_rr, r_sq, r_sq)
-    s = median_bandwidth(d_rr) if sigma == "median" else float(sigma)
-    g = 1.0 / (2.0 * s ** 2)
-    k = np.exp(-g * d_rr)
-    return _mmd2_unbiased(k.sum() - np.trace(k), np.exp(-g * _sq_from_kernel(k_ee, e_sq, e_sq)),
-                          np.exp(-g * _sq_from_kernel(k_re, r_sq, e_sq)), k_rr.shape[0])
+    return KernelReference("mmd_rbf", k_rr, 1, sigma=sigma).score((k_re, k_ee))
 
 
 # ---------------------------------------------------------------- pytorch-fid interop

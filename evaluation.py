@@ -122,34 +122,18 @@ def scorer_for(metric, ref, model, cfg, seed):
     return dm.ModelMetricReference(model, metric)
 
 
-class KernelScorer:
-    """Two-sample metrics from linear kernel blocks (the sample-space route)."""
-
-    def __init__(self, metric, k_rr, dim, cfg):
-        self.metric, self.k_rr, self.dim, self.cfg = metric, k_rr, dim, cfg
-        if metric not in TWO_SAMPLE_METRICS:
-            raise SkipConfiguration(f"{metric} needs explicit features, and this Gram is too "
-                                    "wide to hold; add use_pca to the transform")
-        if metric == "kid" and cfg["kid"]["subsets"] is not None:
-            raise SkipConfiguration("KID subsets are not available on the sample-space route; "
-                                    "set config['kid']['subsets'] = None")
-
-    def prepare(self, blocks):
-        return blocks
-
-    def score_prepared(self, state, idx=None) -> float:
-        k_re, k_ee = state
-        if idx is not None:
-            k_re, k_ee = k_re[:, idx], k_ee[np.ix_(idx, idx)]
-        if self.metric == "fid":
-            return dm.fid_from_kernel(self.k_rr, k_re, k_ee)
-        if self.metric == "kid":
-            k = self.cfg["kid"]
-            return dm.kid_from_kernel(self.k_rr, k_re, k_ee, self.dim, k["degree"], k["gamma"], k["coef0"])
-        if self.metric == "cmmd":
-            return dm.cmmd_from_kernel(self.k_rr, k_re, k_ee, self.cfg["cmmd"]["sigma"],
-                                       self.cfg["cmmd"]["scale"])
-        return dm.mmd_rbf_from_kernel(self.k_rr, k_re, k_ee)
+def kernel_scorer_for(metric, k_rr, dim, cfg):
+    """The sample-space route's reference object (two-sample metrics only)."""
+    if metric not in TWO_SAMPLE_METRICS:
+        raise SkipConfiguration(f"{metric} needs explicit features, and this Gram is too "
+                                "wide to hold; add use_pca to the transform")
+    if metric == "kid" and cfg["kid"]["subsets"] is not None:
+        raise SkipConfiguration("KID subsets are not available on the sample-space route; "
+                                "set config['kid']['subsets'] = None")
+    k = cfg["kid"]
+    return dm.KernelReference(metric, k_rr, dim, kid_degree=k["degree"], kid_gamma=k["gamma"],
+                              kid_coef0=k["coef0"], cmmd_sigma=cfg["cmmd"]["sigma"],
+                              cmmd_scale=cfg["cmmd"]["scale"])
 
 
 def postprocess(features: FeatureSet, transform: dict) -> FeatureSet:
@@ -319,7 +303,7 @@ def score_configuration(conf: Configuration, features, degradations: dict,
     feats = memo[fkey]
     model = None
     if feats.kernel is not None:
-        scorer = KernelScorer(conf.metric, feats.kernel["rr"], feats.kernel["dim"], cfg)
+        scorer = kernel_scorer_for(conf.metric, feats.kernel["rr"], feats.kernel["dim"], cfg)
         states = {k: v for k, v in feats.kernel.items() if isinstance(k, tuple)}
     else:
         if conf.model is not None:

@@ -255,11 +255,13 @@ def _verify_file(path: str, info: dict, full: bool) -> str | None:
     return None
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
+def _atomic_write(path: str, write, suffix: str = "") -> None:
+    """Write through `write(fileobj)` to a temporary file beside `path`, fsync, then rename
+    it into place: readers see the old file or the complete new one, never a partial one."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -267,20 +269,14 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), ".npy")
 
 
 def cache_info(root: str) -> list[dict]:

@@ -155,33 +155,43 @@ def default_workers(setting) -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def extract(backbone, jobs, paths, *, working_size, mean, std, seed, batch_size=16,
+def unit_batches(sizes, batch_size: int) -> list[list[int]]:
+    """Batches of job indices that never cross a unit (a cache file): jobs come unit after
+    unit with `sizes` jobs each. A unit is then always computed in the same batches whatever
+    else is extracted with it, so its bytes do not depend on what was missing (CPU kernels
+    are not bitwise invariant to batch composition)."""
+    out, start = [], 0
+    for n in sizes:
+        out += [list(range(i, min(i + batch_size, start + n))) for i in range(start, start + n, batch_size)]
+        start += n
+    return out
+
+
+def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
             device="auto", num_workers="auto", progress=True):
-    """Yield (start, {path: float32 ndarray (b, ...)}) batch after batch, in job order."""
+    """Yield (job indices, {path: float32 ndarray (b, ...)}) for each batch of `batches`."""
     dev = resolve_device(device)
     module = backbone.module.to(dev)
     if dev.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
     data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed)
     workers = default_workers(num_workers)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, pin_memory=dev.type == "cuda",
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=dev.type == "cuda")
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(data), unit="img", desc=f"extract {backbone.name}", leave=False)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
            else contextlib.nullcontext())
-    start, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     with capture_layers(module, paths) as store, torch.inference_mode(), amp:
-        for x in loader:
+        for idx, x in zip(batches, loader):
             x = x.to(dev, non_blocking=True)
             if dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             out = run_captured(backbone.forward, x, store)
-            yield start, {p: out[p].numpy() for p in paths}
-            start += len(x)
+            yield idx, {p: out[p].numpy() for p in paths}
             if bar is not None:
                 bar.update(len(x))
     if bar is not None:

@@ -212,7 +212,7 @@ def ensure_cached(cfg, backbone, caches, ref_units, eval_units, provenance, prog
     if not todo:
         return
     from backbones import build_backbone
-    from feature_extraction import Job, extract
+    from feature_extraction import Job, extract, unit_batches
     spec = BACKBONES[backbone]
     bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
                         provenance=provenance)
@@ -223,25 +223,23 @@ def ensure_cached(cfg, backbone, caches, ref_units, eval_units, provenance, prog
             jobs.append(Job(r, u.dtype, u.level))
             owner.append(ui)
     paths = sorted({p for ps in todo.values() for p in ps})
+    batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])
     buffers, filled = {}, [0] * len(units)
     n_units = {"ref": len(ref_units), "eval": len(eval_units)}
-    for start, batch in extract(bb, jobs, paths, working_size=cfg["working_size"], mean=spec["mean"],
-                                std=spec["std"], seed=cfg["seed"], batch_size=cfg["batch_size"],
-                                device=cfg["device"], num_workers=cfg["num_workers"],
-                                progress=progress):
-        n = len(next(iter(batch.values())))
-        for j in range(n):
-            ui = owner[start + j]
-            u = units[ui]
-            row = filled[ui]
+    for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
+                              mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
+                              device=cfg["device"], num_workers=cfg["num_workers"],
+                              progress=progress):
+        ui = owner[idx[0]]                      # a batch never crosses a unit
+        u = units[ui]
+        for p in todo[u.id]:
+            if (ui, p) not in buffers:
+                buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], np.float32)
+            buffers[(ui, p)][filled[ui]:filled[ui] + len(idx)] = batch[p]
+        filled[ui] += len(idx)
+        if filled[ui] == len(u.records):
             for p in todo[u.id]:
-                if (ui, p) not in buffers:
-                    buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], np.float32)
-                buffers[(ui, p)][row] = batch[p][j]
-            filled[ui] += 1
-            if filled[ui] == len(u.records):
-                for p in todo[u.id]:
-                    caches[p].write(u, buffers.pop((ui, p)), cfg["cache_dtype"], n_units[u.kind])
+                caches[p].write(u, buffers.pop((ui, p)), cfg["cache_dtype"], n_units[u.kind])
 
 
 # ---------------------------------------------------------------------- run

@@ -69,3 +69,14 @@ def test_identity_follows_content_not_name(tmp_path):
     Image.fromarray(a + 1).save(tmp_path / "x.png")
     (e2,), _ = dataset.select_images(str(tmp_path), 1, 0, seed=0)
     assert e.source == e2.source and e.sha256 != e2.sha256
+
+
+def test_builtin_identity_follows_the_generator(monkeypatch):
+    a = dataset.builtin_identity("builtin:leaves:3")
+    assert a != dataset.builtin_identity("builtin:leaves:4")
+    assert a == dataset.builtin_identity("builtin:leaves:3")
+    monkeypatch.setattr(dataset, "DEAD_LEAVES_VERSION", dataset.DEAD_LEAVES_VERSION + 1)
+    assert dataset.builtin_identity("builtin:leaves:3") != a
+    photo = dataset.builtin_identity("builtin:photo:china.jpg:256:0:0")
+    monkeypatch.setattr(np, "__version__", "0.0.0")   # another renderer, another identity
+    assert dataset.builtin_identity("builtin:photo:china.jpg:256:0:0") != photo

@@ -212,3 +212,16 @@ def test_gmm_and_kde_models():
         dm.mahalanobis(kde, ev)
     with pytest.raises(ModelError, match="components"):
         fit_distribution(ref[:4], {"type": "gmm", "covariance_type": "diag", "n_components": 5})
+
+
+@pytest.mark.parametrize("metric", ["fid", "kid", "cmmd", "mmd_rbf"])
+def test_kernel_reference_resamples_equal_explicit_resamples(metric):
+    ref, ev = CASES["singular"]
+    explicit = {"fid": dm.FIDReference, "kid": dm.KIDReference, "cmmd": dm.CMMDReference,
+                "mmd_rbf": dm.MMDRBFReference}[metric](ref)
+    kern = dm.KernelReference(metric, ref @ ref.T, ref.shape[1])
+    k_state = kern.prepare((ref @ ev.T, ev @ ev.T))
+    e_state = explicit.prepare(ev)
+    idx = np.random.default_rng(1).integers(0, len(ev), len(ev))
+    assert kern.score_prepared(k_state) == pytest.approx(explicit.score_prepared(e_state), rel=1e-8)
+    assert kern.score_prepared(k_state, idx) == pytest.approx(explicit.score_prepared(e_state, idx), rel=1e-8)

@@ -248,3 +248,9 @@ def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
         assert np.array_equal(resumed[k], clean[k]), k
     leftovers = [f for dp, _, fs in os.walk(crash_dir) for f in fs if f.startswith(".tmp_")]
     assert len(leftovers) <= 3    # at most one interrupted temp file per kill, never read
+
+
+def test_batches_never_cross_a_cache_file():
+    from feature_extraction import unit_batches
+    batches = unit_batches([5, 3, 8], 4)
+    assert batches == [[0, 1, 2, 3], [4], [5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
