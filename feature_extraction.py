@@ -7,7 +7,8 @@
   reference would silently turn a "Conv2d" capture into a post-ReLU one.
 * Hooks are removed in every case (`capture_layers` is a context manager).
 * Images are decoded, degraded and resized in DataLoader workers so the
-  accelerator is fed; `torch.inference_mode`, and bf16 autocast + channels_last on CUDA.
+  accelerator is fed; `torch.inference_mode`; channels_last on CUDA; autocast to bfloat16 or
+  float16 when config['extraction_precision'] asks for it (float32, exact, by default).
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def unit_batches(sizes, batch_size: int) -> list[list[int]]:
 
 
 def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
-            device="auto", num_workers="auto", progress=True):
+            device="auto", num_workers="auto", progress=True, precision="float32"):
     """Yield (job indices, {path: float32 ndarray (b, ...)}) for each batch of `batches`."""
     dev = resolve_device(device)
     module = backbone.module.to(dev)
@@ -182,8 +183,8 @@ def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(data), unit="img", desc=f"extract {backbone.name}", leave=False)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-           else contextlib.nullcontext())
+    amp = (contextlib.nullcontext() if precision == "float32"
+           else torch.autocast(dev.type, dtype=getattr(torch, precision)))
     t0 = time.perf_counter()
     with capture_layers(module, paths) as store, torch.inference_mode(), amp:
         for idx, x in zip(batches, loader):

@@ -187,7 +187,7 @@ def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records):
     context = {"weights": weights_identity(provenance), "capture": CAPTURE,
                "input_size": input_size, "working_size": cfg["working_size"],
                "resize": RESIZE_RULE, "mean": list(spec["mean"]), "std": list(spec["std"]),
-               "dtype": cfg["cache_dtype"]}
+               "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
     return {path: LayerCache(cfg["cache_dir"], backbone, index, path, context, ref_records,
                              eval_records, cfg["seed"], cfg["verify_checksums"])
             for index, path in layers}
@@ -229,7 +229,7 @@ def ensure_cached(cfg, backbone, caches, ref_units, eval_units, provenance, prog
     for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
                               mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
                               device=cfg["device"], num_workers=cfg["num_workers"],
-                              progress=progress):
+                              progress=progress, precision=cfg["extraction_precision"]):
         ui = owner[idx[0]]                      # a batch never crosses a unit
         u = units[ui]
         for p in todo[u.id]:

@@ -113,8 +113,12 @@ def plot_heatmap(path: str, rows: list[dict]) -> bool:
     done = [r for r in rows if not r.get("skipped")]
     if not done:
         return False
-    layers = list(dict.fromkeys(f"{r['backbone']}:{r['layer_config']}" for r in done))
-    metrics = list(dict.fromkeys(r["metric"] for r in done))
+    from config import METRICS
+    first = {}
+    for r in done:   # layer configurations in network order, metrics in config order
+        first.setdefault(f"{r['backbone']}:{r['layer_config']}", (r["backbone"], str(r["layers"][0]).zfill(4)))
+    layers = sorted(first, key=first.get)
+    metrics = [m for m in METRICS if any(r["metric"] == m for r in done)]
     grid = np.full((len(layers), len(metrics)), np.nan)
     for r in done:
         i, j = layers.index(f"{r['backbone']}:{r['layer_config']}"), metrics.index(r["metric"])

@@ -165,9 +165,9 @@ def test_resampled_scores_equal_scores_of_resampled_rows(make):
 
 def test_mahalanobis_gaussian_matches_scipy():
     from distribution_modeling import fit_distribution
-    for case in ("full-rank", "ill-conditioned"):
+    for case in ("full-rank", "singular", "ill-conditioned"):
         ref, ev = CASES[case]
-        model = fit_distribution(ref, {"type": "gaussian"})
+        model = fit_distribution(ref, {"type": "gaussian"})   # ridge: defined also for n < d
         vi = np.linalg.inv(model.covariance)
         expected = np.mean([scipy_mahalanobis(x, model.mean, vi) for x in ev])
         assert dm.mahalanobis(model, ev) == pytest.approx(expected, rel=1e-6)

@@ -52,7 +52,7 @@ def test_second_build_is_a_hit(built, caplog):
 
 
 @pytest.mark.parametrize("change", ["image contents", "weights", "input size", "levels",
-                                    "dtype", "layer"])
+                                    "dtype", "precision", "layer"])
 def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     extra, layers = [], ("8",)
     if change == "image contents":   # same file names, new pixels
@@ -69,6 +69,8 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
         config.CONFIG["degradations"]["blur"]["levels"] = [1.0, 2.0]
     elif change == "dtype":
         config.CONFIG["cache_dtype"] = "float32"
+    elif change == "precision":
+        config.CONFIG["extraction_precision"] = "bfloat16"
     elif change == "layer":
         layers = ("7",)
     args = tiny_args(built, "--build-cache", "--layers", *layers, "--dataset", str(built / "imgs"),
@@ -101,15 +103,33 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
     assert a.check(u) == "absent"
 
 
-def test_full_hit_never_builds_the_backbone(built, caplog, monkeypatch):
+def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, monkeypatch):
+    enabled = [str(i) for i, on in config.ENABLED_LAYERS["resnet50"].items() if on]
+    assert _build(built, layers=enabled) == 0
+    caplog.clear()
+
     def boom(*a, **k):
         raise AssertionError("backbone constructed on a full cache hit")
     monkeypatch.setattr(backbones, "_architecture", boom)
     monkeypatch.setattr(backbones, "build_backbone", boom)
-    assert main.main(tiny_args(built, "--dataset", str(built / "imgs"), "--n-inference", "5",
-                               "--n-evaluation", "3", "--layers", "8")) == 0
+    assert main.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
+                               "--n-inference", "5", "--n-evaluation", "3")) == 0
     hits, misses = _hits(caplog)
-    assert hits and not misses
+    assert len(hits) == len(enabled) and not misses
+
+
+def test_nan_activations_are_refused_naming_the_layer(tmp_path):
+    from dataset import ImageRecord
+    from feature_cache import CacheError, LayerCache, reference_units
+    recs = [ImageRecord(f"/x/{i}", f"{i:064x}") for i in range(3)]
+    cache = LayerCache(str(tmp_path), "resnet50", 8, "layer4", {}, recs, recs[:2], seed=0)
+    bad = np.ones((3, 4, 2, 2), np.float32)
+    bad[1, 0, 0, 0] = np.nan
+    with pytest.raises(CacheError, match="resnet50/layer4.*NaN"):
+        cache.write(reference_units(recs)[0], bad, "float16", 1)
+    big = np.full((3, 4, 2, 2), 1e6, np.float32)
+    with pytest.raises(CacheError, match="float32"):
+        cache.write(reference_units(recs)[0], big, "float16", 1)
 
 
 def _chunks(root):
