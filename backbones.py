@@ -49,7 +49,7 @@ class WeightsError(RuntimeError):
 @dataclass
 class Backbone:
     name: str
-    module: "torch.nn.Module"               # hook paths are relative to this module
+    module: object                          # a torch.nn.Module; hook paths are relative to it
     forward: Callable
     provenance: dict                        # source, model id, sha256 or random seed
     input_size: int

@@ -203,3 +203,25 @@ def apply_degradation(img: np.ndarray, dtype: str, level, seed: int, image_sha25
     if needs_rng:
         return fn(img, level, degradation_rng(seed, image_sha256, dtype, level))
     return fn(img, level)
+
+
+def preview_collage(images, degradations: dict, seed: int, tile: int = 128) -> Image.Image:
+    """A PIL image: one row per (degradation, image), the clean image then every level.
+    `images` are (sha256, (H, W, 3) uint8) pairs."""
+    from PIL import ImageDraw
+    rows = []
+    for name, spec in degradations.items():
+        for sha, img in images:
+            tiles = [img] + [apply_degradation(img, spec["type"], lv, seed, sha) for lv in spec["levels"]]
+            rows.append((name, spec, [Image.fromarray(t).resize((tile, tile)) for t in tiles]))
+    width = max(len(t) for _, _, t in rows) * tile + 110
+    canvas = Image.new("RGB", (width, len(rows) * (tile + 14) + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, spec, tiles) in enumerate(rows):
+        y = r * (tile + 14) + 14
+        draw.text((4, y + tile // 2), name, fill="black")
+        for c, t in enumerate(tiles):
+            canvas.paste(t, (110 + c * tile, y))
+            draw.text((110 + c * tile + 2, y - 12), "clean" if c == 0 else str(spec["levels"][c - 1]),
+                      fill="black")
+    return canvas

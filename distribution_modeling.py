@@ -87,7 +87,7 @@ class GMMModel:
         return self.gmm.score_samples(x)
 
     def _component_sq_mahalanobis(self, x):
-        g, (n, d) = self.gmm, x.shape
+        g, n = self.gmm, len(x)
         k = g.n_components
         out = np.empty((n, k))
         for j in range(k):

@@ -227,6 +227,26 @@ class LayerCache:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
+def plan_extraction(backbone: str, caches: dict, units: list) -> dict:
+    """{unit id: [module paths missing it]} over every layer's cache, with a CACHE HIT or
+    CACHE MISS log line per layer. Empty when everything is cached (then nothing, not even
+    torch, is needed to go on)."""
+    todo = {}
+    n_ref = sum(u.kind == "ref" for u in units)
+    for path, cache in caches.items():
+        missing = cache.missing(units)
+        m_ref = sum(u.kind == "ref" for u in missing)
+        if missing:
+            log.info("CACHE MISS %s/%s: %d of %d reference chunk(s), %d of %d evaluation file(s) "
+                     "to extract", backbone, path, m_ref, n_ref, len(missing) - m_ref, len(units) - n_ref)
+        else:
+            log.info("CACHE HIT %s/%s: %d reference chunk(s), %d evaluation file(s) (%s)",
+                     backbone, path, n_ref, len(units) - n_ref, cache.eval_dir)
+        for u in missing:
+            todo.setdefault(u.id, []).append(path)
+    return todo
+
+
 # ---------------------------------------------------------------- file helpers
 
 def _sha256_path(path: str) -> str:

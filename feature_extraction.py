@@ -25,6 +25,7 @@ from torch import nn
 
 from dataset import ImageRecord, load_rgb
 from degradation_generator import apply_degradation
+from layer_registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,40 @@ def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
     if data:
         log.info("extracted %d images with %s on %s in %.1fs (%.1f img/s)", len(data),
                  backbone.name, dev, dt, len(data) / max(dt, 1e-9))
+
+
+def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) -> None:
+    """Extract the units in `todo` ({unit id: [module paths]}, from
+    feature_cache.plan_extraction) into `caches` ({module path: LayerCache}): all layers in
+    one forward pass per image, batches never crossing a cache file."""
+    from backbones import build_backbone
+    spec = BACKBONES[backbone]
+    bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
+                        provenance=provenance)
+    n_units = {kind: sum(u.kind == kind for u in units) for kind in ("ref", "eval")}
+    units = [u for u in units if u.id in todo]
+    jobs, owner = [], []
+    for ui, u in enumerate(units):
+        for r in u.records:
+            jobs.append(Job(r, u.dtype, u.level))
+            owner.append(ui)
+    paths = sorted({p for ps in todo.values() for p in ps})
+    batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])
+    buffers, filled = {}, [0] * len(units)
+    for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
+                              mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
+                              device=cfg["device"], num_workers=cfg["num_workers"],
+                              progress=progress, precision=cfg["extraction_precision"]):
+        ui = owner[idx[0]]                      # a batch never crosses a unit
+        u = units[ui]
+        for p in todo[u.id]:
+            if (ui, p) not in buffers:
+                buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], np.float32)
+            buffers[(ui, p)][filled[ui]:filled[ui] + len(idx)] = batch[p]
+        filled[ui] += len(idx)
+        if filled[ui] == len(u.records):
+            for p in todo[u.id]:
+                caches[p].write(u, buffers.pop((ui, p)), cfg["cache_dtype"], n_units[u.kind])
 
 
 def list_extractable_layers(module: nn.Module, forward, input_size: int):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import difflib
-import json
 import logging
 import os
 import sys
@@ -193,53 +192,13 @@ def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records):
             for index, path in layers}
 
 
-def ensure_cached(cfg, backbone, caches, ref_units, eval_units, provenance, progress=True) -> None:
-    """Extract exactly what is missing, for all layers in one pass per image."""
-    import numpy as np
-    todo = {}                                   # unit id -> [paths]
-    for path, cache in caches.items():
-        missing = cache.missing(ref_units + eval_units)
-        n_ref = sum(u.kind == "ref" for u in missing)
-        if missing:
-            log.info("CACHE MISS %s/%s: %d of %d reference chunk(s), %d of %d evaluation file(s) "
-                     "to extract", backbone, path, n_ref, len(ref_units), len(missing) - n_ref,
-                     len(eval_units))
-        else:
-            log.info("CACHE HIT %s/%s: %d reference chunk(s), %d evaluation file(s) (%s)",
-                     backbone, path, len(ref_units), len(eval_units), cache.eval_dir)
-        for u in missing:
-            todo.setdefault(u.id, []).append(path)
-    if not todo:
-        return
-    from backbones import build_backbone
-    from feature_extraction import Job, extract, unit_batches
-    spec = BACKBONES[backbone]
-    bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
-                        provenance=provenance)
-    units = [u for u in ref_units + eval_units if u.id in todo]
-    jobs, owner = [], []
-    for ui, u in enumerate(units):
-        for r in u.records:
-            jobs.append(Job(r, u.dtype, u.level))
-            owner.append(ui)
-    paths = sorted({p for ps in todo.values() for p in ps})
-    batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])
-    buffers, filled = {}, [0] * len(units)
-    n_units = {"ref": len(ref_units), "eval": len(eval_units)}
-    for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
-                              mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
-                              device=cfg["device"], num_workers=cfg["num_workers"],
-                              progress=progress, precision=cfg["extraction_precision"]):
-        ui = owner[idx[0]]                      # a batch never crosses a unit
-        u = units[ui]
-        for p in todo[u.id]:
-            if (ui, p) not in buffers:
-                buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], np.float32)
-            buffers[(ui, p)][filled[ui]:filled[ui] + len(idx)] = batch[p]
-        filled[ui] += len(idx)
-        if filled[ui] == len(u.records):
-            for p in todo[u.id]:
-                caches[p].write(u, buffers.pop((ui, p)), cfg["cache_dtype"], n_units[u.kind])
+def ensure_cached(cfg, backbone, caches, units, provenance, progress) -> None:
+    """Extract whatever the caches miss; on a full hit nothing is built or even imported."""
+    from feature_cache import plan_extraction
+    todo = plan_extraction(backbone, caches, units)
+    if todo:
+        from feature_extraction import fill_cache   # torch and the model libraries
+        fill_cache(cfg, backbone, caches, units, todo, provenance, progress)
 
 
 # ---------------------------------------------------------------------- run
@@ -265,8 +224,8 @@ def build_cache(cfg, args) -> int:
         check_module_paths(backbone, layers, cfg["image_size"])
         prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
         caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
-        ensure_cached(cfg, backbone, caches, reference_units(ref_records),
-                      evaluation_units(eval_records, cfg["degradations"]), prov, not args.quiet)
+        ensure_cached(cfg, backbone, caches, reference_units(ref_records)
+                      + evaluation_units(eval_records, cfg["degradations"]), prov, not args.quiet)
         log.info("cache ready for %s layers %s in %s (weights: %s)", backbone,
                  " ".join(str(i if i is not None else p) for i, p in layers), cfg["cache_dir"],
                  prov["label"])
@@ -312,7 +271,7 @@ def run(cfg, args) -> int:
         weights[backbone] = prov
         layers = sorted({(i, p) for lc in lcs for i, p in lc["resolved"]}, key=str)
         caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
-        ensure_cached(cfg, backbone, caches, ref_units, eval_units, prov, not args.quiet)
+        ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, not args.quiet)
         spec = BACKBONES[backbone]
         assembler = FeatureAssembler(caches, ref_units, eval_units,
                                      cfg["image_size"] or spec["input_size"], spec["token_layout"],
@@ -433,32 +392,13 @@ def show_cache_info(cfg) -> int:
 
 
 def preview_degradations(cfg) -> int:
-    from degradation_generator import apply_degradation
-    from dataset import load_rgb
-    import numpy as np
-    from PIL import Image, ImageDraw
-    eval_records, _ = __import__("dataset").select_images(cfg["dataset"], 3, 0, cfg["seed"])
-    tile = 128
-    rows = []
-    for name, spec in cfg["degradations"].items():
-        for rec in eval_records:
-            img = load_rgb(rec.source, cfg["working_size"])
-            tiles = [img] + [apply_degradation(img, spec["type"], lv, cfg["seed"], rec.sha256)
-                             for lv in spec["levels"]]
-            rows.append((name, spec, [np.asarray(Image.fromarray(t).resize((tile, tile))) for t in tiles]))
-    width = max(len(t) for _, _, t in rows) * tile + 110
-    canvas = Image.new("RGB", (width, len(rows) * (tile + 14) + 4), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, (name, spec, tiles) in enumerate(rows):
-        y = r * (tile + 14) + 14
-        draw.text((4, y + tile // 2), name, fill="black")
-        for c, t in enumerate(tiles):
-            canvas.paste(Image.fromarray(t), (110 + c * tile, y))
-            label = "clean" if c == 0 else str(spec["levels"][c - 1])
-            draw.text((110 + c * tile + 2, y - 12), label, fill="black")
+    from dataset import load_rgb, select_images
+    from degradation_generator import preview_collage
+    records, _ = select_images(cfg["dataset"], 3, 0, cfg["seed"])
+    images = [(r.sha256, load_rgb(r.source, cfg["working_size"])) for r in records]
     os.makedirs(cfg["results_dir"], exist_ok=True)
     path = os.path.join(cfg["results_dir"], "degradation_preview.png")
-    canvas.save(path)
+    preview_collage(images, cfg["degradations"], cfg["seed"]).save(path)
     print(f"wrote {path}")
     return 0
 

@@ -1,7 +1,6 @@
 """A medium run on the built-in data: every output file, one CSV row per configuration,
 identical results for the same seed."""
 import json
-import os
 
 import pandas as pd
 from PIL import Image

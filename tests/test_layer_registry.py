@@ -1,5 +1,4 @@
 """Contract: every registry row names a real module whose output has the declared shape."""
-import numpy as np
 import pytest
 import torch
 
