@@ -233,12 +233,8 @@ def build_cache(cfg, args) -> int:
 
 
 def run(cfg, args) -> int:
-    from backbones import resolve_weights
-    from evaluation import (Configuration, FeatureAssembler, SkipConfiguration, bootstrap,
-                            build_grid, rank, score_configuration)
-    from feature_cache import evaluation_units, reference_units
-    import report
-
+    """Resolve layers and images (user mistakes fail here, before anything is written),
+    then extract what is missing, score every configuration and write the report."""
     mode = args.mode
     plans = []
     for backbone in backbones_of(cfg):
@@ -259,13 +255,29 @@ def run(cfg, args) -> int:
     handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+    try:
+        return _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
+    """Extraction, scoring and report of `run`, logging into out_dir/experiment.log."""
+    from backbones import resolve_weights
+    from evaluation import (Configuration, FeatureAssembler, SkipConfiguration, bootstrap,
+                            build_grid, rank, score_configuration)
+    from feature_cache import evaluation_units, reference_units
+    import report
+
+    mode = args.mode
     log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
              len(ref_records), len(eval_records), cfg["dataset"], out_dir)
     report.write_json(os.path.join(out_dir, "config_resolved.json"),
                       {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
 
     ref_units, eval_units = reference_units(ref_records), evaluation_units(eval_records, cfg["degradations"])
-    rows, weights, scored = [], {}, []
+    rows, weights = [], {}
     for backbone, lcs in plans:
         prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
         weights[backbone] = prov
@@ -292,7 +304,6 @@ def run(cfg, args) -> int:
                     conf, lambda c=conf: assembler.features(c.layer_config, c.transform),
                     cfg["degradations"], cfg, cfg["seed"], memo)
                 row.update(res)
-                scored.append(row)
             except SkipConfiguration as exc:
                 row["skipped"] = str(exc)
                 log.info("skipped %s: %s", conf.label, exc)
@@ -327,8 +338,6 @@ def run(cfg, args) -> int:
         f.write(text + "\n")
     print(text)
     print(f"\nResults: {out_dir}")
-    logging.getLogger().removeHandler(handler)
-    handler.close()
     return 0 if done else 1
 
 
