@@ -209,7 +209,17 @@ def select(cfg):
 
 
 def backbones_of(cfg) -> list[str]:
-    return list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
+    """The backbones of this run; a ViT's input size must be a multiple of its patch size."""
+    names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
+    size = cfg["image_size"]
+    for name in names:
+        layout = BACKBONES[name]["token_layout"]
+        if size and layout and size % layout["patch"]:
+            p = layout["patch"]
+            lo, hi = max(p, size // p * p), (size // p + 1) * p
+            raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
+                             f"(pixels past the last patch would be dropped); use {lo} or {hi}")
+    return names
 
 
 def build_cache(cfg, args) -> int:

@@ -143,3 +143,13 @@ def test_list_layers_lpips_shows_13_convs_and_timm_models():
     assert out.returncode == 0 and "layer4.1.conv2" in out.stdout
     out = run_cli("--list-layers", "vgg91")
     assert out.returncode == 2 and "vgg19" in out.stderr
+
+
+def test_vit_image_size_must_be_a_multiple_of_the_patch(tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    args = tiny_args(tmp_path, "--backbone", "dinov2_vitb14", "--build-cache", "--layers", "3")
+    args[args.index("--image-size") + 1] = "64"
+    assert main.main(args) == 2
+    msg = _one_line_error(capsys)
+    assert "patch size 14" in msg and "56" in msg and "70" in msg
+    assert not (tmp_path / "cache").exists()
