@@ -193,7 +193,8 @@ class LayerCache:
         """Store `array` (rows = unit.records) atomically, then record it in metadata."""
         if len(array) != len(unit.records):
             raise ValueError(f"{unit.relpath}: {len(array)} rows for {len(unit.records)} images")
-        stored = array.astype(dtype)
+        with np.errstate(over="ignore"):      # an overflow is detected and reported just below
+            stored = array.astype(dtype)
         if not np.isfinite(stored).all():
             bad = "overflow to inf in float16" if np.isfinite(array).all() else "NaN/inf activations"
             raise CacheError(f"{self.name}: {bad} in {unit.relpath}; set config['cache_dtype'] = "
