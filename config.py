@@ -268,5 +268,5 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     if kid["subsets"] is not None and (not isinstance(kid["subsets"], int) or kid["subsets"] < 1):
         raise ConfigError(f"kid subsets = {kid['subsets']!r} must be None or an integer >= 1")
 
-    for backbone, table in ENABLED_LAYERS.items():
+    for backbone in ENABLED_LAYERS:
         _choice(backbone, backbones, "ENABLED_LAYERS key")

@@ -60,13 +60,9 @@ def _photo_paths() -> list[str]:
             os.path.join(mpl, "grace_hopper.jpg")]
 
 
-_PHOTO_CACHE: dict[str, np.ndarray] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _photo(path: str) -> np.ndarray:
-    if path not in _PHOTO_CACHE:
-        _PHOTO_CACHE[path] = np.asarray(Image.open(path).convert("RGB"))
-    return _PHOTO_CACHE[path]
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def builtin_sources() -> list[str]:

@@ -17,7 +17,6 @@ crossed with distribution models; mahalanobis and neg_loglik are crossed with ea
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,9 +26,6 @@ import distance_metrics as dm
 import representations as rp
 from config import TWO_SAMPLE_METRICS
 from distribution_modeling import ModelError, fit_distribution
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Configuration:

@@ -114,6 +114,7 @@ class LayerCache:
         self.eval_dir = os.path.join(self.layer_dir, "eval_" + cache_key(
             {**self.context, "set": "eval", "images": [r.sha256 for r in eval_records]}))
         self.name = f"{backbone}/{module_path}"
+        self._meta_memo: dict[str, tuple] = {}
 
     # ------------------------------------------------------------ keys
     def unit_key(self, unit: Unit) -> str:
@@ -136,6 +137,21 @@ class LayerCache:
         except (FileNotFoundError, json.JSONDecodeError):
             return {"files": {}}
 
+    def _meta(self, entry: str) -> dict:
+        """metadata.json of `entry`, parsed once and read again only when the file changed
+        (an atomic replace, by this or another process, gives it a new inode)."""
+        path = os.path.join(entry, "metadata.json")
+        try:
+            st = os.stat(path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return {"files": {}}
+        cached = self._meta_memo.get(entry)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self._read_meta(entry))
+            self._meta_memo[entry] = cached
+        return cached[1]
+
     def _write_meta(self, entry: str, meta: dict) -> None:
         meta["context"] = self.context
         _atomic_write_bytes(os.path.join(entry, "metadata.json"),
@@ -155,7 +171,7 @@ class LayerCache:
     def check(self, unit: Unit, full: bool | None = None) -> str | None:
         """None if `unit` is cached and intact, else why not ('absent', 'stale', 'corrupt: …')."""
         entry = self._dir(unit)
-        info = self._read_meta(entry)["files"].get(unit.relpath)
+        info = self._meta(entry)["files"].get(unit.relpath)
         if info is None:
             return "absent"
         if info.get("key") != self.unit_key(unit):
@@ -216,7 +232,7 @@ class LayerCache:
     def load(self, unit: Unit, mmap: bool = True) -> np.ndarray:
         """The cached array of `unit` (memory-mapped); raises CacheError if it changed."""
         entry = self._dir(unit)
-        info = self._read_meta(entry)["files"].get(unit.relpath)
+        info = self._meta(entry)["files"].get(unit.relpath)
         if info is None or info.get("key") != self.unit_key(unit):
             raise CacheError(f"{self.name}: {unit.relpath} is not in the cache; rebuild with "
                              "`python main.py --build-cache ...` or rerun the same command")
