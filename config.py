@@ -102,10 +102,13 @@ CONFIG = {
         "confidence": 0.95,
     },
     "top_n": 5,
-    # A configuration whose representation would need more memory or compute
-    # than these limits is skipped, with the reason written into the results.
+    # Memory for one layer's representation. A Gram whose explicit rows (every image, float64)
+    # exceed a quarter of it is held as exact kernel blocks, computed within this budget;
+    # only models that need explicit rows (gmm) and standardize are then not run.
     "max_representation_bytes": 2 * 1024**3,
-    "max_kernel_gflop": 200.0,
+    # Arithmetic of the Gram GEMMs (the kernel blocks accumulate in float64 either way):
+    # float32 (default; the cache stores float16) or float64. On CUDA when `device` allows.
+    "gram_precision": "float32",
 }
 
 # Image counts and defaults per mode (seed README: quick = 50 images, one config;
@@ -146,8 +149,6 @@ AGGREGATIONS = ("concat", "mean")
 TWO_SAMPLE_METRICS = ("fid", "kid", "cmmd", "mmd_rbf")
 MODEL_METRICS = ("mahalanobis", "neg_loglik")
 METRICS = TWO_SAMPLE_METRICS + MODEL_METRICS
-DISTRIBUTION_TYPES = ("gaussian", "gmm", "kde")
-GMM_COVARIANCES = ("diag", "full", "tied", "spherical")
 DTYPES = ("float16", "float32")
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -185,6 +186,10 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     _choice(cfg["device"], DEVICES, "config['device']")
     _choice(cfg["cache_dtype"], DTYPES, "config['cache_dtype']")
     _choice(cfg["extraction_precision"], PRECISIONS, "config['extraction_precision']")
+    _choice(cfg["gram_precision"], ("float32", "float64"), "config['gram_precision']")
+    if not isinstance(cfg["max_representation_bytes"], int) or cfg["max_representation_bytes"] < 2**20:
+        raise ConfigError(f"config['max_representation_bytes'] = {cfg['max_representation_bytes']!r} "
+                          "must be an integer number of bytes >= 1 MiB (edit config.py)")
     for key in ("batch_size", "working_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a positive integer")
@@ -216,24 +221,16 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
         if "vit_pool" in t:
             _choice(t["vit_pool"], VIT_POOLS, f"feature transform {t['name']!r} vit_pool")
 
+    from distribution_modeling import ModelError, validate_model
     names = set()
     for m in cfg["distribution_models"]:
         if "name" not in m or m["name"] in names:
             raise ConfigError(f"every distribution model needs a unique 'name' (got {m})")
         names.add(m["name"])
-        _choice(m.get("type"), DISTRIBUTION_TYPES, f"distribution model {m['name']!r} type")
-        if m["type"] == "gmm":
-            _choice(m.get("covariance_type", "full"), GMM_COVARIANCES,
-                    f"distribution model {m['name']!r} covariance_type")
-            k = m.get("n_components", 1)
-            if not isinstance(k, int) or k < 1:
-                raise ConfigError(f"distribution model {m['name']!r}: n_components = {k!r} "
-                                  "must be an integer >= 1")
-        if m["type"] == "kde":
-            bw = m.get("bandwidth", "auto")
-            if bw != "auto" and not (isinstance(bw, (int, float)) and bw > 0):
-                raise ConfigError(f"distribution model {m['name']!r}: bandwidth = {bw!r} "
-                                  "must be 'auto' or a positive number")
+        try:
+            validate_model(m, f"distribution model {m['name']!r}")
+        except ModelError as exc:
+            raise ConfigError(f"{exc} (edit config['distribution_models'] in config.py)") from None
 
     if not cfg["distance_metrics"]:
         raise ConfigError("config['distance_metrics'] is empty; choose from: "
@@ -251,6 +248,10 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
                 raise ConfigError(f"layer config {lc} needs a non-empty 'layers' list")
             _choice(lc.get("aggregate", "concat"), AGGREGATIONS,
                     f"layer config {lc.get('name')!r} aggregate")
+        named = [lc["name"] for lc in cfg["layer_configs"] if lc.get("name")]
+        dup = sorted({n for n in named if named.count(n) > 1})
+        if dup:
+            raise ConfigError(f"layer configs {dup} are named twice; names must be unique (edit config.py)")
 
     validate_degradations(cfg["degradations"])
 

@@ -26,6 +26,25 @@ class MetricInputError(ValueError):
     """Features unusable for a metric (NaN, too few rows, mismatched dims …)."""
 
 
+# What each metric needs, as data (evaluation.py builds the grid and the feasibility
+# report from it):
+#   model       needs a fitted distribution model (distribution_modeling.MODELS)
+#   covariance  the model must define a covariance (a Mahalanobis distance)
+#   forms       the feature forms it runs on: explicit rows and/or linear kernel blocks
+#   unit_rows   the pipeline scores L2-normalised rows (CMMD: the reference embeds images
+#               on the unit sphere, and its sigma = 10 is set for that scale)
+METRICS = {
+    "fid": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
+    "kid": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
+    "cmmd": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": True},
+    "mmd_rbf": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
+    "mahalanobis": {"model": True, "covariance": True, "forms": ("explicit", "kernel"), "unit_rows": False},
+    "neg_loglik": {"model": True, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
+}
+TWO_SAMPLE_METRICS = tuple(m for m, r in METRICS.items() if not r["model"])
+MODEL_METRICS = tuple(m for m, r in METRICS.items() if r["model"])
+
+
 def check_features(x, name: str = "features", min_rows: int = 2) -> np.ndarray:
     """float64 (n, d) copy-free view of `x`, or MetricInputError saying what is wrong."""
     x = np.asarray(x, dtype=np.float64)
@@ -116,23 +135,24 @@ class FIDReference:
         self.trace = float(np.sum(self.factor ** 2))
 
     def prepare(self, ev):
-        """Per-evaluation-set state: rows relative to the reference mean, and their
-        projection on the reference factor. Resampled rows reuse it exactly."""
+        """Per-evaluation-set state: the inner products of the rows relative to the reference
+        mean (n2, n2), and their projection on the reference factor (r, n2): all that FID
+        needs, also for resampled rows, whatever the dimension."""
         ev = _check_dim(ev, self.dim)
         z = ev - self.mu
-        return z, self.factor.T @ z.T
+        return z @ z.T, self.factor.T @ z.T
 
     def score_prepared(self, state, idx=None) -> float:
         """FID of the evaluation rows `idx` (all when None; repeats allowed)."""
-        z, pz = state
+        zz, pz = state
         if idx is not None:
-            z, pz = z[idx], pz[:, idx]
-        n2 = len(z)
-        m = z.mean(axis=0)                       # = mu2 - mu1
-        tr2 = float(np.sum((z - m) ** 2)) / (n2 - 1)
+            zz, pz = zz[np.ix_(idx, idx)], pz[:, idx]
+        n2 = len(zz)
+        m_sq = float(zz.mean())                  # |mu2 - mu1|^2
+        tr2 = (float(np.trace(zz)) - n2 * m_sq) / (n2 - 1)
         proj = (pz - pz.mean(axis=1, keepdims=True)) / np.sqrt(n2 - 1)   # A^T B
         nuclear = linalg.svdvals(proj).sum()
-        return _frechet(float(m @ m), self.trace, tr2, nuclear)
+        return _frechet(max(m_sq, 0.0), self.trace, max(tr2, 0.0), nuclear)
 
     def score(self, ev) -> float:
         return self.score_prepared(self.prepare(ev))
@@ -301,16 +321,20 @@ def mmd_rbf(ref, ev, sigma="median") -> float:
 # ---------------------------------------------------------------- model-based metrics
 
 class ModelMetricReference:
-    """mahalanobis or neg_loglik under a fitted model: per-row values, then their mean."""
+    """mahalanobis or neg_loglik under a fitted model: per-row values, then their mean.
+    `prepare` takes explicit rows (n, d) or a distribution_modeling.KernelQuery."""
 
     def __init__(self, model, metric: str):
         self.model, self.metric = model, metric
 
     def prepare(self, ev):
-        ev = check_features(ev, "evaluation", min_rows=1)
+        if isinstance(ev, np.ndarray) or not hasattr(ev, "k_xr"):
+            ev = check_features(ev, "evaluation", min_rows=1)
         if self.metric == "mahalanobis":
-            return self.model.mahalanobis(ev)
-        return -self.model.log_density(ev)
+            values = self.model.mahalanobis(ev)
+        else:
+            values = -self.model.log_density(ev)
+        return np.asarray(values, dtype=np.float64)
 
     def score_prepared(self, state, idx=None) -> float:
         return float(np.mean(state if idx is None else state[idx]))
@@ -331,15 +355,38 @@ def neg_loglik(model, ev) -> float:
     return ModelMetricReference(model, "neg_loglik").score(ev)
 
 
+# ---------------------------------------------------------------- unit rows
+
+def unit_rows(x) -> np.ndarray:
+    """Each row divided by its L2 norm (CMMD's embedding space)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise MetricInputError(f"{int(np.sum(norms == 0))} row(s) are all zeros and cannot be "
+                               "L2-normalised")
+    return x / norms
+
+
+def unit_kernel(k_ab, a_sq, b_sq) -> np.ndarray:
+    """The linear kernel of L2-normalised rows from the kernel of the rows:
+    K_ab / sqrt(|a|^2 |b|^2)."""
+    a_sq, b_sq = np.asarray(a_sq, np.float64), np.asarray(b_sq, np.float64)
+    if np.any(a_sq <= 0) or np.any(b_sq <= 0):
+        raise MetricInputError("some rows are all zeros and cannot be L2-normalised")
+    return np.asarray(k_ab, np.float64) / np.sqrt(a_sq[:, None] * b_sq[None, :])
+
+
 # ---------------------------------------------------------------- from linear kernels
 
 class KernelReference:
     """Two-sample metrics from linear kernel blocks, reference side precomputed once:
     `KernelReference(metric, K_rr, dim)`, then `prepare((K_re, K_ee))` per evaluation set and
-    `score_prepared(state, idx)`. Equal to the explicit metrics on the rows behind the kernels."""
+    `score_prepared(state, idx)`. Equal to the explicit metrics on the rows behind the kernels,
+    KID subsets included (the same subsets as KIDReference, drawn from the same seed)."""
 
     def __init__(self, metric: str, k_rr, dim: int, sigma="median", kid_degree=KID_DEGREE,
-                 kid_gamma=None, kid_coef0=KID_COEF0, cmmd_sigma=CMMD_SIGMA, cmmd_scale=CMMD_SCALE):
+                 kid_gamma=None, kid_coef0=KID_COEF0, cmmd_sigma=CMMD_SIGMA, cmmd_scale=CMMD_SCALE,
+                 kid_subsets=None, kid_subset_size=KID_SUBSET_SIZE, seed=0):
         self.metric, self.k_rr, self.n = metric, np.asarray(k_rr, np.float64), len(k_rr)
         self.r_sq = np.diag(self.k_rr).copy()
         if metric == "fid":
@@ -349,8 +396,9 @@ class KernelReference:
         elif metric == "kid":
             g = 1.0 / dim if kid_gamma is None else kid_gamma
             self.kern = lambda k: (k * g + kid_coef0) ** kid_degree  # noqa: E731
-            p = self.kern(self.k_rr)
-            self.offdiag = float(p.sum() - np.trace(p))
+            self.subsets, self.subset_size, self.seed = kid_subsets, kid_subset_size, seed
+            self.p_rr = self.kern(self.k_rr)
+            self.offdiag = float(self.p_rr.sum() - np.trace(self.p_rr))
         elif metric in ("cmmd", "mmd_rbf"):
             d_rr = _sq_from_kernel(self.k_rr, self.r_sq, self.r_sq)
             if metric == "cmmd":
@@ -374,10 +422,26 @@ class KernelReference:
         return (np.exp(-self.gamma * _sq_from_kernel(k_re, self.r_sq, e_sq)),
                 np.exp(-self.gamma * _sq_from_kernel(k_ee, e_sq, e_sq)))
 
+    def _kid_subsets(self, p_re, p_ee) -> float:
+        """KIDReference's subset estimate on kernel blocks: the same draws from the same seed."""
+        n_e = p_ee.shape[0]
+        m = min(self.n, n_e, self.subset_size)
+        rng = np.random.RandomState(self.seed)
+        values = []
+        for _ in range(self.subsets):
+            r = rng.choice(self.n, m, replace=False)
+            e = rng.choice(n_e, m, replace=False)
+            k_rr = self.p_rr[np.ix_(r, r)]
+            values.append(_mmd2_unbiased(k_rr.sum() - np.trace(k_rr), p_ee[np.ix_(e, e)],
+                                         p_re[np.ix_(r, e)], m))
+        return float(np.mean(values))
+
     def score_prepared(self, state, idx=None) -> float:
         a, b = state
         if idx is not None:
             a, b = a[:, idx], b[np.ix_(idx, idx)]
+        if self.metric == "kid" and self.subsets is not None:
+            return self._kid_subsets(a, b)
         if self.metric == "kid" or self.metric == "mmd_rbf":
             return _mmd2_unbiased(self.offdiag, b, a, self.n)
         if self.metric == "cmmd":

@@ -244,6 +244,51 @@ class LayerCache:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
+class DerivedCache:
+    """Artefacts computed from one layer's cached activations (e.g. the Gram kernel blocks of
+    representations.gram_kernel_blocks), stored beside its raw entries as
+    `<layer dir>/derived_<key>/<name>.npy` with a metadata.json. The key hashes the keys of
+    every raw file used, the kind, its parameters and the code version, so a change to any of
+    them is a miss. Written atomically under the same lock as raw entries and checked
+    (size, shape, dtype, sha256) on load; deleting them loses nothing but the time to
+    recompute them."""
+
+    def __init__(self, cache: LayerCache, units: list, kind: str, params: dict):
+        self.cache, self.kind, self.params = cache, kind, params
+        self.key = cache_key({"kind": kind, "params": params, "context": cache.context,
+                              "units": [cache.unit_key(u) for u in units]})
+        self.dir = os.path.join(cache.layer_dir, f"derived_{kind}_{self.key}")
+
+    def load(self) -> dict | None:
+        """{name: array} when every file is present and intact, else None."""
+        meta = LayerCache._read_meta(self.dir)
+        if meta.get("key") != self.key or not meta.get("complete"):
+            return None
+        out = {}
+        for name, info in meta["files"].items():
+            path = os.path.join(self.dir, name)
+            problem = _verify_file(path, info, self.cache.verify)
+            if problem:
+                log.warning("derived cache file %s is %s; it will be computed again", path, problem)
+                return None
+            out[name[:-4]] = np.load(path, allow_pickle=False)
+        return out
+
+    def save(self, arrays: dict) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with self.cache._locked(self.dir):
+            files = {}
+            for name, array in arrays.items():
+                path = os.path.join(self.dir, name + ".npy")
+                _atomic_save_npy(path, array)
+                files[name + ".npy"] = {"shape": list(array.shape), "dtype": str(array.dtype),
+                                        "bytes": os.path.getsize(path), "sha256": _sha256_path(path)}
+            meta = {"key": self.key, "kind": self.kind, "params": self.params, "files": files,
+                    "complete": True, "context": self.cache.context}
+            _atomic_write_bytes(os.path.join(self.dir, "metadata.json"),
+                                json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
+
+
 def plan_extraction(backbone: str, caches: dict, units: list) -> dict:
     """{unit id: [module paths missing it]} over every layer's cache, with a CACHE HIT or
     CACHE MISS log line per layer. Empty when everything is cached (then nothing, not even
@@ -333,6 +378,7 @@ def cache_info(root: str) -> list[dict]:
                 size = sum(os.path.getsize(os.path.join(dp, f))
                            for dp, _, fs in os.walk(edir) for f in fs)
                 rows.append({"backbone": backbone, "layer": layer, "entry": entry,
+                             "kind": meta.get("kind", "activations"),
                              "module_path": meta.get("context", {}).get("module_path", "?"),
                              "files": len(meta["files"]), "bytes": size,
                              "complete": bool(meta.get("complete")),

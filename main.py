@@ -166,13 +166,19 @@ def layer_configs_for(cfg, mode, backbone, cli_layers) -> list[dict]:
         specs = [{"name": None, "layers": [i]} for i, on in sorted(enabled.items()) if on]
         if not specs:
             raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
-    out = []
+    out, names = [], set()
     for s in specs:
         resolved = resolve_layers(backbone, s["layers"])
-        name = s.get("name") or ("single_layer_" + "_".join(
-            str(i) if i is not None else p for i, p in resolved))
+        aggregate = s.get("aggregate", "concat")
+        ids = [str(i) if i is not None else p for i, p in resolved]
+        name = s.get("name") or ("single_layer_" + ids[0] if len(ids) == 1
+                                 else "layers_" + "+".join(ids) + "_" + aggregate)
+        if name in names:
+            raise C.ConfigError(f"two layer configs are named {name!r}; give each entry of "
+                                "config['layer_configs'] a unique 'name' (edit config.py)")
+        names.add(name)
         out.append({"name": name, "layers": [i if i is not None else p for i, p in resolved],
-                    "paths": [p for _, p in resolved], "aggregate": s.get("aggregate", "concat"),
+                    "paths": [p for _, p in resolved], "aggregate": aggregate,
                     "resolved": resolved})
     return out
 
@@ -275,9 +281,9 @@ def run(cfg, args) -> int:
 def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
     """Extraction, scoring and report of `run`, logging into out_dir/experiment.log."""
     from backbones import resolve_weights
-    from evaluation import (Configuration, FeatureAssembler, SkipConfiguration, bootstrap,
-                            build_grid, rank, score_configuration)
+    from evaluation import Configuration, bootstrap, build_grid, rank, release, score_group
     from feature_cache import evaluation_units, reference_units
+    from feature_spaces import FeatureAssembler, feature_key
     import report
 
     mode = args.mode
@@ -287,7 +293,7 @@ def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
                       {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
 
     ref_units, eval_units = reference_units(ref_records), evaluation_units(eval_records, cfg["degradations"])
-    rows, weights = [], {}
+    results, weights = [], {}
     for backbone, lcs in plans:
         prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
         weights[backbone] = prov
@@ -297,7 +303,7 @@ def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
         spec = BACKBONES[backbone]
         assembler = FeatureAssembler(caches, ref_units, eval_units,
                                      cfg["image_size"] or spec["input_size"], spec["token_layout"],
-                                     cfg["max_representation_bytes"], cfg["max_kernel_gflop"])
+                                     cfg["max_representation_bytes"], cfg["gram_precision"], cfg["device"])
         if mode == "quick":   # one configuration per layer config: QUICK's transform and metric
             transform = next((t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"]),
                              {"name": "raw", "use_gram": False, "use_pca": False})
@@ -306,31 +312,34 @@ def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
             grid = build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
                               cfg["distance_metrics"])
         log.info("%s: scoring %d configuration(s)", backbone, len(grid))
-        memo = {}
-        for conf in grid:
-            row = _row(conf, cfg, prov, len(ref_records), len(eval_records))
-            try:
-                res = score_configuration(
-                    conf, lambda c=conf: assembler.features(c.layer_config, c.transform),
-                    cfg["degradations"], cfg, cfg["seed"], memo)
-                row.update(res)
-            except SkipConfiguration as exc:
-                row["skipped"] = str(exc)
-                log.info("skipped %s: %s", conf.label, exc)
-            rows.append(row)
+        groups = {}
+        for conf in grid:            # configurations that share features are scored together
+            groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)
+        base = {"n_reference": len(ref_records), "n_evaluation": len(eval_records), "seed": cfg["seed"],
+                "weights": prov["label"], "random_init": prov["source"] == "random-init"}
+        order = {id(c): i for i, c in enumerate(grid)}
+        scored = []
+        for confs in groups.values():
+            lc, t = confs[0].layer_config, confs[0].transform
+            scored += score_group(confs, lambda lc=lc, t=t: assembler.space(lc, t),
+                                  cfg["degradations"], cfg, cfg["seed"], base)
+        scored.sort(key=lambda r: order[id(r.conf)])
+        for r in scored:
+            if not r.scored:
+                log.info("%s %s: %s", r.status.replace("_", " "), r.label, r.reason)
+        results += scored
 
-    ranked = rank(rows)
+    ranked = rank(results)
     b = cfg["bootstrap"]
     if b["n_resamples"] > 0:
-        targets = [r for r in ranked if not r.get("skipped")]
+        targets = [r for r in ranked if r.scored]
         if b["scope"] == "top":
             targets = targets[:cfg["top_n"]]
         for r in targets:
             bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"])
-    for r in rows:
-        r.pop("_scorer", None)
-        r.pop("_prepared", None)
-        r["confidence"] = b["confidence"]
+    release(ranked)
+    for r in ranked:
+        r.confidence = b["confidence"]
 
     base = os.path.join(out_dir, f"results_{mode}_{stamp}")
     report.write_csv(base + ".csv", ranked, cfg["degradations"])
@@ -338,8 +347,9 @@ def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
                                        "dataset": {"source": cfg["dataset"],
                                                    "reference": [r.source for r in ref_records],
                                                    "evaluation": [r.source for r in eval_records]},
-                                       "config": cfg, "results": ranked})
-    done = [r for r in ranked if not r.get("skipped")]
+                                       "counts": report.counts(ranked),
+                                       "config": cfg, "results": [r.fields() for r in ranked]})
+    done = [r for r in ranked if r.scored]
     for k, r in enumerate(done[:cfg["top_n"]], start=1):
         report.plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
     report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked)
@@ -349,18 +359,6 @@ def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
     print(text)
     print(f"\nResults: {out_dir}")
     return 0 if done else 1
-
-
-def _row(conf, cfg, prov, n_ref, n_eval) -> dict:
-    t = {k: v for k, v in conf.transform.items() if k != "name"}
-    m = {k: v for k, v in conf.model.items() if k != "name"} if conf.model else None
-    return {"label": conf.label, "backbone": conf.backbone, "layer_config": conf.layer_config["name"],
-            "layers": conf.layer_config["layers"], "module_paths": conf.layer_config["paths"],
-            "aggregate": conf.layer_config["aggregate"], "transform": conf.transform["name"],
-            "transform_params": t, "distribution": conf.model["name"] if conf.model else "",
-            "distribution_params": m, "metric": conf.metric, "n_reference": n_ref,
-            "n_evaluation": n_eval, "seed": cfg["seed"], "weights": prov["label"],
-            "random_init": prov["source"] == "random-init", "skipped": None}
 
 
 # ---------------------------------------------------------------------- small commands

@@ -21,45 +21,23 @@ def _weights_label(prov: dict) -> str:
     return prov.get("label", str(prov))
 
 
-def csv_rows(rows: list[dict], degradations: dict) -> tuple[list[str], list[dict]]:
-    head = ["rank", "backbone", "layer_config", "layers", "module_paths", "aggregate", "transform",
-            "transform_params", "distribution", "distribution_params", "metric", "mean_spearman",
-            "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall"]
-    for d in degradations:
-        head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
-    head += ["n_reference", "n_evaluation", "seed", "weights", "skipped"]
-    out = []
-    for r in rows:
-        row = {k: r.get(k) for k in ("rank", "backbone", "layer_config", "aggregate", "transform",
-                                      "distribution", "metric", "n_reference", "n_evaluation", "seed")}
-        row["layers"] = " ".join(map(str, r["layers"]))
-        row["module_paths"] = " ".join(r["module_paths"])
-        row["transform_params"] = json.dumps(r["transform_params"], sort_keys=True)
-        row["distribution_params"] = json.dumps(r["distribution_params"], sort_keys=True) if r["distribution_params"] else ""
-        row["weights"] = r["weights"]
-        row["skipped"] = r.get("skipped") or ""
-        if not r.get("skipped"):
-            row["mean_spearman"] = r["mean_spearman"]
-            row["mean_kendall"] = r["mean_kendall"]
-            ci = r.get("mean_spearman_ci") or [None, None]
-            row["mean_spearman_ci_low"], row["mean_spearman_ci_high"] = ci
-            for d, v in r["per_degradation"].items():
-                row[f"rho_{d}"], row[f"tau_{d}"] = v["spearman"], v["kendall"]
-                ci = v.get("spearman_ci") or [None, None]
-                row[f"rho_{d}_ci_low"], row[f"rho_{d}_ci_high"] = ci
-                row[f"sensitivity_{d}"] = v.get("sensitivity")
-        out.append(row)
-    return head, out
+def counts(results) -> dict:
+    """How many configurations were scored, not run (a feasibility rule) or failed."""
+    out = {"total": len(results), "scored": 0, "not_run": 0, "failed": 0}
+    for r in results:
+        out[r.status] += 1
+    return out
 
 
-def write_csv(path: str, rows: list[dict], degradations: dict) -> None:
-    head, out = csv_rows(rows, degradations)
+def write_csv(path: str, results, degradations: dict) -> None:
+    """One row per configuration (evaluation.ConfigResult.csv_row), ranked ones first."""
+    from evaluation import csv_columns
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=head)
+        w = csv.DictWriter(f, fieldnames=csv_columns(degradations))
         w.writeheader()
-        for row in out:
+        for r in results:
             w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
-                        for k, v in row.items()})
+                        for k, v in r.csv_row(degradations).items()})
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -75,10 +53,11 @@ def _level_label(level) -> str:
     return f"{level:g}"
 
 
-def plot_monotonicity(path: str, row: dict, position: int) -> None:
+def plot_monotonicity(path: str, result, position: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    row = result.fields()
     degs = row["per_degradation"]
     fig, axes = plt.subplots(1, len(degs), figsize=(4.2 * len(degs), 3.8), squeeze=False)
     for ax, (name, d) in zip(axes[0], degs.items()):
@@ -104,12 +83,12 @@ def plot_monotonicity(path: str, row: dict, position: int) -> None:
     plt.close(fig)
 
 
-def plot_heatmap(path: str, rows: list[dict]) -> bool:
+def plot_heatmap(path: str, results) -> bool:
     """Mean rho per (layer config, metric): the best over transforms and models."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    done = [r for r in rows if not r.get("skipped")]
+    done = [r.fields() for r in results if r.scored]
     if not done:
         return False
     from config import METRICS
@@ -140,12 +119,12 @@ def plot_heatmap(path: str, rows: list[dict]) -> bool:
     return True
 
 
-def summary(rows: list[dict], top_n: int, weights: dict) -> str:
+def summary(results, top_n: int, weights: dict) -> str:
     lines = [RULE, "TOP PERFORMING CONFIGURATIONS", RULE, ""]
     for backbone, prov in weights.items():
         lines.append(f"Weights ({backbone}): {_weights_label(prov)}")
     lines.append("")
-    done = [r for r in rows if not r.get("skipped")]
+    done = [r.fields() for r in results if r.scored]
     for i, r in enumerate(done[:top_n], start=1):
         ci = r.get("mean_spearman_ci")
         lines.append(f"{i}. Mean Monotonicity: {r['mean_spearman']:.4f}"
@@ -161,11 +140,18 @@ def summary(rows: list[dict], top_n: int, weights: dict) -> str:
             lines.append(f"     - {name}: {d['spearman']:.4f}"
                          + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
         lines.append("")
-    skipped = [r for r in rows if r.get("skipped")]
-    if skipped:
-        lines.append(f"{len(skipped)} configuration(s) skipped (reasons in the CSV 'skipped' column), e.g.:")
-        for r in skipped[:3]:
-            lines.append(f"   {r['label']}: {r['skipped']}")
+    c = counts(results)
+    lines.append(f"{c['scored']} of {c['total']} configuration(s) scored, {c['not_run']} not run "
+                 f"(a feasibility rule at this data size), {c['failed']} failed; reasons in the "
+                 "CSV 'reason' column.")
+    for status, title in (("not_run", "Not run"), ("failed", "Failed")):
+        rules = {}
+        for r in results:
+            if r.status == status:
+                rules.setdefault(r.reason, []).append(r.label)
+        for reason, labels in rules.items():
+            lines.append(f"   {title} ({len(labels)}): {reason}")
+            lines.append(f"      e.g. {labels[0]}")
     if not done:
         lines.append("No configuration could be scored.")
     return "\n".join(lines)

@@ -164,13 +164,69 @@ def test_resampled_scores_equal_scores_of_resampled_rows(make):
 
 
 def test_mahalanobis_gaussian_matches_scipy():
+    """Exact when the covariance is invertible (no ridge, even at condition ~1e10); the ridge
+    reg * trace / d only when it is singular (n < d), and the model records it."""
     from distribution_modeling import fit_distribution
     for case in ("full-rank", "singular", "ill-conditioned"):
         ref, ev = CASES[case]
-        model = fit_distribution(ref, {"type": "gaussian"})   # ridge: defined also for n < d
-        vi = np.linalg.inv(model.covariance)
-        expected = np.mean([scipy_mahalanobis(x, model.mean, vi) for x in ev])
+        model = fit_distribution(ref, {"type": "gaussian"})
+        cov = np.cov(ref, rowvar=False, ddof=1)
+        d = cov.shape[0]
+        expected_ridge = 1e-6 * np.trace(cov) / d if case == "singular" else 0.0
+        assert model.ridge == pytest.approx(expected_ridge, rel=1e-12, abs=0)
+        vi = np.linalg.inv(cov + expected_ridge * np.eye(d))
+        expected = np.mean([scipy_mahalanobis(x, ref.mean(0), vi) for x in ev])
         assert dm.mahalanobis(model, ev) == pytest.approx(expected, rel=1e-6)
+
+
+def test_mahalanobis_exact_at_condition_1e9_in_512_dims():
+    """An invertible 512-d covariance of condition >= 1e9 from 1000 rows: equal to scipy's
+    mahalanobis with the exact inverse (the old default ridge moved it by 26 %)."""
+    from distribution_modeling import fit_distribution
+    rng = np.random.default_rng(7)
+    d = 512
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    scales = np.logspace(0, -5, d)
+    ref = rng.normal(size=(1000, d)) * scales @ basis.T
+    ev = rng.normal(size=(50, d)) * scales @ basis.T + 1e-3
+    cov = np.cov(ref, rowvar=False)
+    assert np.linalg.cond(cov) >= 1e9
+    model = fit_distribution(ref, {"type": "gaussian"})
+    assert model.ridge == 0.0
+    vi = np.linalg.inv(cov)
+    expected = np.mean([scipy_mahalanobis(x, ref.mean(0), vi) for x in ev])
+    assert dm.mahalanobis(model, ev) == pytest.approx(expected, rel=1e-6)
+
+
+def test_gaussian_span_form_equals_the_d_dimensional_model():
+    """n - 1 < d: computed in the reference span (Woodbury), from rows or from kernels alone,
+    equal to the d x d model with its ridge, for Mahalanobis and log-likelihood."""
+    from scipy.stats import multivariate_normal
+    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    ref, ev = CASES["singular"]                     # 40 rows, 64 dims
+    spec = {"type": "gaussian", "reg": 1e-3}
+    rows = fit_distribution(ref, spec)
+    kern = fit_distribution(KernelRows(ref @ ref.T, ref.shape[1]), spec)
+    cov = np.cov(ref, rowvar=False) + rows.ridge * np.eye(64)
+    assert rows.ridge > 0 and kern.ridge == pytest.approx(rows.ridge, rel=1e-12)
+    vi = np.linalg.inv(cov)
+    direct = np.array([scipy_mahalanobis(x, ref.mean(0), vi) for x in ev])
+    q = KernelQuery(ev @ ref.T, np.sum(ev * ev, axis=1))
+    assert np.allclose(rows.mahalanobis(ev), direct, rtol=1e-7)
+    assert np.allclose(kern.mahalanobis(q), direct, rtol=1e-7)
+    logpdf = multivariate_normal(ref.mean(0), cov).logpdf(ev)
+    assert np.allclose(rows.log_density(ev), logpdf, rtol=1e-9)
+    assert np.allclose(kern.log_density(q), logpdf, rtol=1e-9)
+
+
+def test_kde_from_kernels_equals_kde_from_rows():
+    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    ref, ev = CASES["singular"]
+    rows = fit_distribution(ref, {"type": "kde"})
+    kern = fit_distribution(KernelRows(ref @ ref.T, ref.shape[1]), {"type": "kde"})
+    assert kern.bandwidth == pytest.approx(rows.bandwidth, rel=1e-12)
+    q = KernelQuery(ev @ ref.T, np.sum(ev * ev, axis=1))
+    assert np.allclose(kern.log_density(q), rows.log_density(ev), rtol=1e-10)
 
 
 def test_neg_loglik_gaussian_matches_scipy():
@@ -178,7 +234,7 @@ def test_neg_loglik_gaussian_matches_scipy():
     from distribution_modeling import fit_distribution
     ref, ev = CASES["full-rank"]
     model = fit_distribution(ref, {"type": "gaussian", "reg": 0.0})
-    assert np.allclose(model.covariance, np.cov(ref, rowvar=False, ddof=1))
+    assert model.ridge == 0.0 and np.allclose(model.covariance, np.cov(ref, rowvar=False, ddof=1))
     expected = -np.mean(multivariate_normal(ref.mean(0), np.cov(ref, rowvar=False)).logpdf(ev))
     assert dm.neg_loglik(model, ev) == pytest.approx(expected, rel=1e-9)
 

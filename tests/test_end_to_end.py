@@ -31,19 +31,28 @@ def test_medium_run_writes_every_output_and_is_reproducible(tmp_path, monkeypatc
 
     df = pd.read_csv(run_dir / f"results_medium_{stamp}.csv")
     n_t, n_m = 3, 4
-    assert len(df) == 3 * n_t * (4 + 2 * n_m)        # layers x transforms x (2-sample + model metrics)
+    # layers x transforms x (2-sample + mahalanobis x 3 models with a covariance + neg_loglik x 4)
+    assert len(df) == 3 * n_t * (4 + (n_m - 1) + n_m)
+    assert not ((df.metric == "mahalanobis") & (df.distribution == "kde")).any()
     two_sample = df[df.metric.isin(["fid", "kid", "cmmd", "mmd_rbf"])]
     assert two_sample.distribution.isna().all()
     key = ["layer_config", "transform", "distribution", "metric"]
     assert not df.duplicated(subset=key).any()
-    scored = df[df.skipped.isna()]
+    assert set(df.status) <= {"scored", "not_run", "failed"}
+    scored = df[df.status == "scored"]
     assert len(scored) > 10 and scored["mean_spearman"].between(-1, 1).all()
-    assert (df[df.skipped.notna()].skipped.str.len() > 10).all()
+    assert (df[df.status != "scored"].reason.str.len() > 10).all()
+    # every Gram configuration with a two-sample metric or PCA has scores, at every layer
+    gram = df[df["transform"].isin(["gram_only", "gram_pca"])]
+    needed = gram[gram.metric.isin(["fid", "kid", "cmmd", "mmd_rbf"]) | (gram["transform"] == "gram_pca")]
+    assert (needed.status == "scored").all(), needed[needed.status != "scored"][["layer_config", "reason"]]
+    data = json.loads((run_dir / f"results_medium_{stamp}.json").read_text())
+    assert data["counts"]["scored"] == len(scored) and data["counts"]["total"] == len(df)
+    assert "not run" in out and "scored" in out
     assert scored["rank"].tolist() == list(range(1, len(scored) + 1))
     assert scored.head(5)["mean_spearman_ci_low"].notna().all()
     assert {"module_paths", "weights", "seed", "n_reference", "rho_blur", "tau_noise",
             "sensitivity_blur"} <= set(df.columns)
-    data = json.loads((run_dir / f"results_medium_{stamp}.json").read_text())
     first = data["results"][0]
     assert len(first["per_degradation"]["blur"]["scores"]) == 3     # clean + 2 levels
     for png in ("monotonicity_top1.png", "heatmap_mean_rho.png"):

@@ -5,6 +5,7 @@ from scipy import stats
 
 import evaluation as ev
 from config import default_config
+from feature_spaces import FeatureSpace
 
 
 @pytest.mark.parametrize("scores", [[1, 2, 2, 3, 5], [3, 3, 1, 4, 4, 0], [0, 1, 2, 3], [5, 4, 3, 3]])
@@ -29,7 +30,7 @@ def _features(shift_per_level, n_eval=40, n_ref=80, dim=6, levels=5, seed=0):
     evals = {("clean", 0): base}
     for p in range(1, levels + 1):
         evals[("d", p)] = base + shift_per_level * p + 0.0 * rng.normal(size=base.shape)
-    return ev.FeatureSet(ref, evals, n_eval)
+    return FeatureSpace.rows(ref, evals)
 
 
 DEGS = {"d": {"type": "gaussian_blur", "levels": [1, 2, 3, 4, 5]}}
@@ -39,7 +40,8 @@ def _score(features, metric, model=None):
     cfg = default_config()
     conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]},
                             {"name": "raw"}, model, metric)
-    res = ev.score_configuration(conf, features, DEGS, cfg, seed=0)
+    (res,) = ev.score_group([conf], lambda: features, DEGS, cfg, seed=0)
+    assert res.status == "scored", res.reason
     ev.bootstrap(res, DEGS, 100, 0.95, seed=0)
     return res
 
@@ -48,9 +50,9 @@ def _score(features, metric, model=None):
                                           ("mahalanobis", {"name": "g", "type": "gaussian"})])
 def test_severity_injected_into_features_gives_rho_one_with_tight_interval(metric, model):
     res = _score(_features(1.0), metric, model)
-    d = res["per_degradation"]["d"]
+    d = res.per_degradation["d"]
     assert d["spearman"] == 1.0
-    assert d["spearman_ci"][0] >= 0.9 and res["mean_spearman_ci"][1] == 1.0
+    assert d["spearman_ci"][0] >= 0.9 and res.mean_spearman_ci[1] == 1.0
     assert d["sensitivity"] > 2
 
 
@@ -61,24 +63,39 @@ def test_score_that_ignores_severity_has_interval_containing_zero():
     evals = {("clean", 0): rng.normal(size=(40, 6))}
     for p in range(1, 6):
         evals[("d", p)] = rng.normal(size=(40, 6))
-    res = _score(ev.FeatureSet(ref, evals, 40), "fid")
-    lo, hi = res["per_degradation"]["d"]["spearman_ci"]
+    res = _score(FeatureSpace.rows(ref, evals), "fid")
+    lo, hi = res.per_degradation["d"]["spearman_ci"]
     assert lo < 0 < hi
 
 
-def test_grid_has_no_redundant_rows():
+def test_grid_has_no_redundant_rows_and_no_impossible_pairs():
     cfg = default_config()
     lcs = [{"name": "a", "layers": [0], "paths": ["p"]}, {"name": "b", "layers": [1], "paths": ["q"]}]
     grid = ev.build_grid("bb", lcs, cfg["feature_transforms"], cfg["distribution_models"],
                          cfg["distance_metrics"])
     n_t, n_m = len(cfg["feature_transforms"]), len(cfg["distribution_models"])
-    assert len(grid) == 2 * n_t * (4 + 2 * n_m)
+    n_cov = sum(m["type"] != "kde" for m in cfg["distribution_models"])   # a KDE has no covariance
+    assert len(grid) == 2 * n_t * (4 + n_cov + n_m)
     assert all(c.model is None for c in grid if c.metric in ("fid", "kid", "cmmd", "mmd_rbf"))
+    assert not any(c.metric == "mahalanobis" and c.model["type"] == "kde" for c in grid)
     assert len({c.label for c in grid}) == len(grid)
 
 
-def test_rank_orders_by_mean_rho_and_puts_skipped_last():
-    rows = [{"mean_spearman": 0.2, "skipped": None}, {"skipped": "why"},
-            {"mean_spearman": 0.9, "skipped": None}]
+def test_rank_orders_by_mean_rho_then_not_run_then_failed():
+    conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]}, {"name": "raw"}, None, "fid")
+    rows = [ev.ConfigResult(conf, mean_spearman=0.2), ev.ConfigResult(conf, status="failed", reason="x"),
+            ev.ConfigResult(conf, status="not_run", reason="y"), ev.ConfigResult(conf, mean_spearman=0.9)]
     out = ev.rank(rows)
-    assert [r.get("rank") for r in out] == [1, 2, None] and out[0]["mean_spearman"] == 0.9
+    assert [r.rank for r in out] == [1, 2, None, None] and out[0].mean_spearman == 0.9
+    assert [r.status for r in out] == ["scored", "scored", "not_run", "failed"]
+
+
+def test_two_configurations_with_identical_features_share_nothing_but_content():
+    """Two layer configs with the same layers and different aggregates get different
+    features, each equal to a direct computation (the memo is keyed by content)."""
+    from feature_spaces import feature_key
+    t = {"name": "raw"}
+    a = {"name": "same", "layers": [0, 1], "paths": ["p", "q"], "aggregate": "concat"}
+    b = {"name": "same", "layers": [0, 1], "paths": ["p", "q"], "aggregate": "mean"}
+    assert feature_key(a, t) != feature_key(b, t)
+    assert feature_key(a, t) == feature_key(dict(a, name="other"), {"name": "x"})

@@ -1,0 +1,305 @@
+"""From cached activations to the feature space of one configuration (layers x transform).
+
+Data flow: feature_cache.py (raw activations per layer) -> representations.py (GAP rows,
+Gram rows or Gram kernel blocks: pure numerics) -> here (layers aggregated, post-processing
+fitted on the reference rows) -> a `FeatureSpace` that distribution_modeling.py and
+distance_metrics.py consume.
+
+A FeatureSpace has one of two forms:
+
+* ``explicit``: reference rows (n_ref, d) and rows (n_eval, d) per evaluation set;
+* ``kernel``: the linear kernel blocks K_rr, K_re and K_ee of each evaluation set, and the
+  dimension d of the rows behind them. The Gram matrices of wide layers (2.1 M entries per
+  image for 2048 channels) are held this way; every two-sample metric, PCA (kernel PCA), the
+  Gaussian model (in the reference span) and the KDE are exact on it.
+
+A layer's Gram is explicit when the rows of every image fit in a quarter of
+`config['max_representation_bytes']` (float64), else kernel blocks computed by the cheaper
+exact route (`representations.gram_route_costs`, logged). Both are cached as derived
+artefacts beside the layer's raw entries (`feature_cache.DerivedCache`), so the next sweep
+reads them.
+
+Features are memoised by content (module paths, aggregate, the transform's parameters),
+never by names. A configuration that cannot run on a space raises `Infeasible` with the rule.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import representations as rp
+from distance_metrics import MetricInputError, unit_kernel, unit_rows
+
+log = logging.getLogger(__name__)
+
+# The transform vocabulary: keys of a config['feature_transforms'] entry and their defaults.
+TRANSFORM_DEFAULTS = {"use_gram": False, "use_pca": False, "pca_dim": None, "whiten": False,
+                      "standardize": False, "l2_normalize": False, "vit_pool": "mean"}
+VIT_POOLS = ("mean", "cls", "cls_mean")
+AGGREGATIONS = ("concat", "mean")
+GAP_CHUNK = 25                     # images pooled at a time (bounded float64 copies)
+
+
+class Infeasible(Exception):
+    """A configuration cannot run on this space at this data size; the message is the rule."""
+
+
+def transform_params(transform: dict) -> dict:
+    """The transform's parameters with defaults filled in (its content, without its name)."""
+    return {**TRANSFORM_DEFAULTS, **{k: v for k, v in transform.items() if k != "name"}}
+
+
+def feature_key(layer_config: dict, transform: dict) -> tuple:
+    """What the features of a configuration depend on: content, never names."""
+    return (tuple(layer_config["paths"]), layer_config.get("aggregate", "concat"),
+            tuple(sorted(transform_params(transform).items())))
+
+
+@dataclass
+class KernelBlocks:
+    """Linear kernel blocks of rows of dimension `dim`: rr (n_ref, n_ref), and per evaluation
+    set key: re (n_ref, n_eval), ee (n_eval, n_eval)."""
+    rr: np.ndarray
+    re: dict
+    ee: dict
+    dim: int
+
+    def combine(self, other: "KernelBlocks") -> "KernelBlocks":
+        """Kernel of concatenated rows: inner products add up."""
+        return KernelBlocks(self.rr + other.rr, {k: v + other.re[k] for k, v in self.re.items()},
+                            {k: v + other.ee[k] for k, v in self.ee.items()}, self.dim + other.dim)
+
+    def unit(self) -> "KernelBlocks":
+        """The kernel of the L2-normalised rows."""
+        r_sq = np.diag(self.rr)
+        re, ee = {}, {}
+        for k in self.re:
+            e_sq = np.diag(self.ee[k])
+            re[k], ee[k] = unit_kernel(self.re[k], r_sq, e_sq), unit_kernel(self.ee[k], e_sq, e_sq)
+        return KernelBlocks(unit_kernel(self.rr, r_sq, r_sq), re, ee, self.dim)
+
+
+@dataclass
+class FeatureSpace:
+    """One configuration's features: explicit rows or kernel blocks (see the module doc)."""
+    ref: np.ndarray | None
+    evals: dict | None                 # (degradation, position) -> rows; position 0 = clean
+    kernel: KernelBlocks | None
+    n_eval: int
+    dim: int
+    notes: list = field(default_factory=list)
+
+    @property
+    def form(self) -> str:
+        return "kernel" if self.kernel is not None else "explicit"
+
+    @property
+    def n_ref(self) -> int:
+        return len(self.kernel.rr) if self.kernel is not None else len(self.ref)
+
+    @property
+    def keys(self) -> list:
+        return list(self.kernel.re) if self.kernel is not None else list(self.evals)
+
+    @classmethod
+    def rows(cls, ref, evals, notes=()):
+        return cls(ref, evals, None, len(next(iter(evals.values()))), ref.shape[1], list(notes))
+
+    @classmethod
+    def kernels(cls, blocks: KernelBlocks, notes=()):
+        return cls(None, None, blocks, len(next(iter(blocks.ee.values()))), blocks.dim, list(notes))
+
+    def unit(self) -> "FeatureSpace":
+        """The same space with every row L2-normalised (CMMD's embedding sphere)."""
+        if self.kernel is not None:
+            return FeatureSpace.kernels(self.kernel.unit(), self.notes + ["L2-normalised rows"])
+        return FeatureSpace.rows(unit_rows(self.ref), {k: unit_rows(v) for k, v in self.evals.items()},
+                                 self.notes + ["L2-normalised rows"])
+
+
+def explicit_kernel(ref: np.ndarray, evals: dict) -> KernelBlocks:
+    return KernelBlocks(ref @ ref.T, {k: ref @ e.T for k, e in evals.items()},
+                        {k: e @ e.T for k, e in evals.items()}, ref.shape[1])
+
+
+def postprocess(space: FeatureSpace, transform: dict) -> FeatureSpace:
+    """Fit L2 / z-score / PCA on the reference rows and apply them to every set: explicit
+    rows through representations.PostProcess; kernel blocks by normalising the kernel and
+    kernel PCA (exact). z-scores need per-dimension statistics, hence explicit rows."""
+    p = transform_params(transform)
+    pca_dim = p["pca_dim"] if p["use_pca"] else None
+    if pca_dim is not None and pca_dim > min(space.n_ref - 1, space.dim):
+        raise Infeasible(f"pca_dim = {pca_dim} needs at least pca_dim + 1 reference images and "
+                         f"dimensions (here {space.n_ref} images, {space.dim} dims)")
+    if space.kernel is not None:
+        if p["standardize"]:
+            raise Infeasible(f"standardize needs explicit rows; this Gram ({space.dim} dims) is held as "
+                             "kernel blocks (raise config['max_representation_bytes'] or drop standardize)")
+        blocks = space.kernel.unit() if p["l2_normalize"] else space.kernel
+        if pca_dim is None:
+            return FeatureSpace.kernels(blocks, space.notes)
+        kp = rp.KernelPCA(blocks.rr, pca_dim, p["whiten"])
+        return FeatureSpace.rows(kp.transform(blocks.rr), {k: kp.transform(v.T) for k, v in blocks.re.items()},
+                                 space.notes + ["kernel PCA (exact PCA of the Gram rows)"])
+    if not (p["l2_normalize"] or p["standardize"] or pca_dim is not None):
+        return space
+    pp = rp.PostProcess(space.ref, l2=p["l2_normalize"], standardize=p["standardize"],
+                        pca_dim=pca_dim, whiten=p["whiten"])
+    return FeatureSpace.rows(pp.apply(space.ref), {k: pp.apply(v) for k, v in space.evals.items()},
+                             space.notes)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu' (GEMM device of the Gram route)."""
+    if device != "auto":
+        return "cpu" if device == "mps" else device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FeatureAssembler:
+    """Turns cached activations into FeatureSpaces, keeping each layer's representation in
+    memory for every transform that shares it.
+
+    `caches` maps a module path to its LayerCache; `ref_units` and `eval_units` are the cache
+    units; `max_bytes` bounds explicit Gram rows and the working memory of kernel routes;
+    `precision` and `device` are those of the Gram GEMMs."""
+
+    def __init__(self, caches, ref_units, eval_units, input_size, token_layout, max_bytes: int,
+                 precision: str = "float32", device: str = "cpu"):
+        self.caches, self.ref_units, self.eval_units = caches, ref_units, eval_units
+        self.input_size, self.token_layout = input_size, token_layout
+        self.max_bytes, self.precision, self.device = max_bytes, precision, device
+        self.n_ref = sum(len(u.records) for u in ref_units)
+        self.n_eval = len(eval_units[0].records)
+        self._layers, self._spaces = {}, {}
+
+    @staticmethod
+    def eval_key(unit):
+        return (unit.group, unit.position)
+
+    def _shape(self, path):
+        return self.caches[path].load(self.ref_units[0]).shape[1:]
+
+    def _prefix_tokens(self, shape) -> int:
+        if len(shape) != 2 or not self.token_layout:
+            return 0
+        grid = self.input_size // self.token_layout["patch"]
+        return shape[0] - grid * grid
+
+    # -------------------------------------------------------------- one layer
+    def _gap(self, path, vit_pool):
+        key = (path, "gap", vit_pool)
+        if key not in self._layers:
+            cache = self.caches[path]
+            prefix = self._prefix_tokens(self._shape(path))
+
+            def rows(unit):
+                act = cache.load(unit)
+                out = np.concatenate([rp.gap(act[i:i + GAP_CHUNK], vit_pool, prefix)
+                                      for i in range(0, len(act), GAP_CHUNK)])
+                if not np.isfinite(out).all():
+                    raise MetricInputError(f"layer {path}: NaN or inf in the features of {unit.relpath}")
+                return out
+            ref = np.concatenate([rows(u) for u in self.ref_units])
+            self._layers[key] = FeatureSpace.rows(ref, {self.eval_key(u): rows(u) for u in self.eval_units})
+        return self._layers[key]
+
+    def _gram(self, path):
+        key = (path, "gram")
+        if key not in self._layers:
+            self._layers[key] = self._compute_gram(path)
+        return self._layers[key]
+
+    def _compute_gram(self, path) -> FeatureSpace:
+        from feature_cache import DerivedCache
+        shape = self._shape(path)
+        if len(shape) == 1:
+            raise Infeasible(f"layer {path} outputs vectors {tuple(shape)}: a Gram matrix needs "
+                             "spatial positions or tokens")
+        c, p = rp.gram_shape(shape)
+        dim = rp.gram_dim(c)
+        n_units = len(self.eval_units)
+        n_total = self.n_ref + self.n_eval * n_units
+        cache = self.caches[path]
+        units = self.ref_units + self.eval_units
+        keys = [self.eval_key(u) for u in self.eval_units]
+        what = f"Gram of {path} ({c} channels x {p} positions, {n_total} images)"
+        if n_total * dim * 8 <= self.max_bytes // 4:
+            derived = DerivedCache(cache, units, "gram_rows",
+                                   {"precision": self.precision, "version": rp.GRAM_KERNEL_VERSION})
+            arrays = derived.load()
+            if arrays is None:
+                t0 = time.perf_counter()
+                device = resolve_device(self.device)
+                arrays = {"ref": np.concatenate([rp.gram_rows(cache.load(u), self.precision, device)
+                                                 for u in self.ref_units]),
+                          "eval": np.stack([rp.gram_rows(cache.load(u), self.precision, device)
+                                            for u in self.eval_units])}
+                derived.save(arrays)
+                log.info("%s: explicit rows (%d dims) in %.1fs on %s", what, dim,
+                         time.perf_counter() - t0, device)
+            else:
+                log.info("%s: explicit rows from the derived cache", what)
+            return FeatureSpace.rows(arrays["ref"], dict(zip(keys, arrays["eval"])),
+                                     [f"Gram as explicit rows ({dim} dims)"])
+        costs = rp.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes)
+        route = rp.choose_gram_route(costs)
+        derived = DerivedCache(cache, units, "gram_kernel", {"route": route, "precision": self.precision,
+                                                            "version": rp.GRAM_KERNEL_VERSION})
+        arrays = derived.load()
+        if arrays is None:
+            device = resolve_device(self.device)
+            log.info("%s: %d dims, held as kernel blocks; route '%s' (estimated %s)", what, dim, route,
+                     ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
+            t0 = time.perf_counter()
+            kr, kre, kee = rp.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
+                                                 [cache.load(u) for u in self.eval_units],
+                                                 route, self.precision, device, self.max_bytes)
+            arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee}
+            derived.save(arrays)
+            log.info("%s: kernel blocks in %.1fs on %s (%s)", what, time.perf_counter() - t0, device,
+                     derived.dir)
+        else:
+            log.info("%s: kernel blocks from the derived cache", what)
+        n_e = self.n_eval
+        blocks = KernelBlocks(arrays["k_rr"], {k: arrays["k_re"][:, i * n_e:(i + 1) * n_e]
+                                               for i, k in enumerate(keys)},
+                              dict(zip(keys, arrays["k_ee"])), dim)
+        return FeatureSpace.kernels(blocks, [f"Gram as kernel blocks ({dim} dims, route {route})"])
+
+    # -------------------------------------------------------------- a configuration
+    def space(self, layer_config: dict, transform: dict) -> FeatureSpace:
+        """The post-processed space of (layers, transform), memoised by content."""
+        key = feature_key(layer_config, transform)
+        if key not in self._spaces:
+            try:
+                self._spaces[key] = postprocess(self._aggregate(layer_config, transform), transform)
+            except (Infeasible, MetricInputError) as exc:
+                self._spaces[key] = exc
+        if isinstance(self._spaces[key], Exception):
+            raise self._spaces[key]
+        return self._spaces[key]
+
+    def _aggregate(self, layer_config, transform) -> FeatureSpace:
+        p = transform_params(transform)
+        how = layer_config.get("aggregate", "concat")
+        parts = [self._gram(path) if p["use_gram"] else self._gap(path, p["vit_pool"])
+                 for path in layer_config["paths"]]
+        if len(parts) == 1:
+            return parts[0]
+        if all(s.kernel is None for s in parts):
+            ref = rp.aggregate([s.ref for s in parts], how)
+            return FeatureSpace.rows(ref, {k: rp.aggregate([s.evals[k] for s in parts], how)
+                                           for k in parts[0].evals})
+        if how != "concat":
+            raise Infeasible("aggregate 'mean' of Gram matrices held as kernel blocks needs the "
+                             "kernels between layers; use aggregate 'concat'")
+        total = None
+        for s in parts:
+            blocks = s.kernel if s.kernel is not None else explicit_kernel(s.ref, s.evals)
+            total = blocks if total is None else total.combine(blocks)
+        return FeatureSpace.kernels(total, ["concatenated layers as kernel blocks"])
