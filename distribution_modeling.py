@@ -98,7 +98,8 @@ def model_feasibility(spec: dict, form: str, dim: int, n_ref: int) -> str | None
     kind = spec["type"]
     if form not in MODELS[kind]["forms"]:
         return (f"a {kind} model needs explicit feature rows; this space ({dim} dims) is held "
-                "as linear kernel blocks only (add use_pca to the transform)")
+                "as exact linear kernel blocks, its rows exceeding a quarter of "
+                "config['max_representation_bytes'] (add use_pca to the transform)")
     if kind == "gmm":
         p = model_params(spec)
         if p["covariance_type"] in ("full", "tied") and dim > n_ref - 1:

@@ -258,12 +258,14 @@ class DerivedCache:
         self.key = cache_key({"kind": kind, "params": params, "context": cache.context,
                               "units": [cache.unit_key(u) for u in units]})
         self.dir = os.path.join(cache.layer_dir, f"derived_{kind}_{self.key}")
+        self.info: dict = {}
 
     def load(self) -> dict | None:
         """{name: array} when every file is present and intact, else None."""
         meta = LayerCache._read_meta(self.dir)
         if meta.get("key") != self.key or not meta.get("complete"):
             return None
+        self.info = meta.get("info", {})
         out = {}
         for name, info in meta["files"].items():
             path = os.path.join(self.dir, name)
@@ -274,7 +276,8 @@ class DerivedCache:
             out[name[:-4]] = np.load(path, allow_pickle=False)
         return out
 
-    def save(self, arrays: dict) -> None:
+    def save(self, arrays: dict, info: dict | None = None) -> None:
+        """Write `arrays` ({name: array}) and `info` (how they were made; not part of the key)."""
         os.makedirs(self.dir, exist_ok=True)
         with self.cache._locked(self.dir):
             files = {}
@@ -284,6 +287,7 @@ class DerivedCache:
                 files[name + ".npy"] = {"shape": list(array.shape), "dtype": str(array.dtype),
                                         "bytes": os.path.getsize(path), "sha256": _sha256_path(path)}
             meta = {"key": self.key, "kind": self.kind, "params": self.params, "files": files,
+                    "info": info or {},
                     "complete": True, "context": self.cache.context}
             _atomic_write_bytes(os.path.join(self.dir, "metadata.json"),
                                 json.dumps(meta, indent=1, sort_keys=True, default=str).encode())

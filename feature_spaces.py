@@ -246,25 +246,28 @@ class FeatureAssembler:
                 log.info("%s: explicit rows from the derived cache", what)
             return FeatureSpace.rows(arrays["ref"], dict(zip(keys, arrays["eval"])),
                                      [f"Gram as explicit rows ({dim} dims)"])
-        costs = rp.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes)
-        route = rp.choose_gram_route(costs)
-        derived = DerivedCache(cache, units, "gram_kernel", {"route": route, "precision": self.precision,
+        # both routes are exact: the route is recorded with the artefact, not part of its key,
+        # so a warm sweep finds it without choosing a device
+        derived = DerivedCache(cache, units, "gram_kernel", {"precision": self.precision,
                                                             "version": rp.GRAM_KERNEL_VERSION})
         arrays = derived.load()
         if arrays is None:
             device = resolve_device(self.device)
-            log.info("%s: %d dims, held as kernel blocks; route '%s' (estimated %s)", what, dim, route,
-                     ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
+            costs = rp.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes, device)
+            route = rp.choose_gram_route(costs)
+            log.info("%s: %d dims, held as kernel blocks; route '%s' on %s (estimated %s)", what, dim,
+                     route, device, ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
             t0 = time.perf_counter()
             kr, kre, kee = rp.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
                                                  [cache.load(u) for u in self.eval_units],
                                                  route, self.precision, device, self.max_bytes)
             arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee}
-            derived.save(arrays)
+            derived.save(arrays, {"route": route, "device": device})
             log.info("%s: kernel blocks in %.1fs on %s (%s)", what, time.perf_counter() - t0, device,
                      derived.dir)
         else:
-            log.info("%s: kernel blocks from the derived cache", what)
+            route = derived.info.get("route", "?")
+            log.info("%s: kernel blocks from the derived cache (route %s)", what, route)
         n_e = self.n_eval
         blocks = KernelBlocks(arrays["k_rr"], {k: arrays["k_re"][:, i * n_e:(i + 1) * n_e]
                                                for i, k in enumerate(keys)},

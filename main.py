@@ -7,7 +7,7 @@ as images get worse? Command-line entry point.
 
 Data flow (one file per stage): dataset.py -> degradation_generator.py ->
 feature_extraction.py (backbones.py, layer_registry.py) -> feature_cache.py ->
-representations.py -> distribution_modeling.py -> distance_metrics.py ->
+representations.py -> feature_spaces.py -> distribution_modeling.py -> distance_metrics.py ->
 evaluation.py -> report.py.
 
 Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.

@@ -109,9 +109,11 @@ def gram_kernel(act_a: np.ndarray, act_b: np.ndarray) -> np.ndarray:
 # default: the cache stores float16) and the kernel blocks accumulate in float64.
 # Costs are priced by this machine's measured throughput (BENCHMARKS.md, bench/bench_gram.py).
 
-GEMM_GFLOPS = 250.0        # float32 GEMM, 2 cores (185-380 GFLOP/s measured)
-GRAM_WRITE_GBPS = 3.0      # per-image Gram blocks are bound by writing their output
-SAMPLE_REDUCE_GBPS = 0.2   # squaring and summing the (P x P) products of the sample route
+# Throughput by device (GFLOP/s of float32 GEMM, GB/s of writing per-image Gram blocks, GB/s of
+# squaring and summing the (P x P) products of the sample route), measured with
+# bench/bench_gram.py: "cpu" on this project's 2-core machine, "cuda" on an H100 (BENCHMARKS.md).
+DEVICE_RATES = {"cpu": {"gemm": 250.0, "gram_write": 3.0, "sample_reduce": 0.2},
+                "cuda": {"gemm": 30000.0, "gram_write": 8.0, "sample_reduce": 50.0}}
 GRAM_KERNEL_VERSION = 1    # bump when gram_kernel_blocks changes its numbers
 
 
@@ -137,16 +139,17 @@ def gram_block_size(n_images: int, channels: int, budget_bytes: int) -> int:
 
 
 def gram_route_costs(channels: int, positions: int, n_ref: int, n_eval: int, n_units: int,
-                     budget_bytes: int) -> dict:
-    """Estimated seconds of each route on this machine (see the constants above)."""
+                     budget_bytes: int, device: str = "cpu") -> dict:
+    """Estimated seconds of each route on `device` (see DEVICE_RATES)."""
+    rate = DEVICE_RATES["cuda" if str(device).startswith("cuda") else "cpu"]
     c, p = channels, positions
     n = n_ref + n_eval * n_units
     pairs = gram_pairs(n_ref, n_eval, n_units)
-    bs = gram_block_size(n, c, budget_bytes // 2)
+    bs = gram_block_size(n, c, budget_bytes // 4)
     entries = c * (c + bs) / 2                       # upper block-triangle, per image
-    rows = (n * 2 * entries * p + pairs * 2 * entries) / (GEMM_GFLOPS * 1e9) \
-        + n * entries * 4 / (GRAM_WRITE_GBPS * 1e9)
-    samples = pairs * (2 * p * p * c / (GEMM_GFLOPS * 1e9) + p * p * 4 / (SAMPLE_REDUCE_GBPS * 1e9))
+    rows = (n * 2 * entries * p + pairs * 2 * entries) / (rate["gemm"] * 1e9) \
+        + n * entries * 4 / (rate["gram_write"] * 1e9)
+    samples = pairs * (2 * p * p * c / (rate["gemm"] * 1e9) + p * p * 4 / (rate["sample_reduce"] * 1e9))
     return {"rows": rows, "samples": samples}
 
 

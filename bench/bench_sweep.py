@@ -1,15 +1,18 @@
-"""A medium sweep from a warm cache vs the extraction it replaces (target <= 10%).
+"""A medium sweep from a warm cache vs the extraction it replaces.
 
-Runs `python main.py --mode medium` twice as a user would, each in its own process, on the
-built-in data with a fresh cache: the first extracts (its extraction time is read from the
-pipeline's own log), the second scores and ranks every configuration from the cache and
-writes every output (bootstrap intervals for the top 5). Both times come from this one run.
+Runs `python main.py --mode medium` three times as a user would, each in its own process, on
+the built-in data with a fresh cache:
+  1. cold: extracts every layer (its extraction time is read from the pipeline's own log);
+  2. first warm sweep: the derived Gram artefacts are deleted first, so it recomputes them
+     (target <= 0.35 x the extraction time);
+  3. second warm sweep: everything from the cache (target <= 0.10 x).
     .venv/bin/python bench/bench_sweep.py [--backbone resnet50] [--n-inference 200] [--n-evaluation 30]
 """
 import argparse
 import glob
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -24,30 +27,43 @@ def main():
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--n-inference", default="200")
     p.add_argument("--n-evaluation", default="30")
+    p.add_argument("--keep", metavar="DIR", help="use (and keep) this work folder")
     a = p.parse_args()
-    work = tempfile.mkdtemp(prefix="bench_sweep_")
+    work = a.keep or tempfile.mkdtemp(prefix="bench_sweep_")
+    cache = os.path.join(work, "cache")
     cmd = [sys.executable, "main.py", "--mode", "medium", "--backbone", a.backbone,
            "--n-inference", a.n_inference, "--n-evaluation", a.n_evaluation,
-           "--cache-dir", os.path.join(work, "cache"), "--results-dir", os.path.join(work, "results"), "-q"]
-    times, logs = [], []
-    for _ in range(2):
+           "--cache-dir", cache, "--results-dir", os.path.join(work, "results"), "-q"]
+    times, logs, rss = [], [], []
+    for run in range(3):
+        if run == 1:
+            for d in glob.glob(os.path.join(cache, "*", "*", "derived_*")):
+                shutil.rmtree(d)
         t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times.append(time.perf_counter() - t0)
+        rss.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if run == 0 or
+                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss > before else None)
         newest = max(glob.glob(os.path.join(work, "results", "medium_*")), key=os.path.getmtime)
         with open(os.path.join(newest, "experiment.log")) as f:
             logs.append(f.read())
     extraction = sum(float(x) for x in re.findall(r"extracted \d+ images .* in ([\d.]+)s", logs[0]))
-    hits, misses = logs[1].count("CACHE HIT"), logs[1].count("CACHE MISS")
-    n_conf = re.search(r"scoring (\d+) configuration", logs[1]).group(1)
-    shutil.rmtree(work, ignore_errors=True)
+    gram = sum(float(x) for x in re.findall(r"kernel blocks in ([\d.]+)s", logs[1]))
+    n_conf = re.search(r"scoring (\d+) configuration", logs[2]).group(1)
+    summary = [line for line in open(glob.glob(os.path.join(newest, "summary.txt"))[0])
+               if "configuration(s) scored" in line]
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"backbone {a.backbone}, medium, {a.n_inference} reference + {a.n_evaluation} evaluation "
           f"images, {os.cpu_count()} cores")
     print(f"cold run {times[0]:.1f}s, of which extraction {extraction:.1f}s")
-    print(f"warm run, whole process ({n_conf} configurations, {hits} CACHE HIT, {misses} CACHE MISS): "
-          f"{times[1]:.1f}s")
-    ratio = times[1] / extraction
-    print(f"warm sweep / extraction = {ratio:.3f} (target <= 0.10) -> {'PASS' if ratio <= 0.10 else 'FAIL'}")
+    print(f"{n_conf} configurations; {summary[0].strip() if summary else ''}")
+    r1, r2 = times[1] / extraction, times[2] / extraction
+    print(f"first warm sweep (derived Gram artefacts recomputed, {gram:.1f}s of Gram kernels): "
+          f"{times[1]:.1f}s = {r1:.3f} x extraction (target <= 0.35) -> {'PASS' if r1 <= 0.35 else 'FAIL'}")
+    print(f"second warm sweep (all from the cache, {logs[2].count('CACHE HIT')} CACHE HIT): "
+          f"{times[2]:.1f}s = {r2:.3f} x extraction (target <= 0.10) -> {'PASS' if r2 <= 0.10 else 'FAIL'}")
 
 
 if __name__ == "__main__":

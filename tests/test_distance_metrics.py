@@ -281,3 +281,13 @@ def test_kernel_reference_resamples_equal_explicit_resamples(metric):
     idx = np.random.default_rng(1).integers(0, len(ev), len(ev))
     assert kern.score_prepared(k_state) == pytest.approx(explicit.score_prepared(e_state), rel=1e-8)
     assert kern.score_prepared(k_state, idx) == pytest.approx(explicit.score_prepared(e_state, idx), rel=1e-8)
+
+
+def test_kid_subsets_from_kernels_equal_explicit_subsets():
+    ref, ev = CASES["singular"]
+    explicit = dm.KIDReference(ref, subsets=5, subset_size=20, seed=3)
+    kern = dm.KernelReference("kid", ref @ ref.T, ref.shape[1], kid_subsets=5, kid_subset_size=20, seed=3)
+    k_state, e_state = kern.prepare((ref @ ev.T, ev @ ev.T)), explicit.prepare(ev)
+    idx = np.random.default_rng(2).integers(0, len(ev), len(ev))
+    assert kern.score_prepared(k_state) == pytest.approx(explicit.score_prepared(e_state), rel=1e-9)
+    assert kern.score_prepared(k_state, idx) == pytest.approx(explicit.score_prepared(e_state, idx), rel=1e-9)
