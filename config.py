@@ -169,6 +169,13 @@ def _choice(value, choices, where):
                           f"{', '.join(map(str, choices))} (edit config.py)")
 
 
+def validate_quick(cfg: dict) -> None:
+    """Quick mode scores QUICK's transform and metric: both must be configured."""
+    if QUICK["transform"] not in [t.get("name") for t in cfg["feature_transforms"]]:
+        raise ConfigError(f"QUICK['transform'] = {QUICK['transform']!r} is not one of "
+                          "config['feature_transforms'] names; add it there or change QUICK")
+
+
 def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     """Raise ConfigError naming the first invalid value and the valid choices.
 
@@ -201,8 +208,12 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
         if v is not None and (not isinstance(v, int) or v < 2):
             raise ConfigError(f"config['{key}'] = {v!r} must be an integer >= 2 "
                               "(statistics need at least two images)")
-    if not isinstance(cfg["seed"], int):
-        raise ConfigError(f"config['seed'] = {cfg['seed']!r} must be an integer")
+    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or not 0 <= cfg["seed"] < 2**32:
+        raise ConfigError(f"config['seed'] = {cfg['seed']!r} must be an integer in 0 .. 2**32 - 1")
+    nw = cfg["num_workers"]
+    if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
+        raise ConfigError(f"config['num_workers'] = {nw!r} must be 'auto' or an integer >= 0 "
+                          "(0 decodes images in the main process)")
 
     names = set()
     for t in cfg["feature_transforms"]:
@@ -244,6 +255,10 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
 
     if cfg["layer_configs"] is not None:
         for lc in cfg["layer_configs"]:
+            extra = set(lc) - {"name", "layers", "aggregate"}
+            if extra:
+                raise ConfigError(f"layer config {lc.get('name')!r} has unknown key(s) {sorted(extra)}; "
+                                  "valid keys: name, layers, aggregate (edit config.py)")
             if not lc.get("layers"):
                 raise ConfigError(f"layer config {lc} needs a non-empty 'layers' list")
             _choice(lc.get("aggregate", "concat"), AGGREGATIONS,
@@ -265,9 +280,27 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     if not isinstance(cfg["top_n"], int) or cfg["top_n"] < 1:
         raise ConfigError(f"config['top_n'] = {cfg['top_n']!r} must be an integer >= 1")
 
+    from distance_metrics import METRIC_PARAMS
+    for section, keys in METRIC_PARAMS.items():
+        extra = set(cfg[section]) - set(keys)
+        if extra:
+            raise ConfigError(f"config['{section}'] has unknown key(s) {sorted(extra)}; valid keys: "
+                              f"{', '.join(keys)} (edit config.py)")
     kid = cfg["kid"]
     if kid["subsets"] is not None and (not isinstance(kid["subsets"], int) or kid["subsets"] < 1):
         raise ConfigError(f"kid subsets = {kid['subsets']!r} must be None or an integer >= 1")
+    if not isinstance(kid["subset_size"], int) or kid["subset_size"] < 2:
+        raise ConfigError(f"kid subset_size = {kid['subset_size']!r} must be an integer >= 2")
+    for key in ("sigma", "scale"):
+        v = cfg["cmmd"][key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ConfigError(f"config['cmmd']['{key}'] = {v!r} must be a positive number (edit config.py)")
 
     for backbone in ENABLED_LAYERS:
         _choice(backbone, backbones, "ENABLED_LAYERS key")
+    for table, name in ((QUICK["layers"], "QUICK['layers']"), (ENABLED_LAYERS, "ENABLED_LAYERS")):
+        missing = [b for b in backbones if b not in table]
+        if missing:
+            raise ConfigError(f"{name} has no entry for backbone(s) {missing}; add one per backbone "
+                              "in config.py (layer indices from LAYER_GUIDE.md)")
+    _choice(QUICK["metric"], METRICS, "QUICK['metric']")

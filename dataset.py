@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 BUILTIN_SIZE = 256
+# Bump when load_rgb (decoding, EXIF, bit-depth scaling, resize and crop to the working size)
+# changes its output: part of every cache key.
+LOADER_VERSION = 2
 N_DEAD_LEAVES = 900
 DEAD_LEAVES_RADII = (4.0, 120.0)      # min / max disk radius in pixels
 DEAD_LEAVES_DISKS = 2000              # enough to cover ~99.8 % of the image
@@ -142,16 +145,40 @@ def load_builtin(source: str) -> np.ndarray:
 
 # ------------------------------------------------------------------ loading
 
+TINY_SIDE = 32                       # images with a shorter side below this are warned about
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of any Pillow image: EXIF orientation applied (as viewers show it);
+    16-bit and 32-bit integer or float greyscale scaled to 0-255 by the range of their type
+    (I;16: /257), not clipped to white; palettes and alpha converted by Pillow."""
+    from PIL import ImageOps
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        full = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        if im.mode == "F" and a.max(initial=0) <= 1.0:
+            full = 1.0
+        a = np.clip(np.rint(a * (255.0 / full)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    return im.convert("RGB")
+
+
 @functools.lru_cache(maxsize=256)   # an evaluation image is read once per degradation level
 def load_rgb(source: str, working_size: int) -> np.ndarray:
     """Decode `source`, resize its shorter side to `working_size` (Lanczos) and
-    centre-crop to a square. Returns (working_size, working_size, 3) uint8, read-only."""
+    centre-crop to a square. Returns (working_size, working_size, 3) uint8, read-only.
+    An unreadable file raises DatasetError naming it."""
     if source.startswith("builtin:"):
         arr = load_builtin(source)
         img = Image.fromarray(arr)
     else:
-        with Image.open(source) as im:
-            img = im.convert("RGB")
+        try:
+            with Image.open(source) as im:
+                img = to_rgb(im)
+        except Exception as exc:   # truncated, corrupt, vanished since it was selected
+            raise DatasetError(f"cannot decode image {source!r} ({type(exc).__name__}: {exc}); "
+                               "remove or replace the file and rerun") from None
     w, h = img.size
     if (w, h) != (working_size, working_size):
         scale = working_size / min(w, h)
@@ -169,14 +196,20 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _readable(path: str, full: bool) -> bool:
-    """Header check (cheap), or with `full` a complete decode check (Pillow's verify)."""
+    """Header check (cheap), or with `full` a complete decode (Image.verify() does not decode
+    the pixel data, so a truncated JPEG would pass it)."""
     try:
         with Image.open(path) as im:
             if full:
-                im.verify()
+                im.load()
         return True
     except Exception:
         return False
+
+
+def _size(path: str) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
 
 
 def list_image_files(folder: str) -> tuple[list[str], list[str]]:
@@ -244,6 +277,11 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
     if bad:
         log.warning("skipped %d unreadable image file(s): %s%s", len(bad), ", ".join(bad[:5]),
                     " …" if len(bad) > 5 else "")
+    tiny = [(r.source, _size(r.source)) for r in records if min(_size(r.source)) < TINY_SIDE]
+    if tiny:
+        log.warning("%d image(s) are smaller than %d px on a side and will be upscaled to the "
+                    "working size, e.g. %s (%dx%d); their features describe the upscaling more "
+                    "than the content", len(tiny), TINY_SIDE, tiny[0][0], *tiny[0][1])
     if len(records) < need:
         raise DatasetError(
             f"found {len(records)} readable distinct images under {dataset!r} but {need} are "

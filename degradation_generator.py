@@ -20,6 +20,9 @@ from PIL import Image, ImageEnhance
 
 from config import ConfigError
 
+# Bump when any degradation below changes its output (part of every cache key; a golden-hash
+# test in tests/test_bad_input.py fails when the output changes under the same version).
+DEGRADATION_VERSION = 1
 GAUSSIAN_TRUNCATE = 4.0            # kernel radius in sigmas (scipy's default)
 N_BLACK_RECTANGLES = 5             # FID paper (Heusel et al. 2017, fig. A): 5 rectangles
 DOWNSAMPLE_FILTER = Image.Resampling.NEAREST   # no prefilter: high frequencies alias

@@ -20,6 +20,10 @@ CMMD_SIGMA = 10.0     # RBF bandwidth used by the CMMD reference (Jayasumana et 
 CMMD_SCALE = 1000.0   # the CMMD reference reports MMD^2 x 1000
 KID_DEGREE, KID_COEF0 = 3, 1.0   # Binkowski et al. 2018 (KID), torch-fidelity defaults
 KID_SUBSET_SIZE = 1000
+# The parameters of config['kid'] and config['cmmd'] (the config sections' valid keys).
+METRIC_PARAMS = {"kid": {"subsets": None, "subset_size": KID_SUBSET_SIZE, "degree": KID_DEGREE,
+                         "gamma": None, "coef0": KID_COEF0},
+                 "cmmd": {"sigma": CMMD_SIGMA, "scale": CMMD_SCALE}}
 
 
 class MetricInputError(ValueError):

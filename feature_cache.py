@@ -25,6 +25,7 @@ Layout (the original pipeline's, with content keys):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -40,8 +41,35 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 CHUNK_SIZE = 100                     # reference images per chunk file
-RESIZE_RULE = "lanczos shorter side to working_size, centre crop, bicubic+antialias to input_size"
+# Bump when feature_extraction.preprocess (resize to the input size, normalisation) changes its
+# output; tests/test_bad_input.py holds a golden hash of it per version.
+PREPROCESS_VERSION = 1
 CLEAN = "clean"
+# Libraries whose code makes the cached bytes, whatever the backbone; plus the backbone's own.
+PIPELINE_LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "pillow")
+
+
+def library_versions(libraries) -> dict:
+    """Installed versions, read from package metadata (nothing is imported)."""
+    from importlib import metadata
+    out = {}
+    for name in sorted(set(libraries)):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def code_identity(library: str, interpolation: str) -> dict:
+    """What of the code shapes a cached activation's bytes: library versions on the extraction
+    path, the versions of the image loader, the degradations and the preprocessing, and the
+    interpolation used to reach the input size. Part of every cache key."""
+    from dataset import LOADER_VERSION
+    from degradation_generator import DEGRADATION_VERSION
+    return {"libraries": library_versions(PIPELINE_LIBRARIES + (library,)),
+            "loader": LOADER_VERSION, "degradations": DEGRADATION_VERSION,
+            "preprocess": PREPROCESS_VERSION, "interpolation": interpolation}
 
 
 class CacheError(RuntimeError):
@@ -131,11 +159,23 @@ class LayerCache:
     # ------------------------------------------------------------ metadata
     @staticmethod
     def _read_meta(entry: str) -> dict:
+        """The entry's manifest; an unusable one (not JSON, not UTF-8, not a manifest) is
+        treated as empty, with a warning, so the entry is rebuilt."""
+        path = os.path.join(entry, "metadata.json")
         try:
-            with open(os.path.join(entry, "metadata.json")) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except FileNotFoundError:
             return {"files": {}}
+        except (ValueError, OSError) as exc:     # JSONDecodeError and UnicodeDecodeError
+            log.warning("cache manifest %s is unreadable (%s); the entry will be rebuilt", path,
+                        type(exc).__name__)
+            return {"files": {}}
+        if not (isinstance(meta, dict) and isinstance(meta.get("files"), dict)
+                and all(isinstance(v, dict) for v in meta["files"].values())):
+            log.warning("cache manifest %s is not a manifest; the entry will be rebuilt", path)
+            return {"files": {}}
+        return meta
 
     def _meta(self, entry: str) -> dict:
         """metadata.json of `entry`, parsed once and read again only when the file changed
@@ -341,19 +381,36 @@ def _verify_file(path: str, info: dict, full: bool) -> str | None:
     return None
 
 
-def _atomic_write(path: str, write, suffix: str = "") -> None:
+def _file_mode() -> int:
+    """rw for whoever the umask allows (mkstemp's files are 0600: a cache could not be shared)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path: str, write, suffix: str = "", size_hint: int = 0) -> None:
     """Write through `write(fileobj)` to a temporary file beside `path`, fsync, then rename
-    it into place: readers see the old file or the complete new one, never a partial one."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=suffix)
+    it into place: readers see the old file or the complete new one, never a partial one.
+    A full disk raises CacheError naming the folder and the space needed; files already
+    complete stay as they are."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(folder).free
+            raise CacheError(f"no space left on the device of {folder} while writing "
+                             f"{os.path.basename(path)} ({size_hint / 2**20:.1f} MiB needed, "
+                             f"{free / 2**20:.1f} MiB free); free some space or pass another "
+                             "--cache-dir, then rerun: completed cache files are kept") from None
         raise
 
 
@@ -362,7 +419,8 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), ".npy")
+    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), ".npy",
+                  array.nbytes)
 
 
 def cache_info(root: str) -> list[dict]:

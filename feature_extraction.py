@@ -47,8 +47,9 @@ class Job:
 class JobDataset(torch.utils.data.Dataset):
     """Decodes, degrades and normalises images; runs inside DataLoader workers."""
 
-    def __init__(self, jobs, working_size, input_size, mean, std, seed):
+    def __init__(self, jobs, working_size, input_size, mean, std, seed, interpolation="bicubic"):
         self.jobs, self.working_size, self.input_size = list(jobs), working_size, input_size
+        self.interpolation = interpolation
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.seed = seed
@@ -60,14 +61,17 @@ class JobDataset(torch.utils.data.Dataset):
         job = self.jobs[i]
         img = load_rgb(job.record.source, self.working_size)
         img = apply_degradation(img, job.degradation, job.level, self.seed, job.record.sha256)
-        return preprocess(img, self.input_size, self.mean, self.std)
+        return preprocess(img, self.input_size, self.mean, self.std, self.interpolation)
 
 
-def preprocess(img: np.ndarray, input_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, S, S) float32 normalised; bicubic resize with antialias."""
+def preprocess(img: np.ndarray, input_size: int, mean: torch.Tensor, std: torch.Tensor,
+               interpolation: str = "bicubic") -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, S, S) float32 normalised; resize with the backbone's
+    `interpolation` (registry) and antialias. Changing this function's output needs
+    feature_cache.PREPROCESS_VERSION bumped (a golden-hash test checks it)."""
     x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
-        x = F.interpolate(x[None], size=(input_size, input_size), mode="bicubic",
+        x = F.interpolate(x[None], size=(input_size, input_size), mode=interpolation,
                           align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)
     return (x - mean) / std
 
@@ -170,13 +174,14 @@ def unit_batches(sizes, batch_size: int) -> list[list[int]]:
 
 
 def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
-            device="auto", num_workers="auto", progress=True, precision="float32"):
+            device="auto", num_workers="auto", progress=True, precision="float32",
+            interpolation="bicubic"):
     """Yield (job indices, {path: float32 ndarray (b, ...)}) for each batch of `batches`."""
     dev = resolve_device(device)
     module = backbone.module.to(dev)
     if dev.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
-    data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed)
+    data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed, interpolation)
     workers = default_workers(num_workers)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
                                          pin_memory=dev.type == "cuda")
@@ -224,6 +229,7 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     buffers, filled = {}, [0] * len(units)
     for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
                               mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
+                              interpolation=spec["interpolation"],
                               device=cfg["device"], num_workers=cfg["num_workers"],
                               progress=progress, precision=cfg["extraction_precision"]):
         ui = owner[idx[0]]                      # a batch never crosses a unit

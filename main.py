@@ -91,8 +91,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_IMAGE_SIZE = 4096        # a larger input would not fit a batch in memory on any device
+
+# flag -> (config key, check, what it must be): flags are checked by the name the user typed
+FLAG_CHECKS = {
+    "batch_size": ("--batch-size", lambda v: v >= 1, "an integer >= 1"),
+    "n_inference": ("--n-inference", lambda v: v >= 2, "an integer >= 2 (statistics need two images)"),
+    "n_evaluation": ("--n-evaluation", lambda v: v >= 2, "an integer >= 2 (statistics need two images)"),
+    "seed": ("--seed", lambda v: 0 <= v < 2**32, "an integer in 0 .. 2**32 - 1"),
+    "image_size": ("--image-size", lambda v: 16 <= v <= MAX_IMAGE_SIZE,
+                   f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
+    "n_resamples": ("--n-resamples", lambda v: v >= 0, "an integer >= 0 (0 disables intervals)"),
+}
+
+
+def check_flags(args) -> None:
+    for attr, (flag, ok, what) in FLAG_CHECKS.items():
+        v = getattr(args, attr, None)
+        if v is not None and not ok(v):
+            raise UsageError(f"{flag} {v} is not valid: it must be {what}")
+
+
+def check_writable(path: str, flag: str) -> None:
+    """`path` is, or can be created as, a writable folder; else UsageError naming the flag."""
+    p = os.path.abspath(path)
+    probe = p
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise UsageError(f"{flag} {path!r} is a file, not a folder; pass a folder path")
+    if not os.path.isdir(probe):
+        raise UsageError(f"{flag} {path!r}: {probe!r} is a file, so the folder cannot be created; "
+                         "pass another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r}: {probe!r} is not writable by this user; pass a folder "
+                         "you can write to")
+
+
 def resolve_config(args) -> dict:
     """config.py defaults, overridden by the flags given; validated."""
+    check_flags(args)
     cfg = C.default_config()
     for flag, key in (("backbone", "backbone"), ("weights", "weights"), ("device", "device"),
                       ("batch_size", "batch_size"), ("image_size", "image_size"),
@@ -110,6 +148,10 @@ def resolve_config(args) -> dict:
         if cfg[key] is None:
             cfg[key] = mode[key]
     C.validate_config(cfg, BACKBONE_NAMES)
+    if cfg["weights"] not in ("auto", "pretrained", "random") and not os.path.exists(cfg["weights"]):
+        where = "--weights" if args.weights is not None else "config['weights']"
+        raise UsageError(f"{where} {cfg['weights']!r}: no such file or folder. Give a checkpoint file "
+                         "or a save_pretrained folder, or one of auto, pretrained, random")
     return cfg
 
 
@@ -186,12 +228,13 @@ def layer_configs_for(cfg, mode, backbone, cli_layers) -> list[dict]:
 # ---------------------------------------------------------------------- cache fill
 
 def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records):
-    from feature_cache import LayerCache, RESIZE_RULE, weights_identity
+    from feature_cache import LayerCache, code_identity, weights_identity
     spec = BACKBONES[backbone]
     input_size = cfg["image_size"] or spec["input_size"]
     context = {"weights": weights_identity(provenance), "capture": CAPTURE,
                "input_size": input_size, "working_size": cfg["working_size"],
-               "resize": RESIZE_RULE, "mean": list(spec["mean"]), "std": list(spec["std"]),
+               "code": code_identity(spec["library"], spec["interpolation"]),
+               "mean": list(spec["mean"]), "std": list(spec["std"]),
                "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
     return {path: LayerCache(cfg["cache_dir"], backbone, index, path, context, ref_records,
                              eval_records, cfg["seed"], cfg["verify_checksums"])
@@ -234,6 +277,7 @@ def build_cache(cfg, args) -> int:
     if not args.layers:
         raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
                          "--build-cache --backbone resnet50 --layers 7 8 9")
+    check_writable(cfg["cache_dir"], "--cache-dir")
     eval_records, ref_records = select(cfg)
     for backbone in backbones_of(cfg):
         layers = resolve_layers(backbone, args.layers)
@@ -252,6 +296,8 @@ def run(cfg, args) -> int:
     """Resolve layers and images (user mistakes fail here, before anything is written),
     then extract what is missing, score every configuration and write the report."""
     mode = args.mode
+    if mode == "quick":
+        C.validate_quick(cfg)
     plans = []
     for backbone in backbones_of(cfg):
         lcs = layer_configs_for(cfg, mode, backbone, args.layers)
@@ -260,6 +306,8 @@ def run(cfg, args) -> int:
         plans.append((backbone, lcs))
     eval_records, ref_records = select(cfg)
 
+    check_writable(cfg["cache_dir"], "--cache-dir")
+    check_writable(cfg["results_dir"], "--results-dir")
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
     out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}")
     suffix = 1
@@ -273,6 +321,13 @@ def run(cfg, args) -> int:
     logging.getLogger().addHandler(handler)
     try:
         return _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp)
+    except BaseException as exc:   # the folder says the run failed, and why; never a silent half
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.error("run failed: %s", text)
+        with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
+            f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun the "
+                    "same command to resume\n")
+        raise
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -305,8 +360,7 @@ def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
                                      cfg["image_size"] or spec["input_size"], spec["token_layout"],
                                      cfg["max_representation_bytes"], cfg["gram_precision"], cfg["device"])
         if mode == "quick":   # one configuration per layer config: QUICK's transform and metric
-            transform = next((t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"]),
-                             {"name": "raw", "use_gram": False, "use_pca": False})
+            transform = next(t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"])
             grid = [Configuration(backbone, lc, transform, None, C.QUICK["metric"]) for lc in lcs]
         else:
             grid = build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
@@ -413,6 +467,7 @@ def preview_degradations(cfg) -> int:
     from degradation_generator import preview_collage
     records, _ = select_images(cfg["dataset"], 3, 0, cfg["seed"])
     images = [(r.sha256, load_rgb(r.source, cfg["working_size"])) for r in records]
+    check_writable(cfg["results_dir"], "--results-dir")
     os.makedirs(cfg["results_dir"], exist_ok=True)
     path = os.path.join(cfg["results_dir"], "degradation_preview.png")
     preview_collage(images, cfg["degradations"], cfg["seed"]).save(path)
@@ -438,6 +493,16 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of `exc`; one raised in a DataLoader worker arrives wrapped in a traceback,
+    whose last line is the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
@@ -460,10 +525,10 @@ def main(argv=None) -> int:
             return build_cache(cfg, args)
         return run(cfg, args)
     except (UsageError, C.ConfigError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (WeightsError, CacheError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:          # e.g. `--list-layers … | head`
         return 0

@@ -114,6 +114,9 @@ def gram_kernel(act_a: np.ndarray, act_b: np.ndarray) -> np.ndarray:
 # bench/bench_gram.py: "cpu" on this project's 2-core machine, "cuda" on an H100 (BENCHMARKS.md).
 DEVICE_RATES = {"cpu": {"gemm": 250.0, "gram_write": 3.0, "sample_reduce": 0.2},
                 "cuda": {"gemm": 30000.0, "gram_write": 8.0, "sample_reduce": 50.0}}
+# Host side, either device: normalising the activations in float64 (GB/s of float64), and
+# reading them back from the scratch file when they exceed the budget (GB/s).
+NORMALISE_GBPS, SPILL_READ_GBPS = 1.0, 2.0
 GRAM_KERNEL_VERSION = 1    # bump when gram_kernel_blocks changes its numbers
 
 
@@ -150,7 +153,13 @@ def gram_route_costs(channels: int, positions: int, n_ref: int, n_eval: int, n_u
     rows = (n * 2 * entries * p + pairs * 2 * entries) / (rate["gemm"] * 1e9) \
         + n * entries * 4 / (rate["gram_write"] * 1e9)
     samples = pairs * (2 * p * p * c / (rate["gemm"] * 1e9) + p * p * 4 / (rate["sample_reduce"] * 1e9))
-    return {"rows": rows, "samples": samples}
+    act = n * c * p * 4                              # normalised activations, float32
+    host = 2 * act / (NORMALISE_GBPS * 1e9)
+    spilled = act > budget_bytes
+    if spilled:                                      # rows re-reads them once per row block
+        rows += -(-c // bs) * act / (SPILL_READ_GBPS * 1e9)
+        samples += act / (SPILL_READ_GBPS * 1e9)
+    return {"rows": rows + host, "samples": samples + host}
 
 
 def choose_gram_route(costs: dict) -> str:

@@ -15,3 +15,14 @@ def _threads():
     import torch
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def built(tmp_path, monkeypatch, caplog):
+    """A tiny resnet50 layer-8 cache built from 10 random images under tmp_path."""
+    from helpers import build_cache, tiny_config, write_images
+    tiny_config(monkeypatch)
+    write_images(tmp_path / "imgs")
+    assert build_cache(tmp_path) == 0
+    caplog.clear()
+    return tmp_path

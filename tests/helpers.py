@@ -23,3 +23,27 @@ def tiny_config(monkeypatch, **overrides):
 def tiny_args(tmp_path, *extra):
     return ["--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results"),
             "--image-size", "32", "--weights", "random", "-q", *extra]
+
+
+def write_images(folder, n=10, seed=0):
+    """`n` random 36x36 PNGs in `folder`."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+
+
+def build_cache(tmp_path, *extra, layers=("8",)):
+    """`main.py --build-cache` of resnet50 `layers` on tmp_path/imgs, 5 + 3 images."""
+    import main
+    return main.main(tiny_args(tmp_path, "--build-cache", "--layers", *layers, "--dataset",
+                               str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
+                               *extra))
+
+
+def cache_hits(caplog):
+    """(CACHE HIT lines, CACHE MISS lines) of the log."""
+    lines = [r.getMessage() for r in caplog.records]
+    return ([x for x in lines if x.startswith("CACHE HIT")], [x for x in lines if x.startswith("CACHE MISS")])

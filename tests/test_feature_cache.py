@@ -8,46 +8,18 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import backbones
 import config
 import main
-from helpers import tiny_args, tiny_config
+from helpers import build_cache, cache_hits, tiny_args, tiny_config, write_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _images(folder, n=10, seed=0):
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
-
-
-def _build(tmp_path, *extra, layers=("8",)):
-    return main.main(tiny_args(tmp_path, "--build-cache", "--layers", *layers, "--dataset",
-                               str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
-                               *extra))
-
-
-def _hits(caplog):
-    lines = [r.getMessage() for r in caplog.records]
-    return [l for l in lines if l.startswith("CACHE HIT")], [l for l in lines if l.startswith("CACHE MISS")]
-
-
-@pytest.fixture
-def built(tmp_path, monkeypatch, caplog):
-    tiny_config(monkeypatch)
-    _images(tmp_path / "imgs")
-    assert _build(tmp_path) == 0
-    caplog.clear()
-    return tmp_path
-
-
 def test_second_build_is_a_hit(built, caplog):
-    assert _build(built) == 0
-    hits, misses = _hits(caplog)
+    assert build_cache(built) == 0
+    hits, misses = cache_hits(caplog)
     assert hits and not misses
 
 
@@ -56,7 +28,7 @@ def test_second_build_is_a_hit(built, caplog):
 def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     extra, layers = [], ("8",)
     if change == "image contents":   # same file names, new pixels
-        _images(built / "imgs", seed=1)
+        write_images(built / "imgs", seed=1)
     elif change == "weights":
         torch = pytest.importorskip("torch")
         ckpt = built / "w.pth"
@@ -78,7 +50,7 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     if change == "weights":      # tiny_args says --weights random; the later flag wins
         args = args[:args.index("--weights")] + args[args.index("--weights") + 2:]
     assert main.main(args) == 0
-    hits, misses = _hits(caplog)
+    hits, misses = cache_hits(caplog)
     assert misses, f"{change}: expected a CACHE MISS, got {hits}"
     if change == "levels":      # only the changed level is extracted again
         assert "1 of 5 evaluation" in misses[0] or "of 5 evaluation" in misses[0]
@@ -105,7 +77,7 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
 
 def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, monkeypatch):
     enabled = [str(i) for i, on in config.ENABLED_LAYERS["resnet50"].items() if on]
-    assert _build(built, layers=enabled) == 0
+    assert build_cache(built, layers=enabled) == 0
     caplog.clear()
 
     def boom(*a, **k):
@@ -114,7 +86,7 @@ def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, m
     monkeypatch.setattr(backbones, "build_backbone", boom)
     assert main.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
                                "--n-inference", "5", "--n-evaluation", "3")) == 0
-    hits, misses = _hits(caplog)
+    hits, misses = cache_hits(caplog)
     assert len(hits) == len(enabled) and not misses
 
 
@@ -149,7 +121,7 @@ def test_corrupt_files_are_detected_and_extracted_again(built, caplog):
         f.truncate(100)
     arr = clean[level]
     np.save(built / "cache" / level, np.zeros(arr.shape[:1] + (3,), arr.dtype))  # wrong shape
-    assert _build(built) == 0
+    assert build_cache(built) == 0
     text = caplog.text
     assert "corrupt" in text and "extracted again" in text
     after = _chunks(built / "cache")
@@ -164,7 +136,7 @@ def test_checksum_mismatch_is_detected(built, caplog):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF                                     # same size and shape, other bytes
     path.write_bytes(bytes(data))
-    assert _build(built) == 0
+    assert build_cache(built) == 0
     assert "checksum" in caplog.text
     assert np.array_equal(np.load(path), clean[chunk])
 
@@ -175,7 +147,7 @@ def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypat
     import distance_metrics as dm
     import representations as rp
     tiny_config(monkeypatch, working_size=64)
-    _images(tmp_path / "imgs", n=40)
+    write_images(tmp_path / "imgs", n=40)
     scores = {}
     for dtype in ("float16", "float32"):
         config.CONFIG["cache_dtype"] = dtype
@@ -199,12 +171,12 @@ def test_cache_info_lists_entries(built, capsys):
 
 
 def test_deleting_one_layer_folder_invalidates_only_that_layer(built, caplog):
-    assert _build(built, layers=("7", "8")) == 0
+    assert build_cache(built, layers=("7", "8")) == 0
     import shutil
     shutil.rmtree(built / "cache" / "resnet50" / "single_layer_7")
     caplog.clear()
-    assert _build(built, layers=("7", "8")) == 0
-    hits, misses = _hits(caplog)
+    assert build_cache(built, layers=("7", "8")) == 0
+    hits, misses = cache_hits(caplog)
     assert any("layer4" in h for h in hits) and any("layer3" in m for m in misses)
 
 
@@ -224,7 +196,7 @@ def _build_cmd(tmp_path, cache):
 
 
 def test_two_processes_building_the_same_entry_do_not_corrupt_it(tmp_path):
-    _images(tmp_path / "imgs", n=60)
+    write_images(tmp_path / "imgs", n=60)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
     clean_dir, shared = tmp_path / "clean", tmp_path / "shared"
     assert subprocess.run(_build_cmd(tmp_path, clean_dir), cwd=ROOT, env=env).returncode == 0
@@ -244,7 +216,7 @@ def test_two_processes_building_the_same_entry_do_not_corrupt_it(tmp_path):
 def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
     """Kill --build-cache at several points; every rerun completes and the final files
     equal an uninterrupted build's."""
-    _images(tmp_path / "imgs", n=60)
+    write_images(tmp_path / "imgs", n=60)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
 
     def cmd(cache):

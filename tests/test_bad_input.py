@@ -1,0 +1,252 @@
+"""The bad-input catalogue: every kind of bad file or value gets a one-line message naming it
+and the fix, the documented exit code (2 usage/configuration, 1 runtime), no traceback, and
+loses nothing already done. Plus: cache keys follow the code that makes the bytes."""
+import errno
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import config
+import dataset
+import feature_cache
+import main
+from helpers import build_cache, cache_hits, tiny_args, tiny_config, write_images
+from test_cli import _one_line_error
+
+
+def _err(capsys):
+    return _one_line_error(capsys)
+
+
+# ------------------------------------------------------------------ images
+
+def test_truncated_jpeg_is_skipped_with_a_warning_naming_it(tmp_path, monkeypatch, caplog):
+    tiny_config(monkeypatch)
+    write_images(tmp_path / "imgs", n=9)
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "imgs" / "cut.jpg", quality=95)
+    data = (tmp_path / "imgs" / "cut.jpg").read_bytes()
+    (tmp_path / "imgs" / "cut.jpg").write_bytes(data[:len(data) // 2])
+    assert build_cache(tmp_path) == 0
+    assert "cut.jpg" in caplog.text and "unreadable" in caplog.text
+
+
+def test_16_bit_png_is_scaled_not_white(tmp_path):
+    a = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)       # 0 .. 63960
+    Image.fromarray(a).save(tmp_path / "deep.png")              # uint16 -> mode I;16
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")
+    got = dataset.load_rgb(str(tmp_path / "deep.png"), 40)
+    expected = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(got[..., 0], expected) and np.array_equal(got[..., 2], expected)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :20] = 255                                          # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6                                         # rotate 90 degrees clockwise to display
+    Image.fromarray(a).save(tmp_path / "rot.jpg", exif=exif, quality=100)
+    shown = dataset.load_rgb(str(tmp_path / "rot.jpg"), 20)  # displayed 20 wide, 40 tall: top kept
+    assert shown[:, :, 0].mean(axis=1)[:5].mean() > 200     # the white half is now on top
+
+
+def test_tiny_images_are_warned_about(tmp_path, monkeypatch, caplog):
+    tiny_config(monkeypatch)
+    write_images(tmp_path / "imgs", n=9)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 90).save(tmp_path / "imgs" / "tiny.png")
+    caplog.set_level(logging.WARNING)
+    dataset.select_images(str(tmp_path / "imgs"), 3, 7, 0)
+    assert "tiny.png" in caplog.text and "upscaled" in caplog.text
+
+
+# ------------------------------------------------------------------ flags and folders
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--image-size", "100000"], "--image-size"), (["--seed", "-1"], "--seed"),
+    (["--n-inference", "1"], "--n-inference"), (["--batch-size", "0"], "--batch-size"),
+    (["--n-evaluation", "0"], "--n-evaluation"), (["--n-resamples", "-3"], "--n-resamples")])
+def test_bad_flag_values_name_the_flag(tmp_path, monkeypatch, capsys, argv, flag):
+    tiny_config(monkeypatch)
+    assert main.main(tiny_args(tmp_path, *argv)) == 2
+    assert flag in _err(capsys)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+def test_missing_weights_file_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    args = tiny_args(tmp_path)
+    args[args.index("random")] = str(tmp_path / "none.pth")
+    assert main.main(args) == 2
+    assert "--weights" in _err(capsys) and "none.pth" in capsys.readouterr().err + "none.pth"
+
+
+@pytest.mark.parametrize("which", ["cache", "results", "results-parent"])
+def test_output_folder_that_is_a_file_fails_before_any_work(tmp_path, monkeypatch, capsys, which):
+    tiny_config(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    args = tiny_args(tmp_path)
+    target = {"cache": "--cache-dir", "results": "--results-dir", "results-parent": "--results-dir"}[which]
+    args[args.index(target) + 1] = str(tmp_path / "afile" / "sub" if which == "results-parent"
+                                       else tmp_path / "afile")
+    assert main.main(args) == 2
+    msg = _err(capsys)
+    assert target in msg and "afile" in msg
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    args = tiny_args(tmp_path)
+    args[args.index("--cache-dir") + 1] = str(ro / "cache")
+    assert main.main(args) == 2 and "not writable" in _err(capsys)
+
+
+# ------------------------------------------------------------------ configuration
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c["distribution_models"].__setitem__(1, {"name": "g", "type": "gmm", "n_component": 3}),
+     "n_component"),
+    (lambda c: c.__setitem__("layer_configs", [{"name": "a", "layers": [7], "agregate": "mean"}]), "agregate"),
+    (lambda c: c["kid"].__setitem__("subset", 10), "subset"),
+    (lambda c: c["cmmd"].__setitem__("sigma", 0), "sigma"),
+    (lambda c: c.__setitem__("num_workers", -1), "num_workers"),
+    (lambda c: c.__setitem__("seed", -1), "seed"),
+    (lambda c: c.__setitem__("layer_configs", [{"name": "a", "layers": [7]}, {"name": "a", "layers": [8]}]),
+     "named twice"),
+])
+def test_config_mistakes_name_the_key_and_list_valid_ones(tmp_path, monkeypatch, capsys, edit, needle):
+    cfg = tiny_config(monkeypatch)
+    edit(cfg)
+    assert main.main(tiny_args(tmp_path)) == 2
+    assert needle in _err(capsys)
+
+
+def test_backbone_missing_from_quick_or_enabled_layers(tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    monkeypatch.setattr(config, "QUICK", {**config.QUICK, "layers": {"resnet50": [8]}})
+    assert main.main(tiny_args(tmp_path)) == 2
+    assert "QUICK['layers']" in _err(capsys)
+
+
+def test_quick_transform_must_be_configured(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config(monkeypatch)
+    cfg["feature_transforms"] = [{"name": "gram_only", "use_gram": True}]
+    assert main.main(tiny_args(tmp_path)) == 2
+    assert "QUICK['transform']" in _err(capsys)
+
+
+# ------------------------------------------------------------------ cache files
+
+@pytest.mark.parametrize("content", [b"{}", b"[1, 2]", b'{"files": []}', b"\xff\xfe not utf-8"])
+def test_unusable_manifest_means_a_rebuild_with_a_warning(built, caplog, content):
+    (meta,) = [p for p in built.glob("cache/*/*/ref_*/metadata.json")]
+    meta.write_bytes(content)
+    caplog.clear()
+    assert build_cache(built) == 0
+    assert "manifest" in caplog.text
+    hits, misses = cache_hits(caplog)
+    assert misses and json.loads(meta.read_text())["files"]
+
+
+def test_cache_files_follow_the_umask(built):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for f in built.glob("cache/*/*/*/*.npy"):
+        assert (f.stat().st_mode & 0o777) == (0o666 & ~umask), f
+
+
+def test_full_disk_names_the_folder_keeps_completed_files_and_marks_the_run_failed(
+        tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    write_images(tmp_path / "imgs", n=12)
+    calls = {"n": 0}
+    real = np.save
+
+    def save(f, arr, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, arr, **kw)
+    monkeypatch.setattr(np, "save", save)
+    code = main.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
+                               "--n-inference", "5", "--n-evaluation", "3"))
+    assert code == 1
+    msg = _err(capsys)
+    assert "no space left" in msg and "cache" in msg and "MiB" in msg
+    kept = list(tmp_path.glob("cache/*/*/*/*.npy")) + list(tmp_path.glob("cache/*/*/*/*/*.npy"))
+    assert len(kept) == 2                                    # the completed files are still there
+    assert not list(tmp_path.glob("cache/**/.tmp_*"))
+    (run,) = (tmp_path / "results").iterdir()
+    assert "no space left" in (run / "FAILED.txt").read_text()
+    assert "run failed" in (run / "experiment.log").read_text()
+    monkeypatch.setattr(np, "save", real)
+    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
+                               "--n-inference", "5", "--n-evaluation", "3")) == 0
+
+
+# ------------------------------------------------------------------ keys follow the code
+
+@pytest.mark.parametrize("change", ["library", "degradations", "preprocess", "loader"])
+def test_a_changed_library_or_code_version_is_a_cache_miss(built, caplog, monkeypatch, change):
+    if change == "library":
+        real = feature_cache.library_versions
+        monkeypatch.setattr(feature_cache, "library_versions",
+                            lambda libs: {**real(libs), "torch": "99.0"})
+    elif change == "degradations":
+        import degradation_generator
+        monkeypatch.setattr(degradation_generator, "DEGRADATION_VERSION", 99)
+    elif change == "preprocess":
+        monkeypatch.setattr(feature_cache, "PREPROCESS_VERSION", 99)
+    else:
+        monkeypatch.setattr(dataset, "LOADER_VERSION", 99)
+    assert build_cache(built) == 0
+    hits, misses = cache_hits(caplog)
+    assert misses and not hits
+
+
+def _image():
+    y, x = np.mgrid[0:48, 0:48]
+    rng = np.random.default_rng(0)
+    base = np.stack([x * 5, y * 5, (x + y) * 2], -1) + rng.integers(0, 30, (48, 48, 3))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+# sha256 (16 hex) of every level of each degradation on _image(), per DEGRADATION_VERSION.
+# A failure means a degradation's output changed: bump DEGRADATION_VERSION (old caches then
+# miss) and record the new hashes. If a library upgrade changed it, its version is already in
+# the cache key: record the new hashes under the same version.
+GOLDEN_DEGRADATIONS = {1: {
+    "gaussian_blur": "d7c9fcaeddcf6627", "blur_plus_contrast": "3f47a43e3a75c5a3",
+    "gaussian_noise": "83495d7fe15e3147", "downsample_upsample": "8b02e823380c3b7e",
+    "jpeg_compression": "ec70fc586f6b45e7", "black_rectangles": "63f1a2eac7a3cc84",
+    "swirl": "adac33b79f20f79c", "salt_and_pepper": "8f7ee9608ecb0efc", "pixelation": "b13bb68de9750ea9"}}
+GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
+
+
+def test_degradations_match_their_golden_hashes_for_this_version():
+    from degradation_generator import DEGRADATION_VERSION, EXTRA_DEGRADATIONS, apply_degradation
+    specs = {**config.CONFIG["degradations"], **EXTRA_DEGRADATIONS}
+    got = {}
+    for spec in specs.values():
+        h = hashlib.sha256()
+        for lv in spec["levels"]:
+            h.update(apply_degradation(_image(), spec["type"], lv, 0, "0" * 64).tobytes())
+        got[spec["type"]] = h.hexdigest()[:16]
+    assert got == GOLDEN_DEGRADATIONS[DEGRADATION_VERSION]
+
+
+def test_preprocessing_matches_its_golden_hash_for_this_version():
+    import torch
+    from feature_extraction import preprocess
+    x = preprocess(_image(), 32, torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1),
+                   torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1))
+    digest = hashlib.sha256(x.numpy().round(5).tobytes()).hexdigest()[:16]
+    assert digest == GOLDEN_PREPROCESS[feature_cache.PREPROCESS_VERSION]
