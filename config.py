@@ -142,10 +142,6 @@ ENABLED_LAYERS = {
 }
 
 # Valid choices, used by validation and the CLI.
-TRANSFORM_KEYS = {"name", "use_gram", "use_pca", "pca_dim", "whiten", "standardize",
-                  "l2_normalize", "vit_pool"}
-VIT_POOLS = ("mean", "cls", "cls_mean")
-AGGREGATIONS = ("concat", "mean")
 TWO_SAMPLE_METRICS = ("fid", "kid", "cmmd", "mmd_rbf")
 MODEL_METRICS = ("mahalanobis", "neg_loglik")
 METRICS = TWO_SAMPLE_METRICS + MODEL_METRICS
@@ -216,21 +212,15 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
                           "(0 decodes images in the main process)")
 
     names = set()
+    from feature_spaces import AGGREGATIONS, TransformError, validate_transform
     for t in cfg["feature_transforms"]:
-        extra = set(t) - TRANSFORM_KEYS
-        if extra:
-            raise ConfigError(f"feature transform {t.get('name')!r} has unknown key(s) "
-                              f"{sorted(extra)}; valid keys: {sorted(TRANSFORM_KEYS)}")
-        if "name" not in t or t["name"] in names:
+        if not isinstance(t, dict) or "name" not in t or t["name"] in names:
             raise ConfigError(f"every feature transform needs a unique 'name' (got {t})")
         names.add(t["name"])
-        if t.get("use_pca") and (not isinstance(t.get("pca_dim"), int) or t["pca_dim"] < 1):
-            raise ConfigError(f"feature transform {t['name']!r}: use_pca needs an integer "
-                              f"pca_dim >= 1 (got {t.get('pca_dim')!r})")
-        if t.get("whiten") and not t.get("use_pca"):
-            raise ConfigError(f"feature transform {t['name']!r}: whiten needs use_pca: True")
-        if "vit_pool" in t:
-            _choice(t["vit_pool"], VIT_POOLS, f"feature transform {t['name']!r} vit_pool")
+        try:
+            validate_transform(t, f"feature transform {t['name']!r}")
+        except TransformError as exc:
+            raise ConfigError(f"{exc} (edit config['feature_transforms'] in config.py)") from None
 
     from distribution_modeling import ModelError, validate_model
     names = set()

@@ -43,6 +43,30 @@ AGGREGATIONS = ("concat", "mean")
 GAP_CHUNK = 25                     # images pooled at a time (bounded float64 copies)
 
 
+class TransformError(ValueError):
+    """A config['feature_transforms'] entry is invalid; the message names the key and the fix."""
+
+
+def validate_transform(t: dict, where: str) -> None:
+    """Raise TransformError naming the first unknown key or bad value of a transform entry."""
+    extra = set(t) - {"name"} - set(TRANSFORM_DEFAULTS)
+    if extra:
+        raise TransformError(f"{where} has unknown key(s) {sorted(extra)}; valid keys: name, "
+                             f"{', '.join(TRANSFORM_DEFAULTS)}")
+    p = transform_params(t)
+    for key in ("use_gram", "use_pca", "whiten", "standardize", "l2_normalize"):
+        if not isinstance(p[key], bool):
+            raise TransformError(f"{where}: {key} = {p[key]!r} must be True or False")
+    if p["use_pca"] and (not isinstance(p["pca_dim"], int) or isinstance(p["pca_dim"], bool)
+                         or p["pca_dim"] < 1):
+        raise TransformError(f"{where}: use_pca needs an integer pca_dim >= 1 (got {p['pca_dim']!r})")
+    if p["whiten"] and not p["use_pca"]:
+        raise TransformError(f"{where}: whiten needs use_pca: True")
+    if p["vit_pool"] not in VIT_POOLS:
+        raise TransformError(f"{where}: vit_pool = {p['vit_pool']!r} is not valid; choose one of: "
+                             f"{', '.join(VIT_POOLS)}")
+
+
 class Infeasible(Exception):
     """A configuration cannot run on this space at this data size; the message is the rule."""
 

@@ -532,6 +532,10 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:          # e.g. `--list-layers … | head`
         return 0
+    except OSError as exc:           # a disk full or a folder removed while writing results
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'output'}); free space or fix the "
+              "folder and rerun: completed cache files are kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; completed cache files are kept and a rerun resumes", file=sys.stderr)
         return 130

@@ -116,6 +116,8 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
      "n_component"),
     (lambda c: c.__setitem__("layer_configs", [{"name": "a", "layers": [7], "agregate": "mean"}]), "agregate"),
     (lambda c: c["kid"].__setitem__("subset", 10), "subset"),
+    (lambda c: c["feature_transforms"].append({"name": "p", "use_pca": True, "pca_dims": 4}), "pca_dims"),
+    (lambda c: c["feature_transforms"].append({"name": "v", "vit_pool": "max"}), "vit_pool"),
     (lambda c: c["cmmd"].__setitem__("sigma", 0), "sigma"),
     (lambda c: c.__setitem__("num_workers", -1), "num_workers"),
     (lambda c: c.__setitem__("seed", -1), "seed"),
