@@ -325,7 +325,7 @@ def gram_rows(act: np.ndarray, precision: str = "float32", device: str = "cpu") 
     triangle, off-diagonal x sqrt(2)), computed by batched GEMM in `precision` on normalised
     activations (as gram_kernel_blocks), for layers narrow enough to hold them."""
     import torch
-    images = _Images([act], [], torch.device(device), precision, 0)
+    images = _Images([act], [], torch.device(device), precision, 2**31)
     c = images.c
     iu = np.triu_indices(c)
     flat = torch.from_numpy(iu[0] * c + iu[1]).to(images.device)
