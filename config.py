@@ -176,7 +176,7 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     """Raise ConfigError naming the first invalid value and the valid choices.
 
     `backbones` are the registry's names (passed in so config.py imports nothing).
-    Layer indices are checked against the registry by `main.resolve_layers`.
+    Layer indices are checked against the registry by `layer_registry.resolve_layers`.
     """
     from degradation_generator import validate_degradations  # local: keeps config import-free
 
@@ -270,21 +270,16 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     if not isinstance(cfg["top_n"], int) or cfg["top_n"] < 1:
         raise ConfigError(f"config['top_n'] = {cfg['top_n']!r} must be an integer >= 1")
 
-    from distance_metrics import METRIC_PARAMS
-    for section, keys in METRIC_PARAMS.items():
-        extra = set(cfg[section]) - set(keys)
-        if extra:
-            raise ConfigError(f"config['{section}'] has unknown key(s) {sorted(extra)}; valid keys: "
-                              f"{', '.join(keys)} (edit config.py)")
-    kid = cfg["kid"]
-    if kid["subsets"] is not None and (not isinstance(kid["subsets"], int) or kid["subsets"] < 1):
-        raise ConfigError(f"kid subsets = {kid['subsets']!r} must be None or an integer >= 1")
-    if not isinstance(kid["subset_size"], int) or kid["subset_size"] < 2:
-        raise ConfigError(f"kid subset_size = {kid['subset_size']!r} must be an integer >= 2")
-    for key in ("sigma", "scale"):
-        v = cfg["cmmd"][key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise ConfigError(f"config['cmmd']['{key}'] = {v!r} must be a positive number (edit config.py)")
+    from distance_metrics import MetricInputError, validate_metric_params
+    for section in ("kid", "cmmd"):
+        try:
+            validate_metric_params(section, cfg[section])
+        except MetricInputError as exc:
+            raise ConfigError(f"{exc} (edit config.py)") from None
+    extra = set(cfg["bootstrap"]) - {"n_resamples", "scope", "confidence"}
+    if extra:
+        raise ConfigError(f"config['bootstrap'] has unknown key(s) {sorted(extra)}; valid keys: "
+                          "n_resamples, scope, confidence (edit config.py)")
 
     for backbone in ENABLED_LAYERS:
         _choice(backbone, backbones, "ENABLED_LAYERS key")

@@ -20,10 +20,10 @@ CMMD_SIGMA = 10.0     # RBF bandwidth used by the CMMD reference (Jayasumana et 
 CMMD_SCALE = 1000.0   # the CMMD reference reports MMD^2 x 1000
 KID_DEGREE, KID_COEF0 = 3, 1.0   # Binkowski et al. 2018 (KID), torch-fidelity defaults
 KID_SUBSET_SIZE = 1000
-# The parameters of config['kid'] and config['cmmd'] (the config sections' valid keys).
-METRIC_PARAMS = {"kid": {"subsets": None, "subset_size": KID_SUBSET_SIZE, "degree": KID_DEGREE,
-                         "gamma": None, "coef0": KID_COEF0},
-                 "cmmd": {"sigma": CMMD_SIGMA, "scale": CMMD_SCALE}}
+# The parameters of config['kid'] and config['cmmd'] (their values live in config.py only;
+# the constants above are the published ones, and a test checks that config.py's agree).
+METRIC_PARAMS = {"kid": ("subsets", "subset_size", "degree", "gamma", "coef0"),
+                 "cmmd": ("sigma", "scale")}
 
 
 class MetricInputError(ValueError):
@@ -47,6 +47,34 @@ METRICS = {
 }
 TWO_SAMPLE_METRICS = tuple(m for m, r in METRICS.items() if not r["model"])
 MODEL_METRICS = tuple(m for m, r in METRICS.items() if r["model"])
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+
+
+def validate_metric_params(section: str, params: dict) -> None:
+    """Raise MetricInputError naming an unknown key or a bad value of config['kid'|'cmmd']."""
+    extra = set(params) - set(METRIC_PARAMS[section])
+    if extra:
+        raise MetricInputError(f"config['{section}'] has unknown key(s) {sorted(extra)}; valid keys: "
+                               f"{', '.join(METRIC_PARAMS[section])}")
+    p = params
+    if section == "kid":
+        if p.get("subsets") is not None and (not isinstance(p["subsets"], int) or p["subsets"] < 1):
+            raise MetricInputError(f"kid subsets = {p['subsets']!r} must be None or an integer >= 1")
+        if not isinstance(p.get("subset_size"), int) or p["subset_size"] < 2:
+            raise MetricInputError(f"kid subset_size = {p.get('subset_size')!r} must be an integer >= 2")
+        if not isinstance(p.get("degree"), int) or p["degree"] < 1:
+            raise MetricInputError(f"kid degree = {p.get('degree')!r} must be an integer >= 1")
+        if p.get("gamma") is not None and not _positive(p["gamma"]):
+            raise MetricInputError(f"kid gamma = {p['gamma']!r} must be None (1/dim) or a positive number")
+        if not (isinstance(p.get("coef0"), (int, float)) and np.isfinite(p["coef0"])):
+            raise MetricInputError(f"kid coef0 = {p.get('coef0')!r} must be a number")
+    else:
+        for key in ("sigma", "scale"):
+            if not _positive(p.get(key)):
+                raise MetricInputError(f"config['cmmd']['{key}'] = {p.get(key)!r} must be a positive number")
 
 
 def check_features(x, name: str = "features", min_rows: int = 2) -> np.ndarray:

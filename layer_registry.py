@@ -185,6 +185,31 @@ BACKBONES = {
 BACKBONE_NAMES = tuple(BACKBONES)
 
 
+class LayerError(ValueError):
+    """A layer index or name the registry cannot resolve; the message says how to list them."""
+
+
+def resolve_layers(backbone: str, specs) -> list[tuple[int | None, str]]:
+    """[(registry index or None, module path)] for indices or module paths of `backbone`.
+    A path outside the table is kept as given (checked against the built model later)."""
+    table = BACKBONES[backbone]["layers"]
+    by_path = {layer.path: layer.index for layer in table}
+    out = []
+    for spec in specs:
+        s = str(spec)
+        if s.lstrip("-").isdigit():
+            i = int(s)
+            if not 0 <= i < len(table):
+                raise LayerError(f"layer index {i} is out of range for {backbone}: valid indices are "
+                                 f"0..{len(table) - 1} (python main.py --list-layers {backbone})")
+            out.append((i, table[i].path))
+        elif s in by_path:
+            out.append((by_path[s], s))
+        else:
+            out.append((None, s))
+    return out
+
+
 def output_form(shape: tuple) -> str:
     """'map' for (C, H, W), 'tokens' for (T, D), 'vector' for (C,)."""
     return {3: "map", 2: "tokens", 1: "vector"}[len(shape)]

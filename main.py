@@ -22,7 +22,7 @@ import os
 import sys
 
 import config as C
-from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE
+from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE, LayerError, resolve_layers
 
 log = logging.getLogger("iqm")
 
@@ -153,26 +153,6 @@ def resolve_config(args) -> dict:
         raise UsageError(f"{where} {cfg['weights']!r}: no such file or folder. Give a checkpoint file "
                          "or a save_pretrained folder, or one of auto, pretrained, random")
     return cfg
-
-
-def resolve_layers(backbone: str, specs) -> list[tuple[int | None, str]]:
-    """[(registry index or None, module path)] for indices or module paths."""
-    table = BACKBONES[backbone]["layers"]
-    by_path = {layer.path: layer.index for layer in table}
-    out = []
-    for spec in specs:
-        s = str(spec)
-        if s.lstrip("-").isdigit():
-            i = int(s)
-            if not 0 <= i < len(table):
-                raise UsageError(f"layer index {i} is out of range for {backbone}: valid indices are "
-                                 f"0..{len(table) - 1} (python main.py --list-layers {backbone})")
-            out.append((i, table[i].path))
-        elif s in by_path:
-            out.append((by_path[s], s))
-        else:
-            out.append((None, s))   # any other module path: checked against the built model
-    return out
 
 
 def check_module_paths(backbone: str, layers, image_size) -> None:
@@ -524,7 +504,7 @@ def main(argv=None) -> int:
         if args.build_cache:
             return build_cache(cfg, args)
         return run(cfg, args)
-    except (UsageError, C.ConfigError, DatasetError) as exc:
+    except (UsageError, C.ConfigError, DatasetError, LayerError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (WeightsError, CacheError) as exc:

@@ -291,3 +291,13 @@ def test_kid_subsets_from_kernels_equal_explicit_subsets():
     idx = np.random.default_rng(2).integers(0, len(ev), len(ev))
     assert kern.score_prepared(k_state) == pytest.approx(explicit.score_prepared(e_state), rel=1e-9)
     assert kern.score_prepared(k_state, idx) == pytest.approx(explicit.score_prepared(e_state, idx), rel=1e-9)
+
+
+def test_config_defaults_are_the_published_constants():
+    """config.py holds the defaults; they must stay the papers' values (KID: torch-fidelity /
+    Binkowski et al.; CMMD: the reference implementation)."""
+    from config import CONFIG
+    assert CONFIG["cmmd"] == {"sigma": dm.CMMD_SIGMA, "scale": dm.CMMD_SCALE}
+    k = CONFIG["kid"]
+    assert (k["degree"], k["coef0"], k["subset_size"]) == (dm.KID_DEGREE, dm.KID_COEF0, dm.KID_SUBSET_SIZE)
+    assert set(k) == set(dm.METRIC_PARAMS["kid"]) and set(CONFIG["cmmd"]) == set(dm.METRIC_PARAMS["cmmd"])
