@@ -15,8 +15,11 @@ have millions of dimensions and are held as kernels only (representations.py).
   from the n x n centred kernel (Woodbury identity): no d x d matrix is formed, and the
   result equals the explicit d-dimensional model.
 * ``{"type": "gmm", "covariance_type": diag|full|tied|spherical, "n_components": k}``
-  — scikit-learn's GaussianMixture on explicit rows, `random_state=seed`, `reg_covar`
-  (default 1e-6) on every covariance's diagonal.
+  — scikit-learn's GaussianMixture, `random_state=seed`, `reg_covar` (default 1e-6) on every
+  covariance's diagonal. Full and tied covariances are rotation-invariant: when d > n - 1 or
+  the space is a kernel they are fitted on the exact span coordinates of the reference rows
+  (`SpanCoordinates`), which gives the same mixture as the d-dimensional rows without any
+  d x d matrix. Diag and spherical ones need explicit rows.
 * ``{"type": "kde", "bandwidth": "auto" | h}`` — Gaussian kernel density. ``auto`` is Scott's
   rule on the pooled standard deviation: h = n^(-1/(d+4)) * sqrt(trace(S) / d) (an isotropic
   rule of thumb, deterministic and cheap). Evaluated densely, from explicit rows or kernels.
@@ -44,7 +47,7 @@ LOG_2PI = float(np.log(2 * np.pi))
 MODELS = {
     "gaussian": {"forms": ("explicit", "kernel"), "covariance": True,
                  "params": {"reg": GAUSSIAN_REG}},
-    "gmm": {"forms": ("explicit",), "covariance": True,
+    "gmm": {"forms": ("explicit", "kernel"), "covariance": True,
             "params": {"covariance_type": "full", "n_components": 1, "reg_covar": GMM_REG_COVAR}},
     "kde": {"forms": ("explicit", "kernel"), "covariance": False,
             "params": {"bandwidth": "auto"}},
@@ -97,14 +100,14 @@ def model_feasibility(spec: dict, form: str, dim: int, n_ref: int) -> str | None
     """None when the model can be fitted on this space, else the rule that forbids it."""
     kind = spec["type"]
     if form not in MODELS[kind]["forms"]:
-        return (f"a {kind} model needs explicit feature rows; this space ({dim} dims) is held "
-                "as exact linear kernel blocks, its rows exceeding a quarter of "
-                "config['max_representation_bytes'] (add use_pca to the transform)")
+        return f"a {kind} model needs explicit feature rows; this space is held as kernel blocks"
     if kind == "gmm":
         p = model_params(spec)
-        if p["covariance_type"] in ("full", "tied") and dim > n_ref - 1:
-            return (f"a {p['covariance_type']}-covariance GMM needs at most n_ref - 1 = {n_ref - 1} "
-                    f"dimensions (here {dim}): its covariance would be singular; use PCA or diag")
+        if form == "kernel" and p["covariance_type"] in ("diag", "spherical"):
+            return (f"a {p['covariance_type']}-covariance GMM is not rotation-invariant, so it needs "
+                    f"explicit rows; this space ({dim} dims) is held as exact kernel blocks, its rows "
+                    "exceeding a quarter of config['max_representation_bytes'] (add use_pca to the "
+                    "transform, or use covariance_type full or tied)")
         if p["n_components"] > n_ref:
             return (f"a GMM with {p['n_components']} components needs at least as many reference "
                     f"images (here {n_ref})")
@@ -138,6 +141,56 @@ def _singular_tol(eigenvalues: np.ndarray, n: int, d: int) -> float:
     return float(max(eigenvalues.max(initial=0.0), 0.0) * max(n, d) * np.finfo(np.float64).eps)
 
 
+class SpanCoordinates:
+    """Exact coordinates of rows in the span of the centred reference rows, from explicit rows
+    or from a kernel alone: with the centred reference kernel Kc = V W V^T (W > 0 on r <= n - 1
+    components), the reference rows are `ref` = V W^1/2 (n, r), and any row x has coordinates
+    z = W^-1/2 V^T kc(x) and squared distance |x - mu|^2 to the reference mean, of which
+    |x - mu|^2 - |z|^2 lies outside the span. Distances and inner products are preserved, so
+    every rotation-invariant model fitted on `ref` is the model of the rows themselves."""
+
+    def __init__(self, space):
+        if isinstance(space, KernelRows):
+            k, self.dim = space.k, space.dim
+            self.n = len(k)
+            self._row_mean, self._all_mean = _centring(k)
+            kc = k - self._row_mean[:, None] - self._row_mean[None, :] + self._all_mean
+            self._rows_c = None
+        else:
+            self.n, self.dim = space.shape
+            self.mean = space.mean(axis=0)
+            self._rows_c = space - self.mean
+            kc = self._rows_c @ self._rows_c.T
+        w, v = linalg.eigh(kc)
+        keep = w > _singular_tol(w, self.n, self.dim)
+        self.w, v = w[keep], v[:, keep]
+        self.rank = int(keep.sum())
+        self.ref = v * np.sqrt(self.w)
+        self._proj = v / np.sqrt(self.w)
+        self.trace = float(np.trace(kc))
+        self._last = None
+
+    def query(self, x):
+        """(z (m, r), |x - mu|^2 (m,)) for explicit rows (m, d) or a KernelQuery. The last
+        query is remembered: every model of a space asks for the same evaluation set in turn."""
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
+        out = self._query(x)
+        self._last = (x, out)
+        return out
+
+    def _query(self, x):
+        if isinstance(x, KernelQuery):
+            kc = (x.k_xr - x.k_xr.mean(axis=1, keepdims=True) - self._row_mean[None, :]
+                  + self._all_mean)
+            sq = np.maximum(x.sq - 2.0 * x.k_xr.mean(axis=1) + self._all_mean, 0.0)
+        else:
+            xc = x - self.mean
+            kc = xc @ self._rows_c.T
+            sq = np.sum(xc * xc, axis=1)
+        return kc @ self._proj, sq
+
+
 # ---------------------------------------------------------------- Gaussian
 
 class GaussianModel:
@@ -150,71 +203,47 @@ class GaussianModel:
     (x-mu)^T (S + ridge I)^-1 (x-mu) = sum z^2 / (s + ridge) + residual / ridge
     and log det(S + ridge I) = sum log(s + ridge) + (d - r) log ridge."""
 
-    def __init__(self, space, reg: float = GAUSSIAN_REG):
+    def __init__(self, space, reg: float = GAUSSIAN_REG, span=None):
         self.reg = reg
-        if isinstance(space, KernelRows):
-            self._fit_span(space.k, space.dim)
+        if isinstance(space, KernelRows) or space.shape[1] > space.shape[0] - 1:
+            self._fit_span(span or SpanCoordinates(space))
             return
         x = space
         n, d = x.shape
         self.dim, self.n = d, n
         self.mean = x.mean(axis=0)
-        if d > n - 1:
-            xc = x - self.mean
-            self._rows_c = xc
-            self._fit_span(None, d, kc=xc @ xc.T)
-            return
         self.form = "covariance"
         cov = np.cov(x, rowvar=False, ddof=1).reshape(d, d)
         w = linalg.eigvalsh(cov)
-        tol = _singular_tol(w, n, d)
-        self.rank = int(np.sum(w > tol))
+        self.rank = int(np.sum(w > _singular_tol(w, n, d)))
         self.ridge = reg * float(np.trace(cov)) / d if self.rank < d else 0.0
-        if self.rank < d and self.ridge <= 0:
-            raise ModelError(f"the reference covariance ({n} images, {d} dims) is singular (rank "
-                             f"{self.rank}); use reg > 0 in the gaussian model, PCA, or more images")
+        self._check_ridge(n, d)
         self.covariance = cov + np.eye(d) * self.ridge
         self._chol = linalg.cholesky(self.covariance, lower=True)
         self._logdet = 2.0 * float(np.sum(np.log(np.diag(self._chol))))
         self._chol_inv = linalg.solve_triangular(self._chol, np.eye(d), lower=True)
 
-    def _fit_span(self, k_rr, d, kc=None):
-        self.form, self.dim = "span", d
-        if kc is None:
-            self.n = len(k_rr)
-            self._row_mean, self._all_mean = _centring(k_rr)
-            kc = k_rr - self._row_mean[:, None] - self._row_mean[None, :] + self._all_mean
-        n = len(kc)
-        w, v = linalg.eigh(kc)
-        tol = _singular_tol(w, n, d)
-        keep = w > tol
-        self.rank = int(keep.sum())
-        self._v, self._w = v[:, keep], w[keep]
-        s = self._w / (n - 1)
-        trace = float(np.trace(kc)) / (n - 1)
-        self.ridge = reg_ridge = self.reg * trace / d if self.rank < d else 0.0
-        if self.rank < d and reg_ridge <= 0:
+    def _check_ridge(self, n, d):
+        if self.rank < d and self.ridge <= 0:
             raise ModelError(f"the reference covariance ({n} images, {d} dims) is singular (rank "
                              f"{self.rank}); use reg > 0 in the gaussian model, PCA, or more images")
-        self._inv = 1.0 / (s + reg_ridge)
-        self._logdet = float(np.sum(np.log(s + reg_ridge))
-                             + ((d - self.rank) * np.log(reg_ridge) if self.rank < d else 0.0))
-        self._proj = self._v / np.sqrt(self._w)          # kc(x) @ proj = span coordinates
+
+    def _fit_span(self, span: "SpanCoordinates"):
+        self.form, self.span, self.dim, self.n, self.rank = "span", span, span.dim, span.n, span.rank
+        d, n = span.dim, span.n
+        s = span.w / (n - 1)
+        self.ridge = self.reg * span.trace / (n - 1) / d if self.rank < d else 0.0
+        self._check_ridge(n, d)
+        self._inv = 1.0 / (s + self.ridge)
+        self._logdet = float(np.sum(np.log(s + self.ridge))
+                             + ((d - self.rank) * np.log(self.ridge) if self.rank < d else 0.0))
 
     # squared Mahalanobis distance of each row
     def _sq_mahalanobis(self, x):
         if self.form == "covariance":
             z = (x - self.mean) @ self._chol_inv.T
             return np.sum(z * z, axis=1)
-        if isinstance(x, KernelQuery):
-            kc = (x.k_xr - x.k_xr.mean(axis=1, keepdims=True) - self._row_mean[None, :]
-                  + self._all_mean)
-            sq = np.maximum(x.sq - 2.0 * x.k_xr.mean(axis=1) + self._all_mean, 0.0)
-        else:
-            xc = x - self.mean
-            kc = xc @ self._rows_c.T
-            sq = np.sum(xc * xc, axis=1)
-        z = kc @ self._proj
+        z, sq = self.span.query(x)
         inside = np.sum(z * z, axis=1)
         out = np.sum(z * z * self._inv, axis=1)
         if self.ridge > 0:
@@ -229,32 +258,61 @@ class GaussianModel:
 
 
 class GMMModel:
-    def __init__(self, x: np.ndarray, covariance_type: str, n_components: int, seed: int,
-                 reg_covar: float = GMM_REG_COVAR):
+    """scikit-learn's GaussianMixture. A full or tied covariance (+ reg_covar I) is rotation-
+    invariant, so when d > n - 1 (or the space is a kernel) it is fitted on the reference rows'
+    exact span coordinates (SpanCoordinates, r <= n - 1 dims): the same EM, k-means init and
+    result as on the d-dimensional rows, since the d - r dimensions outside the span carry
+    reg_covar alone and add the same term to every component. A diag or spherical covariance
+    is not rotation-invariant and needs explicit rows."""
+
+    def __init__(self, space, covariance_type: str, n_components: int, seed: int,
+                 reg_covar: float = GMM_REG_COVAR, span=None):
         from sklearn.mixture import GaussianMixture
-        n, d = x.shape
+        kernel = isinstance(space, KernelRows)
+        n, d = (len(space.k), space.dim) if kernel else space.shape
         if n_components > n:
             raise ModelError(f"GMM with {n_components} components needs at least as many "
                              f"reference images; got {n}. Lower n_components or use more images")
+        self.span = None
+        rows = space
+        if covariance_type in ("full", "tied") and (kernel or d > n - 1):
+            self.span = span or SpanCoordinates(space)
+            rows = self.span.ref
+            self.outside = d - self.span.rank
+            if self.outside > 0 and reg_covar <= 0:
+                raise ModelError(f"a {covariance_type}-covariance GMM in {d} dimensions from {n} images "
+                                 "needs reg_covar > 0 (its covariance is singular outside the "
+                                 "reference span)")
+        elif kernel:
+            raise ModelError(f"a {covariance_type}-covariance GMM needs explicit rows")
         self.gmm = GaussianMixture(n_components=n_components, covariance_type=covariance_type,
                                    reg_covar=reg_covar, random_state=seed,
-                                   max_iter=GMM_MAX_ITER).fit(x)
+                                   max_iter=GMM_MAX_ITER).fit(rows)
         self.covariance_type = covariance_type
         self.ridge = reg_covar
 
+    def _rows(self, x):
+        """Rows the fitted mixture sees, and the squared distance outside the span / reg_covar."""
+        if self.span is None:
+            return x, 0.0
+        z, sq = self.span.query(x)
+        return z, np.maximum(sq - np.sum(z * z, axis=1), 0.0) / self.ridge if self.outside else 0.0
+
     def log_density(self, x):
-        return self.gmm.score_samples(x)
+        z, out = self._rows(x)
+        extra = 0.0 if self.span is None else self.outside * np.log(2 * np.pi * self.ridge)
+        return self.gmm.score_samples(z) - 0.5 * (out + extra)
 
     def _component_sq_mahalanobis(self, x):
-        g, n = self.gmm, len(x)
-        k = g.n_components
-        out = np.empty((n, k))
-        for j in range(k):
+        """(n, k) squared Mahalanobis distances, from the fitted precision Cholesky factors."""
+        g = self.gmm
+        out = np.empty((len(x), g.n_components))
+        for j in range(g.n_components):
             diff = x - g.means_[j]
             if self.covariance_type in ("full", "tied"):
-                cov = g.covariances_[j] if self.covariance_type == "full" else g.covariances_
-                z = linalg.solve_triangular(linalg.cholesky(cov, lower=True), diff.T, lower=True)
-                out[:, j] = np.sum(z * z, axis=0)
+                pc = g.precisions_cholesky_[j] if self.covariance_type == "full" else g.precisions_cholesky_
+                y = diff @ pc
+                out[:, j] = np.sum(y * y, axis=1)
             elif self.covariance_type == "diag":
                 out[:, j] = np.sum(diff ** 2 / g.covariances_[j], axis=1)
             else:  # spherical
@@ -262,8 +320,10 @@ class GMMModel:
         return out
 
     def mahalanobis(self, x):
-        resp = self.gmm.predict_proba(x)
-        return np.sum(resp * np.sqrt(self._component_sq_mahalanobis(x)), axis=1)
+        z, out = self._rows(x)
+        resp = self.gmm.predict_proba(z)
+        sq = self._component_sq_mahalanobis(z) + np.asarray(out).reshape(-1, 1)
+        return np.sum(resp * np.sqrt(sq), axis=1)
 
 
 class KDEModel:
@@ -307,9 +367,10 @@ class KDEModel:
                          "not kde (a KDE has none of its own)")
 
 
-def fit_distribution(space, spec: dict, seed: int = 0):
+def fit_distribution(space, spec: dict, seed: int = 0, span: SpanCoordinates | None = None):
     """Fit the model described by `spec` (a config['distribution_models'] entry) to the
-    reference side of a space: explicit rows (n, d) or a KernelRows."""
+    reference side of a space: explicit rows (n, d) or a KernelRows. `span`, the space's
+    SpanCoordinates when already computed, is shared by the models that use one."""
     kind = spec.get("type")
     if kind not in MODELS:
         raise ModelError(f"unknown distribution model type {kind!r}; choose one of: {', '.join(MODELS)}")
@@ -317,10 +378,8 @@ def fit_distribution(space, spec: dict, seed: int = 0):
     if not isinstance(space, KernelRows):
         from distance_metrics import check_features
         space = check_features(space, "reference")
-    elif "kernel" not in MODELS[kind]["forms"]:
-        raise ModelError(f"a {kind} model needs explicit rows")
     if kind == "gaussian":
-        return GaussianModel(space, p["reg"])
+        return GaussianModel(space, p["reg"], span)
     if kind == "gmm":
-        return GMMModel(space, p["covariance_type"], p["n_components"], seed, p["reg_covar"])
+        return GMMModel(space, p["covariance_type"], p["n_components"], seed, p["reg_covar"], span)
     return KDEModel(space, p["bandwidth"])

@@ -31,8 +31,8 @@ import numpy as np
 from scipy import stats
 
 import distance_metrics as dm
-from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, fit_distribution,
-                                   model_feasibility, model_params)
+from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, SpanCoordinates,
+                                   fit_distribution, model_feasibility, model_params)
 from feature_spaces import FeatureSpace, Infeasible
 
 SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
@@ -243,7 +243,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     except (dm.MetricInputError, ModelError) as exc:
         return [_set(r, FAILED, str(exc)) for r in results]
     unit = None
-    models = {}
+    models, spans = {}, {}
     work = []
     for r in results:
         c = r.conf
@@ -261,8 +261,10 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
                 mkey = json.dumps([c.model["type"], model_params(c.model)], sort_keys=True)
                 if mkey not in models:
                     ref = KernelRows(s.kernel.rr, s.dim) if s.kernel is not None else s.ref
+                    if id(s) not in spans and (s.kernel is not None or s.dim > s.n_ref - 1):
+                        spans[id(s)] = SpanCoordinates(ref)     # shared by the space's models
                     try:
-                        models[mkey] = fit_distribution(ref, c.model, seed)
+                        models[mkey] = fit_distribution(ref, c.model, seed, spans.get(id(s)))
                     except (ModelError, dm.MetricInputError) as exc:
                         models[mkey] = exc
                 model = models[mkey]
@@ -276,11 +278,15 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
         except (dm.MetricInputError, ModelError, ArithmeticError) as exc:
             _set(r, FAILED, str(exc))
     for key in space.keys:                 # each evaluation set visited once for the group
+        inputs = {}                        # one input object per (space, form): models share it
         for r, s in work:
             if r.status != SCORED:
                 continue
             try:
-                r.prepared[key] = r.scorer.prepare(_evaluation_input(r.conf.metric, s, key))
+                ik = (id(s), dm.METRICS[r.conf.metric]["model"])
+                if ik not in inputs:
+                    inputs[ik] = _evaluation_input(r.conf.metric, s, key)
+                r.prepared[key] = r.scorer.prepare(inputs[ik])
             except (dm.MetricInputError, ModelError, ArithmeticError) as exc:
                 _set(r, FAILED, str(exc))
     for r, s in work:

@@ -13,6 +13,7 @@ import numpy as np
 
 RULE = "=" * 80
 PNG_FAST = {"compress_level": 1}   # larger files, encoded several times faster
+PLOT_DPI = 80                      # 5 degradations x 4.2 in: 1680 px wide, rendered in half the time
 
 
 def _weights_label(prov: dict) -> str:
@@ -79,7 +80,7 @@ def plot_monotonicity(path: str, result, position: int) -> None:
     fig.suptitle(title, fontsize=9)
     # fixed margins: tight_layout would draw the figure twice
     fig.subplots_adjust(left=0.06 / max(1, len(degs) / 3), right=0.99, bottom=0.28, top=0.85, wspace=0.3)
-    fig.savefig(path, dpi=110, pil_kwargs=PNG_FAST)
+    fig.savefig(path, dpi=PLOT_DPI, pil_kwargs=PNG_FAST)
     plt.close(fig)
 
 

@@ -301,3 +301,26 @@ def test_config_defaults_are_the_published_constants():
     k = CONFIG["kid"]
     assert (k["degree"], k["coef0"], k["subset_size"]) == (dm.KID_DEGREE, dm.KID_COEF0, dm.KID_SUBSET_SIZE)
     assert set(k) == set(dm.METRIC_PARAMS["kid"]) and set(CONFIG["cmmd"]) == set(dm.METRIC_PARAMS["cmmd"])
+
+
+@pytest.mark.parametrize("cov", ["full", "tied"])
+def test_full_and_tied_gmm_in_the_reference_span_equal_sklearn_on_the_rows(cov):
+    """d = 64 > n - 1 = 39: fitted on the span coordinates (from rows, or kernels alone), the
+    mixture equals scikit-learn's fitted on the 64-dim rows: log-density and Mahalanobis."""
+    from sklearn.mixture import GaussianMixture
+    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    ref, ev = CASES["singular"]
+    spec = {"type": "gmm", "covariance_type": cov, "n_components": 3, "reg_covar": 1e-2}
+    peer = GaussianMixture(3, covariance_type=cov, reg_covar=1e-2, random_state=0, max_iter=200).fit(ref)
+    rows = fit_distribution(ref, spec, seed=0)
+    kern = fit_distribution(KernelRows(ref @ ref.T, ref.shape[1]), spec, seed=0)
+    assert rows.span is not None and rows.span.rank == 39
+    q = KernelQuery(ev @ ref.T, np.sum(ev * ev, axis=1))
+    np.testing.assert_allclose(rows.log_density(ev), peer.score_samples(ev), rtol=1e-6)
+    np.testing.assert_allclose(kern.log_density(q), peer.score_samples(ev), rtol=1e-6)
+    covs = peer.covariances_ if cov == "full" else [peer.covariances_] * 3
+    resp = peer.predict_proba(ev)
+    direct = sum(resp[:, j] * np.array([scipy_mahalanobis(x, peer.means_[j], np.linalg.inv(covs[j]))
+                                        for x in ev]) for j in range(3))
+    np.testing.assert_allclose(rows.mahalanobis(ev), direct, rtol=1e-6)
+    np.testing.assert_allclose(kern.mahalanobis(q), direct, rtol=1e-6)
