@@ -446,7 +446,3 @@ def cache_info(root: str) -> list[dict]:
                              "complete": bool(meta.get("complete")),
                              "weights": meta.get("context", {}).get("weights", {})})
     return rows
-
-
-def remove_entry(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
