@@ -141,6 +141,12 @@ def _singular_tol(eigenvalues: np.ndarray, n: int, d: int) -> float:
     return float(max(eigenvalues.max(initial=0.0), 0.0) * max(n, d) * np.finfo(np.float64).eps)
 
 
+def in_span(space) -> bool:
+    """Are the models of this space (Gaussian, full/tied GMM) computed in the span of the
+    reference rows? Yes for kernels and for rows with more dimensions than n - 1."""
+    return isinstance(space, KernelRows) or space.shape[1] > space.shape[0] - 1
+
+
 class SpanCoordinates:
     """Exact coordinates of rows in the span of the centred reference rows, from explicit rows
     or from a kernel alone: with the centred reference kernel Kc = V W V^T (W > 0 on r <= n - 1
@@ -205,7 +211,7 @@ class GaussianModel:
 
     def __init__(self, space, reg: float = GAUSSIAN_REG, span=None):
         self.reg = reg
-        if isinstance(space, KernelRows) or space.shape[1] > space.shape[0] - 1:
+        if in_span(space):
             self._fit_span(span or SpanCoordinates(space))
             return
         x = space
@@ -275,7 +281,7 @@ class GMMModel:
                              f"reference images; got {n}. Lower n_components or use more images")
         self.span = None
         rows = space
-        if covariance_type in ("full", "tied") and (kernel or d > n - 1):
+        if covariance_type in ("full", "tied") and in_span(space):
             self.span = span or SpanCoordinates(space)
             rows = self.span.ref
             self.outside = d - self.span.rank
@@ -338,7 +344,7 @@ class KDEModel:
             k, d = space.k, space.dim
             n = len(k)
             self._ref_sq = np.diag(k).copy()
-            row, all_mean = _centring(k)
+            _, all_mean = _centring(k)
             trace = float(np.trace(k) - n * all_mean) / (n - 1)
             self._rows = None
         else:

@@ -32,7 +32,7 @@ from scipy import stats
 
 import distance_metrics as dm
 from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, SpanCoordinates,
-                                   fit_distribution, model_feasibility, model_params)
+                                   fit_distribution, in_span, model_feasibility, model_params)
 from feature_spaces import FeatureSpace, Infeasible
 
 SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
@@ -261,7 +261,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
                 mkey = json.dumps([c.model["type"], model_params(c.model)], sort_keys=True)
                 if mkey not in models:
                     ref = KernelRows(s.kernel.rr, s.dim) if s.kernel is not None else s.ref
-                    if id(s) not in spans and (s.kernel is not None or s.dim > s.n_ref - 1):
+                    if id(s) not in spans and in_span(ref):
                         spans[id(s)] = SpanCoordinates(ref)     # shared by the space's models
                     try:
                         models[mkey] = fit_distribution(ref, c.model, seed, spans.get(id(s)))
