@@ -32,6 +32,11 @@ CONFIG = {
     "cache_dir": "cache",
     "results_dir": "results",
     "cache_dtype": "float16",      # float16 | float32: how raw activations are stored
+    # Sweeps: configurations sharing features are scored as one task, `jobs` tasks at a time
+    # in worker processes ("auto" = every core; 1 = in this process). With `dask_scheduler`
+    # (an address such as "tcp://10.0.0.5:8786") the tasks run on that Dask cluster instead.
+    "jobs": "auto",
+    "dask_scheduler": None,
     # Arithmetic of the forward pass: float32 (exact), or bfloat16/float16 autocast (faster on
     # GPUs, ~1e-2 relative error in activations). Part of the cache key, whatever the device.
     "extraction_precision": "float32",
@@ -210,6 +215,16 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
         raise ConfigError(f"config['num_workers'] = {nw!r} must be 'auto' or an integer >= 0 "
                           "(0 decodes images in the main process)")
+
+    from parallel import ParallelError, resolve_jobs
+    try:
+        resolve_jobs(cfg["jobs"])
+    except ParallelError as exc:
+        raise ConfigError(f"config['jobs']: {exc}") from None
+    ds = cfg["dask_scheduler"]
+    if ds is not None and (not isinstance(ds, str) or not ds.strip()):
+        raise ConfigError(f"config['dask_scheduler'] = {ds!r} must be None or a scheduler address "
+                          "such as 'tcp://host:8786'")
 
     names = set()
     from feature_spaces import AGGREGATIONS, TransformError, validate_transform

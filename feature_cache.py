@@ -15,10 +15,18 @@ Layout (the original pipeline's, with content keys):
   rule and normalisation, degradation type, level and seed, stored dtype and the
   cache format version. Each file's key is stored in metadata.json and compared
   on load, so a changed parameter is a CACHE MISS, never a stale hit.
-* Every file is written to a temporary name and `os.replace`d into place, and
-  only then recorded in metadata.json (itself replaced atomically): a file not
-  listed there does not exist for the cache, so an interrupted build resumes
-  where it stopped. A `fcntl` lock serialises writers of one entry.
+* Every file is written to a temporary name and `os.replace`d into place, then
+  recorded twice: in its own record `<file>.record.json`, then in metadata.json
+  (both replaced atomically). A file without a record does not exist for the
+  cache, so an interrupted build resumes where it stopped.
+* N writers (shards, torchrun ranks, SLURM array tasks) may fill one entry at
+  once, finishing in any order. An `fcntl` lock serialises the manifest's
+  read-modify-write; each writer also merges every record it finds into it.
+  The per-file records are the truth and the manifest an index rebuilt from
+  them, so on a filesystem where the lock is not honoured (NFS without a lock
+  daemon, Lustre mounted without `-o flock`) a lost manifest update loses no
+  file: readers fall back to the record. Temporary files of a killed writer
+  (named after its host and pid) are removed by the next run on that host.
 * Each file's size, shape, dtype and sha256 are checked before use; a corrupt
   file is dropped with a warning and extracted again.
 """
@@ -32,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 
@@ -45,6 +54,8 @@ CHUNK_SIZE = 100                     # reference images per chunk file
 # output; tests/test_bad_input.py holds a golden hash of it per version.
 PREPROCESS_VERSION = 1
 CLEAN = "clean"
+RECORD_SUFFIX = ".record.json"       # per-file record beside each cached array
+HOST = socket.gethostname().replace("_", "-")
 # Libraries whose code makes the cached bytes, whatever the backbone; plus the backbone's own.
 PIPELINE_LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "pillow")
 
@@ -197,21 +208,46 @@ class LayerCache:
         _atomic_write_bytes(os.path.join(entry, "metadata.json"),
                             json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
 
-    @contextlib.contextmanager
-    def _locked(self, entry: str):
-        os.makedirs(entry, exist_ok=True)
-        with open(os.path.join(entry, ".lock"), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    @staticmethod
+    def _locked(entry: str):
+        return _lock(os.path.join(entry, ".lock"))
+
+    # ------------------------------------------------------------ per-file records
+    @staticmethod
+    def _record(entry: str, relpath: str) -> dict | None:
+        """The record `<file>.record.json` of one cached file, or None."""
+        try:
+            with open(os.path.join(entry, relpath + RECORD_SUFFIX), encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    @classmethod
+    def _records(cls, entry: str) -> dict:
+        """{relpath: record} of every file recorded in `entry`."""
+        out = {}
+        for folder, _, names in os.walk(entry):
+            for name in names:
+                if name.endswith(RECORD_SUFFIX) and not name.startswith(".tmp_"):
+                    rel = os.path.relpath(os.path.join(folder, name[:-len(RECORD_SUFFIX)]), entry)
+                    info = cls._record(entry, rel)
+                    if info is not None:
+                        out[rel.replace(os.sep, "/")] = info
+        return out
+
+    def _info(self, unit: Unit) -> dict | None:
+        """What the cache knows of `unit`'s file: the manifest's entry, else its own record
+        (a manifest update lost on a filesystem without working locks)."""
+        entry = self._dir(unit)
+        info = self._meta(entry)["files"].get(unit.relpath)
+        return info if info is not None else self._record(entry, unit.relpath)
 
     # ------------------------------------------------------------ queries
     def check(self, unit: Unit, full: bool | None = None) -> str | None:
         """None if `unit` is cached and intact, else why not ('absent', 'stale', 'corrupt: …')."""
         entry = self._dir(unit)
-        info = self._meta(entry)["files"].get(unit.relpath)
+        info = self._info(unit)
         if info is None:
             return "absent"
         if info.get("key") != self.unit_key(unit):
@@ -223,6 +259,9 @@ class LayerCache:
     def missing(self, units) -> list[Unit]:
         """The units that must be extracted; corrupt files are dropped with a warning."""
         out = []
+        for entry in sorted({self._dir(u) for u in units}):
+            _remove_orphans(entry)
+            self._heal(entry, sum(self._dir(u) == entry for u in units))
         for unit in units:
             why = self.check(unit)
             if why is None:
@@ -234,9 +273,23 @@ class LayerCache:
             out.append(unit)
         return out
 
+    def _heal(self, entry: str, n_units: int) -> None:
+        """Put files known only by their records (a lost or unusable manifest) back into the
+        manifest."""
+        records = self._records(entry)
+        if set(records) <= set(self._meta(entry)["files"]):
+            return
+        with self._locked(entry):
+            meta = self._read_meta(entry)
+            meta["files"].update(records)
+            meta["complete"] = len(meta["files"]) >= n_units
+            self._write_meta(entry, meta)
+
     def _forget(self, unit: Unit) -> None:
         entry = self._dir(unit)
         with self._locked(entry):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(entry, unit.relpath + RECORD_SUFFIX))
             meta = self._read_meta(entry)
             meta["files"].pop(unit.relpath, None)
             meta["complete"] = False
@@ -258,21 +311,23 @@ class LayerCache:
         entry = self._dir(unit)
         path = os.path.join(entry, unit.relpath)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with self._locked(entry):
-            _atomic_save_npy(path, stored)
-            meta = self._read_meta(entry)
-            meta["files"][unit.relpath] = {
-                "key": self.unit_key(unit), "shape": list(stored.shape), "dtype": str(stored.dtype),
+        _atomic_save_npy(path, stored)
+        info = {"key": self.unit_key(unit), "shape": list(stored.shape), "dtype": str(stored.dtype),
                 "bytes": os.path.getsize(path), "sha256": _sha256_path(path),
                 "images": [r.source for r in unit.records], "degradation": unit.dtype,
                 "level": unit.level}
+        _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True, default=str).encode())
+        with self._locked(entry):
+            meta = self._read_meta(entry)
+            meta["files"].update(self._records(entry))   # other writers' files, lock or no lock
+            meta["files"][unit.relpath] = info
             meta["complete"] = len(meta["files"]) >= n_units
             self._write_meta(entry, meta)
 
     def load(self, unit: Unit, mmap: bool = True) -> np.ndarray:
         """The cached array of `unit` (memory-mapped); raises CacheError if it changed."""
         entry = self._dir(unit)
-        info = self._meta(entry)["files"].get(unit.relpath)
+        info = self._info(unit)
         if info is None or info.get("key") != self.unit_key(unit):
             raise CacheError(f"{self.name}: {unit.relpath} is not in the cache; rebuild with "
                              "`python main.py --build-cache ...` or rerun the same command")
@@ -300,6 +355,11 @@ class DerivedCache:
         self.dir = os.path.join(cache.layer_dir, f"derived_{kind}_{self.key}")
         self.info: dict = {}
 
+    def ready(self) -> bool:
+        """Whether a complete artefact is recorded (its files are checked by `load`)."""
+        meta = LayerCache._read_meta(self.dir)
+        return meta.get("key") == self.key and bool(meta.get("complete"))
+
     def load(self) -> dict | None:
         """{name: array} when every file is present and intact, else None."""
         meta = LayerCache._read_meta(self.dir)
@@ -316,6 +376,12 @@ class DerivedCache:
             out[name[:-4]] = np.load(path, allow_pickle=False)
         return out
 
+    def computing(self):
+        """A lock held while the artefact is computed: a second process (another worker of a
+        parallel sweep, another sweep on this cache) waits, then loads what the first saved."""
+        os.makedirs(self.dir, exist_ok=True)
+        return _lock(os.path.join(self.dir, ".compute.lock"))
+
     def save(self, arrays: dict, info: dict | None = None) -> None:
         """Write `arrays` ({name: array}) and `info` (how they were made; not part of the key)."""
         os.makedirs(self.dir, exist_ok=True)
@@ -326,6 +392,7 @@ class DerivedCache:
                 _atomic_save_npy(path, array)
                 files[name + ".npy"] = {"shape": list(array.shape), "dtype": str(array.dtype),
                                         "bytes": os.path.getsize(path), "sha256": _sha256_path(path)}
+            self.info = info or {}
             meta = {"key": self.key, "kind": self.kind, "params": self.params, "files": files,
                     "info": info or {},
                     "complete": True, "context": self.cache.context}
@@ -354,6 +421,63 @@ def plan_extraction(backbone: str, caches: dict, units: list) -> dict:
 
 
 # ---------------------------------------------------------------- file helpers
+
+_UNLOCKED_WARNED = set()
+
+
+@contextlib.contextmanager
+def _lock(path: str):
+    """An exclusive `fcntl` lock on `path` (created). Where the filesystem refuses locks
+    (Lustre without `-o flock`, NFS without a lock manager) the block runs unlocked, with one
+    warning: the per-file records keep the cache correct without it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            folder = os.path.dirname(path)
+            if folder not in _UNLOCKED_WARNED:
+                _UNLOCKED_WARNED.add(folder)
+                log.warning("the filesystem of %s refuses file locks (%s); going on without them "
+                            "(per-file records keep the cache correct)", folder, exc.strerror)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _tmp_prefix() -> str:
+    """Temporary files name their writer, so a rerun can remove those of a killed one."""
+    return f".tmp_{HOST}_{os.getpid()}_"
+
+
+def _remove_orphans(entry: str) -> None:
+    """Delete temporary files left in `entry` by writers on this host that no longer run."""
+    head = f".tmp_{HOST}_"
+    for folder, _, names in os.walk(entry):
+        for name in names:
+            if not name.startswith(head):
+                continue
+            pid = name[len(head):].split("_", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+                log.info("removed %s, left by a writer that was stopped (pid %s)", name, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 def _sha256_path(path: str) -> str:
     h = hashlib.sha256()
@@ -394,7 +518,7 @@ def _atomic_write(path: str, write, suffix: str = "", size_hint: int = 0) -> Non
     A full disk raises CacheError naming the folder and the space needed; files already
     complete stay as they are."""
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=suffix)
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -437,6 +561,7 @@ def cache_info(root: str) -> list[dict]:
             for entry in sorted(os.listdir(ldir)) if os.path.isdir(ldir) else []:
                 edir = os.path.join(ldir, entry)
                 meta = LayerCache._read_meta(edir)
+                meta["files"].update(LayerCache._records(edir))
                 size = sum(os.path.getsize(os.path.join(dp, f))
                            for dp, _, fs in os.walk(edir) for f in fs)
                 rows.append({"backbone": backbone, "layer": layer, "entry": entry,

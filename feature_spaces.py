@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,6 +201,11 @@ class FeatureAssembler:
         self.n_ref = sum(len(u.records) for u in ref_units)
         self.n_eval = len(eval_units[0].records)
         self._layers, self._spaces = {}, {}
+        self.token = uuid.uuid4().hex   # one sweep's assembler: worker processes keep theirs by it
+
+    def __getstate__(self):
+        """Pickled for a worker process without what it has computed (paths travel, not data)."""
+        return {**self.__dict__, "_layers": {}, "_spaces": {}}
 
     @staticmethod
     def eval_key(unit):
@@ -236,9 +242,12 @@ class FeatureAssembler:
         key = (path, "gram")
         if key not in self._layers:
             self._layers[key] = self._compute_gram(path)
+        if isinstance(self._layers[key], Exception):
+            raise self._layers[key]
         return self._layers[key]
 
-    def _compute_gram(self, path) -> FeatureSpace:
+    def _gram_derived(self, path):
+        """(DerivedCache of the layer's Gram, explicit rows?, channels, positions, dims)."""
         from feature_cache import DerivedCache
         shape = self._shape(path)
         if len(shape) == 1:
@@ -246,57 +255,95 @@ class FeatureAssembler:
                              "spatial positions or tokens")
         c, p = rp.gram_shape(shape)
         dim = rp.gram_dim(c)
+        n_total = self.n_ref + self.n_eval * len(self.eval_units)
+        explicit = n_total * dim * 8 <= self.max_bytes // 4
+        # both kernel routes are exact: the route is recorded with the artefact, not part of its
+        # key, so a warm sweep finds it without choosing a device
+        derived = DerivedCache(self.caches[path], self.ref_units + self.eval_units,
+                               "gram_rows" if explicit else "gram_kernel",
+                               {"precision": self.precision, "version": rp.GRAM_KERNEL_VERSION})
+        return derived, explicit, c, p, dim
+
+    def prepare_grams(self, paths) -> list:
+        """Compute the Gram artefacts of `paths` missing from the derived cache now, with every
+        thread of this process: the GEMMs are multi-threaded, and a thread count fixed here, not
+        by where a sweep's tasks run, keeps the float32 kernels the same whatever the number of
+        jobs. Returns the paths computed."""
+        done = []
+        for path in paths:
+            try:
+                if self._gram_derived(path)[0].ready():
+                    continue
+                self._gram(path)
+                done.append(path)
+            except Infeasible:
+                pass                    # reported by the configurations that need it
+        return done
+
+    def forget(self) -> None:
+        """Drop what this assembler holds in memory (artefacts stay in the derived cache)."""
+        self._layers, self._spaces = {}, {}
+
+    def _compute_gram(self, path):
+        try:
+            derived, explicit, c, p, dim = self._gram_derived(path)
+        except Infeasible as exc:
+            return exc
         n_units = len(self.eval_units)
         n_total = self.n_ref + self.n_eval * n_units
         cache = self.caches[path]
-        units = self.ref_units + self.eval_units
         keys = [self.eval_key(u) for u in self.eval_units]
         what = f"Gram of {path} ({c} channels x {p} positions, {n_total} images)"
-        if n_total * dim * 8 <= self.max_bytes // 4:
-            derived = DerivedCache(cache, units, "gram_rows",
-                                   {"precision": self.precision, "version": rp.GRAM_KERNEL_VERSION})
-            arrays = derived.load()
-            if arrays is None:
-                t0 = time.perf_counter()
-                device = resolve_device(self.device)
-                arrays = {"ref": np.concatenate([rp.gram_rows(cache.load(u), self.precision, device)
-                                                 for u in self.ref_units]),
-                          "eval": np.stack([rp.gram_rows(cache.load(u), self.precision, device)
-                                            for u in self.eval_units])}
-                derived.save(arrays)
-                log.info("%s: explicit rows (%d dims) in %.1fs on %s", what, dim,
-                         time.perf_counter() - t0, device)
-            else:
-                log.info("%s: explicit rows from the derived cache", what)
+        if explicit:
+            with derived.computing():
+                arrays = derived.load()
+                if arrays is None:
+                    arrays = self._gram_rows(cache, derived, what, dim)
+                else:
+                    log.info("%s: explicit rows from the derived cache", what)
             return FeatureSpace.rows(arrays["ref"], dict(zip(keys, arrays["eval"])),
                                      [f"Gram as explicit rows ({dim} dims)"])
-        # both routes are exact: the route is recorded with the artefact, not part of its key,
-        # so a warm sweep finds it without choosing a device
-        derived = DerivedCache(cache, units, "gram_kernel", {"precision": self.precision,
-                                                            "version": rp.GRAM_KERNEL_VERSION})
-        arrays = derived.load()
-        if arrays is None:
-            device = resolve_device(self.device)
-            costs = rp.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes, device)
-            route = rp.choose_gram_route(costs)
-            log.info("%s: %d dims, held as kernel blocks; route '%s' on %s (estimated %s)", what, dim,
-                     route, device, ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
-            t0 = time.perf_counter()
-            kr, kre, kee = rp.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
-                                                 [cache.load(u) for u in self.eval_units],
-                                                 route, self.precision, device, self.max_bytes)
-            arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee}
-            derived.save(arrays, {"route": route, "device": device})
-            log.info("%s: kernel blocks in %.1fs on %s (%s)", what, time.perf_counter() - t0, device,
-                     derived.dir)
-        else:
-            route = derived.info.get("route", "?")
-            log.info("%s: kernel blocks from the derived cache (route %s)", what, route)
+        with derived.computing():      # one process computes; the others wait, then read it
+            arrays = derived.load()
+            if arrays is None:
+                arrays = self._gram_kernel(cache, derived, what, dim, c, p, n_units)
+                route = derived.info["route"]
+            else:
+                route = derived.info.get("route", "?")
+                log.info("%s: kernel blocks from the derived cache (route %s)", what, route)
         n_e = self.n_eval
         blocks = KernelBlocks(arrays["k_rr"], {k: arrays["k_re"][:, i * n_e:(i + 1) * n_e]
                                                for i, k in enumerate(keys)},
                               dict(zip(keys, arrays["k_ee"])), dim)
         return FeatureSpace.kernels(blocks, [f"Gram as kernel blocks ({dim} dims, route {route})"])
+
+    def _gram_rows(self, cache, derived, what, dim) -> dict:
+        t0 = time.perf_counter()
+        device = resolve_device(self.device)
+        arrays = {"ref": np.concatenate([rp.gram_rows(cache.load(u), self.precision, device)
+                                         for u in self.ref_units]),
+                  "eval": np.stack([rp.gram_rows(cache.load(u), self.precision, device)
+                                    for u in self.eval_units])}
+        derived.save(arrays)
+        log.info("%s: explicit rows (%d dims) in %.1fs on %s", what, dim, time.perf_counter() - t0,
+                 device)
+        return arrays
+
+    def _gram_kernel(self, cache, derived, what, dim, c, p, n_units) -> dict:
+        device = resolve_device(self.device)
+        costs = rp.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes, device)
+        route = rp.choose_gram_route(costs)
+        log.info("%s: %d dims, held as kernel blocks; route '%s' on %s (estimated %s)", what, dim,
+                 route, device, ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
+        t0 = time.perf_counter()
+        kr, kre, kee = rp.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
+                                             [cache.load(u) for u in self.eval_units],
+                                             route, self.precision, device, self.max_bytes)
+        arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee}
+        derived.save(arrays, {"route": route, "device": device})
+        log.info("%s: kernel blocks in %.1fs on %s (%s)", what, time.perf_counter() - t0, device,
+                 derived.dir)
+        return arrays
 
     # -------------------------------------------------------------- a configuration
     def space(self, layer_config: dict, transform: dict) -> FeatureSpace:

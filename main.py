@@ -4,6 +4,11 @@ as images get worse? Command-line entry point.
     python main.py --mode quick                          # one configuration, 50 images
     python main.py --mode medium --backbone vgg19        # ENABLED_LAYERS x transforms x models x metrics
     python main.py --build-cache --backbone sd_vae --layers 7 9 12 --n-inference 1000
+    python main.py --build-cache --layers 7 8 --shard 0/4         # one of four processes
+    torchrun --nproc-per-node 4 main.py --build-cache --layers 7 8  # one share per GPU
+    python main.py --mode medium --jobs 8                          # 8 scoring processes
+
+main.py parses flags and calls pipeline.py (build_caches, run_experiment), the library API.
 
 Data flow (one file per stage): dataset.py -> degradation_generator.py ->
 feature_extraction.py (backbones.py, layer_registry.py) -> feature_cache.py ->
@@ -15,20 +20,18 @@ Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
 from __future__ import annotations
 
 import argparse
-import datetime
 import difflib
 import logging
 import os
 import sys
 
 import config as C
-from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE, LayerError, resolve_layers
+import pipeline
+from layer_registry import BACKBONES, BACKBONE_NAMES, LayerError
+from parallel import ParallelError, Ranks, Shard
+from pipeline import UsageError, check_writable
 
 log = logging.getLogger("iqm")
-
-
-class UsageError(ValueError):
-    """A user mistake: printed as one line, exit code 2."""
 
 
 # ---------------------------------------------------------------------- CLI
@@ -77,8 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-evaluation", type=int, default=None, metavar="N",
                    help="number of evaluation images, disjoint from the reference (default: the mode's)")
     g.add_argument("--seed", type=int, default=None, help=f"seed of every random choice (default: {d['seed']})")
-    g = p.add_argument_group("execution")
+    g = p.add_argument_group("execution (README: Scaling out)")
     g.add_argument("--device", choices=C.DEVICES, default=None, help="default: auto (cuda, mps, cpu)")
+    g.add_argument("--shard", metavar="I/N", default=None,
+                   help="with --build-cache: extract only share I of N (cache files I, I+N, ...); "
+                        "N processes together build exactly the single-process cache. SLURM arrays: "
+                        "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Under torchrun the "
+                        "share comes from RANK/WORLD_SIZE")
+    g.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="score configurations in N worker processes (default: config['jobs'] = "
+                        f"{d['jobs']}, every core); 1 = in this process")
+    g.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="score on the Dask cluster at ADDRESS (e.g. tcp://host:8786) through "
+                        "joblib's dask backend; its workers must see --cache-dir")
     g.add_argument("--batch-size", type=int, default=None, help=f"default: {d['batch_size']}")
     g.add_argument("--cache-dir", default=None, help=f"default: {d['cache_dir']}")
     g.add_argument("--results-dir", default=None, help=f"default: {d['results_dir']}")
@@ -102,6 +116,7 @@ FLAG_CHECKS = {
     "image_size": ("--image-size", lambda v: 16 <= v <= MAX_IMAGE_SIZE,
                    f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
     "n_resamples": ("--n-resamples", lambda v: v >= 0, "an integer >= 0 (0 disables intervals)"),
+    "jobs": ("--jobs", lambda v: v >= 1, "an integer >= 1 (1 scores in this process)"),
 }
 
 
@@ -112,22 +127,6 @@ def check_flags(args) -> None:
             raise UsageError(f"{flag} {v} is not valid: it must be {what}")
 
 
-def check_writable(path: str, flag: str) -> None:
-    """`path` is, or can be created as, a writable folder; else UsageError naming the flag."""
-    p = os.path.abspath(path)
-    probe = p
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if os.path.exists(p) and not os.path.isdir(p):
-        raise UsageError(f"{flag} {path!r} is a file, not a folder; pass a folder path")
-    if not os.path.isdir(probe):
-        raise UsageError(f"{flag} {path!r}: {probe!r} is a file, so the folder cannot be created; "
-                         "pass another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path!r}: {probe!r} is not writable by this user; pass a folder "
-                         "you can write to")
-
-
 def resolve_config(args) -> dict:
     """config.py defaults, overridden by the flags given; validated."""
     check_flags(args)
@@ -136,7 +135,8 @@ def resolve_config(args) -> dict:
                       ("batch_size", "batch_size"), ("image_size", "image_size"),
                       ("dataset", "dataset"), ("seed", "seed"), ("cache_dir", "cache_dir"),
                       ("results_dir", "results_dir"), ("n_inference", "n_images_inference"),
-                      ("n_evaluation", "n_images_evaluation")):
+                      ("n_evaluation", "n_images_evaluation"), ("jobs", "jobs"),
+                      ("dask_scheduler", "dask_scheduler")):
         if getattr(args, flag, None) is not None:
             cfg[key] = getattr(args, flag)
     if args.n_resamples is not None:
@@ -155,244 +155,35 @@ def resolve_config(args) -> dict:
     return cfg
 
 
-def check_module_paths(backbone: str, layers, image_size) -> None:
-    """Unknown module paths fail now, with close matches, before any extraction."""
-    others = [p for i, p in layers if i is None]
-    if not others:
-        return
-    from backbones import build_backbone
-    from feature_extraction import find_modules
-    module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
-    try:
-        find_modules(module, others)
-    except KeyError as exc:
-        raise UsageError(f"{backbone}: {exc.args[0]}. List valid names with "
-                         f"`python main.py --list-layers {backbone}`") from None
-
-
-def layer_configs_for(cfg, mode, backbone, cli_layers) -> list[dict]:
-    """The layer configurations of a run, each with its resolved module paths."""
-    if cli_layers:
-        specs = [{"name": None, "layers": [s]} for s in cli_layers]
-    elif cfg["layer_configs"] is not None:
-        specs = cfg["layer_configs"]
-    elif mode == "quick":
-        specs = [{"name": None, "layers": C.QUICK["layers"][backbone]}]
-    else:
-        enabled = C.ENABLED_LAYERS[backbone]
-        n = len(BACKBONES[backbone]["layers"])
-        bad = [i for i in enabled if not 0 <= i < n]
-        if bad:
-            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] has index {bad[0]} but {backbone} "
-                                f"has layers 0..{n - 1}; fix config.py")
-        specs = [{"name": None, "layers": [i]} for i, on in sorted(enabled.items()) if on]
-        if not specs:
-            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
-    out, names = [], set()
-    for s in specs:
-        resolved = resolve_layers(backbone, s["layers"])
-        aggregate = s.get("aggregate", "concat")
-        ids = [str(i) if i is not None else p for i, p in resolved]
-        name = s.get("name") or ("single_layer_" + ids[0] if len(ids) == 1
-                                 else "layers_" + "+".join(ids) + "_" + aggregate)
-        if name in names:
-            raise C.ConfigError(f"two layer configs are named {name!r}; give each entry of "
-                                "config['layer_configs'] a unique 'name' (edit config.py)")
-        names.add(name)
-        out.append({"name": name, "layers": [i if i is not None else p for i, p in resolved],
-                    "paths": [p for _, p in resolved], "aggregate": aggregate,
-                    "resolved": resolved})
-    return out
-
-
-# ---------------------------------------------------------------------- cache fill
-
-def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records):
-    from feature_cache import LayerCache, code_identity, weights_identity
-    spec = BACKBONES[backbone]
-    input_size = cfg["image_size"] or spec["input_size"]
-    context = {"weights": weights_identity(provenance), "capture": CAPTURE,
-               "input_size": input_size, "working_size": cfg["working_size"],
-               "code": code_identity(spec["library"], spec["interpolation"]),
-               "mean": list(spec["mean"]), "std": list(spec["std"]),
-               "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
-    return {path: LayerCache(cfg["cache_dir"], backbone, index, path, context, ref_records,
-                             eval_records, cfg["seed"], cfg["verify_checksums"])
-            for index, path in layers}
-
-
-def ensure_cached(cfg, backbone, caches, units, provenance, progress) -> None:
-    """Extract whatever the caches miss; on a full hit nothing is built or even imported."""
-    from feature_cache import plan_extraction
-    todo = plan_extraction(backbone, caches, units)
-    if todo:
-        from feature_extraction import fill_cache   # torch and the model libraries
-        fill_cache(cfg, backbone, caches, units, todo, provenance, progress)
-
-
-# ---------------------------------------------------------------------- run
-
-def select(cfg):
-    from dataset import select_images
-    return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
-
-
-def backbones_of(cfg) -> list[str]:
-    """The backbones of this run; a ViT's input size must be a multiple of its patch size."""
-    names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
-    size = cfg["image_size"]
-    for name in names:
-        layout = BACKBONES[name]["token_layout"]
-        if size and layout and size % layout["patch"]:
-            p = layout["patch"]
-            lo, hi = max(p, size // p * p), (size // p + 1) * p
-            raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
-                             f"(pixels past the last patch would be dropped); use {lo} or {hi}")
-    return names
-
+# ---------------------------------------------------------------------- the two jobs
 
 def build_cache(cfg, args) -> int:
-    from backbones import resolve_weights
-    from feature_cache import evaluation_units, reference_units
-    if not args.layers:
-        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
-                         "--build-cache --backbone resnet50 --layers 7 8 9")
-    check_writable(cfg["cache_dir"], "--cache-dir")
-    eval_records, ref_records = select(cfg)
-    for backbone in backbones_of(cfg):
-        layers = resolve_layers(backbone, args.layers)
-        check_module_paths(backbone, layers, cfg["image_size"])
-        prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-        caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
-        ensure_cached(cfg, backbone, caches, reference_units(ref_records)
-                      + evaluation_units(eval_records, cfg["degradations"]), prov, not args.quiet)
-        log.info("cache ready for %s layers %s in %s (weights: %s)", backbone,
-                 " ".join(str(i if i is not None else p) for i, p in layers), cfg["cache_dir"],
-                 prov["label"])
+    """--build-cache: pipeline.build_caches (this process's shard, or torchrun's rank)."""
+    shard = Shard.parse(args.shard) if args.shard is not None else None
+    builds = pipeline.build_caches(cfg, args.layers, shard, progress=not args.quiet)
+    for b in builds:
+        layers = " ".join(str(i if i is not None else p) for i, p in b.layers)
+        if b.missing:
+            log.info("shard %s of %s layers %s done (%d file(s) extracted); %d file(s) are other "
+                     "shards' and still missing in %s", shard, b.backbone, layers, b.extracted,
+                     b.missing, b.cache_dir)
+        else:
+            log.info("cache ready for %s layers %s in %s (weights: %s)", b.backbone, layers,
+                     b.cache_dir, b.weights)
     return 0
 
 
 def run(cfg, args) -> int:
-    """Resolve layers and images (user mistakes fail here, before anything is written),
-    then extract what is missing, score every configuration and write the report."""
-    mode = args.mode
-    if mode == "quick":
-        C.validate_quick(cfg)
-    plans = []
-    for backbone in backbones_of(cfg):
-        lcs = layer_configs_for(cfg, mode, backbone, args.layers)
-        for lc in lcs:
-            check_module_paths(backbone, lc["resolved"], cfg["image_size"])
-        plans.append((backbone, lcs))
-    eval_records, ref_records = select(cfg)
-
-    check_writable(cfg["cache_dir"], "--cache-dir")
-    check_writable(cfg["results_dir"], "--results-dir")
-    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-    out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}")
-    suffix = 1
-    while os.path.exists(out_dir):           # two runs within one second
-        suffix += 1
-        out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}-{suffix}")
-    stamp = os.path.basename(out_dir).split("_", 1)[1]
-    os.makedirs(out_dir)
-    handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
-        return _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp)
-    except BaseException as exc:   # the folder says the run failed, and why; never a silent half
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        log.error("run failed: %s", text)
-        with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
-            f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun the "
-                    "same command to resume\n")
-        raise
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-
-
-def _run_in(cfg, args, plans, eval_records, ref_records, out_dir, stamp) -> int:
-    """Extraction, scoring and report of `run`, logging into out_dir/experiment.log."""
-    from backbones import resolve_weights
-    from evaluation import Configuration, bootstrap, build_grid, rank, release, score_group
-    from feature_cache import evaluation_units, reference_units
-    from feature_spaces import FeatureAssembler, feature_key
-    import report
-
-    mode = args.mode
-    log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
-             len(ref_records), len(eval_records), cfg["dataset"], out_dir)
-    report.write_json(os.path.join(out_dir, "config_resolved.json"),
-                      {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
-
-    ref_units, eval_units = reference_units(ref_records), evaluation_units(eval_records, cfg["degradations"])
-    results, weights = [], {}
-    for backbone, lcs in plans:
-        prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-        weights[backbone] = prov
-        layers = sorted({(i, p) for lc in lcs for i, p in lc["resolved"]}, key=str)
-        caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
-        ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, not args.quiet)
-        spec = BACKBONES[backbone]
-        assembler = FeatureAssembler(caches, ref_units, eval_units,
-                                     cfg["image_size"] or spec["input_size"], spec["token_layout"],
-                                     cfg["max_representation_bytes"], cfg["gram_precision"], cfg["device"])
-        if mode == "quick":   # one configuration per layer config: QUICK's transform and metric
-            transform = next(t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"])
-            grid = [Configuration(backbone, lc, transform, None, C.QUICK["metric"]) for lc in lcs]
-        else:
-            grid = build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
-                              cfg["distance_metrics"])
-        log.info("%s: scoring %d configuration(s)", backbone, len(grid))
-        groups = {}
-        for conf in grid:            # configurations that share features are scored together
-            groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)
-        base = {"n_reference": len(ref_records), "n_evaluation": len(eval_records), "seed": cfg["seed"],
-                "weights": prov["label"], "random_init": prov["source"] == "random-init"}
-        order = {id(c): i for i, c in enumerate(grid)}
-        scored = []
-        for confs in groups.values():
-            lc, t = confs[0].layer_config, confs[0].transform
-            scored += score_group(confs, lambda lc=lc, t=t: assembler.space(lc, t),
-                                  cfg["degradations"], cfg, cfg["seed"], base)
-        scored.sort(key=lambda r: order[id(r.conf)])
-        for r in scored:
-            if not r.scored:
-                log.info("%s %s: %s", r.status.replace("_", " "), r.label, r.reason)
-        results += scored
-
-    ranked = rank(results)
-    b = cfg["bootstrap"]
-    if b["n_resamples"] > 0:
-        targets = [r for r in ranked if r.scored]
-        if b["scope"] == "top":
-            targets = targets[:cfg["top_n"]]
-        for r in targets:
-            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"])
-    release(ranked)
-    for r in ranked:
-        r.confidence = b["confidence"]
-
-    base = os.path.join(out_dir, f"results_{mode}_{stamp}")
-    report.write_csv(base + ".csv", ranked, cfg["degradations"])
-    report.write_json(base + ".json", {"mode": mode, "timestamp": stamp, "weights": weights,
-                                       "dataset": {"source": cfg["dataset"],
-                                                   "reference": [r.source for r in ref_records],
-                                                   "evaluation": [r.source for r in eval_records]},
-                                       "counts": report.counts(ranked),
-                                       "config": cfg, "results": [r.fields() for r in ranked]})
-    done = [r for r in ranked if r.scored]
-    for k, r in enumerate(done[:cfg["top_n"]], start=1):
-        report.plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
-    report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked)
-    text = report.summary(ranked, cfg["top_n"], weights)
-    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
-        f.write(text + "\n")
-    print(text)
-    print(f"\nResults: {out_dir}")
-    return 0 if done else 1
+    """--mode: pipeline.run_experiment, then the summary on stdout."""
+    if args.shard is not None:
+        raise UsageError("--shard works with --build-cache (a sweep needs every file); run "
+                         "--build-cache --shard I/N in each process, then the sweep once")
+    exp = pipeline.run_experiment(cfg, args.mode, args.layers, progress=not args.quiet)
+    if exp is None:                  # a torchrun rank other than 0: its share is extracted
+        return 0
+    print(exp.summary)
+    print(f"\nResults: {exp.out_dir}")
+    return 0 if exp.scored else 1
 
 
 # ---------------------------------------------------------------------- small commands
@@ -464,7 +255,12 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
     console = next((h for h in root.handlers if getattr(h, "_iqm", False)), None)
     if console is None:
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        try:
+            ranks = Ranks.from_env()
+        except ParallelError:        # reported by the command itself
+            ranks = None
+        prefix = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks else ""
+        console.setFormatter(logging.Formatter(prefix + "%(levelname)s %(message)s"))
         console._iqm = True
         root.addHandler(console)
     console.stream = sys.stderr     # the current stderr, also when a caller swapped it
@@ -504,7 +300,7 @@ def main(argv=None) -> int:
         if args.build_cache:
             return build_cache(cfg, args)
         return run(cfg, args)
-    except (UsageError, C.ConfigError, DatasetError, LayerError) as exc:
+    except (UsageError, C.ConfigError, DatasetError, LayerError, ParallelError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (WeightsError, CacheError) as exc:

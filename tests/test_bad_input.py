@@ -148,8 +148,23 @@ def test_quick_transform_must_be_configured(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------ cache files
 
 @pytest.mark.parametrize("content", [b"{}", b"[1, 2]", b'{"files": []}', b"\xff\xfe not utf-8"])
-def test_unusable_manifest_means_a_rebuild_with_a_warning(built, caplog, content):
+def test_unusable_manifest_is_rebuilt_from_the_file_records(built, caplog, content):
     (meta,) = [p for p in built.glob("cache/*/*/ref_*/metadata.json")]
+    before = json.loads(meta.read_text())["files"]
+    meta.write_bytes(content)
+    caplog.clear()
+    assert build_cache(built) == 0
+    assert "manifest" in caplog.text
+    hits, misses = cache_hits(caplog)
+    assert hits and not misses                       # nothing extracted again
+    assert json.loads(meta.read_text())["files"] == before
+
+
+@pytest.mark.parametrize("content", [b"{}", b"\xff\xfe not utf-8"])
+def test_unusable_manifest_without_records_means_a_rebuild(built, caplog, content):
+    (meta,) = [p for p in built.glob("cache/*/*/ref_*/metadata.json")]
+    for record in meta.parent.glob("*.record.json"):
+        record.unlink()
     meta.write_bytes(content)
     caplog.clear()
     assert build_cache(built) == 0

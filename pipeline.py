@@ -1,0 +1,623 @@
+"""The pipeline as a library: fill the cache, run an experiment. main.py only parses flags.
+
+    import config, pipeline
+    cfg = config.default_config()
+    cfg.update(n_images_inference=200, n_images_evaluation=30, jobs=2)
+    pipeline.build_cache(cfg, "resnet50", ["7", "8"], shard=parallel.Shard(0, 2))
+    exp = pipeline.run_experiment(cfg, "medium", ["7", "8"])
+    exp.results[0].mean_spearman, exp.out_dir
+
+`cfg` is a configuration dict as config.py defines it (`config.default_config()` plus changes;
+`config.validate_config` is called here). Errors a user can fix are `UsageError`,
+`config.ConfigError`, `dataset.DatasetError`, `layer_registry.LayerError` or
+`parallel.ParallelError`; runtime failures are `backbones.WeightsError` and
+`feature_cache.CacheError`.
+
+Extraction: `build_cache` extracts what the cache misses, optionally only a `Shard` of it.
+Under torchrun (RANK / WORLD_SIZE set) `build_caches` and `run_experiment` split extraction over
+the ranks, meet at a barrier, and the experiment goes on in rank 0 alone.
+
+Scoring: configurations sharing features (layers x transform) form one task; tasks run through
+parallel.sweep_map (config['jobs'] processes, or a Dask cluster with config['dask_scheduler']).
+Results are put back in grid order and every random choice is seeded per configuration, so the
+CSV does not depend on the number of workers.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import config as C
+from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE, resolve_layers
+from parallel import Ranks, Shard, prestart, resolve_jobs, sweep_map
+
+log = logging.getLogger("iqm")
+
+
+# what a scoring worker imports (started ahead of the sweep by parallel.prestart)
+SWEEP_MODULES = ("pipeline", "evaluation", "feature_spaces", "sklearn.mixture")
+
+
+class UsageError(ValueError):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------- checks
+
+def check_writable(path: str, flag: str) -> None:
+    """`path` is, or can be created as, a writable folder; else UsageError naming the flag."""
+    p = os.path.abspath(path)
+    probe = p
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise UsageError(f"{flag} {path!r} is a file, not a folder; pass a folder path")
+    if not os.path.isdir(probe):
+        raise UsageError(f"{flag} {path!r}: {probe!r} is a file, so the folder cannot be created; "
+                         "pass another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r}: {probe!r} is not writable by this user; pass a folder "
+                         "you can write to")
+
+
+def check_module_paths(backbone: str, layers, image_size) -> None:
+    """Unknown module paths fail now, with close matches, before any extraction."""
+    others = [p for i, p in layers if i is None]
+    if not others:
+        return
+    from backbones import build_backbone
+    from feature_extraction import find_modules
+    module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
+    try:
+        find_modules(module, others)
+    except KeyError as exc:
+        raise UsageError(f"{backbone}: {exc.args[0]}. List valid names with "
+                         f"`python main.py --list-layers {backbone}`") from None
+
+
+def backbones_of(cfg) -> list[str]:
+    """The backbones of this run; a ViT's input size must be a multiple of its patch size."""
+    names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
+    size = cfg["image_size"]
+    for name in names:
+        layout = BACKBONES[name]["token_layout"]
+        if size and layout and size % layout["patch"]:
+            p = layout["patch"]
+            lo, hi = max(p, size // p * p), (size // p + 1) * p
+            raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
+                             f"(pixels past the last patch would be dropped); use {lo} or {hi}")
+    return names
+
+
+# ---------------------------------------------------------------------- planning
+
+def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
+    """The layer configurations of a run, each with its resolved module paths: one per entry
+    of `layer_specs` (indices or module paths) when given, else config['layer_configs'],
+    QUICK (quick mode) or ENABLED_LAYERS."""
+    if layer_specs:
+        specs = [{"name": None, "layers": [s]} for s in layer_specs]
+    elif cfg["layer_configs"] is not None:
+        specs = cfg["layer_configs"]
+    elif mode == "quick":
+        specs = [{"name": None, "layers": C.QUICK["layers"][backbone]}]
+    else:
+        enabled = C.ENABLED_LAYERS[backbone]
+        n = len(BACKBONES[backbone]["layers"])
+        bad = [i for i in enabled if not 0 <= i < n]
+        if bad:
+            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] has index {bad[0]} but {backbone} "
+                                f"has layers 0..{n - 1}; fix config.py")
+        specs = [{"name": None, "layers": [i]} for i, on in sorted(enabled.items()) if on]
+        if not specs:
+            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
+    out, names = [], set()
+    for s in specs:
+        resolved = resolve_layers(backbone, s["layers"])
+        aggregate = s.get("aggregate", "concat")
+        ids = [str(i) if i is not None else p for i, p in resolved]
+        name = s.get("name") or ("single_layer_" + ids[0] if len(ids) == 1
+                                 else "layers_" + "+".join(ids) + "_" + aggregate)
+        if name in names:
+            raise C.ConfigError(f"two layer configs are named {name!r}; give each entry of "
+                                "config['layer_configs'] a unique 'name' (edit config.py)")
+        names.add(name)
+        out.append({"name": name, "layers": [i if i is not None else p for i, p in resolved],
+                    "paths": [p for _, p in resolved], "aggregate": aggregate,
+                    "resolved": resolved})
+    return out
+
+
+def plan_run(cfg, mode, layer_specs=None) -> list[tuple[str, list[dict]]]:
+    """[(backbone, layer configs)] of a run; user mistakes fail here, before anything is written."""
+    if mode not in C.MODES:
+        raise UsageError(f"mode {mode!r} is not valid; choose one of {', '.join(C.MODES)}")
+    if mode == "quick":
+        C.validate_quick(cfg)
+    plans = []
+    for backbone in backbones_of(cfg):
+        lcs = layer_configs_for(cfg, mode, backbone, layer_specs)
+        for lc in lcs:
+            check_module_paths(backbone, lc["resolved"], cfg["image_size"])
+        plans.append((backbone, lcs))
+    return plans
+
+
+def select(cfg):
+    """(evaluation records, reference records): disjoint, seeded."""
+    from dataset import select_images
+    return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
+
+
+# ---------------------------------------------------------------------- cache fill
+
+def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
+    """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights."""
+    from feature_cache import LayerCache, code_identity, weights_identity
+    spec = BACKBONES[backbone]
+    input_size = cfg["image_size"] or spec["input_size"]
+    context = {"weights": weights_identity(provenance), "capture": CAPTURE,
+               "input_size": input_size, "working_size": cfg["working_size"],
+               "code": code_identity(spec["library"], spec["interpolation"]),
+               "mean": list(spec["mean"]), "std": list(spec["std"]),
+               "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
+    return {path: LayerCache(cfg["cache_dir"], backbone, index, path, context, ref_records,
+                             eval_records, cfg["seed"], cfg["verify_checksums"])
+            for index, path in layers}
+
+
+def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
+                  shard: Shard | None = None) -> int:
+    """Extract whatever the caches miss (only `shard`'s files when given); on a full hit
+    nothing is built or even imported. Returns the number of files extracted."""
+    from feature_cache import plan_extraction
+    todo = plan_extraction(backbone, caches, units)
+    if todo and shard is not None:
+        mine = {u.id for u in shard.share(units)}
+        n_all = len(todo)
+        todo = {uid: paths for uid, paths in todo.items() if uid in mine}
+        log.info("shard %s: %d of the %d missing file(s) are this shard's; the other shards "
+                 "extract the rest", shard, len(todo), n_all)
+    if todo:
+        from feature_extraction import fill_cache   # torch and the model libraries
+        fill_cache(cfg, backbone, caches, units, todo, provenance, progress)
+    return len(todo)
+
+
+@dataclass
+class CacheBuild:
+    """What `build_cache` did for one backbone."""
+    backbone: str
+    layers: list                 # [(index or None, module path)]
+    cache_dir: str
+    weights: str                 # provenance label
+    extracted: int               # unit files extracted by this process
+    missing: int                 # unit files still missing (other shards' share)
+
+
+def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
+                progress: bool = True, records=None) -> CacheBuild:
+    """Extract and cache `layers` (indices or module paths) of `backbone` for cfg's reference
+    and evaluation images, or only `shard`'s share of the files. Safe to run in N processes at
+    once on one cache folder (local or shared filesystem)."""
+    from backbones import resolve_weights
+    from feature_cache import evaluation_units, plan_extraction, reference_units
+    if not layers:
+        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
+                         "--build-cache --backbone resnet50 --layers 7 8 9")
+    check_writable(cfg["cache_dir"], "--cache-dir")
+    eval_records, ref_records = records or select(cfg)
+    resolved = resolve_layers(backbone, layers)
+    check_module_paths(backbone, resolved, cfg["image_size"])
+    prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+    caches = open_caches(cfg, backbone, resolved, prov, ref_records, eval_records)
+    units = reference_units(ref_records) + evaluation_units(eval_records, cfg["degradations"])
+    n = ensure_cached(cfg, backbone, caches, units, prov, progress, shard)
+    missing = 0
+    if shard is not None and shard.count > 1:
+        with _quiet(logging.getLogger("feature_cache")):
+            missing = len(plan_extraction(backbone, caches, units))
+    return CacheBuild(backbone, resolved, cfg["cache_dir"], prov["label"], n, missing)
+
+
+def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True) -> list[CacheBuild]:
+    """`build_cache` for every backbone of cfg (config['backbone'] may be 'all'). Under torchrun
+    each rank extracts its share on its own GPU, then every rank waits for the others; rank 0
+    checks that the cache is complete (logging CACHE HIT) and returns the builds, the other
+    ranks return []."""
+    C.validate_config(cfg, BACKBONE_NAMES)
+    if not layers:
+        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
+                         "--build-cache --backbone resnet50 --layers 7 8 9")
+    ranks = Ranks.from_env()
+    if ranks is not None and shard is not None:
+        raise UsageError(f"--shard {shard} under torchrun: the shard comes from RANK/WORLD_SIZE; "
+                         "drop --shard")
+    names = backbones_of(cfg)
+    records = select(cfg)
+    if ranks is None:
+        return [build_cache(cfg, b, layers, shard, progress=progress, records=records) for b in names]
+    local = {**cfg, "device": ranks.start(cfg["device"])}
+    try:
+        for b in names:
+            build_cache(local, b, layers, ranks.shard, progress=progress and ranks.leader,
+                        records=records)
+        ranks.barrier()
+        if not ranks.leader:
+            return []
+        return [build_cache(local, b, layers, None, progress=progress, records=records) for b in names]
+    finally:
+        ranks.stop()
+
+
+class _quiet:
+    """Silence a logger below WARNING for a block."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+# ---------------------------------------------------------------------- experiment
+
+@dataclass
+class Experiment:
+    """What `run_experiment` found; the same is written under `out_dir`."""
+    mode: str
+    out_dir: str
+    results: list                 # evaluation.ConfigResult, ranked (scored, then not run, failed)
+    weights: dict                 # backbone -> provenance
+    summary: str
+    scoring_seconds: float = 0.0
+    jobs: int = 1
+    files: dict = field(default_factory=dict)
+
+    @property
+    def scored(self) -> list:
+        return [r for r in self.results if r.scored]
+
+
+def new_results_dir(cfg, mode) -> tuple[str, str]:
+    """(out_dir, stamp): results/<mode>_<timestamp>[-k], created."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}")
+    suffix = 1
+    while os.path.exists(out_dir):           # two runs within one second
+        suffix += 1
+        out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}-{suffix}")
+    os.makedirs(out_dir)
+    return out_dir, os.path.basename(out_dir).split("_", 1)[1]
+
+
+def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -> Experiment | None:
+    """Extract what is missing, score every configuration of `mode` and write the report into
+    a new folder under config['results_dir']. `layer_specs` (indices or module paths, one layer
+    config each) replaces the mode's layers. Under torchrun, extraction is split over the ranks
+    and rank 0 alone scores; the other ranks return None."""
+    C.validate_config(cfg, BACKBONE_NAMES)
+    plans = plan_run(cfg, mode, layer_specs)
+    jobs = resolve_jobs(cfg["jobs"])
+    records = select(cfg)
+    check_writable(cfg["cache_dir"], "--cache-dir")
+    check_writable(cfg["results_dir"], "--results-dir")
+    ranks = Ranks.from_env()
+    if ranks is not None:
+        local = {**cfg, "device": ranks.start(cfg["device"])}
+        try:
+            for backbone, lcs in plans:
+                layers = sorted({str(i) if i is not None else p for lc in lcs for i, p in lc["resolved"]})
+                build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
+                            records=records)
+            ranks.barrier()
+        finally:
+            ranks.stop()
+        if not ranks.leader:
+            return None
+    if not cfg["dask_scheduler"]:
+        prestart(jobs, SWEEP_MODULES)     # workers start while the cache is checked
+    out_dir, stamp = new_results_dir(cfg, mode)
+    handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)           # experiment.log always gets INFO
+    try:
+        return _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress)
+    except BaseException as exc:   # the folder says the run failed, and why; never a silent half
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.error("run failed: %s", text)
+        with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
+            f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun the "
+                    "same command to resume\n")
+        raise
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Experiment:
+    """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log."""
+    from backbones import resolve_weights
+    from evaluation import rank, release
+    from feature_cache import evaluation_units, reference_units
+    import report
+
+    eval_records, ref_records = records
+    log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
+             len(ref_records), len(eval_records), cfg["dataset"], out_dir)
+    report.write_json(os.path.join(out_dir, "config_resolved.json"),
+                      {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
+
+    ref_units, eval_units = reference_units(ref_records), evaluation_units(eval_records, cfg["degradations"])
+    results, weights, seconds, tasks = [], {}, 0.0, {}
+    for backbone, lcs in plans:
+        prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+        weights[backbone] = prov
+        layers = sorted({(i, p) for lc in lcs for i, p in lc["resolved"]}, key=str)
+        caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
+        ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, progress)
+        t0 = time.perf_counter()
+        scored, origin = score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units,
+                                        prov, jobs)
+        seconds += time.perf_counter() - t0
+        results += scored
+        tasks.update(origin)
+
+    ranked = rank(results)
+    t0 = time.perf_counter()
+    bootstrap_top(ranked, cfg, jobs, tasks)
+    boot = time.perf_counter() - t0
+    log.info("scored %d configuration(s) in %.2fs (scores %.2fs, bootstrap %.2fs; %s)", len(ranked),
+             seconds + boot, seconds, boot, f"Dask cluster {cfg['dask_scheduler']}"
+             if cfg["dask_scheduler"] else f"{jobs} job(s)")
+    seconds += boot
+    release(ranked)
+    for r in ranked:
+        r.confidence = cfg["bootstrap"]["confidence"]
+
+    base = os.path.join(out_dir, f"results_{mode}_{stamp}")
+    files = {"csv": base + ".csv", "json": base + ".json",
+             "summary": os.path.join(out_dir, "summary.txt")}
+    report.write_csv(files["csv"], ranked, cfg["degradations"])
+    report.write_json(files["json"], {"mode": mode, "timestamp": stamp, "weights": weights,
+                                      "dataset": {"source": cfg["dataset"],
+                                                  "reference": [r.source for r in ref_records],
+                                                  "evaluation": [r.source for r in eval_records]},
+                                      "counts": report.counts(ranked),
+                                      "config": cfg, "results": [r.fields() for r in ranked]})
+    done = [r for r in ranked if r.scored]
+    for k, r in enumerate(done[:cfg["top_n"]], start=1):
+        report.plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
+    report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked)
+    text = report.summary(ranked, cfg["top_n"], weights)
+    with open(files["summary"], "w") as f:
+        f.write(text + "\n")
+    return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
+
+
+# ---------------------------------------------------------------------- scoring
+
+def sweep_grid(cfg, mode, backbone, lcs) -> list:
+    """The configurations of one backbone: QUICK's transform and metric per layer config in
+    quick mode, else every (layers, transform, [model,] metric) that can run in principle."""
+    from evaluation import Configuration, build_grid
+    if mode == "quick":
+        transform = next(t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"])
+        return [Configuration(backbone, lc, transform, None, C.QUICK["metric"]) for lc in lcs]
+    return build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
+                      cfg["distance_metrics"])
+
+
+@dataclass
+class SweepTask:
+    """Configurations sharing one feature space, scored together in one worker."""
+    assembler: object            # feature_spaces.FeatureAssembler (paths to the cache, no data)
+    confs: list                  # evaluation.Configuration
+    cfg: dict
+    base: dict                   # fields common to every result (n_reference, weights, ...)
+    keep_state: bool             # keep what the bootstrap needs (in-process runs)
+    bootstrap: bool = False      # bootstrap every scored configuration before returning
+    capture_logs: bool = False   # send this task's log records back (worker processes)
+
+
+@dataclass
+class TaskOutcome:
+    results: list                # evaluation.ConfigResult, in the task's order
+    log_records: list            # logging.LogRecord of the task, when captured
+
+
+def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov, jobs):
+    """Every configuration of `backbone` in grid order, scored through parallel.sweep_map;
+    and {configuration id: its task}, to score a configuration again for the bootstrap."""
+    from feature_spaces import FeatureAssembler, feature_key, transform_params
+    grid = sweep_grid(cfg, mode, backbone, lcs)
+    spec = BACKBONES[backbone]
+    assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec["input_size"],
+                                 spec["token_layout"], cfg["max_representation_bytes"],
+                                 cfg["gram_precision"], cfg["device"])
+    groups = {}
+    for conf in grid:            # configurations that share features are scored together
+        groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)
+    remote = jobs > 1 or bool(cfg["dask_scheduler"])
+    all_boot = cfg["bootstrap"]["scope"] == "all" and cfg["bootstrap"]["n_resamples"] > 0
+    base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
+            "weights": prov["label"], "random_init": prov["source"] == "random-init"}
+    tasks = [SweepTask(assembler, confs, cfg, base, keep_state=not remote, bootstrap=all_boot and remote,
+                       capture_logs=remote) for confs in groups.values()]
+    # The longest tasks first: GAP spaces (model fits on explicit rows of up to thousands of
+    # dims), then Gram spaces (kernel blocks or explicit rows, read from the derived cache).
+    transforms = [t["name"] for t in cfg["feature_transforms"]]
+    layer_pos = {lc["name"]: k for k, lc in enumerate(lcs)}
+    tasks.sort(key=lambda t: (transform_params(t.confs[0].transform)["use_gram"],
+                              transforms.index(t.confs[0].transform["name"]),
+                              layer_pos[t.confs[0].layer_config["name"]]))
+    grams = sorted({p for c in grid if transform_params(c.transform)["use_gram"]
+                    for p in c.layer_config["paths"]})
+    if grams:            # here, with every thread; the tasks then read them
+        t0 = time.perf_counter()
+        made = assembler.prepare_grams(grams)
+        if made:
+            log.info("%s: Gram artefacts of %s computed in %.1fs", backbone, " ".join(made),
+                     time.perf_counter() - t0)
+        if remote:
+            assembler.forget()
+    log.info("%s: scoring %d configuration(s) in %d feature group(s)", backbone, len(grid), len(tasks))
+    scored = _gather(sweep_map(score_task, tasks, jobs, cfg["dask_scheduler"]))
+    order = {_conf_id(c): i for i, c in enumerate(grid)}
+    scored.sort(key=lambda r: order[_conf_id(r.conf)])
+    for r in scored:
+        if not r.scored:
+            log.info("%s %s: %s", r.status.replace("_", " "), r.label, r.reason)
+    _WORKER_STATE.clear()         # the in-process assembler's memory goes with this backbone
+    # in-process results keep their scorers for the bootstrap; those from workers may have to
+    # be scored again, by their task
+    return scored, ({_conf_id(c): t for t in tasks for c in t.confs} if remote else {})
+
+
+def _gather(outcomes) -> list:
+    """The results of every task, replaying the log records of tasks run elsewhere."""
+    out = []
+    for o in outcomes:
+        for rec in o.log_records:
+            logging.getLogger(rec.name).handle(rec)
+        out += o.results
+    return out
+
+
+def _conf_id(conf) -> tuple:
+    """A configuration's identity that survives pickling (worker processes return copies)."""
+    return (conf.backbone, conf.layer_config["name"], conf.transform["name"],
+            conf.model["name"] if conf.model else None, conf.metric)
+
+
+_WORKER_STATE: dict = {}
+
+
+def _shared_assembler(assembler):
+    """The assembler this process already holds for the same sweep (its layers and spaces stay
+    in memory across the tasks a worker runs), else `assembler`."""
+    held = _WORKER_STATE.get("assembler")
+    if held is None or held.token != assembler.token:
+        _WORKER_STATE["assembler"] = held = assembler
+    return held
+
+
+def score_task(task: SweepTask) -> TaskOutcome:
+    """Score one feature group (in a worker process, or here when jobs == 1)."""
+    from evaluation import bootstrap, release, score_group
+    with _LogCapture(task.capture_logs) as records, single_threaded():
+        assembler = _shared_assembler(task.assembler)
+        lc, t = task.confs[0].layer_config, task.confs[0].transform
+        results = score_group(task.confs, lambda: assembler.space(lc, t), task.cfg["degradations"],
+                              task.cfg, task.cfg["seed"], task.base)
+        b = task.cfg["bootstrap"]
+        if task.bootstrap:
+            for r in results:
+                if r.scored:
+                    bootstrap(r, task.cfg["degradations"], b["n_resamples"], b["confidence"],
+                              task.cfg["seed"])
+        if not task.keep_state:
+            release(results)
+    return TaskOutcome(results, records)
+
+
+def bootstrap_top(ranked, cfg, jobs, tasks: dict) -> None:
+    """Bootstrap intervals for the top_n scored configurations (or all, per config). Results
+    scored in this process still hold their scorers; those scored in workers are scored again
+    there, with the bootstrap (same code, same seeds: the same scores, checked)."""
+    from evaluation import bootstrap
+    from feature_spaces import feature_key
+    b = cfg["bootstrap"]
+    if b["n_resamples"] == 0:
+        return
+    targets = [r for r in ranked if r.scored]
+    if b["scope"] == "top":
+        targets = targets[:cfg["top_n"]]
+    redo = {}
+    for r in targets:
+        if r.scorer is not None:
+            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"])
+        elif not r.n_resamples:
+            key = (r.conf.backbone, feature_key(r.conf.layer_config, r.conf.transform))
+            redo.setdefault(key, []).append(r)
+    if not redo:
+        return
+    again = []
+    for rs in redo.values():
+        t = tasks[_conf_id(rs[0].conf)]
+        again.append(SweepTask(t.assembler, [r.conf for r in rs], cfg, t.base, keep_state=False,
+                               bootstrap=True, capture_logs=True))
+    redone = {_conf_id(x.conf): x for x in _gather(sweep_map(score_task, again, jobs,
+                                                               cfg["dask_scheduler"]))}
+    for rs in redo.values():
+        for r in rs:
+            x = redone[_conf_id(r.conf)]
+            if [d["scores"] for d in x.per_degradation.values()] != \
+                    [d["scores"] for d in r.per_degradation.values()]:
+                raise RuntimeError(f"{r.label}: scored again for the bootstrap, it gave other scores; "
+                                   "this is a bug, please report it (--jobs 1 avoids it)")
+            r.per_degradation, r.mean_spearman_ci, r.n_resamples = (x.per_degradation,
+                                                                     x.mean_spearman_ci, x.n_resamples)
+
+
+class single_threaded:
+    """BLAS, OpenMP and torch on one thread for a block: every task computes its scores with
+    the same arithmetic, in this process or a worker, so the results do not depend on how many
+    jobs run (a multi-threaded reduction may add in another order)."""
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+        self.limits = threadpool_limits(1)
+        self.torch = None
+        import sys
+        if "torch" in sys.modules:
+            import torch
+            self.torch = torch.get_num_threads()
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.limits.restore_original_limits()
+        if self.torch is not None:
+            import torch
+            torch.set_num_threads(self.torch)
+
+
+class _LogCapture:
+    """Collect the log records of a task run in a worker process, as plain messages, so the
+    parent replays them and experiment.log tells the whole story whatever ran where."""
+
+    def __init__(self, active: bool):
+        self.active, self.records = active, []
+
+    def _keep(self, record):
+        record.msg, record.args, record.exc_info, record.exc_text = record.getMessage(), None, None, None
+        self.records.append(record)
+
+    def __enter__(self):
+        if self.active:
+            root = logging.getLogger()
+            self.handler = logging.Handler(logging.INFO)
+            self.handler.emit = self._keep
+            self.level = root.level
+            root.addHandler(self.handler)
+            root.setLevel(logging.INFO)
+        return self.records
+
+    def __exit__(self, *exc):
+        if self.active:
+            root = logging.getLogger()
+            root.removeHandler(self.handler)
+            root.setLevel(self.level)
