@@ -40,6 +40,11 @@ CONFIG = {
     # Arithmetic of the forward pass: float32 (exact), or bfloat16/float16 autocast (faster on
     # GPUs, ~1e-2 relative error in activations). Part of the cache key, whatever the device.
     "extraction_precision": "float32",
+    # CPU threads of the forward pass. CPU convolutions add in an order that depends on the
+    # thread count (~1e-5 relative), so every process of a sharded or torchrun build uses this
+    # count, whatever OMP_NUM_THREADS torchrun sets: N shards then write the very bytes one
+    # process writes. "auto" = the cores this process may run on. Not part of the cache key.
+    "extraction_threads": "auto",
     "verify_checksums": True,      # sha256 of every cached file checked on load
 
     # ------------------------------------------------------ what to compare
@@ -211,6 +216,9 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
                               "(statistics need at least two images)")
     if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or not 0 <= cfg["seed"] < 2**32:
         raise ConfigError(f"config['seed'] = {cfg['seed']!r} must be an integer in 0 .. 2**32 - 1")
+    et = cfg["extraction_threads"]
+    if et != "auto" and (not isinstance(et, int) or isinstance(et, bool) or et < 1):
+        raise ConfigError(f"config['extraction_threads'] = {et!r} must be 'auto' or an integer >= 1")
     nw = cfg["num_workers"]
     if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
         raise ConfigError(f"config['num_workers'] = {nw!r} must be 'auto' or an integer >= 0 "

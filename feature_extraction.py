@@ -155,6 +155,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_threads(setting) -> int:
+    """config['extraction_threads']: 'auto' = the cores this process may run on."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:           # macOS
+        return max(1, os.cpu_count() or 1)
+
+
 def default_workers(setting) -> int:
     if setting != "auto":
         return int(setting)
@@ -175,9 +185,25 @@ def unit_batches(sizes, batch_size: int) -> list[list[int]]:
 
 def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
             device="auto", num_workers="auto", progress=True, precision="float32",
-            interpolation="bicubic"):
-    """Yield (job indices, {path: float32 ndarray (b, ...)}) for each batch of `batches`."""
+            interpolation="bicubic", threads="auto"):
+    """Yield (job indices, {path: float32 ndarray (b, ...)}) for each batch of `batches`.
+    On the CPU the forward runs on `threads` threads (config['extraction_threads'])."""
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        before = torch.get_num_threads()
+        torch.set_num_threads(cpu_threads(threads))
+        try:
+            yield from _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
+                                num_workers, progress, precision, interpolation)
+        finally:
+            torch.set_num_threads(before)
+        return
+    yield from _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
+                        num_workers, progress, precision, interpolation)
+
+
+def _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed, num_workers,
+             progress, precision, interpolation):
     module = backbone.module.to(dev)
     if dev.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
@@ -205,8 +231,9 @@ def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
         bar.close()
     dt = time.perf_counter() - t0
     if data:
+        where = f"{dev} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else str(dev)
         log.info("extracted %d images with %s on %s in %.1fs (%.1f img/s)", len(data),
-                 backbone.name, dev, dt, len(data) / max(dt, 1e-9))
+                 backbone.name, where, dt, len(data) / max(dt, 1e-9))
 
 
 def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) -> None:
@@ -231,7 +258,8 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
                               mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
                               interpolation=spec["interpolation"],
                               device=cfg["device"], num_workers=cfg["num_workers"],
-                              progress=progress, precision=cfg["extraction_precision"]):
+                              progress=progress, precision=cfg["extraction_precision"],
+                              threads=cfg["extraction_threads"]):
         ui = owner[idx[0]]                      # a batch never crosses a unit
         u = units[ui]
         for p in todo[u.id]:

@@ -16,6 +16,7 @@ Nothing here schedules work of its own; it hands work to the engines researchers
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -28,6 +29,7 @@ SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 # torchrun's ranks meet once, at the end of extraction: a rank that finished its share
 # waits this long for the slowest one.
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
+DASK_CONNECT_TIMEOUT = "20s"
 
 
 class ParallelError(ValueError):
@@ -50,14 +52,15 @@ class Shard:
     def parse(cls, text: str, flag: str = "--shard") -> "Shard":
         m = SHARD_PATTERN.match(str(text))
         if not m:
-            raise ParallelError(f"{flag} {text!r} is not valid: write I/N, e.g. {flag} 0/4 for the "
+            raise ParallelError(f"{flag} {text} is not valid: write I/N, e.g. {flag} 0/4 for the "
                                 "first of four shares (SLURM: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
         index, count = int(m.group(1)), int(m.group(2))
         try:
             return cls(index, count)
         except ParallelError:
-            raise ParallelError(f"{flag} {text}: I must be in 0 .. N-1 and N >= 1 (e.g. {flag} "
-                                f"{min(index, max(count - 1, 0))}/{max(count, 1)})") from None
+            raise ParallelError(f"{flag} {text} is not valid: in I/N, N must be >= 1 and I in "
+                                f"0 .. N-1 (e.g. {flag} {min(index, max(count - 1, 0))}/{max(count, 1)})"
+                                ) from None
 
     def owns(self, position: int) -> bool:
         return position % self.count == self.index
@@ -191,8 +194,7 @@ def sweep_map(fn, tasks: list, jobs: int, dask_scheduler: str | None = None) -> 
     if not tasks:
         return []
     import joblib
-    if dask_scheduler:
-        dask_client(dask_scheduler)      # joblib's dask backend uses the current client
+    if dask_scheduler:                   # inside dask_session(dask_scheduler)
         with joblib.parallel_config(backend="dask", wait_for_workers_timeout=60):
             return joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(fn)(t) for t in tasks)
     if jobs == 1 or len(tasks) == 1:
@@ -201,23 +203,25 @@ def sweep_map(fn, tasks: list, jobs: int, dask_scheduler: str | None = None) -> 
     return joblib.Parallel(n_jobs=n, backend="loky", batch_size=1)(joblib.delayed(fn)(t) for t in tasks)
 
 
-_CLIENTS: dict = {}
-
-
-def dask_client(address: str):
-    """A distributed.Client connected to `address` (kept for the process), or a clear error."""
-    if address in _CLIENTS:
-        return _CLIENTS[address]
+@contextlib.contextmanager
+def dask_session(address: str | None):
+    """Connected to the Dask scheduler at `address` for the block (joblib's dask backend uses
+    this client); nothing when `address` is None."""
+    if not address:
+        yield None
+        return
     try:
         from distributed import Client
     except ImportError:
         raise ParallelError("--dask-scheduler needs dask's distributed package: "
                             "pip install 'dask[distributed]'") from None
     try:
-        client = Client(address, timeout=30)
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
-        raise ParallelError(f"--dask-scheduler {address!r}: cannot reach a Dask scheduler there "
-                            f"({type(exc).__name__}: {exc}); start one (`dask scheduler`, or a "
-                            "dask-jobqueue cluster) and pass its address, e.g. tcp://host:8786") from None
-    _CLIENTS[address] = client
-    return client
+        raise ParallelError(f"--dask-scheduler {address}: no Dask scheduler answers there "
+                            f"({type(exc).__name__}); start one (`dask scheduler`, or a dask-jobqueue "
+                            "cluster) and pass its address, e.g. tcp://host:8786") from None
+    try:
+        yield client
+    finally:
+        client.close()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import config as C
 from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE, resolve_layers
-from parallel import Ranks, Shard, prestart, resolve_jobs, sweep_map
+from parallel import Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
 
 log = logging.getLogger("iqm")
 
@@ -324,27 +324,28 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
             return None
     if not cfg["dask_scheduler"]:
         prestart(jobs, SWEEP_MODULES)     # workers start while the cache is checked
-    out_dir, stamp = new_results_dir(cfg, mode)
-    handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    level = root.level
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)           # experiment.log always gets INFO
-    try:
-        return _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress)
-    except BaseException as exc:   # the folder says the run failed, and why; never a silent half
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        log.error("run failed: %s", text)
-        with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
-            f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun the "
-                    "same command to resume\n")
-        raise
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
+    with dask_session(cfg["dask_scheduler"]):   # an unreachable cluster fails before any output
+        out_dir, stamp = new_results_dir(cfg, mode)
+        handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        level = root.level
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)           # experiment.log always gets INFO
+        try:
+            return _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress)
+        except BaseException as exc:   # the folder says the run failed, and why; never a silent half
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.error("run failed: %s", text)
+            with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
+                f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun the "
+                        "same command to resume\n")
+            raise
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+            handler.close()
 
 
 def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Experiment:
