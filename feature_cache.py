@@ -303,17 +303,20 @@ class LayerCache:
         if len(array) != len(unit.records):
             raise ValueError(f"{unit.relpath}: {len(array)} rows for {len(unit.records)} images")
         with np.errstate(over="ignore"):      # an overflow is detected and reported just below
-            stored = array.astype(dtype)
+            stored = array.astype(dtype, copy=False)
         if not np.isfinite(stored).all():
-            bad = "overflow to inf in float16" if np.isfinite(array).all() else "NaN/inf activations"
+            if stored is array:               # converted on the accelerator, whose finite check passed
+                bad = "overflow to inf in float16 (or NaN/inf activations)"
+            else:
+                bad = "overflow to inf in float16" if np.isfinite(array).all() else "NaN/inf activations"
             raise CacheError(f"{self.name}: {bad} in {unit.relpath}; set config['cache_dtype'] = "
                              "'float32' (or check the input images)")
         entry = self._dir(unit)
         path = os.path.join(entry, unit.relpath)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _atomic_save_npy(path, stored)
+        digest = _atomic_save_npy(path, stored)
         info = {"key": self.unit_key(unit), "shape": list(stored.shape), "dtype": str(stored.dtype),
-                "bytes": os.path.getsize(path), "sha256": _sha256_path(path),
+                "bytes": os.path.getsize(path), "sha256": digest,
                 "images": [r.source for r in unit.records], "degradation": unit.dtype,
                 "level": unit.level}
         _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True, default=str).encode())
@@ -389,9 +392,9 @@ class DerivedCache:
             files = {}
             for name, array in arrays.items():
                 path = os.path.join(self.dir, name + ".npy")
-                _atomic_save_npy(path, array)
+                digest = _atomic_save_npy(path, array)
                 files[name + ".npy"] = {"shape": list(array.shape), "dtype": str(array.dtype),
-                                        "bytes": os.path.getsize(path), "sha256": _sha256_path(path)}
+                                        "bytes": os.path.getsize(path), "sha256": digest}
             self.info = info or {}
             meta = {"key": self.key, "kind": self.kind, "params": self.params, "files": files,
                     "info": info or {},
@@ -542,9 +545,27 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
-def _atomic_save_npy(path: str, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False), ".npy",
-                  array.nbytes)
+class _Hashing:
+    """A write-only file that hashes what goes through it (no second read for the checksum)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+
+def _atomic_save_npy(path: str, array: np.ndarray) -> str:
+    """np.save `array` to `path` atomically; returns the file's sha256."""
+    box = {}
+
+    def write(f):
+        h = _Hashing(f)
+        np.save(h, np.ascontiguousarray(array), allow_pickle=False)
+        box["sha256"] = h.sha.hexdigest()
+    _atomic_write(path, write, ".npy", array.nbytes)
+    return box["sha256"]
 
 
 def cache_info(root: str) -> list[dict]:

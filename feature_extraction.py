@@ -12,7 +12,10 @@
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -29,6 +32,10 @@ from layer_registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
+DECODED_IMAGES = 256          # decoded working-size images kept per process (~50 MB at 256 px)
+WRITE_THREADS = 2             # cache files written (npy, sha256, fsync) beside the forward passes
+PENDING_WRITES = 4            # files waiting for a writer before the forward passes wait
+
 # Modules worth listing for an arbitrary model (the layer guide's "extractable" kinds);
 # activations, pooling, dropout and reshapes are left out.
 EXTRACTABLE_TYPES = ("Conv2d", "Linear", "LayerNorm", "BatchNorm2d", "GroupNorm",
@@ -44,12 +51,24 @@ class Job:
     level: object = None             # None = clean
 
 
-class JobDataset(torch.utils.data.Dataset):
-    """Decodes, degrades and normalises images; runs inside DataLoader workers."""
+@functools.lru_cache(maxsize=DECODED_IMAGES)
+def _decoded(source: str, working_size: int) -> np.ndarray:
+    """load_rgb, remembered per process: an evaluation image is degraded at every level (45
+    times with the default degradations) but decoded once per DataLoader worker. The array is
+    read-only, and degradations return new arrays."""
+    return load_rgb(source, working_size)
 
-    def __init__(self, jobs, working_size, input_size, mean, std, seed, interpolation="bicubic"):
+
+class JobDataset(torch.utils.data.Dataset):
+    """Decodes and degrades images; runs inside DataLoader workers. With `on_device`, items are
+    the (H, W, 3) uint8 working-size images, resized and normalised on the accelerator by
+    `preprocess_batch` (a third of the bytes to move, and no resize on the CPU); otherwise
+    the normalised (3, S, S) float32 input of `preprocess`."""
+
+    def __init__(self, jobs, working_size, input_size, mean, std, seed, interpolation="bicubic",
+                 on_device: bool = False):
         self.jobs, self.working_size, self.input_size = list(jobs), working_size, input_size
-        self.interpolation = interpolation
+        self.interpolation, self.on_device = interpolation, on_device
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.seed = seed
@@ -59,8 +78,10 @@ class JobDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         job = self.jobs[i]
-        img = load_rgb(job.record.source, self.working_size)
+        img = _decoded(job.record.source, self.working_size)
         img = apply_degradation(img, job.degradation, job.level, self.seed, job.record.sha256)
+        if self.on_device:
+            return torch.from_numpy(np.array(img, dtype=np.uint8))
         return preprocess(img, self.input_size, self.mean, self.std, self.interpolation)
 
 
@@ -74,6 +95,22 @@ def preprocess(img: np.ndarray, input_size: int, mean: torch.Tensor, std: torch.
         x = F.interpolate(x[None], size=(input_size, input_size), mode=interpolation,
                           align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)
     return (x - mean) / std
+
+
+def preprocess_batch(x: torch.Tensor, input_size: int, mean: torch.Tensor, std: torch.Tensor,
+                     interpolation: str = "bicubic") -> torch.Tensor:
+    """`preprocess` for a batch of (B, H, W, 3) uint8 images already on the accelerator: the same
+    operations (scale to [0, 1], resize with antialias, clamp, normalise), batched."""
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != input_size or x.shape[-2] != input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
+                          align_corners=False, antialias=True).clamp_(0.0, 1.0)
+    return (x - mean.to(x.device)[None]) / std.to(x.device)[None]
+
+
+FINITE = "\0finite"            # store key suffix: the float32 output was finite
+# Devices whose extraction is staged (see _extract); the CPU computes in float32 in place.
+STAGED_DEVICE_TYPES = ("cuda",)
 
 
 class _StopForward(Exception):
@@ -105,20 +142,26 @@ def find_modules(module: nn.Module, paths) -> dict[str, nn.Module]:
 
 
 @contextlib.contextmanager
-def capture_layers(module: nn.Module, paths, stop_early: bool = True):
-    """Hook `paths`; yields a dict filled with float32 CPU copies of their outputs
-    on every forward. With `stop_early`, the forward pass raises `_StopForward`
-    once every path has fired (callers use `run_captured`)."""
+def capture_layers(module: nn.Module, paths, stop_early: bool = True, device_dtype=None):
+    """Hook `paths`; yields a dict filled with a copy of each output on every forward: a float32
+    CPU tensor, or, with `device_dtype`, a copy in that dtype (the cache's) left on the output's
+    device (no synchronisation inside the forward pass on an accelerator), with
+    `store[path + FINITE]`, whether the float32 output was finite. With `stop_early`, the
+    forward pass raises `_StopForward` once every path has fired (callers use `run_captured`)."""
     targets = find_modules(module, paths)
     store: dict[str, torch.Tensor] = {}
     handles = []
 
     def make_hook(path):
         def hook(_mod, _inp, out):
-            # .float().cpu() copies unless already float32 on the CPU: clone then.
             t = _unwrap(out).detach()
-            store[path] = t.float().cpu() if (t.dtype != torch.float32 or t.is_cuda) else t.clone()
-            if stop_early and len(store) == len(targets):
+            if device_dtype is not None:
+                store[path + FINITE] = torch.isfinite(t).all()
+                store[path] = t.to(device_dtype, copy=True)   # a copy: in-place ReLUs follow
+            else:   # .float().cpu() copies unless already float32 on the CPU: clone then
+                store[path] = t.float().cpu() if (t.dtype != torch.float32 or t.device.type != "cpu") \
+                    else t.clone()
+            if stop_early and len(targets) == sum(p in store for p in targets):
                 raise _StopForward
         return hook
 
@@ -165,10 +208,13 @@ def cpu_threads(setting) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_workers(setting) -> int:
+def default_workers(setting, device_type: str = "cpu") -> int:
+    """DataLoader workers: 'auto' = up to 4 beside a CPU forward pass (which needs the cores
+    itself), every core but one (up to 16) to feed an accelerator."""
     if setting != "auto":
         return int(setting)
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    cores = cpu_threads("auto")
+    return max(0, min(16 if device_type != "cpu" else 4, cores - 1))
 
 
 def unit_batches(sizes, batch_size: int) -> list[list[int]]:
@@ -185,9 +231,10 @@ def unit_batches(sizes, batch_size: int) -> list[list[int]]:
 
 def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
             device="auto", num_workers="auto", progress=True, precision="float32",
-            interpolation="bicubic", threads="auto"):
-    """Yield (job indices, {path: float32 ndarray (b, ...)}) for each batch of `batches`.
-    On the CPU the forward runs on `threads` threads (config['extraction_threads'])."""
+            interpolation="bicubic", threads="auto", store_dtype=None):
+    """Yield (job indices, {path: ndarray (b, ...)}) for each batch of `batches`: float32, or
+    on an accelerator `store_dtype` (the cache's dtype, converted there). On the CPU the
+    forward runs on `threads` threads (config['extraction_threads'])."""
     dev = resolve_device(device)
     if dev.type == "cpu":
         before = torch.get_num_threads()
@@ -199,41 +246,83 @@ def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
             torch.set_num_threads(before)
         return
     yield from _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
-                        num_workers, progress, precision, interpolation)
+                        num_workers, progress, precision, interpolation, store_dtype)
 
 
 def _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed, num_workers,
-             progress, precision, interpolation):
+             progress, precision, interpolation, store_dtype=None):
+    """The extraction loop. On devices of STAGED_DEVICE_TYPES, images are resized and
+    normalised on the device, layer outputs converted to `store_dtype` there and copied to
+    (pinned) host memory asynchronously, one batch behind the forward passes; elsewhere the
+    float32 CPU path."""
     module = backbone.module.to(dev)
-    if dev.type == "cuda":
+    cuda = dev.type == "cuda"
+    on_device = dev.type in STAGED_DEVICE_TYPES
+    if cuda:
         module = module.to(memory_format=torch.channels_last)
-    data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed, interpolation)
-    workers = default_workers(num_workers)
+    data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed, interpolation,
+                      on_device=on_device)
+    workers = default_workers(num_workers, dev.type)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
-                                         pin_memory=dev.type == "cuda")
+                                         pin_memory=cuda)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(data), unit="img", desc=f"extract {backbone.name}", leave=False)
     amp = (contextlib.nullcontext() if precision == "float32"
            else torch.autocast(dev.type, dtype=getattr(torch, precision)))
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    dtype = getattr(torch, store_dtype) if (on_device and store_dtype) else None
+    if on_device and dtype is None:
+        dtype = torch.float32
     t0 = time.perf_counter()
-    with capture_layers(module, paths) as store, torch.inference_mode(), amp:
+    previous = None
+    with capture_layers(module, paths, device_dtype=dtype) as store, torch.inference_mode(), amp:
         for idx, x in zip(batches, loader):
             x = x.to(dev, non_blocking=True)
-            if dev.type == "cuda":
+            if on_device:
+                x = preprocess_batch(x, backbone.input_size, mean_t, std_t, interpolation)
+            if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = run_captured(backbone.forward, x, store)
-            yield idx, {p: out[p].numpy() for p in paths}
+            if dtype is None:
+                yield idx, {p: out[p].numpy() for p in paths}
+            else:
+                # copy this batch to pinned host memory behind the GPU's back, and hand over
+                # the previous batch, whose copy is done, while the GPU computes this one
+                host = {p: torch.empty(out[p].shape, dtype=dtype, pin_memory=cuda) for p in paths}
+                for p in paths:
+                    host[p].copy_(out[p], non_blocking=cuda)
+                done = None
+                if cuda:
+                    done = torch.cuda.Event()
+                    done.record()
+                if previous is not None:
+                    yield _landed(*previous, paths)
+                previous = (idx, host, {p: out[p + FINITE] for p in paths}, done)
             if bar is not None:
                 bar.update(len(x))
+        if previous is not None:
+            yield _landed(*previous, paths)
     if bar is not None:
         bar.close()
     dt = time.perf_counter() - t0
     if data:
         where = f"{dev} ({torch.get_num_threads()} threads)" if dev.type == "cpu" else str(dev)
-        log.info("extracted %d images with %s on %s in %.1fs (%.1f img/s)", len(data),
-                 backbone.name, where, dt, len(data) / max(dt, 1e-9))
+        log.info("extracted %d images with %s on %s in %.1fs (%.1f img/s; %d loader workers)",
+                 len(data), backbone.name, where, dt, len(data) / max(dt, 1e-9), workers)
+
+
+def _landed(idx, host, finite, done, paths):
+    """(job indices, {path: ndarray}) of a batch copied to the host, once the copy is done."""
+    if done is not None:
+        done.synchronize()
+    for p in paths:
+        if not bool(finite[p]):
+            from feature_cache import CacheError
+            raise CacheError(f"NaN/inf activations at {p}; check the input images (or the "
+                             "weights)")
+    return idx, {p: host[p].numpy() for p in paths}
 
 
 def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) -> None:
@@ -254,22 +343,33 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     paths = sorted({p for ps in todo.values() for p in ps})
     batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])
     buffers, filled = {}, [0] * len(units)
-    for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
-                              mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
-                              interpolation=spec["interpolation"],
-                              device=cfg["device"], num_workers=cfg["num_workers"],
-                              progress=progress, precision=cfg["extraction_precision"],
-                              threads=cfg["extraction_threads"]):
-        ui = owner[idx[0]]                      # a batch never crosses a unit
-        u = units[ui]
-        for p in todo[u.id]:
-            if (ui, p) not in buffers:
-                buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], np.float32)
-            buffers[(ui, p)][filled[ui]:filled[ui] + len(idx)] = batch[p]
-        filled[ui] += len(idx)
-        if filled[ui] == len(u.records):
+    # files are written by threads (np.save, sha256 and fsync release the GIL) while the next
+    # batches run; at most PENDING_WRITES wait, and every write is finished (or its error
+    # raised) before this returns
+    with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, "cache-writer") as writers:
+        pending = collections.deque()
+        for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
+                                  mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
+                                  interpolation=spec["interpolation"],
+                                  device=cfg["device"], num_workers=cfg["num_workers"],
+                                  progress=progress, precision=cfg["extraction_precision"],
+                                  threads=cfg["extraction_threads"], store_dtype=cfg["cache_dtype"]):
+            ui = owner[idx[0]]                      # a batch never crosses a unit
+            u = units[ui]
             for p in todo[u.id]:
-                caches[p].write(u, buffers.pop((ui, p)), cfg["cache_dtype"], n_units[u.kind])
+                if (ui, p) not in buffers:
+                    buffers[(ui, p)] = np.empty((len(u.records),) + batch[p].shape[1:], batch[p].dtype)
+                buffers[(ui, p)][filled[ui]:filled[ui] + len(idx)] = batch[p]
+            filled[ui] += len(idx)
+            if filled[ui] == len(u.records):
+                for p in todo[u.id]:
+                    pending.append(writers.submit(caches[p].write, u, buffers.pop((ui, p)),
+                                                  cfg["cache_dtype"], n_units[u.kind]))
+                while len(pending) > PENDING_WRITES:
+                    pending.popleft().result()
+        for f in pending:
+            f.result()
+    _decoded.cache_clear()
 
 
 def list_extractable_layers(module: nn.Module, forward, input_size: int):
