@@ -15,9 +15,9 @@ A FeatureSpace has one of two forms:
 
 A layer's Gram is explicit when the rows of every image fit in a quarter of
 `config['max_representation_bytes']` (float64), else kernel blocks computed by the cheaper
-exact route (`representations.gram_route_costs`, logged). Both are cached as derived
-artefacts beside the layer's raw entries (`feature_cache.DerivedCache`), so the next sweep
-reads them.
+exact route (`representations.gram_route_costs`, logged). Both, and the GAP rows of every
+layer, are cached as derived artefacts beside the layer's raw entries
+(`feature_cache.DerivedCache`), so the next sweep reads them.
 
 Features are memoised by content (module paths, aggregate, the transform's parameters),
 never by names. A configuration that cannot run on a space raises `Infeasible` with the rule.
@@ -42,6 +42,7 @@ TRANSFORM_DEFAULTS = {"use_gram": False, "use_pca": False, "pca_dim": None, "whi
 VIT_POOLS = ("mean", "cls", "cls_mean")
 AGGREGATIONS = ("concat", "mean")
 GAP_CHUNK = 25                     # images pooled at a time (bounded float64 copies)
+GAP_VERSION = 1                    # bump when representations.gap changes its output
 
 
 class TransformError(ValueError):
@@ -222,21 +223,33 @@ class FeatureAssembler:
 
     # -------------------------------------------------------------- one layer
     def _gap(self, path, vit_pool):
+        """GAP rows of one layer, from the derived cache when a sweep already pooled them."""
+        from feature_cache import DerivedCache
         key = (path, "gap", vit_pool)
         if key not in self._layers:
             cache = self.caches[path]
             prefix = self._prefix_tokens(self._shape(path))
-
-            def rows(unit):
-                act = cache.load(unit)
-                out = np.concatenate([rp.gap(act[i:i + GAP_CHUNK], vit_pool, prefix)
-                                      for i in range(0, len(act), GAP_CHUNK)])
-                if not np.isfinite(out).all():
-                    raise MetricInputError(f"layer {path}: NaN or inf in the features of {unit.relpath}")
-                return out
-            ref = np.concatenate([rows(u) for u in self.ref_units])
-            self._layers[key] = FeatureSpace.rows(ref, {self.eval_key(u): rows(u) for u in self.eval_units})
+            derived = DerivedCache(cache, self.ref_units + self.eval_units, "gap",
+                                   {"vit_pool": vit_pool, "prefix_tokens": prefix, "version": GAP_VERSION})
+            with derived.computing():
+                arrays = derived.load()
+                if arrays is None:
+                    arrays = self._gap_rows(cache, path, vit_pool, prefix)
+                    derived.save(arrays)
+            keys = [self.eval_key(u) for u in self.eval_units]
+            self._layers[key] = FeatureSpace.rows(arrays["ref"], dict(zip(keys, arrays["eval"])))
         return self._layers[key]
+
+    def _gap_rows(self, cache, path, vit_pool, prefix) -> dict:
+        def rows(unit):
+            act = cache.load(unit)
+            out = np.concatenate([rp.gap(act[i:i + GAP_CHUNK], vit_pool, prefix)
+                                  for i in range(0, len(act), GAP_CHUNK)])
+            if not np.isfinite(out).all():
+                raise MetricInputError(f"layer {path}: NaN or inf in the features of {unit.relpath}")
+            return out
+        return {"ref": np.concatenate([rows(u) for u in self.ref_units]),
+                "eval": np.stack([rows(u) for u in self.eval_units])}
 
     def _gram(self, path):
         key = (path, "gram")

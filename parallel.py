@@ -182,7 +182,10 @@ def prestart(jobs: int, modules=()) -> None:
 def _wait_prestart() -> None:
     thread = _PRESTART.pop("thread", None)
     if thread is not None:
+        import time
+        t0 = time.perf_counter()
         thread.join()
+        log.debug("waited %.2fs for the worker processes to start", time.perf_counter() - t0)
 
 
 def sweep_map(fn, tasks: list, jobs: int, dask_scheduler: str | None = None) -> list:
