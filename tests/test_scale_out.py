@@ -261,3 +261,21 @@ def test_an_unreachable_dask_scheduler_is_a_usage_error(sweep_data, monkeypatch,
     err = capsys.readouterr().err
     assert code == 2 and "tcp://127.0.0.1:9" in err and "dask scheduler" in err.lower()
     assert not results.exists() or not any(results.iterdir())
+
+
+def test_the_library_api_takes_a_config_and_leaves_config_py_alone(tmp_path):
+    write_images(tmp_path / "imgs", n=12)
+    before = copy.deepcopy(config.CONFIG)
+    cfg = _sweep_config(tmp_path, jobs=1, n_images_inference=6, n_images_evaluation=4)
+    first = pipeline.build_cache(cfg, "resnet50", ["8"], shard=Shard(0, 2), progress=False)
+    assert first.extracted > 0 and first.missing > 0          # the other half is shard 1's
+    second = pipeline.build_cache(cfg, "resnet50", ["8"], shard=Shard(1, 2), progress=False)
+    assert second.extracted + first.extracted == 1 + 5 and second.missing == 0
+    exp = pipeline.run_experiment(cfg, "quick", ["8"], progress=False)
+    (r,) = exp.results
+    assert r.scored and -1 <= r.mean_spearman <= 1 and os.path.exists(exp.files["csv"])
+    assert config.CONFIG == before
+    with pytest.raises(config.ConfigError, match="jobs"):
+        pipeline.run_experiment({**cfg, "jobs": 0}, "quick", ["8"], progress=False)
+    with pytest.raises(pipeline.UsageError, match="mode"):
+        pipeline.run_experiment(cfg, "fast", ["8"], progress=False)
