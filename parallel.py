@@ -200,7 +200,7 @@ def sweep_map(fn, tasks: list, jobs: int, dask_scheduler: str | None = None) -> 
     if dask_scheduler:                   # inside dask_session(dask_scheduler)
         with joblib.parallel_config(backend="dask", wait_for_workers_timeout=60):
             return joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(fn)(t) for t in tasks)
-    if jobs == 1 or len(tasks) == 1:
+    if jobs == 1 or len(tasks) == 1:     # (pipeline.score_backbone relies on this)
         return [fn(t) for t in tasks]
     n = min(jobs, len(tasks))
     return joblib.Parallel(n_jobs=n, backend="loky", batch_size=1)(joblib.delayed(fn)(t) for t in tasks)

@@ -322,7 +322,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
             ranks.stop()
         if not ranks.leader:
             return None
-    if not cfg["dask_scheduler"]:
+    if not cfg["dask_scheduler"] and (mode != "quick" or sum(len(lcs) for _, lcs in plans) > 1):
         prestart(jobs, SWEEP_MODULES)     # workers start while the cache is checked
     with dask_session(cfg["dask_scheduler"]):   # an unreachable cluster fails before any output
         out_dir, stamp = new_results_dir(cfg, mode)
@@ -451,7 +451,9 @@ def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov
     groups = {}
     for conf in grid:            # configurations that share features are scored together
         groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)
-    remote = jobs > 1 or bool(cfg["dask_scheduler"])
+    # tasks leave this process with several jobs and several tasks (parallel.sweep_map runs a
+    # single task here), or on a Dask cluster
+    remote = (jobs > 1 and len(groups) > 1) or bool(cfg["dask_scheduler"])
     all_boot = cfg["bootstrap"]["scope"] == "all" and cfg["bootstrap"]["n_resamples"] > 0
     base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
             "weights": prov["label"], "random_init": prov["source"] == "random-init"}
