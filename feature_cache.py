@@ -21,9 +21,8 @@ Layout (the original pipeline's, with content keys):
   cache, so an interrupted build resumes where it stopped.
 * N writers (shards, torchrun ranks, SLURM array tasks) may fill one entry at
   once, finishing in any order. An `fcntl` lock serialises the manifest's
-  read-modify-write; each writer also merges every record it finds into it.
-  The per-file records are the truth and the manifest an index rebuilt from
-  them, so on a filesystem where the lock is not honoured (NFS without a lock
+  read-modify-write. The per-file records are the truth and the manifest an
+  index rebuilt from them (`missing` puts back what it lacks), so on a filesystem where the lock is not honoured (NFS without a lock
   daemon, Lustre mounted without `-o flock`) a lost manifest update loses no
   file: readers fall back to the record. Temporary files of a killed writer
   (named after its host and pid) are removed by the next run on that host.
@@ -320,9 +319,8 @@ class LayerCache:
                 "images": [r.source for r in unit.records], "degradation": unit.dtype,
                 "level": unit.level}
         _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True, default=str).encode())
-        with self._locked(entry):
+        with self._locked(entry):        # a lost update (no lock) is healed by `missing`
             meta = self._read_meta(entry)
-            meta["files"].update(self._records(entry))   # other writers' files, lock or no lock
             meta["files"][unit.relpath] = info
             meta["complete"] = len(meta["files"]) >= n_units
             self._write_meta(entry, meta)

@@ -240,17 +240,24 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
     records = select(cfg)
     if ranks is None:
         return [build_cache(cfg, b, layers, shard, progress=progress, records=records) for b in names]
+    local = _extract_on_ranks(cfg, ranks, [(b, layers) for b in names], records, progress)
+    if not ranks.leader:
+        return []
+    return [build_cache(local, b, layers, None, progress=progress, records=records) for b in names]
+
+
+def _extract_on_ranks(cfg, ranks: Ranks, work, records, progress) -> dict:
+    """Each torchrun rank extracts its share of every (backbone, layers) of `work` on its own
+    device, then waits for the others. Returns cfg with this rank's device."""
     local = {**cfg, "device": ranks.start(cfg["device"])}
     try:
-        for b in names:
-            build_cache(local, b, layers, ranks.shard, progress=progress and ranks.leader,
+        for backbone, layers in work:
+            build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
                         records=records)
         ranks.barrier()
-        if not ranks.leader:
-            return []
-        return [build_cache(local, b, layers, None, progress=progress, records=records) for b in names]
     finally:
         ranks.stop()
+    return local
 
 
 class _quiet:
@@ -311,15 +318,9 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
     check_writable(cfg["results_dir"], "--results-dir")
     ranks = Ranks.from_env()
     if ranks is not None:
-        local = {**cfg, "device": ranks.start(cfg["device"])}
-        try:
-            for backbone, lcs in plans:
-                layers = sorted({str(i) if i is not None else p for lc in lcs for i, p in lc["resolved"]})
-                build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
-                            records=records)
-            ranks.barrier()
-        finally:
-            ranks.stop()
+        _extract_on_ranks(cfg, ranks, [(b, sorted({str(i) if i is not None else p for lc in lcs
+                                                   for i, p in lc["resolved"]})) for b, lcs in plans],
+                          records, progress)
         if not ranks.leader:
             return None
     if not cfg["dask_scheduler"] and (mode != "quick" or sum(len(lcs) for _, lcs in plans) > 1):
