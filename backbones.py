@@ -1,11 +1,24 @@
-"""Build a backbone and load its weights through each library's own mechanism.
+"""One spec per backbone: how to build it, run it, preprocess for it and load its weights.
 
-`build_backbone(name, weights, seed)` returns the module whose `named_modules()`
-paths are the registry's paths, the function that runs the forward pass, and the
-weights provenance recorded in every cache key and result:
+Every backbone is a `BackboneSpec` (like torch-fidelity's feature-extractor registry or
+timm's `pretrained_cfg`): architecture, forward, preprocessing (input size, interpolation,
+mean/std), where its pretrained weights lie and how a checkpoint's keys are adapted, token
+layout and layer table (layer_registry.py). Adding a backbone is one `BackboneSpec` in
+`BACKBONES` below (README: "Adding a backbone"). Besides the registered names, `get_spec`
+builds a spec for any model of three libraries, from the library's own metadata:
+
+* ``timm:NAME`` — `timm.create_model`; preprocessing from its `pretrained_cfg`;
+* ``torchvision:NAME`` — `torchvision.models.get_model`; preprocessing from the weights'
+  transforms;
+* ``hf:MODEL_ID`` (a hub id or a `save_pretrained` folder) — a transformers vision model built
+  from its config; preprocessing from its `preprocessor_config.json`.
+
+`build_backbone(name, weights, seed)` returns the module whose `named_modules()` paths are
+the layer paths, the function that runs the forward pass, and the weights provenance recorded
+in every cache key and result:
 
 * ``pretrained`` — the library's standard cache, never a private one:
-  torchvision: ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch.hub.get_dir()``);
+  torchvision and pytorch-fid: ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch.hub.get_dir()``);
   timm / diffusers / transformers: the Hugging Face cache (``$HF_HOME``/``$HF_HUB_CACHE``),
   with ``HF_HUB_OFFLINE=1`` respected. Absent weights raise `WeightsError`
   naming the file or model id and how to put it in place.
@@ -14,45 +27,166 @@ weights provenance recorded in every cache key and result:
 * a path — a local checkpoint (``.pth/.pt/.bin/.safetensors``, loaded with
   ``weights_only=True``) or a ``save_pretrained`` folder for the Hugging Face
   libraries. Missing or unexpected keys are an error, never ignored.
+
+Nothing here imports torch at module level: resolving weights for a cache key (a full cache
+hit) builds no model.
 """
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
 
-from layer_registry import BACKBONES
-
-# torch is imported inside the functions that build models: resolving weights for a cache key
-# (a full cache hit) needs no torch at all.
+import layer_registry as R
 
 log = logging.getLogger(__name__)
 
-TORCHVISION_FILES = {  # the files torchvision's weight enums download
-    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",  # LPIPS trunk
-}
-HF_WEIGHT_FILES = {  # (repo id, file(s) fetched into the HF cache)
-    "dinov2_vitb14": ("timm/vit_base_patch14_dinov2.lvd142m", ["model.safetensors"]),
-    "sd_vae": ("stabilityai/sd-vae-ft-mse", ["config.json", "diffusion_pytorch_model.safetensors"]),
-    "clip_vit": ("openai/clip-vit-base-patch32", ["config.json", "model.safetensors"]),
-}
+LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
 
 
 class WeightsError(RuntimeError):
     """Weights could not be loaded; the message names the file and the fix."""
 
 
+class BackboneError(ValueError):
+    """An unknown backbone name or library model; the message lists the valid ones."""
+
+
+# ----------------------------------------------------------------- where weights lie
+
+@dataclass(frozen=True)
+class TorchHubFile:
+    """A checkpoint that torch.hub's `load_state_dict_from_url` keeps in
+    $TORCH_HOME/hub/checkpoints/ under the URL's file name (torchvision, pytorch-fid, some timm)."""
+    url: str
+
+    def locate(self, name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+        path = os.path.join(torch_hub_dir(), "checkpoints", os.path.basename(self.url))
+        if os.path.isfile(path):
+            return None, [path]
+        if allow_download and not _offline():
+            try:
+                import torch
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                torch.hub.download_url_to_file(self.url, path, progress=False)
+                return None, [path]
+            except Exception:
+                pass
+        raise WeightsError(f"pretrained {name} weights not found at {path}. Download {self.url} on "
+                           "a machine with internet and copy it there (or set TORCH_HOME to the "
+                           "folder holding hub/checkpoints/), or use --weights random")
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Files of a Hugging Face hub repo, found in the HF cache: every file of `required`, then
+    the first of `weights` present (a repo may hold safetensors, a .bin, or both)."""
+    repo: str
+    required: tuple = ()
+    weights: tuple = ("model.safetensors", "pytorch_model.bin")
+
+    def locate(self, name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+        from huggingface_hub import hf_hub_download
+        online = allow_download and not _offline()
+
+        def fetch(fname):
+            for local in (True, False) if online else (True,):
+                try:
+                    return hf_hub_download(self.repo, fname, local_files_only=local)
+                except Exception:
+                    continue
+            return None
+        paths = [fetch(f) for f in self.required]
+        weights = next((p for p in map(fetch, self.weights) if p), None)
+        if None in paths or weights is None:
+            from huggingface_hub.constants import HF_HUB_CACHE
+            absent = [f for f, p in zip(self.required, paths) if p is None]
+            absent += [] if weights else [" or ".join(self.weights)]
+            raise WeightsError(
+                f"pretrained {name} weights not found: {self.repo}: {', '.join(absent)} not in the "
+                f"Hugging Face cache ({HF_HUB_CACHE}). On a machine with internet run "
+                f"`huggingface-cli download {self.repo}` and copy the cache folder here (or set "
+                "HF_HOME), pass a local folder with --weights PATH, or use --weights random")
+        return self.repo, paths + [weights]
+
+
+@dataclass(frozen=True)
+class FolderFiles:
+    """A `save_pretrained` folder given as the model itself (`hf:/path/to/folder`)."""
+    folder: str
+    weights: tuple = ("model.safetensors", "pytorch_model.bin")
+
+    def locate(self, name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+        for fname in self.weights:
+            path = os.path.join(self.folder, fname)
+            if os.path.isfile(path):
+                return os.path.abspath(self.folder), [path]
+        raise WeightsError(f"{name}: the folder {self.folder!r} has a config but no weights "
+                           f"({' or '.join(self.weights)}); save them with save_pretrained, or "
+                           "use --weights random")
+
+
+# ----------------------------------------------------------------- the spec
+
+def _identity_keys(sd: dict) -> dict:
+    return sd
+
+
+def _module_itself(module, input_size: int) -> Callable:
+    return module
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything about one backbone. `build(input_size)` returns the random-init architecture
+    (the caller seeds torch); `forward(module, input_size)` the callable that runs it on a
+    normalised (n, 3, H, W) batch; `adapt_keys(state_dict)` maps the checkpoint layouts users
+    have onto the module's keys; `checked_keys(key)` says which of the module's keys a
+    checkpoint must provide; `load_pretrained(file, input_size)` / `load_folder(folder,
+    input_size)` use the library's own loader where it has one (else `build` + a strict
+    state-dict load)."""
+    name: str
+    library: str                   # the package that builds it; its version is in the cache key
+    architecture: str              # for people
+    weights_id: str                # what "pretrained" means
+    weights: object                # TorchHubFile | HubFiles | FolderFiles | None
+    input_size: int
+    mean: tuple
+    std: tuple
+    build: Callable
+    interpolation: str = "bicubic"  # resize to input_size (torch.nn.functional.interpolate mode)
+    antialias: bool = True
+    patch: int | None = None       # transformer patch size: tokens = prefix + (size/patch)^2
+    layers: tuple = ()             # layer_registry.Layer rows; () for library models
+    recommended: tuple = ()
+    forward: Callable = _module_itself
+    adapt_keys: Callable = _identity_keys
+    checked_keys: Callable = lambda key: True
+    load_pretrained: Callable | None = None
+    load_folder: Callable | None = None
+    stats: tuple = (None, "mean")  # (layer path, vit_pool) of --save-stats
+    cache_name: str = ""           # folder and key name in the cache (default: name)
+    notes: str = ""                # where the preprocessing came from, caveats
+
+    @property
+    def key_name(self) -> str:
+        return self.cache_name or self.name
+
+
 @dataclass
 class Backbone:
+    """A built backbone: hook paths are relative to `module`."""
     name: str
-    module: object                          # a torch.nn.Module; hook paths are relative to it
+    module: object                  # a torch.nn.Module
     forward: Callable
-    provenance: dict                        # source, model id, sha256 or random seed
+    provenance: dict                # source, model id, sha256 or random seed
     input_size: int
+    spec: BackboneSpec = None
 
 
 def sha256_file(path: str, block: int = 1 << 20) -> str:
@@ -73,7 +207,46 @@ def _folder_sha256(folder: str) -> str:
     return h.hexdigest()
 
 
-# ----------------------------------------------------------------- architectures
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def torch_hub_dir() -> str:
+    """torch.hub.get_dir()'s rule, without importing torch: $TORCH_HOME/hub, where TORCH_HOME
+    defaults to $XDG_CACHE_HOME/torch (~/.cache/torch)."""
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
+# ----------------------------------------------------------------- the registered backbones
+
+def _torchvision_arch(arch: str) -> Callable:
+    def build(input_size):
+        import torchvision
+        # torchvision's ViTs fix their input size at construction
+        kw = {"image_size": input_size} if arch.startswith("vit_") else {}
+        return torchvision.models.get_model(arch, weights=None, **kw)
+    return build
+
+
+def _dinov2(arch: str) -> Callable:
+    def build(input_size):
+        import timm
+        return timm.create_model(arch, pretrained=False, num_classes=0, img_size=input_size)
+    return build
+
+
+def _dinov2_pretrained(arch: str) -> Callable:
+    def load(file, input_size):
+        import timm    # timm adapts the official layout and resamples position embeddings
+        return timm.create_model(arch, pretrained=True, num_classes=0, img_size=input_size,
+                                 pretrained_cfg_overlay={"file": file})
+    return load
+
+
+def _forward_features(module, input_size):
+    return module.forward_features
+
 
 def _vae_container(encoder):
     """A module holding the SD VAE encoder as `encoder`, so paths read `encoder.…`."""
@@ -83,53 +256,402 @@ def _vae_container(encoder):
     return holder
 
 
-def _sd_vae_encoder():
+def _sd_vae(input_size):
     # The Stable Diffusion v1 VAE configuration (stabilityai/sd-vae-ft-mse config.json).
     from diffusers.models.autoencoders.vae import Encoder
-    return Encoder(in_channels=3, out_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
-                   block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                   norm_num_groups=32, act_fn="silu", double_z=True)
+    return _vae_container(Encoder(in_channels=3, out_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 4,
+                                  block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                                  norm_num_groups=32, act_fn="silu", double_z=True))
 
 
-def _clip_config(image_size: int):
-    from transformers import CLIPVisionConfig
-    # openai/clip-vit-base-patch32 vision tower.
-    return CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, image_size=image_size, patch_size=32,
-                            hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=512)
+def _sd_vae_folder(folder, input_size):
+    from diffusers import AutoencoderKL
+    return _vae_container(AutoencoderKL.from_pretrained(folder).encoder)
 
 
-def _architecture(name: str, input_size: int) :
-    """The randomly initialised architecture (the caller seeds torch)."""
-    if name in ("resnet50", "vgg19"):
-        import torchvision
-        return getattr(torchvision.models, name)(weights=None)
-    if name == "dinov2_vitb14":
-        import timm
-        return timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0,
-                                 img_size=input_size)
-    if name == "sd_vae":
-        return _vae_container(_sd_vae_encoder())
-    if name == "lpips_vgg":
-        import lpips
-        return lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
-    if name == "clip_vit":
-        from transformers import CLIPVisionModel
-        return CLIPVisionModel(_clip_config(224))
-    raise KeyError(name)
+def _sd_vae_keys(sd: dict) -> dict:
+    """A full AutoencoderKL checkpoint, or the encoder's own keys."""
+    if any(k.startswith("encoder.") for k in sd):
+        return {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    return {f"encoder.{k}": v for k, v in sd.items()}
 
 
-def _forward_fn(name: str, module, input_size: int) -> Callable:
-    if name == "dinov2_vitb14":
-        return module.forward_features
-    if name == "sd_vae":
-        return module.encoder
-    if name == "lpips_vgg":
-        return lambda x: module.net(module.scaling_layer(x))
-    if name == "clip_vit":
-        interp = input_size != 224
-        return lambda x: module(pixel_values=x, interpolate_pos_encoding=interp)
-    return module
+def _lpips_vgg(input_size):
+    import lpips
+    return lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+
+
+def _lpips_forward(module, input_size):
+    return lambda x: module.net(module.scaling_layer(x))
+
+
+def _lpips_keys(sd: dict) -> dict:
+    """A torchvision VGG16 checkpoint (what LPIPS loads) or an LPIPS one."""
+    if any(k.startswith("features.") for k in sd):
+        out = {}
+        for k, v in sd.items():
+            if k.startswith("features."):
+                idx = int(k.split(".")[1])
+                out[f"net.{_lpips_slice(idx)}.{idx}.{k.split('.', 2)[2]}"] = v
+        return out
+    return {k: v for k, v in sd.items() if k.startswith("net.")}
+
+
+def _lpips_slice(vgg_index: int) -> str:
+    # lpips.pretrained_networks.vgg16: slices [0,4) [4,9) [9,16) [16,23) [23,30)
+    for k, end in enumerate((4, 9, 16, 23, 30), start=1):
+        if vgg_index < end:
+            return f"slice{k}"
+    raise ValueError(vgg_index)
+
+
+def _clip(model_class: str, **config) -> Callable:
+    def build(input_size):
+        import transformers
+        cfg = transformers.CLIPVisionConfig(hidden_act="quick_gelu", layer_norm_eps=1e-5, **config)
+        return getattr(transformers, model_class)(cfg)
+    return build
+
+
+def _clip_pretrained(model_class: str) -> Callable:
+    def load(path, input_size):
+        import transformers
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        return getattr(transformers, model_class).from_pretrained(folder)
+    return load
+
+
+def _clip_forward(module, input_size):
+    interp = input_size != module.config.image_size
+    return lambda x: module(pixel_values=x, interpolate_pos_encoding=interp)
+
+
+def _clip_vision_keys(sd: dict) -> dict:
+    """CLIPVisionModel has no `vision_model.` prefix; a CLIPModel checkpoint has it."""
+    return {k[len("vision_model."):] if k.startswith("vision_model.") else k: v
+            for k, v in sd.items() if not k.startswith(("text_model.", "visual_projection",
+                                                         "text_projection", "logit_scale"))}
+
+
+def _clip_projection_keys(sd: dict) -> dict:
+    """CLIPVisionModelWithProjection keeps `vision_model.` and `visual_projection`."""
+    return {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
+
+
+# pytorch-fid's FID Inception-V3 (Heusel et al. 2017; the TF graph inception-2015-12-05
+# ported by pytorch-fid), whose pool3 gives every published FID.
+FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
+_FID_ORDER = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+              "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+              "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+              "pool3")
+
+
+def _fid_inception(input_size):
+    """pytorch_fid.inception.fid_inception_v3 without its download: torchvision's Inception-V3
+    with 1008 classes and pytorch-fid's patched blocks; the average pool is named `pool3`."""
+    from pytorch_fid import inception as pf
+    net = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    net.Mixed_5b = pf.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = pf.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = pf.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = pf.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = pf.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = pf.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = pf.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = pf.FIDInceptionE_1(1280)
+    net.Mixed_7c = pf.FIDInceptionE_2(2048)
+    net.pool3 = net.avgpool
+    del net.avgpool, net.dropout
+    return net
+
+
+def _fid_forward(module, input_size):
+    """pytorch-fid's InceptionV3 blocks 0-3, then the 1008 logits; the input is already
+    resized to 299 (bilinear, no antialias) and scaled to [-1, 1] by the spec's mean/std."""
+    steps = [getattr(module, name) for name in _FID_ORDER]
+
+    def forward(x):
+        for step in steps:
+            x = step(x)
+        return module.fc(x.flatten(1))
+    return forward
+
+
+BACKBONES = {spec.name: spec for spec in (
+    BackboneSpec(
+        name="resnet50", library="torchvision", architecture="resnet50",
+        weights_id="IMAGENET1K_V1",
+        weights=TorchHubFile("https://download.pytorch.org/models/resnet50-0676ba61.pth"),
+        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
+        build=_torchvision_arch("resnet50"), layers=tuple(R.RESNET50), recommended=(7, 8, 9)),
+    BackboneSpec(
+        name="vgg19", library="torchvision", architecture="vgg19", weights_id="IMAGENET1K_V1",
+        weights=TorchHubFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
+        build=_torchvision_arch("vgg19"), layers=tuple(R.VGG19),
+        recommended=(0, 3, 7, 11, 15, 17)),
+    BackboneSpec(
+        name="dinov2_vitb14", library="timm", architecture="vit_base_patch14_dinov2",
+        weights_id="timm/vit_base_patch14_dinov2.lvd142m",
+        weights=HubFiles("timm/vit_base_patch14_dinov2.lvd142m", weights=("model.safetensors",)),
+        input_size=518, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD, patch=14,
+        build=_dinov2("vit_base_patch14_dinov2"), forward=_forward_features,
+        load_pretrained=_dinov2_pretrained("vit_base_patch14_dinov2"),
+        layers=tuple(R.DINOV2_VITB14), recommended=(0, 2, 5, 8, 11, 13)),
+    BackboneSpec(
+        name="sd_vae", library="diffusers",
+        architecture="AutoencoderKL (Stable Diffusion VAE encoder)",
+        weights_id="stabilityai/sd-vae-ft-mse",
+        weights=HubFiles("stabilityai/sd-vae-ft-mse", required=("config.json",),
+                         weights=("diffusion_pytorch_model.safetensors",)),
+        input_size=256, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1],
+        build=_sd_vae, forward=lambda m, s: m.encoder, adapt_keys=_sd_vae_keys,
+        load_pretrained=lambda file, s: _sd_vae_folder(os.path.dirname(file), s),
+        load_folder=_sd_vae_folder, layers=tuple(R.SD_VAE), recommended=(0, 3, 6, 9, 12, 16)),
+    BackboneSpec(
+        name="lpips_vgg", library="lpips", architecture="LPIPS(net='vgg') trunk = VGG16 features",
+        weights_id="torchvision VGG16_Weights.IMAGENET1K_V1",
+        weights=TorchHubFile("https://download.pytorch.org/models/vgg16-397923af.pth"),
+        input_size=224, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1],
+        build=_lpips_vgg, forward=_lpips_forward, adapt_keys=_lpips_keys,
+        checked_keys=lambda key: key.startswith("net."),   # LPIPS's lin layers are not used
+        layers=tuple(R.LPIPS_VGG), recommended=(0, 3, 6, 9, 12)),
+    BackboneSpec(
+        name="clip_vit", library="transformers", architecture="CLIPVisionModel ViT-B/32",
+        weights_id="openai/clip-vit-base-patch32",
+        weights=HubFiles("openai/clip-vit-base-patch32", required=("config.json",)),
+        input_size=224, mean=R.CLIP_MEAN, std=R.CLIP_STD, patch=32,
+        build=_clip("CLIPVisionModel", hidden_size=768, intermediate_size=3072,
+                    num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32,
+                    projection_dim=512),
+        forward=_clip_forward, adapt_keys=_clip_vision_keys,
+        load_pretrained=_clip_pretrained("CLIPVisionModel"),
+        load_folder=_clip_pretrained("CLIPVisionModel"),
+        layers=tuple(R.CLIP_VIT), recommended=(0, 3, 6, 9, 12)),
+    # ---- the standard metrics' networks, to rank beside the candidates
+    BackboneSpec(
+        name="inception_fid", library="pytorch-fid",
+        architecture="FID Inception-V3 (pytorch-fid; TF inception-2015-12-05)",
+        weights_id="pt_inception-2015-12-05-6726825d.pth",
+        weights=TorchHubFile(FID_WEIGHTS_URL),
+        # pytorch-fid: F.interpolate(x, (299, 299), mode="bilinear", align_corners=False), then 2x - 1
+        input_size=299, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1], interpolation="bilinear",
+        antialias=False, build=_fid_inception, forward=_fid_forward,
+        adapt_keys=lambda sd: {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")},
+        layers=tuple(R.INCEPTION_FID), recommended=(4, 7, 12, 15, 16), stats=("pool3", "mean")),
+    BackboneSpec(
+        name="dinov2_vitl14", library="timm", architecture="vit_large_patch14_dinov2 (FD-DINOv2)",
+        weights_id="timm/vit_large_patch14_dinov2.lvd142m",
+        weights=HubFiles("timm/vit_large_patch14_dinov2.lvd142m", weights=("model.safetensors",)),
+        # dgm-eval's FD-DINOv2: 224x224 bicubic, ImageNet normalisation, CLS token after `norm`
+        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD, patch=14,
+        build=_dinov2("vit_large_patch14_dinov2"), forward=_forward_features,
+        load_pretrained=_dinov2_pretrained("vit_large_patch14_dinov2"),
+        layers=tuple(R.DINOV2_VITL14), recommended=(0, 6, 12, 18, 24, 25),
+        stats=("norm", "cls")),
+    BackboneSpec(
+        name="clip_vit_l14_336", library="transformers",
+        architecture="CLIPVisionModelWithProjection ViT-L/14 at 336 px (CMMD)",
+        weights_id="openai/clip-vit-large-patch14-336",
+        weights=HubFiles("openai/clip-vit-large-patch14-336", required=("config.json",)),
+        # CMMD's PyTorch port: F.interpolate(x, (336, 336), mode="bicubic"), CLIP normalisation
+        input_size=336, mean=R.CLIP_MEAN, std=R.CLIP_STD, antialias=False, patch=14,
+        build=_clip("CLIPVisionModelWithProjection", hidden_size=1024, intermediate_size=4096,
+                    num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
+                    projection_dim=768),
+        forward=_clip_forward, adapt_keys=_clip_projection_keys,
+        load_pretrained=_clip_pretrained("CLIPVisionModelWithProjection"),
+        load_folder=_clip_pretrained("CLIPVisionModelWithProjection"),
+        layers=tuple(R.CLIP_VIT_L14_336), recommended=(0, 6, 12, 18, 24, 26),
+        stats=("visual_projection", "mean")),
+)}
+
+BACKBONE_NAMES = tuple(BACKBONES)
+
+# ----------------------------------------------------------------- any model of a library
+
+def _close(name: str, names, n: int = 8) -> str:
+    close = difflib.get_close_matches(name, list(names), n=n)
+    return f"; close: {', '.join(close)}" if close else ""
+
+
+def _timm_spec(arch: str) -> BackboneSpec:
+    import timm
+    if not timm.is_model(arch):
+        raise BackboneError(f"timm has no model {arch!r}{_close(arch, timm.list_models())}; "
+                            "list them with python -c \"import timm; print(timm.list_models('*vit*'))\"")
+    pcfg = timm.models.get_pretrained_cfg(arch)
+    pcfg = pcfg.to_dict() if pcfg is not None else {}
+    size = pcfg.get("input_size", (3, 224, 224))[-1]
+    weights = (HubFiles(pcfg["hf_hub_id"]) if pcfg.get("hf_hub_id")
+               else TorchHubFile(pcfg["url"]) if pcfg.get("url") else None)
+
+    def build(input_size):
+        kw = {"img_size": input_size} if _timm_takes_img_size(arch) else {}
+        return timm.create_model(arch, pretrained=False, **kw)
+
+    def load(file, input_size):
+        kw = {"img_size": input_size} if _timm_takes_img_size(arch) else {}
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": file}, **kw)
+    return BackboneSpec(
+        name=f"timm:{arch}", library="timm", architecture=arch,
+        weights_id=pcfg.get("hf_hub_id") or pcfg.get("url") or "none",
+        weights=weights, input_size=size, mean=tuple(pcfg.get("mean", R.IMAGENET_MEAN)),
+        std=tuple(pcfg.get("std", R.IMAGENET_STD)),
+        interpolation=pcfg.get("interpolation", "bicubic"), patch=_timm_patch(arch),
+        build=build, load_pretrained=load, cache_name=f"timm-{arch}",
+        notes="preprocessing from timm's pretrained_cfg")
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_probe(arch: str):
+    """The architecture built on the meta device (no memory, no weights): its patch size."""
+    import timm
+    import torch
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+    pe = getattr(model, "patch_embed", None)
+    patch = getattr(pe, "patch_size", None)
+    return (patch[0] if isinstance(patch, (tuple, list)) else patch), pe is not None
+
+
+def _timm_patch(arch):
+    return _timm_probe(arch)[0]
+
+
+def _timm_takes_img_size(arch):
+    return _timm_probe(arch)[1]
+
+
+def _torchvision_spec(arch: str) -> BackboneSpec:
+    import torchvision
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        raise BackboneError(f"torchvision has no image classification model {arch!r}"
+                            f"{_close(arch, names)}; list them with python -c \"import torchvision; "
+                            "print(torchvision.models.list_models(module=torchvision.models))\"")
+    enum = torchvision.models.get_model_weights(arch)
+    w = enum.DEFAULT
+    tf = w.transforms()
+    size = tf.crop_size[0]
+    patch = 0
+    if arch.startswith("vit_"):    # torchvision's VisionTransformer: vit_b_16 -> 16 (vit_h_14 -> 14)
+        patch = int(arch.rsplit("_", 1)[-1])
+
+    def load(file, input_size):
+        # torchvision's own loader: it remaps old key layouts (densenet) that a plain
+        # load_state_dict refuses; the file is already in its cache, so nothing is downloaded
+        return torchvision.models.get_model(arch, weights=w)
+    return BackboneSpec(
+        name=f"torchvision:{arch}", library="torchvision", architecture=arch,
+        weights_id=f"{enum.__name__}.{w.name}", weights=TorchHubFile(w.url), input_size=size,
+        mean=tuple(tf.mean), std=tuple(tf.std), interpolation=tf.interpolation.value,
+        antialias=bool(tf.antialias), patch=patch or None, build=_torchvision_arch(arch),
+        load_pretrained=load, cache_name=f"torchvision-{arch}",
+        notes=f"preprocessing from {enum.__name__}.{w.name}.transforms() (centre crop to "
+              f"{size}; here images are cropped at the working size, then resized)")
+
+
+_PIL_RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic"}   # LANCZOS -> bicubic
+
+
+def _hf_spec(model_id: str) -> BackboneSpec:
+    """A transformers vision model: a hub id in the HF cache, or a save_pretrained folder."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    local = os.path.isdir(model_id)
+    where = os.path.abspath(model_id) if local else model_id
+    try:
+        config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
+    except Exception as exc:
+        hint = ("a folder written by save_pretrained needs config.json" if local else
+                f"run `huggingface-cli download {model_id}` on a machine with internet and copy "
+                "the Hugging Face cache here (or set HF_HOME), or pass a save_pretrained folder")
+        raise BackboneError(f"hf:{model_id}: no readable config ({type(exc).__name__}); {hint}") from None
+    vision = getattr(config, "vision_config", None) or config
+    if type(vision) not in MODEL_MAPPING:
+        raise BackboneError(f"hf:{model_id}: transformers has no base model for config type "
+                            f"{type(vision).__name__}; give a vision model (ViT, DINOv2, CLIP, SigLIP, ...)")
+    model_class = MODEL_MAPPING[type(vision)]
+    pre = _hf_preprocessor(where, local)
+    size = pre.get("size") or getattr(vision, "image_size", 224)
+    size = size if isinstance(size, int) else size[0]
+    patch = getattr(vision, "patch_size", None)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+
+    def build(input_size):
+        return model_class(vision)
+
+    def load(path, input_size):
+        return model_class.from_pretrained(where, local_files_only=True)
+
+    def forward(module, input_size):
+        import inspect
+        kw = {}
+        if ("interpolate_pos_encoding" in inspect.signature(module.forward).parameters
+                and input_size != getattr(module.config, "image_size", input_size)):
+            kw["interpolate_pos_encoding"] = True
+        return lambda x: module(pixel_values=x, **kw)
+    digest = hashlib.sha256(vision.to_json_string().encode()).hexdigest()[:8]
+    return BackboneSpec(
+        name=f"hf:{model_id}", library="transformers",
+        architecture=f"{model_class.__name__} ({vision.model_type})",
+        weights_id=where, weights=FolderFiles(where) if local else HubFiles(model_id, ("config.json",)),
+        input_size=size, mean=tuple(pre.get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(pre.get("std", (0.5, 0.5, 0.5))), interpolation=pre.get("interpolation", "bilinear"),
+        patch=patch, build=build, forward=forward, load_pretrained=load,
+        cache_name=f"hf-{os.path.basename(where.rstrip('/')).replace('/', '-')}-{digest}",
+        notes=pre["source"])
+
+
+def _hf_preprocessor(where: str, local: bool) -> dict:
+    """Input size, mean/std and resampling from preprocessor_config.json, when the model has one;
+    else transformers' defaults for ViT-like processors (0.5 mean/std, bilinear)."""
+    path = os.path.join(where, "preprocessor_config.json") if local else None
+    if not local:
+        try:
+            from huggingface_hub import hf_hub_download
+            path = hf_hub_download(where, "preprocessor_config.json", local_files_only=True)
+        except Exception:
+            path = None
+    if not path or not os.path.isfile(path):
+        return {"source": "no preprocessor_config.json: config image_size, mean/std 0.5, bilinear"}
+    with open(path) as f:
+        p = json.load(f)
+    out = {"source": f"preprocessing from {path}"}
+    size = p.get("crop_size") if p.get("do_center_crop") else p.get("size")
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge")
+    if isinstance(size, int):
+        out["size"] = size
+    if p.get("do_normalize", True) and "image_mean" in p:
+        out["mean"], out["std"] = p["image_mean"], p["image_std"]
+    if "resample" in p:
+        out["interpolation"] = _PIL_RESAMPLE.get(p["resample"], "bicubic")
+    return out
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of a registered backbone, or of `timm:NAME`, `torchvision:NAME`, `hf:MODEL_ID`."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    return _library_spec(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _library_spec(name: str) -> BackboneSpec:
+    library, sep, arch = name.partition(":")
+    if sep and arch and library in ("timm", "torchvision", "hf"):
+        return {"timm": _timm_spec, "torchvision": _torchvision_spec, "hf": _hf_spec}[library](arch)
+    raise BackboneError(f"unknown backbone {name!r}{_close(name, BACKBONE_NAMES, 3)}; choose one of "
+                        f"{', '.join(BACKBONE_NAMES)}, or timm:NAME, torchvision:NAME, hf:MODEL_ID")
+
+
+def is_library_model(name: str) -> bool:
+    return name.startswith(LIBRARY_PREFIXES)
 
 
 # ----------------------------------------------------------------- state dicts
@@ -154,41 +676,11 @@ def _read_state_dict(path: str) -> dict:
     return sd
 
 
-def _adapt_keys(name: str, sd: dict) -> dict:
-    """Accept the checkpoint layouts users have: full model or the part we use."""
-    if name == "sd_vae":
-        if any(k.startswith("encoder.") for k in sd):
-            return {k: v for k, v in sd.items() if k.startswith("encoder.")}
-        return {f"encoder.{k}": v for k, v in sd.items()}
-    if name == "lpips_vgg":
-        if any(k.startswith("features.") for k in sd):  # a torchvision VGG16 checkpoint
-            out = {}
-            for k, v in sd.items():
-                if k.startswith("features."):
-                    idx = int(k.split(".")[1])
-                    out[f"net.{_lpips_slice(idx)}.{idx}.{k.split('.', 2)[2]}"] = v
-            return out
-        return {k: v for k, v in sd.items() if k.startswith("net.")}
-    if name == "clip_vit":
-        return {k[len("vision_model."):] if k.startswith("vision_model.") else k: v
-                for k, v in sd.items() if not k.startswith(("text_model.", "visual_projection",
-                                                             "text_projection", "logit_scale"))}
-    return sd
-
-
-def _lpips_slice(vgg_index: int) -> str:
-    # lpips.pretrained_networks.vgg16: slices [0,4) [4,9) [9,16) [16,23) [23,30)
-    for k, end in enumerate((4, 9, 16, 23, 30), start=1):
-        if vgg_index < end:
-            return f"slice{k}"
-    raise ValueError(vgg_index)
-
-
-def _load_strict(name: str, module, sd: dict, source: str) -> None:
-    sd = _adapt_keys(name, sd)
-    own = module.state_dict()
-    if name == "lpips_vgg":  # only the trunk is used; LPIPS's lin layers are not ours to check
-        own = {k: v for k, v in own.items() if k.startswith("net.")}
+def _load_strict(spec: BackboneSpec, module, sd: dict, source: str) -> None:
+    """Load `sd` (adapted to the module's layout); any missing, unexpected or misshapen key of
+    those the spec checks is an error naming the keys."""
+    sd = spec.adapt_keys(sd)
+    own = {k: v for k, v in module.state_dict().items() if spec.checked_keys(k)}
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     wrong = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
@@ -203,77 +695,20 @@ def _load_strict(name: str, module, sd: dict, source: str) -> None:
         if wrong:
             parts.append("shape mismatch: " + show([f"{k} {tuple(sd[k].shape)} vs "
                                                       f"{tuple(own[k].shape)}" for k in wrong]))
-        raise WeightsError(f"weights {source!r} do not match the {name} architecture: "
+        raise WeightsError(f"weights {source!r} do not match the {spec.name} architecture: "
                            + "; ".join(parts))
-    module.load_state_dict(sd, strict=False)  # strictness checked above, lin layers excluded
+    module.load_state_dict(sd, strict=False)  # strictness checked above, on the checked keys
 
 
-# ----------------------------------------------------------------- pretrained
+# ----------------------------------------------------------------- weights
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def torch_hub_dir() -> str:
-    """torch.hub.get_dir()'s rule, without importing torch: $TORCH_HOME/hub, where TORCH_HOME
-    defaults to $XDG_CACHE_HOME/torch (~/.cache/torch)."""
-    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
-    return os.path.join(os.path.expanduser(home), "hub")
-
-
-def _torchvision_file(arch: str, allow_download: bool) -> str:
-    url = TORCHVISION_FILES[arch]
-    path = os.path.join(torch_hub_dir(), "checkpoints", os.path.basename(url))
-    if os.path.isfile(path):
-        return path
-    if allow_download and not _offline():
-        try:
-            import torch
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.hub.download_url_to_file(url, path, progress=False)
-            return path
-        except Exception:
-            pass
-    raise WeightsError(f"pretrained {arch} weights not found at {path}. Download {url} on a "
-                       "machine with internet and copy it there (or set TORCH_HOME to the "
-                       "folder holding hub/checkpoints/), or use --weights random")
-
-
-def _hf_files(name: str, allow_download: bool) -> tuple[str, list[str]]:
-    from huggingface_hub import hf_hub_download
-    repo, files = HF_WEIGHT_FILES[name]
-    paths = []
-    for fname in files:
-        try:
-            paths.append(hf_hub_download(repo, fname, local_files_only=True))
-            continue
-        except Exception:
-            pass
-        if allow_download and not _offline():
-            try:
-                paths.append(hf_hub_download(repo, fname))
-                continue
-            except Exception:
-                pass
-        from huggingface_hub.constants import HF_HUB_CACHE
-        raise WeightsError(
-            f"pretrained {name} weights not found: {repo}/{fname} is not in the Hugging Face "
-            f"cache ({HF_HUB_CACHE}). On a machine with internet run "
-            f"`huggingface-cli download {repo} {' '.join(files)}` and copy the cache folder "
-            f"here (or set HF_HOME), pass a local folder with --weights PATH, or use "
-            "--weights random")
-    return repo, paths
-
-
-def _pretrained_files(name: str, allow_download: bool) -> dict:
+def _pretrained_files(spec: BackboneSpec, allow_download: bool) -> dict:
     """Locate (or download) the pretrained files; no model is built."""
-    spec = BACKBONES[name]
-    if name in ("resnet50", "vgg19", "lpips_vgg"):
-        path = _torchvision_file("vgg16" if name == "lpips_vgg" else name, allow_download)
-        return {"source": "pretrained", "library": "torchvision", "model_id": spec["weights_id"],
-                "file": path, "sha256": sha256_file(path)}
-    repo, paths = _hf_files(name, allow_download)
-    return {"source": "pretrained", "library": spec["library"], "model_id": repo,
+    if spec.weights is None:
+        raise WeightsError(f"{spec.name} has no pretrained weights in {spec.library}; use "
+                           "--weights random or a checkpoint file")
+    model_id, paths = spec.weights.locate(spec.name, allow_download)
+    return {"source": "pretrained", "library": spec.library, "model_id": model_id or spec.weights_id,
             "file": paths[-1], "sha256": sha256_file(paths[-1])}
 
 
@@ -283,12 +718,11 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
     {"source": pretrained | local | random-init, "model_id"/"path", "sha256" or "seed", "label"}.
     Cache keys use it, so a full cache hit never constructs the backbone. `auto` looks in the
     local caches only (never the network); `pretrained` downloads when absent and online."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    spec = get_spec(name)
     prov = None
     if weights in ("pretrained", "auto"):
         try:
-            prov = _pretrained_files(name, allow_download and weights == "pretrained")
+            prov = _pretrained_files(spec, allow_download and weights == "pretrained")
         except WeightsError as exc:
             if weights == "pretrained":
                 raise
@@ -310,75 +744,34 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
     return prov
 
 
-def _load_pretrained(name: str, prov: dict, input_size: int) :
-    path = prov["file"]
-    if name in ("resnet50", "vgg19", "lpips_vgg"):
-        module = _architecture(name, input_size)
-        _load_strict(name, module, _read_state_dict(path), path)
-        return module
-    if name == "dinov2_vitb14":
-        import timm
-        return timm.create_model("vit_base_patch14_dinov2", pretrained=True, num_classes=0,
-                                 img_size=input_size, pretrained_cfg_overlay={"file": path})
-    if name == "sd_vae":
-        from diffusers import AutoencoderKL
-        return _vae_container(AutoencoderKL.from_pretrained(os.path.dirname(path)).encoder)
-    from transformers import CLIPVisionModel
-    return CLIPVisionModel.from_pretrained(os.path.dirname(path))
-
-
-def _load_local(name: str, path: str, input_size: int) :
-    if os.path.isdir(path):
-        if name == "sd_vae":
-            from diffusers import AutoencoderKL
-            return _vae_container(AutoencoderKL.from_pretrained(path).encoder)
-        if name == "clip_vit":
-            from transformers import CLIPVisionModel
-            return CLIPVisionModel.from_pretrained(path)
-        raise WeightsError(f"--weights {path!r} is a folder; {name} needs a checkpoint file "
-                           "(.pth, .pt, .bin or .safetensors)")
-    module = _architecture(name, input_size)
-    _load_strict(name, module, _read_state_dict(path), path)
+def _load_checkpoint(spec: BackboneSpec, path: str, input_size: int):
+    module = spec.build(input_size)
+    _load_strict(spec, module, _read_state_dict(path), path)
     return module
 
 
 def build_backbone(name: str, weights: str = "auto", seed: int = 0,
                    input_size: int | None = None, allow_download: bool = True,
                    provenance: dict | None = None) -> Backbone:
-    """Build `name` (a registry key) with `weights` (auto | pretrained | random | path).
+    """Build backbone `name` (see `get_spec`) with `weights` (auto | pretrained | random | path).
     Pass the `provenance` from `resolve_weights` to avoid locating the files twice."""
+    spec = get_spec(name)
     prov = provenance or resolve_weights(name, weights, seed, allow_download)
-    input_size = input_size or BACKBONES[name]["input_size"]
+    input_size = input_size or spec.input_size
     import torch
     if prov["source"] == "random-init":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(prov["seed"])
-            module = _architecture(name, input_size)
+            module = spec.build(input_size)
     elif prov["source"] == "pretrained":
-        module = _load_pretrained(name, prov, input_size)
+        module = (spec.load_pretrained(prov["file"], input_size) if spec.load_pretrained
+                  else _load_checkpoint(spec, prov["file"], input_size))
+    elif os.path.isdir(prov["path"]):
+        if spec.load_folder is None:
+            raise WeightsError(f"--weights {prov['path']!r} is a folder; {name} needs a checkpoint "
+                               "file (.pth, .pt, .bin or .safetensors)")
+        module = spec.load_folder(prov["path"], input_size)
     else:
-        module = _load_local(name, prov["path"], input_size)
+        module = _load_checkpoint(spec, prov["path"], input_size)
     module.eval().requires_grad_(False)
-    return Backbone(name, module, _forward_fn(name, module, input_size), prov, input_size)
-
-
-def build_library_model(spec: str) -> tuple:
-    """`timm:NAME` or `torchvision:NAME` -> (random-init model, input size), for --list-layers."""
-    library, _, arch = spec.partition(":")
-    if library == "timm":
-        import timm
-        if not timm.list_models(arch):
-            close = timm.list_models(f"*{arch}*")[:8]
-            raise KeyError(f"timm has no model {arch!r}" + (f"; close: {', '.join(close)}" if close else ""))
-        model = timm.create_model(arch, pretrained=False)
-        size = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        return model.eval(), size
-    if library == "torchvision":
-        import torchvision
-        names = torchvision.models.list_models()
-        if arch not in names:
-            import difflib
-            close = difflib.get_close_matches(arch, names, n=8)
-            raise KeyError(f"torchvision has no model {arch!r}" + (f"; close: {', '.join(close)}" if close else ""))
-        return torchvision.models.get_model(arch, weights=None).eval(), 224
-    raise KeyError(f"{spec!r}: use a built-in backbone name, timm:NAME or torchvision:NAME")
+    return Backbone(name, module, spec.forward(module, input_size), prov, input_size, spec)

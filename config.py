@@ -23,7 +23,8 @@ CONFIG = {
     "n_images_evaluation": None,
 
     # ----------------------------------------------------------- extraction
-    "backbone": "resnet50",
+    "backbone": "resnet50",        # a name of backbones.BACKBONES, "all", timm:NAME,
+                                   # torchvision:NAME or hf:MODEL_ID (hub id or local folder)
     "weights": "auto",             # auto | pretrained | random | /path/to/checkpoint
     "device": "auto",              # auto | cpu | cuda | mps
     "batch_size": 16,
@@ -133,7 +134,8 @@ MODES = {
 # resnet50 = `layer4`, raw GAP features, FID).
 QUICK = {
     "layers": {"resnet50": [8], "vgg19": [11], "dinov2_vitb14": [11],
-               "sd_vae": [9], "lpips_vgg": [7], "clip_vit": [9]},
+               "sd_vae": [9], "lpips_vgg": [7], "clip_vit": [9],
+               "inception_fid": [16], "dinov2_vitl14": [25], "clip_vit_l14_336": [26]},
     "transform": "raw",
     "metric": "fid",
 }
@@ -149,6 +151,10 @@ ENABLED_LAYERS = {
     "sd_vae": {i: i in (0, 3, 6, 9, 12, 16) for i in range(17)},
     "lpips_vgg": {i: i in (0, 3, 6, 9, 12) for i in range(13)},
     "clip_vit": {i: i in (0, 3, 6, 9, 12) for i in range(13)},
+    # the standard metrics' networks: FID's pool3 (16), FD-DINOv2's norm (25), CMMD's embedding (26)
+    "inception_fid": {i: i in (4, 7, 12, 15, 16) for i in range(18)},
+    "dinov2_vitl14": {i: i in (0, 6, 12, 18, 24, 25) for i in range(26)},
+    "clip_vit_l14_336": {i: i in (0, 6, 12, 18, 24, 26) for i in range(27)},
 }
 
 # Valid choices, used by validation and the CLI.
@@ -194,8 +200,10 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)}; valid keys: "
                           f"{', '.join(sorted(CONFIG))}")
-    if cfg["backbone"] != "all":
-        _choice(cfg["backbone"], backbones + ("all",), "config['backbone']")
+    from backbones import LIBRARY_PREFIXES   # any model of these libraries, checked when built
+    if cfg["backbone"] != "all" and not str(cfg["backbone"]).startswith(LIBRARY_PREFIXES):
+        _choice(cfg["backbone"], backbones + ("all",),
+                "config['backbone'] (or timm:NAME, torchvision:NAME, hf:MODEL_ID)")
     _choice(cfg["device"], DEVICES, "config['device']")
     _choice(cfg["cache_dtype"], DTYPES, "config['cache_dtype']")
     _choice(cfg["extraction_precision"], PRECISIONS, "config['extraction_precision']")

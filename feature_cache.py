@@ -71,15 +71,18 @@ def library_versions(libraries) -> dict:
     return out
 
 
-def code_identity(library: str, interpolation: str) -> dict:
+def code_identity(library: str, interpolation: str, antialias: bool = True) -> dict:
     """What of the code shapes a cached activation's bytes: library versions on the extraction
     path, the versions of the image loader, the degradations and the preprocessing, and the
-    interpolation used to reach the input size. Part of every cache key."""
+    resize used to reach the input size. Part of every cache key."""
     from dataset import LOADER_VERSION
     from degradation_generator import DEGRADATION_VERSION
-    return {"libraries": library_versions(PIPELINE_LIBRARIES + (library,)),
-            "loader": LOADER_VERSION, "degradations": DEGRADATION_VERSION,
-            "preprocess": PREPROCESS_VERSION, "interpolation": interpolation}
+    out = {"libraries": library_versions(PIPELINE_LIBRARIES + (library,)),
+           "loader": LOADER_VERSION, "degradations": DEGRADATION_VERSION,
+           "preprocess": PREPROCESS_VERSION, "interpolation": interpolation}
+    if not antialias:     # the references' plain resize; absent otherwise, so older keys hold
+        out["antialias"] = False
+    return out
 
 
 class CacheError(RuntimeError):

@@ -28,7 +28,6 @@ from torch import nn
 
 from dataset import ImageRecord, load_rgb
 from degradation_generator import apply_degradation
-from layer_registry import BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ PENDING_WRITES = 4            # files waiting for a writer before the forward pa
 # activations, pooling, dropout and reshapes are left out.
 EXTRACTABLE_TYPES = ("Conv2d", "Linear", "LayerNorm", "BatchNorm2d", "GroupNorm",
                      "Bottleneck", "BasicBlock", "Block", "PatchEmbed", "EncoderLayer",
-                     "Attention", "ResnetBlock2D")
+                     "Attention", "ResnetBlock2D", "Layer", "Embeddings", "Stage")
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,9 @@ class JobDataset(torch.utils.data.Dataset):
     the normalised (3, S, S) float32 input of `preprocess`."""
 
     def __init__(self, jobs, working_size, input_size, mean, std, seed, interpolation="bicubic",
-                 on_device: bool = False):
+                 on_device: bool = False, antialias: bool = True):
         self.jobs, self.working_size, self.input_size = list(jobs), working_size, input_size
-        self.interpolation, self.on_device = interpolation, on_device
+        self.interpolation, self.antialias, self.on_device = interpolation, antialias, on_device
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.seed = seed
@@ -82,29 +81,38 @@ class JobDataset(torch.utils.data.Dataset):
         img = apply_degradation(img, job.degradation, job.level, self.seed, job.record.sha256)
         if self.on_device:
             return torch.from_numpy(np.array(img, dtype=np.uint8))
-        return preprocess(img, self.input_size, self.mean, self.std, self.interpolation)
+        return preprocess(img, self.input_size, self.mean, self.std, self.interpolation,
+                          self.antialias)
+
+
+def resize(x: torch.Tensor, input_size: int, interpolation: str, antialias: bool) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, S, S). With `antialias` (the registered backbones): an
+    antialiased resize, clamped back to [0, 1] (bicubic overshoots). Without it: the plain
+    F.interpolate of pytorch-fid and CMMD's PyTorch port, unclamped, as those references do."""
+    if x.shape[-1] == input_size and x.shape[-2] == input_size:
+        return x
+    smooth = interpolation in ("bilinear", "bicubic")
+    x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
+                      align_corners=False if smooth else None, antialias=antialias and smooth)
+    return x.clamp_(0.0, 1.0) if antialias else x
 
 
 def preprocess(img: np.ndarray, input_size: int, mean: torch.Tensor, std: torch.Tensor,
-               interpolation: str = "bicubic") -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, S, S) float32 normalised; resize with the backbone's
-    `interpolation` (registry) and antialias. Changing this function's output needs
+               interpolation: str = "bicubic", antialias: bool = True) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, S, S) float32 normalised; resized by the backbone's
+    `interpolation` and `antialias` (its spec). Changing this function's output needs
     feature_cache.PREPROCESS_VERSION bumped (a golden-hash test checks it)."""
     x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-    if x.shape[-1] != input_size or x.shape[-2] != input_size:
-        x = F.interpolate(x[None], size=(input_size, input_size), mode=interpolation,
-                          align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)
+    x = resize(x[None], input_size, interpolation, antialias)[0]
     return (x - mean) / std
 
 
 def preprocess_batch(x: torch.Tensor, input_size: int, mean: torch.Tensor, std: torch.Tensor,
-                     interpolation: str = "bicubic") -> torch.Tensor:
+                     interpolation: str = "bicubic", antialias: bool = True) -> torch.Tensor:
     """`preprocess` for a batch of (B, H, W, 3) uint8 images already on the accelerator: the same
-    operations (scale to [0, 1], resize with antialias, clamp, normalise), batched."""
+    operations (scale to [0, 1], resize, normalise), batched."""
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[-1] != input_size or x.shape[-2] != input_size:
-        x = F.interpolate(x, size=(input_size, input_size), mode=interpolation,
-                          align_corners=False, antialias=True).clamp_(0.0, 1.0)
+    x = resize(x, input_size, interpolation, antialias)
     return (x - mean.to(x.device)[None]) / std.to(x.device)[None]
 
 
@@ -229,28 +237,29 @@ def unit_batches(sizes, batch_size: int) -> list[list[int]]:
     return out
 
 
-def extract(backbone, jobs, paths, batches, *, working_size, mean, std, seed,
-            device="auto", num_workers="auto", progress=True, precision="float32",
-            interpolation="bicubic", threads="auto", store_dtype=None):
+def extract(backbone, jobs, paths, batches, *, working_size, seed, device="auto",
+            num_workers="auto", progress=True, precision="float32", threads="auto",
+            store_dtype=None):
     """Yield (job indices, {path: ndarray (b, ...)}) for each batch of `batches`: float32, or
-    on an accelerator `store_dtype` (the cache's dtype, converted there). On the CPU the
-    forward runs on `threads` threads (config['extraction_threads'])."""
+    on an accelerator `store_dtype` (the cache's dtype, converted there). Images are resized
+    and normalised as `backbone.spec` says. On the CPU the forward runs on `threads` threads
+    (config['extraction_threads'])."""
     dev = resolve_device(device)
     if dev.type == "cpu":
         before = torch.get_num_threads()
         torch.set_num_threads(cpu_threads(threads))
         try:
-            yield from _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
-                                num_workers, progress, precision, interpolation)
+            yield from _extract(backbone, jobs, paths, batches, dev, working_size, seed,
+                                num_workers, progress, precision)
         finally:
             torch.set_num_threads(before)
         return
-    yield from _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
-                        num_workers, progress, precision, interpolation, store_dtype)
+    yield from _extract(backbone, jobs, paths, batches, dev, working_size, seed,
+                        num_workers, progress, precision, store_dtype)
 
 
-def _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed, num_workers,
-             progress, precision, interpolation, store_dtype=None):
+def _extract(backbone, jobs, paths, batches, dev, working_size, seed, num_workers,
+             progress, precision, store_dtype=None):
     """The extraction loop. On devices of STAGED_DEVICE_TYPES, images are resized and
     normalised on the device, layer outputs converted to `store_dtype` there and copied to
     (pinned) host memory asynchronously, one batch behind the forward passes; elsewhere the
@@ -260,8 +269,9 @@ def _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
     on_device = dev.type in STAGED_DEVICE_TYPES
     if cuda:
         module = module.to(memory_format=torch.channels_last)
-    data = JobDataset(jobs, working_size, backbone.input_size, mean, std, seed, interpolation,
-                      on_device=on_device)
+    spec = backbone.spec
+    data = JobDataset(jobs, working_size, backbone.input_size, spec.mean, spec.std, seed,
+                      spec.interpolation, on_device=on_device, antialias=spec.antialias)
     workers = default_workers(num_workers, dev.type)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
                                          pin_memory=cuda)
@@ -271,7 +281,7 @@ def _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
         bar = tqdm(total=len(data), unit="img", desc=f"extract {backbone.name}", leave=False)
     amp = (contextlib.nullcontext() if precision == "float32"
            else torch.autocast(dev.type, dtype=getattr(torch, precision)))
-    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    mean_t, std_t = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
     dtype = getattr(torch, store_dtype) if (on_device and store_dtype) else None
     if on_device and dtype is None:
         dtype = torch.float32
@@ -281,7 +291,8 @@ def _extract(backbone, jobs, paths, batches, dev, working_size, mean, std, seed,
         for idx, x in zip(batches, loader):
             x = x.to(dev, non_blocking=True)
             if on_device:
-                x = preprocess_batch(x, backbone.input_size, mean_t, std_t, interpolation)
+                x = preprocess_batch(x, backbone.input_size, mean_t, std_t, spec.interpolation,
+                                     spec.antialias)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = run_captured(backbone.forward, x, store)
@@ -330,7 +341,6 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     feature_cache.plan_extraction) into `caches` ({module path: LayerCache}): all layers in
     one forward pass per image, batches never crossing a cache file."""
     from backbones import build_backbone
-    spec = BACKBONES[backbone]
     bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
                         provenance=provenance)
     n_units = {kind: sum(u.kind == kind for u in units) for kind in ("ref", "eval")}
@@ -349,9 +359,7 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, "cache-writer") as writers:
         pending = collections.deque()
         for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
-                                  mean=spec["mean"], std=spec["std"], seed=cfg["seed"],
-                                  interpolation=spec["interpolation"],
-                                  device=cfg["device"], num_workers=cfg["num_workers"],
+                                  seed=cfg["seed"], device=cfg["device"], num_workers=cfg["num_workers"],
                                   progress=progress, precision=cfg["extraction_precision"],
                                   threads=cfg["extraction_threads"], store_dtype=cfg["cache_dtype"]):
             ui = owner[idx[0]]                      # a batch never crosses a unit
@@ -370,6 +378,62 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
         for f in pending:
             f.result()
     _decoded.cache_clear()
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Images of a folder as they are (no working-size crop, no degradation), resized and
+    normalised for `spec` at `input_size`: the input of --save-stats, as pytorch-fid reads a
+    folder (decoded to RGB, scaled to [0, 1], resized by the network's own rule)."""
+
+    def __init__(self, files, spec, input_size):
+        self.files, self.spec, self.input_size = list(files), spec, input_size
+        self.mean = torch.tensor(spec.mean).view(3, 1, 1)
+        self.std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        from dataset import DatasetError, to_rgb
+        try:
+            with Image.open(self.files[i]) as im:
+                img = np.asarray(to_rgb(im))
+        except Exception as exc:
+            raise DatasetError(f"cannot decode image {self.files[i]!r} ({type(exc).__name__}: "
+                               f"{exc}); remove or replace the file and rerun") from None
+        return preprocess(img, self.input_size, self.mean, self.std, self.spec.interpolation,
+                          self.spec.antialias)
+
+
+def folder_activations(backbone, files, path: str, *, batch_size: int, device="auto",
+                       num_workers="auto", threads="auto", progress=True) -> np.ndarray:
+    """(n, ...) float32 output of module `path` of `backbone` for every image of `files`."""
+    dev = resolve_device(device)
+    module = backbone.module.to(dev)
+    data = FolderDataset(files, backbone.spec, backbone.input_size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size,
+                                         num_workers=default_workers(num_workers, dev.type))
+    before = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(cpu_threads(threads))
+    out = []
+    try:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(data), unit="img", desc=f"features {backbone.name}", leave=False)
+        with capture_layers(module, [path]) as store, torch.inference_mode():
+            for x in loader:
+                out.append(run_captured(backbone.forward, x.to(dev), store)[path].float().cpu().numpy())
+                if bar is not None:
+                    bar.update(len(x))
+        if bar is not None:
+            bar.close()
+    finally:
+        torch.set_num_threads(before)
+    return np.concatenate(out)
 
 
 def list_extractable_layers(module: nn.Module, forward, input_size: int):

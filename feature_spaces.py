@@ -191,13 +191,14 @@ class FeatureAssembler:
     memory for every transform that shares it.
 
     `caches` maps a module path to its LayerCache; `ref_units` and `eval_units` are the cache
-    units; `max_bytes` bounds explicit Gram rows and the working memory of kernel routes;
+    units; `patch` is a transformer's patch size (None for other backbones: tokens = prefix
+    tokens + (input_size / patch)^2); `max_bytes` bounds explicit Gram rows and the working memory of kernel routes;
     `precision` and `device` are those of the Gram GEMMs."""
 
-    def __init__(self, caches, ref_units, eval_units, input_size, token_layout, max_bytes: int,
+    def __init__(self, caches, ref_units, eval_units, input_size, patch, max_bytes: int,
                  precision: str = "float32", device: str = "cpu"):
         self.caches, self.ref_units, self.eval_units = caches, ref_units, eval_units
-        self.input_size, self.token_layout = input_size, token_layout
+        self.input_size, self.patch = input_size, patch
         self.max_bytes, self.precision, self.device = max_bytes, precision, device
         self.n_ref = sum(len(u.records) for u in ref_units)
         self.n_eval = len(eval_units[0].records)
@@ -216,9 +217,9 @@ class FeatureAssembler:
         return self.caches[path].load(self.ref_units[0]).shape[1:]
 
     def _prefix_tokens(self, shape) -> int:
-        if len(shape) != 2 or not self.token_layout:
+        if len(shape) != 2 or not self.patch:
             return 0
-        grid = self.input_size // self.token_layout["patch"]
+        grid = self.input_size // self.patch
         return shape[0] - grid * grid
 
     # -------------------------------------------------------------- one layer

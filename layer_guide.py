@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-from layer_registry import BACKBONES, CAPTURE, output_form
+from backbones import BACKBONES
+from layer_registry import CAPTURE, output_form
 
 HEADER = """# Layer guide
 
@@ -19,8 +20,10 @@ module by `tests/test_layer_registry.py`, which builds each backbone and hooks e
 
 * Pick layers by **index** (`--layers 7 9 12`, `ENABLED_LAYERS` in `config.py`) or by **module path**
   (`--layers layer3.2.conv1`): any module of the model works, not only the rows below.
-* `python main.py --list-layers BACKBONE` prints a table; `--list-layers timm:NAME` or
-  `--list-layers torchvision:NAME` lists the extractable modules of any model those libraries build.
+* `python main.py --list-layers BACKBONE` prints a table; `--list-layers timm:NAME`,
+  `torchvision:NAME` or `hf:MODEL_ID` lists the extractable modules of any model those libraries
+  build, and `--backbone timm:NAME --layers MODULE_PATH` extracts them (README: "Adding a
+  backbone").
 * Output shapes are per image at the backbone's input size: `C×H×W` for feature maps,
   `tokens×width` for transformer tokens, `C` for vectors. With `--image-size` the spatial sizes
   (and token counts) scale with the input.
@@ -39,6 +42,23 @@ Listed: convolutions, linear layers, residual and transformer blocks, normalisat
 Left out: ReLU/GELU/SiLU (elementwise, and in-place in VGG), pooling (spatial downsampling
 without new weights; ResNet's `avgpool` is kept because it is the classic 2048-d embedding),
 dropout (identity at inference) and reshapes. They can still be hooked by module path.
+
+### The standard metrics' networks
+
+Three backbones are the networks of the standard metrics, so that a ranking shows where those
+metrics stand beside the candidates:
+
+* `inception_fid`: pytorch-fid's FID Inception-V3 (weights `pt_inception-2015-12-05-6726825d.pth`
+  in `$TORCH_HOME/hub/checkpoints/`). `pool3` (index 16) is FID's 2048-d feature. Its input is
+  resized to 299 as pytorch-fid does (bilinear, no antialias) and scaled to [-1, 1].
+  `python main.py --save-stats FOLDER OUT.npz` writes pytorch-fid's statistics with it.
+* `dinov2_vitl14`: FD-DINOv2 (Stein et al. 2023, dgm-eval): ViT-L/14 at 224 px; the CLS token of
+  `norm` (index 25, `vit_pool: cls`) is its feature. timm resamples the 37×37 position
+  embeddings to 16×16 when it loads the weights; the official hub model interpolates them at
+  run time, so features can differ slightly from dgm-eval's.
+* `clip_vit_l14_336`: CMMD's CLIP ViT-L/14 at 336 px (bicubic, no antialias, as CMMD's PyTorch
+  port). `visual_projection` (index 26) is CMMD's 768-d embedding; CMMD L2-normalises it
+  (a feature transform with `l2_normalize: True`).
 
 ### Transformer tokens
 
@@ -94,14 +114,18 @@ def _shape(shape) -> str:
 def render() -> str:
     parts = [HEADER]
     for name, b in BACKBONES.items():
-        layers = b["layers"]
+        layers = b.layers
         parts.append(f"## {name}\n")
-        parts.append(f"* Built by: {b['library']} — {b['architecture']}")
-        parts.append(f"* Pretrained weights: `{b['weights_id']}`")
-        parts.append(f"* Input: {b['input_size']}×{b['input_size']} RGB, {b['interpolation']} resize, "
-                     f"normalised with mean {tuple(b['mean'])} and std {tuple(b['std'])}")
+        parts.append(f"* Built by: {b.library} — {b.architecture}")
+        parts.append(f"* Pretrained weights: `{b.weights_id}`")
+        parts.append(f"* Input: {b.input_size}×{b.input_size} RGB, {b.interpolation} resize"
+                     f"{'' if b.antialias else ' without antialias'}, "
+                     f"normalised with mean {tuple(b.mean)} and std {tuple(b.std)}")
+        if b.stats[0]:
+            parts.append(f"* `--save-stats` / `--fid-stats` layer: `{b.stats[0]}`"
+                         + (f" ({b.stats[1]} token)" if b.stats[1] != "mean" else ""))
         parts.append(f"* {len(layers)} extractable layers; recommended: "
-                     f"{', '.join(map(str, b['recommended']))}\n")
+                     f"{', '.join(map(str, b.recommended))}\n")
         parts.append("| Index | Module path | Kind | Output | Form | Level | Description |")
         parts.append("|---:|---|---|---|---|---|---|")
         for layer in layers:
@@ -112,7 +136,7 @@ def render() -> str:
     parts.append("| Backbone | Layers | Recommended |")
     parts.append("|---|---:|---|")
     for name, b in BACKBONES.items():
-        parts.append(f"| {name} | {len(b['layers'])} | {', '.join(map(str, b['recommended']))} |")
+        parts.append(f"| {name} | {len(b.layers)} | {', '.join(map(str, b.recommended))} |")
     parts.append("")
     parts.append(STRATEGIES)
     parts.append(CORRECTIONS)

@@ -1,7 +1,8 @@
 """The layer tables: which module of each backbone an index names, and what it outputs.
 
 Plain data only (like timm's `feature_info` or pytorch-fid's BLOCK_INDEX_BY_DIM):
-no model is built here. `tests/test_layer_registry.py` builds every backbone and
+no model is built here. Each table belongs to one `BackboneSpec` in backbones.py, which says
+how to build the model the paths refer to; `resolve_layers` reads indices and paths against it. `tests/test_layer_registry.py` builds every backbone and
 checks every row against the real module, and LAYER_GUIDE.md is generated from
 these tables by `python main.py --write-layer-guide`.
 
@@ -143,62 +144,82 @@ _SD_VAE_ROWS = [
 SD_VAE = [Layer(i, p, k, (c, r, r), lvl, d) for i, (p, k, c, r, lvl, d) in enumerate(_SD_VAE_ROWS)]
 
 
-BACKBONES = {
-    "resnet50": {
-        "library": "torchvision", "architecture": "resnet50", "weights_id": "IMAGENET1K_V1",
-        "input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic",
-        "token_layout": None, "recommended": [7, 8, 9], "layers": RESNET50,
-    },
-    "vgg19": {
-        "library": "torchvision", "architecture": "vgg19", "weights_id": "IMAGENET1K_V1",
-        "input_size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic",
-        "token_layout": None, "recommended": [0, 3, 7, 11, 15, 17], "layers": VGG19,
-    },
-    "dinov2_vitb14": {
-        "library": "timm", "architecture": "vit_base_patch14_dinov2",
-        "weights_id": "timm/vit_base_patch14_dinov2.lvd142m",
-        "input_size": 518, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bicubic",
-        "token_layout": {"patch": 14, "prefix_tokens": 1}, "recommended": [0, 2, 5, 8, 11, 13],
-        "layers": DINOV2_VITB14,
-    },
-    "sd_vae": {
-        "library": "diffusers", "architecture": "AutoencoderKL (Stable Diffusion VAE encoder)",
-        "weights_id": "stabilityai/sd-vae-ft-mse",
-        "input_size": 256, "mean": SIGNED_UNIT[0], "std": SIGNED_UNIT[1], "interpolation": "bicubic",
-        "token_layout": None, "recommended": [0, 3, 6, 9, 12, 16], "layers": SD_VAE,
-    },
-    "lpips_vgg": {
-        "library": "lpips", "architecture": "LPIPS(net='vgg') trunk = VGG16 features",
-        "weights_id": "torchvision VGG16_Weights.IMAGENET1K_V1",
-        "input_size": 224, "mean": SIGNED_UNIT[0], "std": SIGNED_UNIT[1], "interpolation": "bicubic",
-        "token_layout": None, "recommended": [0, 3, 6, 9, 12], "layers": LPIPS_VGG,
-    },
-    "clip_vit": {
-        "library": "transformers", "architecture": "CLIPVisionModel ViT-B/32",
-        "weights_id": "openai/clip-vit-base-patch32",
-        "input_size": 224, "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic",
-        "token_layout": {"patch": 32, "prefix_tokens": 1}, "recommended": [0, 3, 6, 9, 12],
-        "layers": CLIP_VIT,
-    },
-}
+_INCEPTION_ROWS = [  # (module, kind, channels, resolution at 299 px, level, description)
+    ("Conv2d_1a_3x3", "BasicConv2d", 32, 149, "very early", "stride-2 3x3 conv + BN + ReLU"),
+    ("Conv2d_2a_3x3", "BasicConv2d", 32, 147, "very early", "3x3 conv + BN + ReLU"),
+    ("Conv2d_2b_3x3", "BasicConv2d", 64, 147, "early", "3x3 conv + BN + ReLU (then max pool)"),
+    ("Conv2d_3b_1x1", "BasicConv2d", 80, 73, "early", "1x1 conv + BN + ReLU"),
+    ("Conv2d_4a_3x3", "BasicConv2d", 192, 71, "early-mid", "3x3 conv + BN + ReLU (then max pool)"),
+    ("Mixed_5b", "FIDInceptionA", 256, 35, "early-mid", "first 35x35 Inception block"),
+    ("Mixed_5c", "FIDInceptionA", 288, 35, "mid", "second 35x35 Inception block"),
+    ("Mixed_5d", "FIDInceptionA", 288, 35, "mid", "third 35x35 Inception block"),
+    ("Mixed_6a", "InceptionB", 768, 17, "mid", "grid reduction to 17x17"),
+    ("Mixed_6b", "FIDInceptionC", 768, 17, "mid", "first 17x17 Inception block"),
+    ("Mixed_6c", "FIDInceptionC", 768, 17, "mid-late", "second 17x17 Inception block"),
+    ("Mixed_6d", "FIDInceptionC", 768, 17, "mid-late", "third 17x17 Inception block"),
+    ("Mixed_6e", "FIDInceptionC", 768, 17, "mid-late", "fourth 17x17 Inception block"),
+    ("Mixed_7a", "InceptionD", 1280, 8, "late", "grid reduction to 8x8"),
+    ("Mixed_7b", "FIDInceptionE_1", 2048, 8, "late", "first 8x8 Inception block"),
+    ("Mixed_7c", "FIDInceptionE_2", 2048, 8, "late", "second 8x8 Inception block"),
+]
+INCEPTION_FID = [Layer(i, p, k, (c, r, r), lvl, d) for i, (p, k, c, r, lvl, d) in enumerate(_INCEPTION_ROWS)] + [
+    Layer(16, "pool3", "AdaptiveAvgPool2d", (2048, 1, 1), "final",
+          "pool3: the 2048-d features of every published FID (pytorch-fid dims=2048)"),
+    Layer(17, "fc", "Linear", (1008,), "final", "logits of the 1008 classes of the TF graph"),
+]
 
-BACKBONE_NAMES = tuple(BACKBONES)
+
+def _vit_level(i: int, depth: int) -> str:
+    return _VIT_LEVELS[min(11, i * 12 // depth)]
+
+
+# FD-DINOv2 (Stein et al. 2023, dgm-eval): ViT-L/14 at 224 px, 16x16 patches + CLS.
+DINOV2_VITL14 = [
+    Layer(0, "patch_embed", "PatchEmbed", (256, 1024), "initial",
+          "16x16 patches of 14x14 pixels; no CLS token yet, no position embedding"),
+] + [
+    Layer(i + 1, f"blocks.{i}", "Transformer block", (257, 1024), _vit_level(i, 24),
+          f"block {i + 1} of 24; CLS + 256 patch tokens")
+    for i in range(24)
+] + [
+    Layer(25, "norm", "LayerNorm", (257, 1024), "final",
+          "final LayerNorm; its CLS token is FD-DINOv2's 1024-d feature"),
+]
+
+# CMMD (Jayasumana et al. 2024): CLIP ViT-L/14 at 336 px, 24x24 patches + CLS; the image
+# embedding is `visual_projection` of the CLS token after `post_layernorm`.
+CLIP_VIT_L14_336 = [
+    Layer(0, "vision_model.embeddings", "Embeddings", (577, 1024), "initial",
+          "14x14 patch embedding + position embedding; CLS + 576 patch tokens"),
+] + [
+    Layer(i + 1, f"vision_model.encoder.layers.{i}", "Transformer block", (577, 1024),
+          _vit_level(i, 24), f"encoder layer {i + 1} of 24; CLS + 576 patch tokens")
+    for i in range(24)
+] + [
+    Layer(25, "vision_model.post_layernorm", "LayerNorm", (1024,), "final",
+          "LayerNorm of the CLS token (the pooled output)"),
+    Layer(26, "visual_projection", "Linear", (768,), "final",
+          "CLIP image embedding (1024 -> 768): CMMD's feature, before its L2 normalisation"),
+]
 
 
 class LayerError(ValueError):
     """A layer index or name the registry cannot resolve; the message says how to list them."""
 
 
-def resolve_layers(backbone: str, specs) -> list[tuple[int | None, str]]:
-    """[(registry index or None, module path)] for indices or module paths of `backbone`.
+def resolve_layers(backbone: str, table, specs) -> list[tuple[int | None, str]]:
+    """[(registry index or None, module path)] for indices or module paths of `backbone`,
+    whose layer table is `table` (empty for library models: module paths only).
     A path outside the table is kept as given (checked against the built model later)."""
-    table = BACKBONES[backbone]["layers"]
     by_path = {layer.path: layer.index for layer in table}
     out = []
     for spec in specs:
         s = str(spec)
         if s.lstrip("-").isdigit():
             i = int(s)
+            if not table:
+                raise LayerError(f"{backbone} has no layer table, so layer {s} means nothing: give "
+                                 f"module paths (python main.py --list-layers {backbone})")
             if not 0 <= i < len(table):
                 raise LayerError(f"layer index {i} is out of range for {backbone}: valid indices are "
                                  f"0..{len(table) - 1} (python main.py --list-layers {backbone})")

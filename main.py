@@ -20,14 +20,14 @@ Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
 
 import config as C
 import pipeline
-from layer_registry import BACKBONES, BACKBONE_NAMES, LayerError
+from backbones import BACKBONE_NAMES, BackboneError
+from layer_registry import LayerError
 from parallel import ParallelError, Ranks, Shard
 from pipeline import UsageError, check_writable
 
@@ -53,16 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--build-cache", action="store_true",
                    help="extract and cache activations of --layers for --backbone, then stop")
     g.add_argument("--list-layers", metavar="BACKBONE",
-                   help="print the layer table of a backbone, or timm:NAME / torchvision:NAME "
-                        "to list the extractable modules of any model those libraries build")
+                   help="print the layer table of a backbone, or the extractable modules of "
+                        "timm:NAME, torchvision:NAME or hf:MODEL_ID")
+    g.add_argument("--save-stats", nargs=2, metavar=("FOLDER", "OUT.npz"),
+                   help="write pytorch-fid's statistics (mu, sigma) of the images in FOLDER for "
+                        "--backbone and one of --layers (default: inception_fid pool3, as "
+                        "`python -m pytorch_fid --save-stats`)")
+    g.add_argument("--fid-stats", nargs=2, metavar=("A", "B"),
+                   help="print the FID between A and B, each a .npz of --save-stats (or of "
+                        "pytorch-fid) or a folder of images (default network: inception_fid pool3)")
     g.add_argument("--cache-info", action="store_true", help="list cache entries with sizes and keys")
     g.add_argument("--preview-degradations", action="store_true",
                    help="write a PNG collage of a few images at every level of every degradation")
     g.add_argument("--write-layer-guide", action="store_true",
                    help="regenerate LAYER_GUIDE.md from layer_registry.py")
     g = p.add_argument_group("model and layers")
-    g.add_argument("--backbone", choices=BACKBONE_NAMES + ("all",), default=None,
-                   help=f"backbone (default: config['backbone'] = {d['backbone']})")
+    g.add_argument("--backbone", default=None, metavar="NAME",
+                   help=f"one of {', '.join(BACKBONE_NAMES)}, all, or any model of a library: "
+                        "timm:NAME, torchvision:NAME, hf:MODEL_ID (a hub id in the Hugging Face "
+                        f"cache or a save_pretrained folder) (default: {d['backbone']})")
     g.add_argument("--layers", nargs="+", metavar="L",
                    help="layer indices (see --list-layers) or module paths; required with --build-cache")
     g.add_argument("--weights", default=None, metavar="{auto,pretrained,random,PATH}",
@@ -130,6 +139,9 @@ def check_flags(args) -> None:
 def resolve_config(args) -> dict:
     """config.py defaults, overridden by the flags given; validated."""
     check_flags(args)
+    if args.backbone is not None and args.backbone != "all":
+        from backbones import get_spec
+        get_spec(args.backbone)          # BackboneError: close matches and the valid forms
     cfg = C.default_config()
     for flag, key in (("backbone", "backbone"), ("weights", "weights"), ("device", "device"),
                       ("batch_size", "batch_size"), ("image_size", "image_size"),
@@ -188,31 +200,50 @@ def run(cfg, args) -> int:
 
 # ---------------------------------------------------------------------- small commands
 
-def list_layers(spec: str) -> int:
-    if spec in BACKBONES:
-        b = BACKBONES[spec]
-        print(f"{spec}: {b['architecture']} ({b['library']}), input {b['input_size']}x{b['input_size']}, "
-              f"recommended {b['recommended']}")
+def fid_statistics(cfg, args) -> int:
+    """--save-stats FOLDER OUT.npz, or --fid-stats A B: fid_stats.save_stats / fid_between
+    for --backbone (default inception_fid) and one layer (default the backbone's stats layer)."""
+    import fid_stats
+    backbone = args.backbone or "inception_fid"
+    if args.layers and len(args.layers) != 1:
+        raise UsageError(f"--save-stats/--fid-stats take one layer, got --layers {' '.join(args.layers)}")
+    layer = args.layers[0] if args.layers else None
+    if args.save_stats:
+        folder, out = args.save_stats
+        stats = fid_stats.save_stats(cfg, folder, out, backbone, layer, progress=not args.quiet)
+        print(f"wrote {out}: mu {stats.mu.shape}, sigma {stats.sigma.shape} of {stats.n} images "
+              f"({stats.backbone} {stats.layer}; weights: {stats.weights})")
+        return 0
+    value = fid_stats.fid_between(cfg, *args.fid_stats, backbone=backbone, layer=layer,
+                                 progress=not args.quiet)
+    print(f"FID: {value}")
+    return 0
+
+
+def list_layers(name: str) -> int:
+    from backbones import get_spec
+    try:
+        spec = get_spec(name)
+    except BackboneError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{name}: {spec.architecture} ({spec.library}), input {spec.input_size}x{spec.input_size} "
+          f"{spec.interpolation}{'' if spec.antialias else ' (no antialias)'}, mean {tuple(spec.mean)}, "
+          f"std {tuple(spec.std)}; pretrained: {spec.weights_id}")
+    if spec.layers:
+        print(f"recommended {list(spec.recommended)}")
         print(f"{'idx':>3}  {'module path':<40} {'kind':<20} {'output':<16} level")
-        for layer in b["layers"]:
+        for layer in spec.layers:
             print(f"{layer.index:>3}  {layer.path:<40} {layer.kind:<20} "
                   f"{'x'.join(map(str, layer.shape)):<16} {layer.level}")
         return 0
-    if ":" not in spec:
-        close = difflib.get_close_matches(spec, BACKBONE_NAMES, n=3)
-        raise UsageError(f"unknown backbone {spec!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                         + f"; choose one of {', '.join(BACKBONE_NAMES)}, or timm:NAME / torchvision:NAME")
-    from backbones import build_library_model
+    from backbones import build_backbone
     from feature_extraction import list_extractable_layers
-    try:
-        model, size = build_library_model(spec)
-    except KeyError as exc:
-        raise UsageError(exc.args[0]) from None
-    rows = list_extractable_layers(model, model, size)
-    print(f"{spec}: {len(rows)} extractable modules at input {size}x{size} "
-          "(ReLU, pooling, dropout and reshapes left out)")
-    for i, path, kind, shape in rows:
-        print(f"{i:>4}  {path:<48} {kind:<22} {'x'.join(map(str, shape))}")
+    bb = build_backbone(name, "random", 0, allow_download=False)
+    rows = list_extractable_layers(bb.module, bb.forward, spec.input_size)
+    print(f"{len(rows)} extractable modules (ReLU, pooling, dropout and reshapes left out); pass "
+          "module paths to --layers")
+    for _, path, kind, shape in rows:
+        print(f"  {path:<48} {kind:<22} {'x'.join(map(str, shape))}")
     return 0
 
 
@@ -297,10 +328,12 @@ def main(argv=None) -> int:
             return show_cache_info(cfg)
         if args.preview_degradations:
             return preview_degradations(cfg)
+        if args.save_stats or args.fid_stats:
+            return fid_statistics(cfg, args)
         if args.build_cache:
             return build_cache(cfg, args)
         return run(cfg, args)
-    except (UsageError, C.ConfigError, DatasetError, LayerError, ParallelError) as exc:
+    except (UsageError, C.ConfigError, DatasetError, LayerError, ParallelError, BackboneError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (WeightsError, CacheError) as exc:

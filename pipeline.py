@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 
 import config as C
-from layer_registry import BACKBONES, BACKBONE_NAMES, CAPTURE, resolve_layers
+from backbones import BACKBONE_NAMES, BackboneError, get_spec, is_library_model
+from layer_registry import CAPTURE, resolve_layers
 from parallel import Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
 
 log = logging.getLogger("iqm")
@@ -78,14 +79,26 @@ def check_module_paths(backbone: str, layers, image_size) -> None:
                          f"`python main.py --list-layers {backbone}`") from None
 
 
+def spec_of(name: str):
+    """The backbone's spec; an unknown name or library model is a UsageError."""
+    try:
+        return get_spec(name)
+    except BackboneError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def layers_of(backbone: str, layers) -> list[tuple[int | None, str]]:
+    """[(registry index or None, module path)] of `layers` (indices or module paths)."""
+    return resolve_layers(backbone, spec_of(backbone).layers, layers)
+
+
 def backbones_of(cfg) -> list[str]:
     """The backbones of this run; a ViT's input size must be a multiple of its patch size."""
     names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
     size = cfg["image_size"]
     for name in names:
-        layout = BACKBONES[name]["token_layout"]
-        if size and layout and size % layout["patch"]:
-            p = layout["patch"]
+        p = spec_of(name).patch
+        if size and p and size % p:
             lo, hi = max(p, size // p * p), (size // p + 1) * p
             raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
                              f"(pixels past the last patch would be dropped); use {lo} or {hi}")
@@ -102,11 +115,15 @@ def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
         specs = [{"name": None, "layers": [s]} for s in layer_specs]
     elif cfg["layer_configs"] is not None:
         specs = cfg["layer_configs"]
+    elif is_library_model(backbone):
+        raise UsageError(f"{backbone} has no default layers ({mode} mode takes them from QUICK or "
+                         "ENABLED_LAYERS, which list the registered backbones): pass --layers "
+                         f"MODULE_PATH ... (python main.py --list-layers {backbone})")
     elif mode == "quick":
         specs = [{"name": None, "layers": C.QUICK["layers"][backbone]}]
     else:
         enabled = C.ENABLED_LAYERS[backbone]
-        n = len(BACKBONES[backbone]["layers"])
+        n = len(get_spec(backbone).layers)
         bad = [i for i in enabled if not 0 <= i < n]
         if bad:
             raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] has index {bad[0]} but {backbone} "
@@ -116,7 +133,7 @@ def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
             raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
     out, names = [], set()
     for s in specs:
-        resolved = resolve_layers(backbone, s["layers"])
+        resolved = layers_of(backbone, s["layers"])
         aggregate = s.get("aggregate", "concat")
         ids = [str(i) if i is not None else p for i, p in resolved]
         name = s.get("name") or ("single_layer_" + ids[0] if len(ids) == 1
@@ -157,14 +174,14 @@ def select(cfg):
 def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
     """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights."""
     from feature_cache import LayerCache, code_identity, weights_identity
-    spec = BACKBONES[backbone]
-    input_size = cfg["image_size"] or spec["input_size"]
+    spec = spec_of(backbone)
+    input_size = cfg["image_size"] or spec.input_size
     context = {"weights": weights_identity(provenance), "capture": CAPTURE,
                "input_size": input_size, "working_size": cfg["working_size"],
-               "code": code_identity(spec["library"], spec["interpolation"]),
-               "mean": list(spec["mean"]), "std": list(spec["std"]),
+               "code": code_identity(spec.library, spec.interpolation, spec.antialias),
+               "mean": list(spec.mean), "std": list(spec.std),
                "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
-    return {path: LayerCache(cfg["cache_dir"], backbone, index, path, context, ref_records,
+    return {path: LayerCache(cfg["cache_dir"], spec.key_name, index, path, context, ref_records,
                              eval_records, cfg["seed"], cfg["verify_checksums"])
             for index, path in layers}
 
@@ -210,7 +227,7 @@ def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
                          "--build-cache --backbone resnet50 --layers 7 8 9")
     check_writable(cfg["cache_dir"], "--cache-dir")
     eval_records, ref_records = records or select(cfg)
-    resolved = resolve_layers(backbone, layers)
+    resolved = layers_of(backbone, layers)
     check_module_paths(backbone, resolved, cfg["image_size"])
     prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
     caches = open_caches(cfg, backbone, resolved, prov, ref_records, eval_records)
@@ -445,9 +462,9 @@ def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov
     and {configuration id: its task}, to score a configuration again for the bootstrap."""
     from feature_spaces import FeatureAssembler, feature_key, transform_params
     grid = sweep_grid(cfg, mode, backbone, lcs)
-    spec = BACKBONES[backbone]
-    assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec["input_size"],
-                                 spec["token_layout"], cfg["max_representation_bytes"],
+    spec = spec_of(backbone)
+    assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
+                                 spec.patch, cfg["max_representation_bytes"],
                                  cfg["gram_precision"], cfg["device"])
     groups = {}
     for conf in grid:            # configurations that share features are scored together

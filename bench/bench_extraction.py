@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from backbones import build_backbone  # noqa: E402
 from feature_extraction import capture_layers, run_captured  # noqa: E402
-from layer_registry import BACKBONES  # noqa: E402
+from backbones import BACKBONES  # noqa: E402
 
 
 def main():
@@ -29,17 +29,17 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     spec = BACKBONES[a.backbone]
     bb = build_backbone(a.backbone, "random", 0, allow_download=False)
-    paths = [spec["layers"][i].path for i in a.layers]
+    paths = [spec.layers[i].path for i in a.layers]
     # the deepest = the one that fires last in the forward pass
     order = []
     with capture_layers(bb.module, paths, stop_early=False) as store, torch.inference_mode():
         hooks = [dict(bb.module.named_modules())[q].register_forward_hook(
             lambda m, i, o, q=q: order.append(q)) for q in paths]
-        run_captured(bb.forward, torch.rand(1, 3, spec["input_size"], spec["input_size"]), store)
+        run_captured(bb.forward, torch.rand(1, 3, spec.input_size, spec.input_size), store)
         for h in hooks:
             h.remove()
     deepest = order[-1]
-    x = torch.rand(a.images, 3, spec["input_size"], spec["input_size"])
+    x = torch.rand(a.images, 3, spec.input_size, spec.input_size)
 
     def time_once(sel):
         t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def main():
         many.append(time_once(paths))
         one.append(time_once([deepest]))
     ratio = statistics.median(many) / statistics.median(one)
-    print(f"backbone {a.backbone}, {a.images} images at {spec['input_size']}px, batch {a.batch}, "
+    print(f"backbone {a.backbone}, {a.images} images at {spec.input_size}px, batch {a.batch}, "
           f"{torch.get_num_threads()} threads")
     print(f"layers {a.layers} ({len(paths)}) in one pass: median {statistics.median(many):.2f}s")
     print(f"deepest layer alone ({deepest}): median {statistics.median(one):.2f}s")

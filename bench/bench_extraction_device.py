@@ -22,7 +22,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from layer_registry import BACKBONES  # noqa: E402
+from backbones import BACKBONES  # noqa: E402
 
 SIZES = {"medium": ("200", "10"), "full": ("1000", "50")}
 
@@ -32,7 +32,7 @@ def bare_forward(name, layers, device, batch, steps=20):
     import torch
     from backbones import build_backbone
     from feature_extraction import capture_layers, run_captured
-    from layer_registry import resolve_layers
+    from pipeline import layers_of
     bb = build_backbone(name, "random", 0, allow_download=False)
     module = bb.module.to(device)
     x = torch.randn(batch, 3, bb.input_size, bb.input_size, device=device)
@@ -40,7 +40,7 @@ def bare_forward(name, layers, device, batch, steps=20):
         module = module.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     order = [p for p, _ in module.named_modules()]
-    paths = [p for _, p in resolve_layers(name, layers)]
+    paths = [p for _, p in layers_of(name, layers)]
     last = max(paths, key=order.index)
     # a hook on the last layer that only stops the pass: no copies, no other hooks
     with capture_layers(module, [last], device_dtype=torch.float32) as store, torch.inference_mode():
@@ -68,8 +68,8 @@ def loader_only(name, n_inference, n_evaluation, batch, device):
     units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])
     jobs = [Job(r, u.dtype, u.level) for u in units for r in u.records]
     spec = BACKBONES[name]
-    data = JobDataset(jobs, cfg["working_size"], spec["input_size"], spec["mean"], spec["std"], 0,
-                      spec["interpolation"], on_device=device == "cuda")
+    data = JobDataset(jobs, cfg["working_size"], spec.input_size, spec.mean, spec.std, 0,
+                      spec.interpolation, on_device=device == "cuda", antialias=spec.antialias)
     batches = unit_batches([len(u.records) for u in units], batch)
     workers = default_workers("auto", device)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
@@ -91,7 +91,7 @@ def main():
     n_inf, n_eval = SIZES[a.mode]
     work = tempfile.mkdtemp(prefix="bench_extract_")
     for name in a.backbone or list(BACKBONES):
-        layers = [str(i) for i in BACKBONES[name]["recommended"]]
+        layers = [str(i) for i in BACKBONES[name].recommended]
         cache = os.path.join(work, name)
         cmd = [sys.executable, "main.py", "--build-cache", "--backbone", name, "--layers", *layers,
                "--weights", "random", "--device", a.device, "--batch-size", str(a.batch_size),

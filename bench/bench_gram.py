@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import representations as rp  # noqa: E402
 from config import CONFIG, MODES  # noqa: E402
-from layer_registry import BACKBONES  # noqa: E402
+from backbones import BACKBONES  # noqa: E402
 
 N_UNITS = 1 + sum(len(d["levels"]) for d in CONFIG["degradations"].values())   # clean + levels
 
@@ -40,7 +40,7 @@ def main():
     rng = np.random.default_rng(0)
     for spec in a.layer:
         backbone, index = spec.split(":")
-        layer = BACKBONES[backbone]["layers"][int(index)]
+        layer = BACKBONES[backbone].layers[int(index)]
         shape = layer.shape
         c, pos = rp.gram_shape(shape)
         ref = [rng.standard_normal((min(100, n_ref - i),) + shape, dtype=np.float32).astype(np.float16)

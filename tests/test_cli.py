@@ -33,7 +33,7 @@ def test_help_documents_every_flag():
 
 @pytest.mark.parametrize("argv,needle", [
     (["--mode", "fast"], "invalid choice"),
-    (["--backbone", "alexnet"], "invalid choice"),
+    (["--backbone", "alexnet"], "unknown backbone 'alexnet'"),
     (["--no-such-flag"], "unrecognized arguments"),
     (["--n-inference", "ten"], "invalid int"),
 ])

@@ -39,13 +39,13 @@ EXTRA = [{"name": "l2_std", "use_gram": False, "l2_normalize": True, "standardiz
          {"name": "gram_l2_pca", "use_gram": True, "l2_normalize": True, "use_pca": True, "pca_dim": 4}]
 
 
-def run_grid(root, shape, token_layout=None, max_bytes=2 * 1024**3, transforms=None, factor=1.0,
+def run_grid(root, shape, patch=None, max_bytes=2 * 1024**3, transforms=None, factor=1.0,
              metrics=None, precision="float32"):
     cfg = default_config()
     cfg["kid"]["subsets"] = None
     ref_units, eval_units = reference_units(RECORDS[8:]), evaluation_units(RECORDS[:8], DEGS)
     asm = FeatureAssembler({"p": FakeCache(root, shape, factor=factor)}, ref_units, eval_units,
-                           9, token_layout, max_bytes, precision)
+                           9, patch, max_bytes, precision)
     transforms = transforms or cfg["feature_transforms"] + EXTRA
     lc = {"name": "l", "layers": [0], "paths": ["p"], "aggregate": "concat"}
     grid = ev.build_grid("fake", [lc], transforms, cfg["distribution_models"],
@@ -67,8 +67,7 @@ def run_grid(root, shape, token_layout=None, max_bytes=2 * 1024**3, transforms=N
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_every_combination_is_scored_or_not_run_with_a_rule(form, tmp_path):
-    layout = {"patch": 3, "prefix_tokens": 1} if form == "tokens" else None
-    out = run_grid(tmp_path, FORMS[form], token_layout=layout)
+    out = run_grid(tmp_path, FORMS[form], patch=3 if form == "tokens" else None)
     assert not [r for r in out if r.status == "failed"], [(r.label, r.reason) for r in out if r.status == "failed"]
     assert sum(r.scored for r in out) >= len(out) // 2
     if form == "vector":   # a Gram needs positions

@@ -1,4 +1,5 @@
 """The activation cache: content keys, no model on a full hit, crash safety, corruption."""
+import dataclasses
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     elif change == "weights":
         torch = pytest.importorskip("torch")
         ckpt = built / "w.pth"
-        m = backbones._architecture("resnet50", 32)
+        m = backbones.get_spec("resnet50").build(32)
         torch.save(m.state_dict(), ckpt)
         extra = ["--weights", str(ckpt)]
     elif change == "input size":
@@ -82,7 +83,8 @@ def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, m
 
     def boom(*a, **k):
         raise AssertionError("backbone constructed on a full cache hit")
-    monkeypatch.setattr(backbones, "_architecture", boom)
+    monkeypatch.setitem(backbones.BACKBONES, "resnet50",
+                        dataclasses.replace(backbones.BACKBONES["resnet50"], build=boom))
     monkeypatch.setattr(backbones, "build_backbone", boom)
     assert main.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
                                "--n-inference", "5", "--n-evaluation", "3")) == 0

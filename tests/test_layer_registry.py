@@ -4,7 +4,8 @@ import torch
 
 from backbones import build_backbone
 from feature_extraction import capture_layers, run_captured
-from layer_registry import BACKBONES, output_form
+from backbones import BACKBONES
+from layer_registry import output_form
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +23,20 @@ def built():
 def test_every_registry_row_matches_the_real_module(name, built):
     spec = BACKBONES[name]
     bb = built(name)
-    paths = [layer.path for layer in spec["layers"]]
-    assert [layer.index for layer in spec["layers"]] == list(range(len(paths))), "indices 0..n-1"
+    paths = [layer.path for layer in spec.layers]
+    assert [layer.index for layer in spec.layers] == list(range(len(paths))), "indices 0..n-1"
     assert len(set(paths)) == len(paths)
-    x = torch.rand(1, 3, spec["input_size"], spec["input_size"])
+    x = torch.rand(1, 3, spec.input_size, spec.input_size)
     with capture_layers(bb.module, paths, stop_early=False) as store, torch.inference_mode():
         out = run_captured(bb.forward, x, store)
-    for layer in spec["layers"]:
+    for layer in spec.layers:
         got = tuple(out[layer.path].shape[1:])
         assert got == layer.shape, f"{name}[{layer.index}] {layer.path}: {got} != {layer.shape}"
         kind = type(dict(bb.module.named_modules())[layer.path]).__name__
         if layer.kind in ("Conv2d", "Linear", "LayerNorm", "GroupNorm", "AdaptiveAvgPool2d"):
             assert kind == layer.kind, f"{layer.path} is a {kind}, registry says {layer.kind}"
-    assert set(spec["recommended"]) <= {layer.index for layer in spec["layers"]}
-    forms = {output_form(layer.shape) for layer in spec["layers"]}
+    assert set(spec.recommended) <= {layer.index for layer in spec.layers}
+    forms = {output_form(layer.shape) for layer in spec.layers}
     assert forms <= {"map", "tokens", "vector"}
 
 
@@ -43,7 +44,7 @@ def test_lpips_trunk_is_vgg16_with_13_convs(built):
     bb = built("lpips_vgg")
     convs = [p for p, m in bb.module.named_modules()
              if isinstance(m, torch.nn.Conv2d) and p.startswith("net.")]
-    assert convs == [layer.path for layer in BACKBONES["lpips_vgg"]["layers"]]
+    assert convs == [layer.path for layer in BACKBONES["lpips_vgg"].layers]
     assert len(convs) == 13
 
 

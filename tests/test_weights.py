@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _standin(name, seed=5):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return backbones._architecture(name, backbones.BACKBONES[name]["input_size"])
+        spec = backbones.get_spec(name)
+        return spec.build(spec.input_size)
 
 
 def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):

@@ -1,0 +1,123 @@
+"""Gaussian statistics of a folder, and the FID between two of them, as pytorch-fid's CLI does.
+
+    python main.py --save-stats FOLDER OUT.npz      # python -m pytorch_fid --save-stats FOLDER OUT.npz
+    python main.py --fid-stats A B                  # python -m pytorch_fid A B
+
+A and B are `.npz` files holding `mu` and `sigma` (ours or pytorch-fid's) or folders of images.
+The network defaults to `inception_fid` (pytorch-fid's FID Inception-V3, pool3, 2048-d); any
+backbone and one layer can be given instead (`--backbone dinov2_vitl14` takes its `norm` CLS
+token, FD-DINOv2's feature). Images are read as they are (no working-size crop, no
+degradation), resized and normalised by the backbone's own rule, and the layer's output is
+pooled (GAP; tokens by the spec's `vit_pool`) in float32, then the statistics in float64:
+mu = mean, sigma = np.cov(rowvar=False), as pytorch-fid computes them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import UsageError, check_module_paths, check_writable, layers_of, spec_of
+
+log = logging.getLogger("iqm")
+
+DEFAULT_BACKBONE = "inception_fid"
+
+
+@dataclass
+class Statistics:
+    """mu (d,) and sigma (d, d) of `n` images' features, and where they came from."""
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    backbone: str
+    layer: str
+    weights: str
+
+
+def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=None,
+                      progress: bool = True) -> Statistics:
+    """Statistics of the images under `folder` (searched recursively) at `layer` (an index or a
+    module path; default the spec's statistics layer) of `backbone`."""
+    from backbones import build_backbone, resolve_weights
+    from dataset import DatasetError, IMAGE_EXTENSIONS, list_image_files
+    from distance_metrics import gaussian_stats
+    from feature_extraction import folder_activations
+    from representations import gap
+    spec = spec_of(backbone)
+    path, vit_pool = spec.stats
+    if layer is not None:
+        path, vit_pool = layers_of(backbone, [layer])[0][1], "mean"
+    if path is None:
+        raise UsageError(f"{backbone} has no default statistics layer; pass one with --layers "
+                         f"(python main.py --list-layers {backbone})")
+    check_module_paths(backbone, [(None, path)], cfg["image_size"])
+    if not os.path.isdir(folder):
+        raise DatasetError(f"{folder!r} is not a folder; pass a folder of images or a .npz of "
+                           "statistics")
+    files, _ = list_image_files(folder)
+    if len(files) < 2:
+        raise DatasetError(f"{len(files)} image(s) ({', '.join(IMAGE_EXTENSIONS)}) under "
+                           f"{folder!r}; statistics need at least two")
+    prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+    bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"], provenance=prov)
+    act = folder_activations(bb, files, path, batch_size=cfg["batch_size"], device=cfg["device"],
+                             num_workers=cfg["num_workers"], threads=cfg["extraction_threads"],
+                             progress=progress)
+    prefix = 0
+    if act.ndim == 3 and spec.patch:
+        grid = bb.input_size // spec.patch
+        prefix = act.shape[1] - grid * grid
+    mu, sigma = gaussian_stats(gap(act, vit_pool, prefix))
+    log.info("statistics of %d images in %s: %s %s (%d-d), weights %s", len(files), folder,
+             backbone, path, mu.size, prov["label"])
+    return Statistics(mu, sigma, len(files), backbone, path, prov["label"])
+
+
+def save_stats(cfg, folder: str, out: str, backbone: str = DEFAULT_BACKBONE, layer=None,
+               progress: bool = True) -> Statistics:
+    """Write pytorch-fid's `.npz` (mu, sigma) of `folder` to `out`."""
+    if not out.endswith(".npz"):
+        raise UsageError(f"--save-stats output {out!r} must end in .npz (numpy adds it otherwise)")
+    check_writable(os.path.dirname(os.path.abspath(out)), "--save-stats output folder")
+    stats = folder_statistics(cfg, folder, backbone, layer, progress)
+    tmp = out[:-4] + ".tmp.npz"
+    np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma)
+    os.replace(tmp, out)
+    return stats
+
+
+def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of a `.npz` written by --save-stats or by pytorch-fid."""
+    try:
+        with np.load(path) as f:
+            return f["mu"][:], f["sigma"][:]
+    except KeyError:
+        raise UsageError(f"{path!r} holds no 'mu' and 'sigma'; give a .npz written by "
+                         "--save-stats or `python -m pytorch_fid --save-stats`") from None
+    except Exception as exc:
+        raise UsageError(f"cannot read statistics {path!r} ({type(exc).__name__}); give a .npz "
+                         "written by --save-stats, or a folder of images") from None
+
+
+def fid_between(cfg, a: str, b: str, backbone: str = DEFAULT_BACKBONE, layer=None,
+                progress: bool = True) -> float:
+    """FID between `a` and `b`, each a statistics `.npz` or a folder of images."""
+    from distance_metrics import MetricInputError, frechet_distance
+
+    def stats(p):
+        if os.path.isfile(p):
+            return load_stats(p)
+        if os.path.isdir(p):
+            s = folder_statistics(cfg, p, backbone, layer, progress)
+            return s.mu, s.sigma
+        raise UsageError(f"--fid-stats {p!r}: no such file or folder; give a .npz of statistics "
+                         "or a folder of images")
+    (mu1, s1), (mu2, s2) = stats(a), stats(b)
+    try:
+        return frechet_distance(mu1, s1, mu2, s2)
+    except MetricInputError as exc:
+        raise UsageError(f"--fid-stats {a} {b}: {exc}; compute both with the same backbone and "
+                         "layer") from None
