@@ -91,6 +91,9 @@ CONFIG = {
     "cmmd": {"sigma": 10.0, "scale": 1000.0},   # values of the CMMD reference
 
     # ---------------------------------------------------------- degradations
+    # Which sets run: "seed" (the `degradations` below), "kadid10k" (KADID-10k's 25 types x 5
+    # levels, kadid10k.py) and "fid" (the FID paper's disturbances); --degradations seed,kadid10k.
+    "degradation_sets": ["seed"],
     # Levels from the original pipeline. Severity increases along each list;
     # the undegraded evaluation images are always scored as level 0.
     "degradations": {
@@ -289,7 +292,9 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
         if dup:
             raise ConfigError(f"layer configs {dup} are named twice; names must be unique (edit config.py)")
 
-    validate_degradations(cfg["degradations"])
+    from degradation_generator import select_sets, validate_sets
+    validate_sets(cfg["degradation_sets"])
+    validate_degradations(select_sets(cfg["degradation_sets"], cfg["degradations"]))
 
     b = cfg["bootstrap"]
     if not isinstance(b.get("n_resamples"), int) or b["n_resamples"] < 0:

@@ -7,7 +7,11 @@ derives it from (seed, image content, degradation type, level value) with
 process, whatever else is computed.
 
 Implementations are library ones: scipy.ndimage (blur, swirl resampling),
-Pillow (contrast, resampling, JPEG).
+Pillow (contrast, resampling, JPEG). KADID-10k's 25 types are in kadid10k.py.
+
+Sets of degradations (`config['degradation_sets']`, `--degradations seed,kadid10k`):
+"seed" is config['degradations'] (the seed's five by default), "kadid10k" KADID-10k's 25 types
+at their 5 levels, "fid" the FID paper's disturbances (EXTRA_DEGRADATIONS).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import json
 import numpy as np
 from PIL import Image, ImageEnhance
 
+import kadid10k
 from config import ConfigError
 
 # Bump when any degradation below changes its output (part of every cache key; a golden-hash
@@ -141,7 +146,18 @@ DEGRADATIONS = {
     "swirl": (swirl, False, +1, lambda v: None if _num(v) and v > 0 else "strength must be > 0"),
 }
 
-# Off by default; copy into config['degradations'] to use them.
+def _kadid_level(v):
+    return None if _num(v) else "a level is a number"
+
+
+for _t, (_fn, _rng) in kadid10k.KADID10K_TYPES.items():
+    DEGRADATIONS["kadid_" + _t] = (_fn, _rng, +1, _kadid_level)
+
+# The degradation sets of --degradations; "seed" is config['degradations'] itself.
+KADID10K = {f"kadid_{t}": {"type": f"kadid_{t}", "levels": list(levels)}
+            for t, levels in kadid10k.KADID10K_LEVELS.items()}
+
+# Off by default; copy into config['degradations'] to use them, or select the set "fid".
 EXTRA_DEGRADATIONS = {
     "rectangles": {"type": "black_rectangles", "levels": [0.05, 0.1, 0.15, 0.2, 0.25]},
     "swirl": {"type": "swirl", "levels": [0.5, 1, 2, 3, 4]},
@@ -150,11 +166,35 @@ EXTRA_DEGRADATIONS = {
 }
 
 
+DEGRADATION_SETS = ("seed", "kadid10k", "fid")
+
+
 def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
+def validate_sets(sets) -> None:
+    """config['degradation_sets']: a non-empty list of DEGRADATION_SETS names."""
+    if (not isinstance(sets, (list, tuple)) or not sets
+            or any(s not in DEGRADATION_SETS for s in sets) or len(set(sets)) != len(sets)):
+        raise ConfigError(f"degradation sets {sets!r} are not valid: give one or more of "
+                          f"{', '.join(DEGRADATION_SETS)}, each once (--degradations seed,kadid10k "
+                          "or config['degradation_sets'])")
+
+
+def select_sets(sets, seed_degradations: dict) -> dict:
+    """The degradations of `sets`, in that order: "seed" is `seed_degradations`
+    (config['degradations']). Applying it to its own result gives the same result."""
+    out = {}
+    for name in sets:
+        out.update(seed_degradations if name == "seed" else KADID10K if name == "kadid10k"
+                   else EXTRA_DEGRADATIONS)
+    return out
+
+
 def _severity(dtype: str, level) -> tuple:
+    if dtype.startswith("kadid_"):
+        return kadid10k.severity(dtype[len("kadid_"):], level)
     direction = DEGRADATIONS[dtype][2]
     if dtype == "blur_plus_contrast":
         return (level[0], -level[1])
@@ -204,27 +244,31 @@ def apply_degradation(img: np.ndarray, dtype: str, level, seed: int, image_sha25
         return img
     fn, needs_rng, _, _ = DEGRADATIONS[dtype]
     if needs_rng:
-        return fn(img, level, degradation_rng(seed, image_sha256, dtype, level))
+        # KADID-10k types draw the same random numbers at every level (one angle, one set of
+        # block places, one noise field scaled by the level), so levels differ only by their
+        # parameter; the seed's types keep their per-level draws (cached bytes unchanged)
+        key = None if dtype.startswith("kadid_") else level
+        return fn(img, level, degradation_rng(seed, image_sha256, dtype, key))
     return fn(img, level)
 
 
 def preview_collage(images, degradations: dict, seed: int, tile: int = 128) -> Image.Image:
-    """A PIL image: one row per (degradation, image), the clean image then every level.
-    `images` are (sha256, (H, W, 3) uint8) pairs."""
+    """A PIL image: one row per degradation (on the images in turn), the clean image then every
+    level. `images` are (sha256, (H, W, 3) uint8) pairs."""
     from PIL import ImageDraw
     rows = []
-    for name, spec in degradations.items():
-        for sha, img in images:
-            tiles = [img] + [apply_degradation(img, spec["type"], lv, seed, sha) for lv in spec["levels"]]
-            rows.append((name, spec, [Image.fromarray(t).resize((tile, tile)) for t in tiles]))
-    width = max(len(t) for _, _, t in rows) * tile + 110
+    for i, (name, spec) in enumerate(degradations.items()):
+        sha, img = images[i % len(images)]
+        tiles = [img] + [apply_degradation(img, spec["type"], lv, seed, sha) for lv in spec["levels"]]
+        rows.append((name, spec, [Image.fromarray(t).resize((tile, tile)) for t in tiles]))
+    width = max(len(t) for _, _, t in rows) * tile + 170
     canvas = Image.new("RGB", (width, len(rows) * (tile + 14) + 4), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (name, spec, tiles) in enumerate(rows):
         y = r * (tile + 14) + 14
         draw.text((4, y + tile // 2), name, fill="black")
         for c, t in enumerate(tiles):
-            canvas.paste(t, (110 + c * tile, y))
-            draw.text((110 + c * tile + 2, y - 12), "clean" if c == 0 else str(spec["levels"][c - 1]),
+            canvas.paste(t, (170 + c * tile, y))
+            draw.text((170 + c * tile + 2, y - 12), "clean" if c == 0 else str(spec["levels"][c - 1]),
                       fill="black")
     return canvas

@@ -21,6 +21,12 @@ percentile interval of rho and of the mean rho, and a sensitivity figure
 (score at level 1 minus the clean score, in units of its bootstrap standard
 deviation) come from it. Resampled scores reuse each level's prepared state, so
 they are exact and cheap (distance_metrics' `prepare` / `score_prepared`).
+
+Ties: every configuration is resampled with the same image indices (the bootstrap's generator
+depends on the seed only), so the difference of two configurations' mean rho is paired
+resample by resample. `ties_with_top` gives each bootstrapped configuration the percentile
+interval of rho_top - rho_this and `tied_with_top` when that interval contains 0: #1 cannot be
+told apart from it with these evaluation images.
 """
 from __future__ import annotations
 
@@ -94,9 +100,13 @@ class ConfigResult:
     seed: int = 0
     weights: str = ""
     random_init: bool = False
+    delta_top: float | None = None      # mean rho of #1 minus this one's
+    delta_top_ci: list | None = None    # its paired bootstrap interval
+    tied_with_top: bool | None = None   # the interval contains 0 (None: not bootstrapped)
     # runtime state for the bootstrap; never written out
     scorer: object = field(default=None, repr=False, compare=False)
     prepared: dict | None = field(default=None, repr=False, compare=False)
+    boot_mean: object = field(default=None, repr=False, compare=False)   # mean rho per resample
 
     @property
     def label(self) -> str:
@@ -121,7 +131,9 @@ class ConfigResult:
                 "per_degradation": self.per_degradation, "n_resamples": self.n_resamples,
                 "confidence": self.confidence, "ridge": self.ridge, "notes": self.notes,
                 "n_reference": self.n_reference, "n_evaluation": self.n_evaluation,
-                "seed": self.seed, "weights": self.weights, "random_init": self.random_init}
+                "seed": self.seed, "weights": self.weights, "random_init": self.random_init,
+                "delta_rho_top": self.delta_top, "delta_rho_top_ci": self.delta_top_ci,
+                "tied_with_top": self.tied_with_top}
 
     def csv_row(self, degradations: dict) -> dict:
         """One CSV row: scalars only, per-degradation rho, tau, interval and sensitivity."""
@@ -135,6 +147,9 @@ class ConfigResult:
         row["distribution_params"] = (json.dumps(f["distribution_params"], sort_keys=True)
                                       if f["distribution_params"] else "")
         row["mean_spearman_ci_low"], row["mean_spearman_ci_high"] = self.mean_spearman_ci or (None, None)
+        row["delta_rho_top"] = self.delta_top
+        row["delta_rho_top_ci_low"], row["delta_rho_top_ci_high"] = self.delta_top_ci or (None, None)
+        row["tied_with_top"] = self.tied_with_top
         for d in degradations:
             v = self.per_degradation.get(d, {})
             ci = v.get("spearman_ci") or (None, None)
@@ -148,7 +163,8 @@ class ConfigResult:
 def csv_columns(degradations: dict) -> list[str]:
     head = ["rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
             "transform", "transform_params", "distribution", "distribution_params", "metric",
-            "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall"]
+            "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall",
+            "delta_rho_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high", "tied_with_top"]
     for d in degradations:
         head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
     return head + ["ridge", "n_reference", "n_evaluation", "seed", "weights", "reason"]
@@ -344,6 +360,29 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     mean = np.mean(rhos, axis=0)
     result.mean_spearman_ci = [float(np.quantile(mean, alpha)), float(np.quantile(mean, 1 - alpha))]
     result.n_resamples = n_resamples
+    result.boot_mean = mean
+
+
+def ties_with_top(ranked: list[ConfigResult], confidence: float) -> list[ConfigResult]:
+    """Set delta_top, its paired bootstrap interval and tied_with_top on every bootstrapped
+    configuration of `ranked` (best first); returns those tied with #1, #1 included. Nothing is
+    set when #1 was not bootstrapped."""
+    booted = [r for r in ranked if r.scored and r.boot_mean is not None]
+    if not booted or booted[0].rank != 1:
+        return []
+    top = booted[0]
+    alpha = (1 - confidence) / 2
+    tied = []
+    for r in booted:
+        if len(r.boot_mean) != len(top.boot_mean):
+            continue              # another evaluation set or resample count: not paired
+        diff = top.boot_mean - r.boot_mean
+        r.delta_top = float(top.mean_spearman - r.mean_spearman)
+        r.delta_top_ci = [float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))]
+        r.tied_with_top = bool(r.delta_top_ci[0] <= 0 <= r.delta_top_ci[1])
+        if r.tied_with_top:
+            tied.append(r)
+    return tied
 
 
 def rank(results: list[ConfigResult]) -> list[ConfigResult]:

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "jpg/png/webp/bmp/tiff (default: builtin)")
     g.add_argument("--n-inference", type=int, default=None, metavar="N",
                    help="number of reference images (default: the mode's)")
+    g.add_argument("--degradations", default=None, metavar="SETS",
+                   help="comma-separated degradation sets: seed (config['degradations'], the "
+                        "seed's five), kadid10k (KADID-10k's 25 types x 5 levels), fid (the FID "
+                        "paper's disturbances); e.g. seed,kadid10k (default: "
+                        f"{','.join(d['degradation_sets'])})")
     g.add_argument("--n-evaluation", type=int, default=None, metavar="N",
                    help="number of evaluation images, disjoint from the reference (default: the mode's)")
     g.add_argument("--seed", type=int, default=None, help=f"seed of every random choice (default: {d['seed']})")
@@ -151,6 +156,8 @@ def resolve_config(args) -> dict:
                       ("dask_scheduler", "dask_scheduler")):
         if getattr(args, flag, None) is not None:
             cfg[key] = getattr(args, flag)
+    if args.degradations is not None:
+        cfg["degradation_sets"] = [s.strip() for s in args.degradations.split(",") if s.strip()]
     if args.n_resamples is not None:
         cfg["bootstrap"]["n_resamples"] = args.n_resamples
     if args.bootstrap_all:
@@ -272,7 +279,7 @@ def preview_degradations(cfg) -> int:
     check_writable(cfg["results_dir"], "--results-dir")
     os.makedirs(cfg["results_dir"], exist_ok=True)
     path = os.path.join(cfg["results_dir"], "degradation_preview.png")
-    preview_collage(images, cfg["degradations"], cfg["seed"]).save(path)
+    preview_collage(images, pipeline.with_degradation_sets(cfg)["degradations"], cfg["seed"]).save(path)
     print(f"wrote {path}")
     return 0
 

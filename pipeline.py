@@ -79,6 +79,12 @@ def check_module_paths(backbone: str, layers, image_size) -> None:
                          f"`python main.py --list-layers {backbone}`") from None
 
 
+def with_degradation_sets(cfg) -> dict:
+    """A copy of cfg whose 'degradations' are those of config['degradation_sets'] (idempotent)."""
+    from degradation_generator import select_sets
+    return {**cfg, "degradations": select_sets(cfg["degradation_sets"], cfg["degradations"])}
+
+
 def spec_of(name: str):
     """The backbone's spec; an unknown name or library model is a UsageError."""
     try:
@@ -231,7 +237,8 @@ def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
     check_module_paths(backbone, resolved, cfg["image_size"])
     prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
     caches = open_caches(cfg, backbone, resolved, prov, ref_records, eval_records)
-    units = reference_units(ref_records) + evaluation_units(eval_records, cfg["degradations"])
+    degradations = with_degradation_sets(cfg)["degradations"]
+    units = reference_units(ref_records) + evaluation_units(eval_records, degradations)
     n = ensure_cached(cfg, backbone, caches, units, prov, progress, shard)
     missing = 0
     if shard is not None and shard.count > 1:
@@ -246,6 +253,7 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
     checks that the cache is complete (logging CACHE HIT) and returns the builds, the other
     ranks return []."""
     C.validate_config(cfg, BACKBONE_NAMES)
+    cfg = with_degradation_sets(cfg)
     if not layers:
         raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
                          "--build-cache --backbone resnet50 --layers 7 8 9")
@@ -328,6 +336,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
     config each) replaces the mode's layers. Under torchrun, extraction is split over the ranks
     and rank 0 alone scores; the other ranks return None."""
     C.validate_config(cfg, BACKBONE_NAMES)
+    cfg = with_degradation_sets(cfg)
     plans = plan_run(cfg, mode, layer_specs)
     jobs = resolve_jobs(cfg["jobs"])
     records = select(cfg)
@@ -369,7 +378,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
 def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Experiment:
     """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log."""
     from backbones import resolve_weights
-    from evaluation import rank, release
+    from evaluation import rank, release, ties_with_top
     from feature_cache import evaluation_units, reference_units
     import report
 
@@ -397,6 +406,7 @@ def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Ex
     ranked = rank(results)
     t0 = time.perf_counter()
     bootstrap_top(ranked, cfg, jobs, tasks)
+    ties_with_top(ranked, cfg["bootstrap"]["confidence"])
     boot = time.perf_counter() - t0
     log.info("scored %d configuration(s) in %.2fs (scores %.2fs, bootstrap %.2fs; %s)", len(ranked),
              seconds + boot, seconds, boot, f"Dask cluster {cfg['dask_scheduler']}"
@@ -589,8 +599,8 @@ def bootstrap_top(ranked, cfg, jobs, tasks: dict) -> None:
                     [d["scores"] for d in r.per_degradation.values()]:
                 raise RuntimeError(f"{r.label}: scored again for the bootstrap, it gave other scores; "
                                    "this is a bug, please report it (--jobs 1 avoids it)")
-            r.per_degradation, r.mean_spearman_ci, r.n_resamples = (x.per_degradation,
-                                                                     x.mean_spearman_ci, x.n_resamples)
+            r.per_degradation, r.mean_spearman_ci, r.n_resamples, r.boot_mean = (
+                x.per_degradation, x.mean_spearman_ci, x.n_resamples, x.boot_mean)
 
 
 class single_threaded:

@@ -99,9 +99,11 @@ def plot_heatmap(path: str, results) -> bool:
     layers = sorted(first, key=first.get)
     metrics = [m for m in METRICS if any(r["metric"] == m for r in done)]
     grid = np.full((len(layers), len(metrics)), np.nan)
+    tied = np.zeros(grid.shape, bool)
     for r in done:
         i, j = layers.index(f"{r['backbone']}:{r['layer_config']}"), metrics.index(r["metric"])
         grid[i, j] = np.nanmax([grid[i, j], r["mean_spearman"]])
+        tied[i, j] |= bool(r.get("tied_with_top"))
     fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 3, 0.45 * len(layers) + 2))
     im = ax.imshow(np.ma.masked_invalid(grid), vmin=-1, vmax=1, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(metrics)), metrics, rotation=30)
@@ -109,10 +111,14 @@ def plot_heatmap(path: str, results) -> bool:
     for i in range(len(layers)):
         for j in range(len(metrics)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                ax.text(j, i, f"{grid[i, j]:.2f}" + ("*" if tied[i, j] else ""), ha="center",
+                        va="center", fontsize=7, fontweight="bold" if tied[i, j] else "normal")
+            if tied[i, j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
     ax.set_xlabel("metric")
     ax.set_ylabel("layer configuration")
-    ax.set_title("mean Spearman rho (best over transforms and models)")
+    ax.set_title("mean Spearman rho (best over transforms and models)"
+                 + ("\n* boxed: a configuration statistically tied with #1" if tied.any() else ""))
     fig.colorbar(im, ax=ax, label="mean rho")
     fig.tight_layout()
     fig.savefig(path, dpi=110, pil_kwargs=PNG_FAST)
@@ -128,8 +134,13 @@ def summary(results, top_n: int, weights: dict) -> str:
     done = [r.fields() for r in results if r.scored]
     for i, r in enumerate(done[:top_n], start=1):
         ci = r.get("mean_spearman_ci")
+        level = f"{r['confidence']:.0%}" if r.get("confidence") else "95%"
         lines.append(f"{i}. Mean Monotonicity: {r['mean_spearman']:.4f}"
-                     + (f"  [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+                     + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+        d = r.get("delta_rho_top_ci")
+        if d and i > 1:
+            lines.append(f"   rho(#1) - rho: {r['delta_rho_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
+                         + ("tied with #1" if r["tied_with_top"] else "below #1"))
         lines.append(f"   Backbone: {r['backbone']}")
         lines.append(f"   Layers: {r['layer_config']} ({', '.join(r['module_paths'])})")
         lines.append(f"   Transform: {r['transform']}")
@@ -140,6 +151,15 @@ def summary(results, top_n: int, weights: dict) -> str:
             ci = d.get("spearman_ci")
             lines.append(f"     - {name}: {d['spearman']:.4f}"
                          + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+        lines.append("")
+    tied = [i for i, r in enumerate(done, start=1) if r.get("tied_with_top")]
+    if tied:
+        lines.append(f"Statistically tied with #1 (the paired bootstrap interval of rho(#1) - rho "
+                     f"contains 0): {', '.join(f'#{i}' for i in tied)}"
+                     + (f" of the {sum(r.get('tied_with_top') is not None for r in done)} "
+                        "bootstrapped" if len(tied) > 1 else " (no other bootstrapped configuration)")
+                     + ("; --bootstrap-all tests every configuration"
+                        if any(r.get("tied_with_top") is None for r in done) else ""))
         lines.append("")
     c = counts(results)
     lines.append(f"{c['scored']} of {c['total']} configuration(s) scored, {c['not_run']} not run "

@@ -99,3 +99,45 @@ def test_two_configurations_with_identical_features_share_nothing_but_content():
     b = {"name": "same", "layers": [0, 1], "paths": ["p", "q"], "aggregate": "mean"}
     assert feature_key(a, t) != feature_key(b, t)
     assert feature_key(a, t) == feature_key(dict(a, name="other"), {"name": "x"})
+
+
+# ---------------------------------------------------------------- ties with #1
+
+def _blind_features(n_eval=40, n_ref=80, dim=6, levels=5, seed=0):
+    """Severity-blind: every level's features are the clean ones (known truth: rho = 0)."""
+    rng = np.random.default_rng(seed)
+    ref, base = rng.normal(size=(n_ref, dim)), rng.normal(size=(n_eval, dim))
+    return FeatureSpace.rows(ref, {("clean", 0): base, **{("d", p): base for p in range(1, levels + 1)}})
+
+
+def test_identical_configurations_are_tied_with_top():
+    a, b = _score(_features(0.5), "fid"), _score(_features(0.5), "fid")
+    ranked = ev.rank([a, b])
+    tied = ev.ties_with_top(ranked, 0.95)
+    assert tied == ranked and all(r.tied_with_top for r in ranked)
+    assert ranked[1].delta_top_ci == [0.0, 0.0] and ranked[1].delta_top == 0.0
+
+
+def test_perfect_configuration_is_not_tied_with_a_severity_blind_one():
+    perfect, blind = _score(_features(0.5), "fid"), _score(_blind_features(), "fid")
+    assert perfect.mean_spearman == 1.0 and blind.mean_spearman == 0.0
+    ranked = ev.rank([blind, perfect])
+    assert ev.ties_with_top(ranked, 0.95) == [perfect]
+    assert perfect.tied_with_top and blind.tied_with_top is False
+    assert blind.delta_top == 1.0 and blind.delta_top_ci == [1.0, 1.0]
+    row = blind.csv_row(DEGS)
+    assert row["tied_with_top"] is False and row["delta_rho_top_ci_low"] == 1.0
+    assert set(ev.csv_columns(DEGS)) >= {"tied_with_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high"}
+    assert blind.fields()["delta_rho_top_ci"] == [1.0, 1.0]
+
+
+def test_the_difference_interval_is_paired():
+    """Two configurations whose rho moves together over resamples: the interval of the
+    difference is narrower than either interval (unpaired intervals would overlap)."""
+    a = _score(_features(0.05, seed=3), "fid")
+    b = _score(_features(0.05, seed=3), "kid")
+    ranked = ev.rank([a, b])
+    ev.ties_with_top(ranked, 0.95)
+    second = ranked[1]
+    width = second.delta_top_ci[1] - second.delta_top_ci[0]
+    assert width <= min(r.mean_spearman_ci[1] - r.mean_spearman_ci[0] for r in ranked) + 1e-12

@@ -1,0 +1,345 @@
+"""KADID-10k's 25 types: each against an independent computation or a defining property,
+determinism across processes, and a distance from the clean image that grows with the level."""
+import hashlib
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+import degradation_generator as dg
+import kadid10k as K
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def img():
+    """72x72, smooth regions, edges and colour (values kept off 0 and 255)."""
+    rng = np.random.default_rng(0)
+    base = ndimage.zoom(rng.integers(30, 225, (12, 12, 3)).astype(float), (6, 6, 1), order=1)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def grey(value, size=64):
+    return np.full((size, size, 3), value, np.uint8)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def lab(x):
+    return K.rgb2lab(x.astype(float) / 255)
+
+
+def test_the_table_has_25_types_of_5_levels_each_all_registered():
+    assert len(K.KADID10K_LEVELS) == 25 and set(K.KADID10K_LEVELS) == set(K.KADID10K_TYPES)
+    assert all(len(v) == 5 for v in K.KADID10K_LEVELS.values())
+    assert len(dg.KADID10K) == 25
+    dg.validate_degradations(dg.KADID10K)     # levels ordered mild to severe
+
+
+def test_colour_conversions_against_known_values():
+    # CIE L*a*b* (D65) of sRGB white, black and primaries (e.g. Bruce Lindbloom's calculator)
+    np.testing.assert_allclose(K.rgb2lab(np.array([1.0, 1.0, 1.0])), [100, 0, 0], atol=0.01)
+    np.testing.assert_allclose(K.rgb2lab(np.array([0.0, 0.0, 0.0])), [0, 0, 0], atol=0.01)
+    np.testing.assert_allclose(K.rgb2lab(np.array([1.0, 0.0, 0.0])), [53.24, 80.09, 67.20], atol=0.05)
+    np.testing.assert_allclose(K.rgb2lab(np.array([0.0, 0.0, 1.0])), [32.30, 79.19, -107.86], atol=0.05)
+    x = np.random.default_rng(1).random((50, 3))
+    np.testing.assert_allclose(K.lab2rgb(K.rgb2lab(x)), x, atol=1e-9)
+    np.testing.assert_allclose(K.ycbcr2rgb(K.rgb2ycbcr(x)), x, atol=1e-9)
+    # BT.601: white is Y 235, Cb = Cr = 128
+    np.testing.assert_allclose(K.rgb2ycbcr(np.array([1.0, 1.0, 1.0])), [235, 128, 128], atol=1e-9)
+
+
+# ---------------------------------------------------------------- blurs
+
+def test_gaussian_blur_equals_explicit_kernel(img):
+    for sigma in (1, 2):
+        r = int(np.ceil(3 * sigma))
+        x = np.arange(-r, r + 1)
+        k = np.exp(-x ** 2 / (2 * sigma ** 2))
+        k /= k.sum()
+        ref = np.pad(img.astype(float), ((r, r), (r, r), (0, 0)), mode="edge")
+        ref = np.apply_along_axis(lambda v: np.convolve(v, k, "valid"), 0, ref)
+        ref = np.apply_along_axis(lambda v: np.convolve(v, k, "valid"), 1, ref)
+        assert np.abs(K.gaussian_blur(img, sigma).astype(int) - np.rint(ref)).max() <= 1
+
+
+def test_lens_blur_is_a_disk_of_the_level_radius(img):
+    for r in (2, 4):
+        k = K.disk_kernel(r)
+        n = k.shape[0] // 2
+        assert k.sum() == pytest.approx(1) and np.allclose(k, k.T) and np.allclose(k, k[::-1])
+        yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
+        inside = (np.abs(yy) + 0.5) ** 2 + (np.abs(xx) + 0.5) ** 2 <= r ** 2    # cell fully inside
+        outside = (np.maximum(np.abs(yy) - 0.5, 0) ** 2 + np.maximum(np.abs(xx) - 0.5, 0) ** 2) >= r ** 2
+        assert np.allclose(k[inside], 1 / (np.pi * r ** 2), rtol=0.02)   # full cells: 1 / area
+        assert np.all(k[outside] == 0)
+    imp = grey(0, 33)
+    imp[16, 16] = 255
+    out = K.lens_blur(imp, 4)[..., 0].astype(float)
+    k = K.disk_kernel(4)
+    assert np.abs(out[12:21, 12:21] - np.rint(255 * k)).max() <= 1
+
+
+def test_motion_blur_is_a_line_at_a_random_angle():
+    for half, angle in ((4, 0.0), (6, np.pi / 3)):
+        k = K.motion_kernel(half, angle)
+        assert k.sum() == pytest.approx(1)
+        n = k.shape[0] // 2
+        yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
+        cov = np.cov(np.stack([xx.ravel(), -yy.ravel()]), aweights=k.ravel(), bias=True)
+        w, v = np.linalg.eigh(cov)
+        direction = v[:, 1]
+        assert abs(abs(direction @ [np.cos(angle), np.sin(angle)]) - 1) < 1e-3
+        # the variance along the line of a uniform segment of length L is L^2 / 12
+        assert w[1] == pytest.approx((2 * half + 1) ** 2 / 12, rel=0.1)
+        assert w[0] < 0.2
+
+
+# ---------------------------------------------------------------- colour
+
+def test_color_diffusion_keeps_lightness_and_smooths_chroma(img):
+    out = K.color_diffusion(img, 6)
+    assert np.abs(lab(out)[..., 0] - lab(img)[..., 0]).max() < 1.5
+    grad = lambda a: np.abs(np.diff(lab(a)[..., 1], axis=1)).mean()   # noqa: E731
+    assert grad(out) < 0.5 * grad(img)
+
+
+def test_color_shift_moves_only_green(img):
+    out = K.color_shift(img, 6, rng())
+    assert np.array_equal(out[..., 0], img[..., 0]) and np.array_equal(out[..., 2], img[..., 2])
+    assert not np.array_equal(out[..., 1], img[..., 1])
+
+
+def test_color_quantization_uses_at_most_n_colours(img):
+    for n in (8, 32):
+        assert len(np.unique(K.color_quantization(img, n).reshape(-1, 3), axis=0)) <= n
+
+
+def test_color_saturation_1_changes_only_saturation(img):
+    for f in (0.4, 0.1, -0.4):
+        out = K.color_saturation_1(img, f).astype(int)
+        assert np.abs(out.max(axis=2) - img.max(axis=2)).max() <= 1        # V = max(R, G, B)
+    zero = K.color_saturation_1(img, 0).astype(int)
+    assert np.abs(zero - zero[..., :1]).max() == 0                          # grey
+    assert np.abs(zero[..., 0] - img.max(axis=2)).max() <= 1
+
+
+def test_color_saturation_2_scales_chroma_and_keeps_lightness():
+    pale = np.clip(128 + (np.random.default_rng(2).random((32, 32, 3)) - 0.5) * 30, 0, 255).astype(np.uint8)
+    out = K.color_saturation_2(pale, 2)
+    assert np.abs(lab(out)[..., 0] - lab(pale)[..., 0]).max() < 1.0
+    ratio = np.abs(lab(out)[..., 1:]).mean() / np.abs(lab(pale)[..., 1:]).mean()
+    assert ratio == pytest.approx(2, rel=0.05)
+
+
+# ---------------------------------------------------------------- compression
+
+def _pillow(img, **save):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, **save)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def test_jpeg_and_jpeg2000_equal_pillow(img):
+    for q in K.KADID10K_LEVELS["jpeg"]:
+        assert np.array_equal(K.jpeg(img, q), _pillow(img, format="JPEG", quality=q))
+    for ratio in K.KADID10K_LEVELS["jpeg2000"]:
+        assert np.array_equal(K.jpeg2000(img, ratio),
+                              _pillow(img, format="JPEG2000", quality_mode="rates",
+                                      quality_layers=[float(ratio)]))
+
+
+# ---------------------------------------------------------------- noise
+
+def test_white_noise_has_the_level_variance():
+    out = K.white_noise(grey(128, 256), 0.005, rng()).astype(float) - 128
+    assert out.std() == pytest.approx(np.sqrt(0.005) * 255, rel=0.03) and abs(out.mean()) < 0.5
+
+
+def test_white_noise_color_is_white_noise_in_ycbcr():
+    out = K.white_noise_color(grey(128, 256), 0.002, rng())
+    resid = K.rgb2ycbcr(out / 255.0) - K.rgb2ycbcr(np.full(3, 128 / 255.0))
+    assert np.allclose(resid.std(axis=(0, 1)), np.sqrt(0.002) * 255, rtol=0.06)
+
+
+def test_impulse_noise_sets_the_level_fraction_to_black_or_white():
+    out = K.impulse_noise(grey(128, 256), 0.02, rng())
+    hit = (out != 128).any(axis=2)
+    assert hit.mean() == pytest.approx(0.02, rel=0.1)
+    assert set(np.unique(out[hit])) <= {0, 255}
+
+
+def test_multiplicative_noise_scales_with_intensity():
+    for value in (0, 40, 160):
+        out = K.multiplicative_noise(grey(value, 256), 0.01, rng()).astype(float) - value
+        assert out.std() == pytest.approx(value * 0.1, rel=0.05, abs=0.6)
+
+
+def test_denoise_removes_part_of_the_noise_it_adds(img):
+    smooth = ndimage.zoom(img, (2, 2, 1), order=1)
+    noisy = K.white_noise(smooth, 0.01, rng(3))
+    den = K.denoise(smooth, 0.01, rng(3))      # the same noise draws, then the Wiener filter
+    err = lambda a: np.sqrt(((a.astype(float) - smooth) ** 2).mean())   # noqa: E731
+    assert err(den) < 0.6 * err(noisy)
+
+
+# ---------------------------------------------------------------- brightness
+
+def test_tone_curves_pass_through_their_midpoints():
+    for a in (0.1, 0.4):
+        assert K._tone(np.array(0.5), 0.5 + a / 2) == pytest.approx(0.5 + a / 2)
+    for value in (0, 255):
+        assert np.all(K.darken(grey(value), 0.4) == value)
+    mid = K.darken(grey(128), 0.4).astype(float).mean()
+    assert mid == pytest.approx(255 * K._tone(np.array(128 / 255), 0.3), abs=0.6)
+    assert K.brighten(grey(100), 0.4).mean() > 100
+
+
+def test_mean_shift_adds_the_level(img):
+    for s in K.KADID10K_LEVELS["mean_shift"]:
+        expected = np.clip(np.rint(img.astype(float) + 255 * s), 0, 255)
+        assert np.abs(K.mean_shift(img, s).astype(int) - expected).max() <= 1
+
+
+def test_contrast_change_sign_and_identity(img):
+    assert np.array_equal(K.contrast_change(img, 0), img)
+    std = img.astype(float).std()
+    assert K.contrast_change(img, 0.3).astype(float).std() > std
+    assert K.contrast_change(img, -0.6).astype(float).std() < std
+    assert abs(int(K.contrast_change(grey(128), -0.6)[0, 0, 0]) - 128) <= 1
+
+
+# ---------------------------------------------------------------- spatial
+
+def test_jitter_moves_pixels_but_not_a_constant_image(img):
+    assert np.array_equal(K.jitter(grey(90), 1, rng()), grey(90))
+    assert not np.array_equal(K.jitter(img, 0.5, rng()), img)
+
+
+def test_patches_and_blocks_change_at_most_their_squares(img):
+    side = K._side(K.PATCH, *img.shape[:2])
+    assert side == 3                       # 16 px at 384 px: 3 px at 72 px
+    out = K.non_eccentricity_patch(img, 20, rng())
+    assert 0 < (out != img).any(axis=2).sum() <= 20 * side ** 2
+    assert np.array_equal(K.non_eccentricity_patch(grey(77), 20, rng()), grey(77))
+    base = grey(50, 384)
+    out = K.color_block(base, 4, rng())
+    changed = (out != base).any(axis=2)
+    assert 0 < changed.sum() <= 4 * K.BLOCK ** 2
+    assert len(np.unique(out[changed], axis=0)) <= 4
+    # nested: the next level keeps every changed pixel of this one
+    more = K.color_block(base, 6, rng())
+    assert np.array_equal(more[changed], out[changed])
+
+
+def test_pixelate_is_block_averaging_at_the_level_scale(img):
+    out = dg.pixelation(img[:64, :64], 2)
+    blocks = img[:64, :64].astype(float).reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
+    assert np.abs(out[::2, ::2].astype(float) - blocks).max() <= 1
+    assert np.array_equal(out[::2, ::2], out[1::2, 1::2])
+    for level in K.KADID10K_LEVELS["pixelate"]:
+        assert np.array_equal(K.pixelate(img, level), dg.pixelation(img, 1 / (0.95 - level ** 0.6)))
+
+
+def test_quantization_keeps_n_evenly_spaced_values(img):
+    for n in (7, 13):
+        out = K.quantization(img, n)
+        grid = np.rint(np.arange(n) * 255 / (n - 1))
+        assert set(np.unique(out)) <= set(grid)
+
+
+def test_high_sharpen_adds_high_frequencies(img):
+    assert np.array_equal(K.high_sharpen(grey(120), 6), grey(120))
+    energy = [ndimage.laplace(lab(K.high_sharpen(img, a))[..., 0]).std() for a in (1, 3, 12)]
+    assert energy[0] > ndimage.laplace(lab(img)[..., 0]).std() and energy == sorted(energy)
+
+
+# ---------------------------------------------------------------- every type
+
+def _all_outputs(image):
+    return {name: [dg.apply_degradation(image, spec["type"], lv, 0, "sha") for lv in spec["levels"]]
+            for name, spec in dg.KADID10K.items()}
+
+
+def test_distance_from_clean_grows_with_the_level():
+    from dataset import builtin_sources, load_rgb
+    bad = []
+    for source in builtin_sources()[:2]:
+        image = load_rgb(source, 96)
+        for name, outs in _all_outputs(image).items():
+            d = [np.sqrt(((o.astype(float) - image) ** 2).mean()) for o in outs]
+            if any(b < a - 0.25 for a, b in zip(d, d[1:])) or not d[-1] > d[0]:
+                bad.append((name, [round(x, 2) for x in d]))
+    assert not bad, bad
+
+
+def test_deterministic_across_processes(img):
+    digest = hashlib.sha256(b"".join(o.tobytes() for outs in _all_outputs(img).values()
+                                     for o in outs)).hexdigest()
+    code = ("import hashlib, numpy as np, sys; sys.path.insert(0, 'tests'); "
+            "from test_kadid10k import _all_outputs; "
+            f"img = np.frombuffer(bytes.fromhex('{img.tobytes().hex()}'), np.uint8).reshape({img.shape}); "
+            "print(hashlib.sha256(b''.join(o.tobytes() for outs in _all_outputs(img).values() "
+            "for o in outs)).hexdigest())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == digest
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypatch, capsys):
+    import csv
+
+    import main
+    from helpers import tiny_args, tiny_config
+    tiny_config(monkeypatch)
+    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", "kadid10k",
+                               "--n-inference", "6", "--n-evaluation", "4")) == 0
+    (run,) = (tmp_path / "results").iterdir()
+    (path,) = run.glob("results_*.csv")
+    with open(path) as f:
+        (row,) = list(csv.DictReader(f))
+    rho = [c for c in row if c.startswith("rho_") and not c.endswith(("_ci_low", "_ci_high"))]
+    assert sorted(rho) == sorted(f"rho_kadid_{t}" for t in K.KADID10K_LEVELS)
+    assert row["tied_with_top"] == "True" and float(row["delta_rho_top_ci_low"]) == 0.0
+    assert "Statistically tied with #1" in capsys.readouterr().out
+    # combined with the seed's set: both, the seed's first
+    assert main.main(tiny_args(tmp_path / "b", "--mode", "quick", "--degradations", "seed,kadid10k",
+                               "--n-inference", "6", "--n-evaluation", "4")) == 0
+    (run,) = (tmp_path / "b" / "results").iterdir()
+    with open(next(run.glob("results_*.csv"))) as f:
+        cols = next(csv.reader(f))
+    names = [c[4:] for c in cols if c.startswith("rho_") and not c.endswith(("_ci_low", "_ci_high"))]
+    assert names[:2] == ["blur", "noise"] and len(names) == 27
+
+
+@pytest.mark.parametrize("value", ["kadid", "seed,seed", ","])
+def test_bad_degradation_sets_are_usage_errors(tmp_path, monkeypatch, capsys, value):
+    import main
+    from helpers import tiny_args, tiny_config
+    tiny_config(monkeypatch)
+    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", value)) == 2
+    err = capsys.readouterr().err
+    assert "seed, kadid10k, fid" in err and "Traceback" not in err
+
+
+def test_preview_draws_25_rows_of_5_levels(tmp_path, monkeypatch):
+    import main
+    from helpers import tiny_config
+    tiny_config(monkeypatch)
+    assert main.main(["--preview-degradations", "--degradations", "kadid10k", "--results-dir",
+                      str(tmp_path), "-q"]) == 0
+    with Image.open(tmp_path / "degradation_preview.png") as im:
+        w, h = im.size
+    tile = 128
+    assert h == 25 * (tile + 14) + 4 and w == 6 * tile + 170
