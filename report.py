@@ -153,11 +153,10 @@ def summary(results, top_n: int, weights: dict) -> str:
                          + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
         lines.append("")
     tied = [i for i, r in enumerate(done, start=1) if r.get("tied_with_top")]
-    if tied:
+    tested = sum(r.get("tied_with_top") is not None for r in done)
+    if tested > 1:                   # one configuration is tied with itself: nothing to say
         lines.append(f"Statistically tied with #1 (the paired bootstrap interval of rho(#1) - rho "
-                     f"contains 0): {', '.join(f'#{i}' for i in tied)}"
-                     + (f" of the {sum(r.get('tied_with_top') is not None for r in done)} "
-                        "bootstrapped" if len(tied) > 1 else " (no other bootstrapped configuration)")
+                     f"contains 0): {', '.join(f'#{i}' for i in tied)} of the {tested} bootstrapped"
                      + ("; --bootstrap-all tests every configuration"
                         if any(r.get("tied_with_top") is None for r in done) else ""))
         lines.append("")

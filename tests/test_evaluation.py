@@ -141,3 +141,14 @@ def test_the_difference_interval_is_paired():
     second = ranked[1]
     width = second.delta_top_ci[1] - second.delta_top_ci[0]
     assert width <= min(r.mean_spearman_ci[1] - r.mean_spearman_ci[0] for r in ranked) + 1e-12
+
+
+def test_summary_and_heatmap_name_the_tied_set(tmp_path):
+    import report
+    same = ev.rank([_score(_features(0.5), "fid"), _score(_features(0.5), "fid"),
+                    _score(_blind_features(), "fid")])
+    ev.ties_with_top(same, 0.95)
+    text = report.summary(same, 5, {})
+    assert "Statistically tied with #1" in text and "#1, #2 of the 3 bootstrapped" in text
+    assert "below #1" in text and "tied with #1" in text
+    assert report.plot_heatmap(str(tmp_path / "h.png"), same)
