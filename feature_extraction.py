@@ -381,9 +381,9 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    """Images of a folder as they are (no working-size crop, no degradation), resized and
-    normalised for `spec` at `input_size`: the input of --save-stats, as pytorch-fid reads a
-    folder (decoded to RGB, scaled to [0, 1], resized by the network's own rule)."""
+    """Image files as they are (no working-size crop, no degradation), resized and normalised
+    for `spec` at `input_size`: the input of --save-stats, read as pytorch-fid reads them
+    (PIL's convert("RGB"), no EXIF rotation; scaled to [0, 1]; the network's own resize)."""
 
     def __init__(self, files, spec, input_size):
         self.files, self.spec, self.input_size = list(files), spec, input_size
@@ -396,10 +396,10 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from PIL import Image
 
-        from dataset import DatasetError, to_rgb
+        from dataset import DatasetError
         try:
             with Image.open(self.files[i]) as im:
-                img = np.asarray(to_rgb(im))
+                img = np.asarray(im.convert("RGB"))
         except Exception as exc:
             raise DatasetError(f"cannot decode image {self.files[i]!r} ({type(exc).__name__}: "
                                f"{exc}); remove or replace the file and rerun") from None

@@ -7,7 +7,8 @@ A and B are `.npz` files holding `mu` and `sigma` (ours or pytorch-fid's) or fol
 The network defaults to `inception_fid` (pytorch-fid's FID Inception-V3, pool3, 2048-d); any
 backbone and one layer can be given instead (`--backbone dinov2_vitl14` takes its `norm` CLS
 token, FD-DINOv2's feature). Images are read as they are (no working-size crop, no
-degradation), resized and normalised by the backbone's own rule, and the layer's output is
+degradation; the files pytorch-fid reads, decoded as it decodes them), resized and
+normalised by the backbone's own rule, and the layer's output is
 pooled (GAP; tokens by the spec's `vit_pool`) in float32, then the statistics in float64:
 mu = mean, sigma = np.cov(rowvar=False), as pytorch-fid computes them.
 """
@@ -24,6 +25,24 @@ from pipeline import UsageError, check_module_paths, check_writable, layers_of, 
 log = logging.getLogger("iqm")
 
 DEFAULT_BACKBONE = "inception_fid"
+# pytorch_fid.fid_score.IMAGE_EXTENSIONS: the files it reads, directly in the folder
+PYTORCH_FID_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def image_files(folder: str) -> list[str]:
+    """The files pytorch-fid reads (`path.glob("*.ext")`): directly in `folder`, not in
+    subfolders, with its lower-case extensions; sorted. What it leaves out is warned about."""
+    entries = sorted(os.listdir(folder))
+    names = [n for n in entries if n.endswith(PYTORCH_FID_EXTENSIONS)
+             and os.path.isfile(os.path.join(folder, n))]
+    upper = [n for n in entries if n.lower().endswith(PYTORCH_FID_EXTENSIONS) and n not in names]
+    if upper:
+        log.warning("%d file(s) in %s are not read, as pytorch-fid does not read them (an "
+                    "upper-case extension or a folder), e.g. %s; rename them to compare with it",
+                    len(upper), folder, upper[0])
+    if any(os.path.isdir(os.path.join(folder, n)) for n in entries):
+        log.warning("%s has subfolders; their images are not read (as pytorch-fid does)", folder)
+    return [os.path.join(folder, n) for n in names]
 
 
 @dataclass
@@ -39,10 +58,10 @@ class Statistics:
 
 def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=None,
                       progress: bool = True) -> Statistics:
-    """Statistics of the images under `folder` (searched recursively) at `layer` (an index or a
-    module path; default the spec's statistics layer) of `backbone`."""
+    """Statistics of the images in `folder` (`image_files`) at `layer` (an index or a module
+    path; default the spec's statistics layer) of `backbone`."""
     from backbones import build_backbone, resolve_weights
-    from dataset import DatasetError, IMAGE_EXTENSIONS, list_image_files
+    from dataset import DatasetError
     from distance_metrics import gaussian_stats
     from feature_extraction import folder_activations
     from representations import gap
@@ -57,9 +76,9 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     if not os.path.isdir(folder):
         raise DatasetError(f"{folder!r} is not a folder; pass a folder of images or a .npz of "
                            "statistics")
-    files, _ = list_image_files(folder)
+    files = image_files(folder)
     if len(files) < 2:
-        raise DatasetError(f"{len(files)} image(s) ({', '.join(IMAGE_EXTENSIONS)}) under "
+        raise DatasetError(f"{len(files)} image(s) ({', '.join(PYTORCH_FID_EXTENSIONS)}) in "
                            f"{folder!r}; statistics need at least two")
     prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
     bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"], provenance=prov)

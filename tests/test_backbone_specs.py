@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import backbones
 import main
@@ -179,7 +180,6 @@ def _fid_standin(torch_home):
 
 
 def _pngs(folder, n, shift, seed):
-    from PIL import Image
     rng = np.random.default_rng(seed)
     folder.mkdir()
     for i in range(n):
@@ -200,6 +200,13 @@ def test_save_stats_and_fid_stats_equal_pytorch_fid(tmp_path, monkeypatch, capsy
     _fid_standin(tmp_path / "th")
     _pngs(tmp_path / "a", 10, 0, 0)
     _pngs(tmp_path / "b", 10, 40, 1)
+    # what pytorch-fid does not read is not read here either: a subfolder, an upper-case
+    # extension; and an EXIF rotation is not applied (pytorch-fid decodes with convert("RGB"))
+    _pngs(tmp_path / "a" / "sub", 2, 90, 2)
+    Image.open(tmp_path / "a" / "im0.png").save(tmp_path / "a" / "extra.PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6                       # "rotate 90 degrees" to a viewer
+    Image.open(tmp_path / "b" / "im0.png").save(tmp_path / "b" / "im0.png", exif=exif)
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "th")}
     common = ["--device", "cpu", "--weights", "pretrained", "-q"]
     assert main.main(["--save-stats", str(tmp_path / "a"), str(tmp_path / "ours.npz"), *common]) == 0
