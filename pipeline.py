@@ -163,8 +163,9 @@ def plan_run(cfg, mode, layer_specs=None) -> list[tuple[str, list[dict]]]:
     plans = []
     for backbone in backbones_of(cfg):
         lcs = layer_configs_for(cfg, mode, backbone, layer_specs)
-        for lc in lcs:
-            check_module_paths(backbone, lc["resolved"], cfg["image_size"])
+        # one model built for every module path of the run (a library model has only paths)
+        check_module_paths(backbone, sorted({x for lc in lcs for x in lc["resolved"]}, key=str),
+                           cfg["image_size"])
         plans.append((backbone, lcs))
     return plans
 
