@@ -241,15 +241,18 @@ def jpeg2000(img, ratio):
 
 
 def jpeg(img, quality):
-    """JPEG at `quality` (Pillow, 4:2:0 chroma subsampling)."""
-    return _roundtrip(img, format="JPEG", quality=int(quality))
+    """JPEG at `quality` (Pillow, 4:2:0 chroma subsampling): the seed's jpeg_compression."""
+    from degradation_generator import jpeg_compression
+    return jpeg_compression(img, quality)
 
 
 # ---------------------------------------------------------------- noise
 
 def white_noise(img, variance, rng):
-    """Additive white Gaussian noise of `variance` on the [0, 1] scale (MATLAB imnoise)."""
-    return _u8(_unit(img) + rng.normal(0.0, np.sqrt(variance), img.shape))
+    """Additive white Gaussian noise of `variance` on the [0, 1] scale (MATLAB imnoise): the
+    seed's gaussian_noise with sigma sqrt(variance) on the 0-255 scale."""
+    from degradation_generator import gaussian_noise
+    return gaussian_noise(img, 255.0 * np.sqrt(variance), rng)
 
 
 def white_noise_color(img, variance, rng):
