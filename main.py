@@ -236,6 +236,8 @@ def list_layers(name: str) -> int:
     print(f"{name}: {spec.architecture} ({spec.library}), input {spec.input_size}x{spec.input_size} "
           f"{spec.interpolation}{'' if spec.antialias else ' (no antialias)'}, mean {tuple(spec.mean)}, "
           f"std {tuple(spec.std)}; pretrained: {spec.weights_id}")
+    if spec.notes:
+        print(f"({spec.notes})")
     if spec.layers:
         print(f"recommended {list(spec.recommended)}")
         print(f"{'idx':>3}  {'module path':<40} {'kind':<20} {'output':<16} level")
