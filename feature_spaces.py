@@ -216,12 +216,6 @@ class FeatureAssembler:
     def _shape(self, path):
         return self.caches[path].load(self.ref_units[0]).shape[1:]
 
-    def _prefix_tokens(self, shape) -> int:
-        if len(shape) != 2 or not self.patch:
-            return 0
-        grid = self.input_size // self.patch
-        return shape[0] - grid * grid
-
     # -------------------------------------------------------------- one layer
     def _gap(self, path, vit_pool):
         """GAP rows of one layer, from the derived cache when a sweep already pooled them."""
@@ -229,7 +223,7 @@ class FeatureAssembler:
         key = (path, "gap", vit_pool)
         if key not in self._layers:
             cache = self.caches[path]
-            prefix = self._prefix_tokens(self._shape(path))
+            prefix = rp.prefix_tokens(self._shape(path), self.input_size, self.patch)
             derived = DerivedCache(cache, self.ref_units + self.eval_units, "gap",
                                    {"vit_pool": vit_pool, "prefix_tokens": prefix, "version": GAP_VERSION})
             with derived.computing():

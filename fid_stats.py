@@ -64,7 +64,7 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     from dataset import DatasetError
     from distance_metrics import gaussian_stats
     from feature_extraction import folder_activations
-    from representations import gap
+    from representations import gap, prefix_tokens
     spec = spec_of(backbone)
     path, vit_pool = spec.stats
     if layer is not None:
@@ -72,7 +72,6 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     if path is None:
         raise UsageError(f"{backbone} has no default statistics layer; pass one with --layers "
                          f"(python main.py --list-layers {backbone})")
-    check_module_paths(backbone, [(None, path)], cfg["image_size"])
     if not os.path.isdir(folder):
         raise DatasetError(f"{folder!r} is not a folder; pass a folder of images or a .npz of "
                            "statistics")
@@ -82,13 +81,11 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
                            f"{folder!r}; statistics need at least two")
     prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
     bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"], provenance=prov)
+    check_module_paths(backbone, [(None, path)], cfg["image_size"], bb.module)
     act = folder_activations(bb, files, path, batch_size=cfg["batch_size"], device=cfg["device"],
                              num_workers=cfg["num_workers"], threads=cfg["extraction_threads"],
                              progress=progress)
-    prefix = 0
-    if act.ndim == 3 and spec.patch:
-        grid = bb.input_size // spec.patch
-        prefix = act.shape[1] - grid * grid
+    prefix = prefix_tokens(act.shape[1:], bb.input_size, spec.patch)
     mu, sigma = gaussian_stats(gap(act, vit_pool, prefix))
     log.info("statistics of %d images in %s: %s %s (%d-d), weights %s", len(files), folder,
              backbone, path, mu.size, prov["label"])

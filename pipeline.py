@@ -64,14 +64,16 @@ def check_writable(path: str, flag: str) -> None:
                          "you can write to")
 
 
-def check_module_paths(backbone: str, layers, image_size) -> None:
-    """Unknown module paths fail now, with close matches, before any extraction."""
+def check_module_paths(backbone: str, layers, image_size, module=None) -> None:
+    """Unknown module paths fail now, with close matches, before any extraction. `module` is
+    the built backbone when the caller has it (else a random-init one is built)."""
     others = [p for i, p in layers if i is None]
     if not others:
         return
     from backbones import build_backbone
     from feature_extraction import find_modules
-    module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
+    if module is None:
+        module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
     try:
         find_modules(module, others)
     except KeyError as exc:

@@ -35,6 +35,15 @@ def as_positions(act: np.ndarray) -> np.ndarray:
                            f"outputs vectors of shape {act.shape[1:]}")
 
 
+def prefix_tokens(shape: tuple, input_size: int, patch: int | None) -> int:
+    """Tokens before the patch tokens (CLS, registers) in a layer output of per-image `shape`:
+    tokens - (input_size / patch)^2 for (tokens, width) outputs of a transformer, else 0."""
+    if len(shape) != 2 or not patch:
+        return 0
+    grid = input_size // patch
+    return shape[0] - grid * grid
+
+
 def gap(act: np.ndarray, vit_pool: str = "mean", prefix_tokens: int = 1) -> np.ndarray:
     """Global average pooling -> (n, C) float64; tokens pooled per `vit_pool`."""
     act = np.asarray(act)

@@ -47,3 +47,13 @@ def cache_hits(caplog):
     """(CACHE HIT lines, CACHE MISS lines) of the log."""
     lines = [r.getMessage() for r in caplog.records]
     return ([x for x in lines if x.startswith("CACHE HIT")], [x for x in lines if x.startswith("CACHE MISS")])
+
+
+def torch_hub_standin(torch_home, filename, state_dict):
+    """Write `state_dict` as $TORCH_HOME/hub/checkpoints/`filename` (where torch.hub, torchvision
+    and pytorch-fid look for weights); returns the path."""
+    import torch
+    path = torch_home / "hub" / "checkpoints" / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, path)
+    return path

@@ -13,7 +13,7 @@ from PIL import Image
 
 import backbones
 import main
-from helpers import tiny_args, tiny_config
+from helpers import tiny_args, tiny_config, torch_hub_standin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -96,9 +96,7 @@ def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(4)
     ref = torchvision.models.resnet18(weights=None)
-    ckpt = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    ckpt.parent.mkdir(parents=True)
-    torch.save(ref.state_dict(), ckpt)
+    torch_hub_standin(tmp_path, "resnet18-f37072fd.pth", ref.state_dict())
     bb = backbones.build_backbone("torchvision:resnet18", "pretrained", allow_download=False)
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(),
                                                   bb.module.state_dict().values()))
@@ -174,9 +172,7 @@ def _fid_standin(torch_home):
     model.train()
     with torch.no_grad():
         spec.forward(model, 299)(torch.rand(16, 3, 299, 299) * 2 - 1)
-    path = torch_home / "hub" / "checkpoints" / FID_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    torch_hub_standin(torch_home, FID_FILE, model.state_dict())
 
 
 def _pngs(folder, n, shift, seed):

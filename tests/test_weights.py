@@ -8,7 +8,7 @@ import torch
 
 import backbones
 import main
-from helpers import tiny_args, tiny_config
+from helpers import tiny_args, tiny_config, torch_hub_standin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,9 +23,7 @@ def _standin(name, seed=5):
 def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     model = _standin("resnet50")
-    ckpt = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
-    ckpt.parent.mkdir(parents=True)
-    torch.save(model.state_dict(), ckpt)
+    ckpt = torch_hub_standin(tmp_path, "resnet50-0676ba61.pth", model.state_dict())
     bb = backbones.build_backbone("resnet50", "pretrained", allow_download=False)
     for (k, a), b in zip(model.state_dict().items(), bb.module.state_dict().values()):
         assert torch.equal(a, b), k
@@ -39,9 +37,7 @@ def test_lpips_trunk_from_torchvision_vgg16_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(3)
     vgg = torchvision.models.vgg16(weights=None)
-    ckpt = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
-    ckpt.parent.mkdir(parents=True)
-    torch.save(vgg.state_dict(), ckpt)
+    torch_hub_standin(tmp_path, "vgg16-397923af.pth", vgg.state_dict())
     bb = backbones.build_backbone("lpips_vgg", "pretrained", allow_download=False)
     mods = dict(bb.module.named_modules())
     assert torch.equal(mods["net.slice4.19"].weight, vgg.features[19].weight)
