@@ -27,7 +27,7 @@ from config import ConfigError
 
 # Bump when any degradation below changes its output (part of every cache key; a golden-hash
 # test in tests/test_bad_input.py fails when the output changes under the same version).
-DEGRADATION_VERSION = 1
+DEGRADATION_VERSION = 2          # 2: KADID-10k's types follow the generator's .m files
 GAUSSIAN_TRUNCATE = 4.0            # kernel radius in sigmas (scipy's default)
 N_BLACK_RECTANGLES = 5             # FID paper (Heusel et al. 2017, fig. A): 5 rectangles
 DOWNSAMPLE_FILTER = Image.Resampling.NEAREST   # no prefilter: high frequencies alias
@@ -154,7 +154,9 @@ for _t, (_fn, _rng) in kadid10k.KADID10K_TYPES.items():
     DEGRADATIONS["kadid_" + _t] = (_fn, _rng, +1, _kadid_level)
 
 # The degradation sets of --degradations; "seed" is config['degradations'] itself.
-KADID10K = {f"kadid_{t}": {"type": f"kadid_{t}", "levels": list(levels)}
+# (levels mild to severe: the generator's values, ordered by kadid10k.severity)
+KADID10K = {f"kadid_{t}": {"type": f"kadid_{t}",
+                           "levels": sorted(levels, key=lambda v, t=t: kadid10k.severity(t, v))}
             for t, levels in kadid10k.KADID10K_LEVELS.items()}
 
 # Off by default; copy into config['degradations'] to use them, or select the set "fid".

@@ -1,22 +1,30 @@
 """KADID-10k's 25 distortion types, 5 levels each (Lin, Hosu & Saupe, 2019).
 
 The parameter values are those of the KADID-10k / KADIS-700k generator (`imdist_generator.m`,
-one row per type in `KADID10K` below); the operations are implemented with numpy, scipy and
-Pillow from the published descriptions. Every function takes an RGB image as (H, W, 3) uint8
-and returns the same; random ones take a `numpy.random.Generator` (degradation_generator
-derives it from seed, image, type and level).
+one row per type in `KADID10K_LEVELS` below, in the generator's case order 1..25 and level
+order 1..5, which is also how KADID-10k names its files: `I01_05_03.png` is reference 1, type 5,
+level 3). The operations follow the generator's `distortions/*.m` files; where a type calls a
+MATLAB function (`fspecial`, `imnoise`, `imresize`, `imsharpen`, `spline`) the MATLAB semantics
+are ported (each function says which). Every function takes an RGB image as (H, W, 3) uint8 and
+returns the same; random ones take a `numpy.random.Generator` (degradation_generator derives it
+from seed, image and type).
 
-Where this differs from the MATLAB generator, on purpose:
+Where this differs from the MATLAB generator, and why:
 
 * the generator stretches each input and output to [0, 1] (`mapmm`); that would alter the clean
   image too, so it is not done here;
-* `mean_shift` and `contrast_change` pass through "no change" mid-range (shift 0, contrast 0);
-  their levels are ordered by the size of the change (ties: the positive value first), so
-  severity grows along the list: shifts 0, +0.08, -0.08, +0.15, -0.15; contrast 0, +0.15, +0.3,
-  -0.4, -0.6 (positive raises contrast, negative lowers it);
-* `quantization` uses evenly spaced levels (the generator uses Otsu thresholds), `denoise` a
-  Wiener filter (5x5, known noise power) after the white noise, `color_quantization` Pillow's
-  median cut with Floyd-Steinberg dithering (MATLAB's `rgb2ind` with dithering).
+* `denoise` uses a Wiener filter (5x5, known noise power) after the white noise: the generator
+  runs MATLAB's pretrained DnCNN, whose weights are not available here;
+* `quantization` uses evenly spaced levels (the generator uses Otsu thresholds, `multithresh`);
+  `color_quantization` uses Pillow's median cut with Floyd-Steinberg dithering (MATLAB's
+  `rgb2ind` with dithering);
+* block and patch sizes (`color_block`, `non_eccentricity_patch`) scale with the image from the
+  384-px height of KADID-10k's images.
+
+Severity order for the synthetic sweep (`severity`): `mean_shift` and `contrast_change` pass
+through "no change" inside their ranges (shift 0; contrast -0.2, where the generator's curve is
+the identity), so their levels are ordered by how much the operation changes a value: the mean
+|T(x) - x| of their tone map over [0, 1], ties in the generator's order.
 """
 from __future__ import annotations
 
@@ -25,11 +33,11 @@ import io
 import numpy as np
 from PIL import Image
 
-# KADIS-700k generator levels, mild to severe (mean_shift, contrast_change reordered: above)
+# imdist_generator.m's level table, case by case, in its order (not reordered: see `severity`)
 KADID10K_LEVELS = {
     "gaussian_blur": [0.1, 0.5, 1, 2, 5],                 # sigma, pixels
     "lens_blur": [1, 2, 4, 6, 8],                         # disk radius, pixels
-    "motion_blur": [1, 2, 4, 6, 10],                      # half length, pixels
+    "motion_blur": [1, 2, 4, 6, 10],                      # line length, pixels (fspecial)
     "color_diffusion": [1, 3, 6, 8, 12],                  # chroma blur amount
     "color_shift": [1, 3, 6, 8, 12],                      # green shift, pixels
     "color_quantization": [64, 48, 32, 16, 8],            # colours
@@ -39,24 +47,26 @@ KADID10K_LEVELS = {
     "jpeg": [43, 36, 24, 7, 4],                           # quality
     "white_noise": [0.001, 0.002, 0.003, 0.005, 0.01],    # variance, [0, 1] scale
     "white_noise_color": [0.0001, 0.0005, 0.001, 0.002, 0.003],   # variance in YCbCr
-    "impulse_noise": [0.001, 0.005, 0.01, 0.02, 0.03],    # fraction of pixels
-    "multiplicative_noise": [0.001, 0.005, 0.01, 0.02, 0.05],     # variance
+    "impulse_noise": [0.001, 0.005, 0.01, 0.02, 0.03],    # density, per array element
+    "multiplicative_noise": [0.001, 0.005, 0.01, 0.02, 0.05],     # variance (uniform)
     "denoise": [0.01, 0.03, 0.05, 0.1, 0.15],             # variance of the noise removed
     "brighten": [0.1, 0.2, 0.4, 0.7, 1.1],
     "darken": [0.05, 0.1, 0.2, 0.4, 0.8],
-    "mean_shift": [0, 0.08, -0.08, 0.15, -0.15],          # added to [0, 1] values
+    "mean_shift": [0.15, 0.08, 0, -0.08, -0.15],          # added to [0, 1] values
     "jitter": [0.05, 0.1, 0.2, 0.5, 1],                   # displacement std, pixels
     "non_eccentricity_patch": [20, 40, 60, 80, 100],      # patches moved
     "pixelate": [0.01, 0.05, 0.1, 0.2, 0.5],              # scale 0.95 - level^0.6
     "quantization": [20, 16, 13, 10, 7],                  # levels per channel
     "color_block": [2, 4, 6, 8, 10],                      # blocks
-    "high_sharpen": [1, 2, 3, 6, 12],                     # unsharp-mask amount
-    "contrast_change": [0, 0.15, 0.3, -0.4, -0.6],
+    "high_sharpen": [1, 2, 3, 6, 12],                     # imsharpen Amount (Radius 3)
+    "contrast_change": [0.3, 0.15, 0, -0.4, -0.6],        # curves knots 0.25 -/+ a/4
 }
 BLOCK = 32                       # color_block side, pixels of a KADID image (384 px high)
 PATCH = 16                       # non-eccentricity patch side, idem
 KADID_SIDE = 384                 # KADID-10k images are 512x384: sides scale with the image
 JITTER_PASSES = 5
+SHARPEN_RADIUS = 3               # imsharpenHi.m: imsharpen(I, 'Radius', 3, 'Amount', amount)
+CONTRAST_KNOTS = (0.3, 0.5, 0.7)  # curves.m: x positions of the three inner knots
 
 
 def _unit(img):
@@ -143,35 +153,70 @@ def lens_blur(img, radius):
     return _convolve(img, disk_kernel(radius))
 
 
-def motion_kernel(half_length, angle, oversample=16):
-    """A line of length 2*half_length + 1 pixels through the centre at `angle` radians,
-    antialiased by sampling it at `oversample` points per pixel; sums to 1."""
-    n = int(np.ceil(half_length)) + 1
-    k = np.zeros((2 * n + 1, 2 * n + 1))
-    t = np.linspace(-half_length - 0.5, half_length + 0.5, int((2 * half_length + 1) * oversample))
-    ys, xs = n - t * np.sin(angle), n + t * np.cos(angle)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    fy, fx = ys - y0, xs - x0
-    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx),
-                      (1, 1, fy * fx)):
-        np.add.at(k, (y0 + dy, x0 + dx), w)
-    return k / k.sum()
+def motion_kernel(length, angle_deg):
+    """MATLAB `fspecial('motion', length, angle_deg)`: a line `length` pixels long at
+    `angle_deg` degrees counter-clockwise, each cell weighted by its distance to the line
+    (width 1), normalised to sum 1. Length 1 is the 1x1 identity; length 2 at 0 degrees is
+    [0.25, 0.5, 0.25]. A line-by-line port of fspecial.m's 'motion' branch (MATLAB's
+    cos(pi/2) = 6e-17 > 0 included, so 90 degrees takes the same path as there)."""
+    eps = np.finfo(np.float64).eps
+    length = max(1.0, float(length))
+    half = (length - 1) / 2
+    phi = np.mod(angle_deg, 180) / 180 * np.pi
+    cosphi, sinphi = np.cos(phi), np.sin(phi)
+    xsign = np.sign(cosphi)
+    linewdt = 1
+    sx = np.fix(half * cosphi + linewdt * xsign - length * eps)
+    sy = np.fix(half * sinphi + linewdt - length * eps)
+    x, y = np.meshgrid(np.arange(0, sx + xsign / 2, xsign), np.arange(0, sy + 0.5))
+    dist2line = y * cosphi - x * sinphi
+    rad = np.sqrt(x ** 2 + y ** 2)
+    last = (rad >= half) & (np.abs(dist2line) <= linewdt)
+    with np.errstate(divide="ignore", over="ignore"):
+        x2last = half - np.abs((x[last] + dist2line[last] * sinphi) / cosphi)
+        dist2line[last] = np.sqrt(dist2line[last] ** 2 + x2last ** 2)
+    dist2line = linewdt + eps - np.abs(dist2line)
+    dist2line[dist2line < 0] = 0
+    r, c = dist2line.shape
+    h = np.zeros((2 * r - 1, 2 * c - 1))
+    h[:r, :c] = np.rot90(dist2line, 2)
+    h[r - 1:, c - 1:] = dist2line
+    h /= h.sum() + eps * length * length
+    return np.flipud(h) if cosphi > 0 else h
 
 
-def motion_blur(img, half_length, rng):
-    """Linear motion of 2*half_length + 1 pixels in a random direction."""
-    return _convolve(img, motion_kernel(half_length, rng.uniform(0, np.pi)))
+def _imfilter_replicate(x, kernel):
+    """MATLAB `imfilter(x, kernel, 'replicate')` on one (H, W) plane, for an odd-sized kernel:
+    correlation (not convolution) about the centre, borders replicated."""
+    from scipy import ndimage
+    return ndimage.correlate(x, kernel, mode="nearest")
+
+
+def motion_blur(img, length, rng):
+    """imblurmotion.m: `fspecial('motion', length, angle)` with a random integer angle in
+    0..180 degrees (`randi([0, 180])`), applied by `imfilter(..., 'replicate')`."""
+    kernel = motion_kernel(length, int(rng.integers(0, 181)))
+    return _u8(_per_channel(lambda c: _imfilter_replicate(c, kernel), _unit(img)))
 
 
 # ---------------------------------------------------------------- colour
 
-def color_diffusion(img, amount):
-    """Chroma (a*, b*) blurred with a Gaussian of std 1.5*amount + 2; lightness L* kept."""
+def imgaussfilt(x, sigma):
+    """MATLAB `imgaussfilt(x, sigma)` on one (H, W) plane: a Gaussian kernel of size
+    2*ceil(2 sigma) + 1 (normalised), borders replicated."""
     from scipy import ndimage
+    radius = int(np.ceil(2 * sigma))
+    return ndimage.gaussian_filter(x, sigma, mode="nearest", radius=radius)
+
+
+def color_diffusion(img, amount):
+    """imcolordiffuse.m -> imcolorblur(I, 1.5*amount + 2, amount): in L*a*b*, the chroma planes
+    a*, b* are blurred (imgaussfilt, sigma 1.5*amount + 2) and then multiplied by `amount`;
+    L* is kept; back to RGB, truncated to [0, 1]."""
     lab = rgb2lab(_unit(img))
     sigma = 1.5 * amount + 2
     for c in (1, 2):
-        lab[..., c] = ndimage.gaussian_filter(lab[..., c], sigma, mode="nearest")
+        lab[..., c] = imgaussfilt(lab[..., c], sigma) * amount
     return _u8(lab2rgb(lab))
 
 
@@ -262,19 +307,21 @@ def white_noise_color(img, variance, rng):
     return _u8(ycbcr2rgb(ycc * 255.0))
 
 
-def impulse_noise(img, amount, rng):
-    """Salt and pepper: a fraction `amount` of pixels set to black or white (half each)."""
+def impulse_noise(img, density, rng):
+    """imnoiseimpulse.m -> `imnoise(I, 'salt & pepper', d)`: one uniform draw per array element
+    (each channel of each pixel on its own); below d/2 the element becomes 0, in [d/2, d) 1."""
+    p = rng.random(img.shape)
     out = img.copy()
-    p = rng.random(img.shape[:2])
-    out[p < amount / 2] = 0
-    out[p > 1 - amount / 2] = 255
+    out[p < density / 2] = 0
+    out[(p >= density / 2) & (p < density)] = 255
     return out
 
 
 def multiplicative_noise(img, variance, rng):
-    """Speckle: I + n * I, n white Gaussian of `variance` (MATLAB imnoise 'speckle')."""
+    """imnoisemultiplicative.m -> `imnoise(I, 'speckle', v)`: I + sqrt(12 v) * I * (U - 0.5),
+    U uniform on [0, 1) per array element (so the noise has variance v), clipped to [0, 1]."""
     x = _unit(img)
-    return _u8(x + x * rng.normal(0.0, np.sqrt(variance), x.shape))
+    return _u8(x + np.sqrt(12 * variance) * x * (rng.random(x.shape) - 0.5))
 
 
 def denoise(img, variance, rng):
@@ -347,10 +394,25 @@ def pixelate_scale(level) -> float:
     return 0.95 - level ** 0.6
 
 
+def imresize_nearest(img, out_h, out_w, scale_h, scale_w):
+    """MATLAB `imresize(..., 'nearest')`: output pixel x (1-based) reads input pixel
+    floor(u + 0.5) with u = x/scale + 0.5*(1 - 1/scale), clamped to the image (imresize.m's
+    `contributions` with the box kernel)."""
+    def index(n_out, n_in, scale):
+        u = np.arange(1, n_out + 1) / scale + 0.5 * (1 - 1 / scale)
+        return np.clip(np.floor(u + 0.5).astype(int), 1, n_in) - 1
+    h, w = img.shape[:2]
+    return img[index(out_h, h, scale_h)][:, index(out_w, w, scale_w)]
+
+
 def pixelate(img, level):
-    """Block averaging (Pillow BOX) to scale 0.95 - level^0.6, nearest-neighbour back up."""
-    from degradation_generator import pixelation
-    return pixelation(img, 1.0 / pixelate_scale(level))
+    """impixelate.m: `imresize(I, z, 'nearest')` with z = 0.95 - level^0.6 (output
+    ceil(z * size)), then `imresize(., size(I), 'nearest')` back: nearest neighbour both ways."""
+    z = pixelate_scale(level)
+    h, w = img.shape[:2]
+    lo_h, lo_w = int(np.ceil(z * h)), int(np.ceil(z * w))
+    small = imresize_nearest(img, lo_h, lo_w, z, z)
+    return np.ascontiguousarray(imresize_nearest(small, h, w, h / lo_h, w / lo_w))
 
 
 def quantization(img, n):
@@ -377,22 +439,33 @@ def color_block(img, count, rng):
 
 
 def high_sharpen(img, amount):
-    """Unsharp mask on L*: L + amount * (L - Gaussian(L, sigma 1)) (MATLAB imsharpen)."""
+    """imsharpenHi.m -> `imsharpen(I, 'Radius', 3, 'Amount', amount)`: on L* only,
+    L + amount * (L - G * L) with G a Gaussian of sigma = Radius = 3 and size
+    2*ceil(2*Radius) + 1 = 13 (imsharpen.m), borders replicated, threshold 0; back to RGB,
+    truncated to [0, 1]."""
     from scipy import ndimage
     lab = rgb2lab(_unit(img))
     lum = lab[..., 0]
-    lab[..., 0] = np.clip(lum + amount * (lum - ndimage.gaussian_filter(lum, 1.0, mode="nearest")),
-                          0, 100)
+    blurred = ndimage.gaussian_filter(lum, SHARPEN_RADIUS, mode="nearest",
+                                      radius=int(np.ceil(2 * SHARPEN_RADIUS)))
+    lab[..., 0] = lum + amount * (lum - blurred)
     return _u8(lab2rgb(lab))
 
 
+def contrast_curve(amount):
+    """curves.m as imcontrastc.m calls it: MATLAB `spline` (cubic, not-a-knot) through
+    (0, 0), (0.3, 0.25 - a/4), (0.5, 0.5), (0.7, 0.75 + a/4), (1, 1); the identity at a = -0.2.
+    Returns a function of [0, 1] values, clipped to [0, 1]."""
+    from scipy.interpolate import CubicSpline
+    lo, mid, hi = CONTRAST_KNOTS
+    spline = CubicSpline([0, lo, mid, hi, 1], [0, 0.25 - amount / 4, 0.5, 0.75 + amount / 4, 1],
+                         bc_type="not-a-knot")
+    return lambda x: np.clip(spline(x), 0, 1)
+
+
 def contrast_change(img, amount):
-    """Monotone tone curve (PCHIP) through (0.25, 0.25 - amount/4), (0.5, 0.5),
-    (0.75, 0.75 + amount/4): amount > 0 raises contrast, < 0 lowers it, 0 is the identity."""
-    from scipy.interpolate import PchipInterpolator
-    curve = PchipInterpolator([0, 0.25, 0.5, 0.75, 1],
-                              [0, 0.25 - amount / 4, 0.5, 0.75 + amount / 4, 1])
-    return _u8(curve(_unit(img)))
+    """imcontrastc.m: `curves(I, [0.25 - amount/4, 0.75 + amount/4])` on RGB values."""
+    return _u8(contrast_curve(amount)(_unit(img)))
 
 
 # type -> (function, needs rng)
@@ -412,10 +485,25 @@ KADID10K_TYPES = {
 }
 
 
+TONE_GRID = np.linspace(0.0, 1.0, 1025)       # where a tone map's change is measured
+
+
+def tone_change(dtype: str, level) -> float:
+    """Mean |T(x) - x| over [0, 1] of the point-wise tone map T of `mean_shift` or
+    `contrast_change` at `level`: how much the operation changes a value."""
+    x = TONE_GRID
+    t = np.clip(x + level, 0, 1) if dtype == "mean_shift" else contrast_curve(level)(x)
+    return float(np.mean(np.abs(t - x)))
+
+
 def severity(dtype: str, level) -> tuple:
-    """Sort key of a level, mild to severe: the parameter's size, ties positive first, and
-    for the types whose parameter falls with severity, its negation."""
+    """Sort key of a level, mild to severe. For most types the generator's parameter grows (or,
+    for colour counts, saturation factor and quality, falls) with severity. `mean_shift` and
+    `contrast_change` go through "no change" inside their range, so their key is what the
+    operation does (`tone_change`, rounded to 1e-9), ties in the generator's level order."""
     falling = {"color_quantization", "color_saturation_1", "jpeg", "quantization"}
     if dtype in ("mean_shift", "contrast_change"):
-        return (abs(level), level < 0)
+        order = KADID10K_LEVELS[dtype]
+        pos = order.index(level) if level in order else len(order)
+        return (round(tone_change(dtype, level), 9), pos)
     return (-level,) if dtype in falling else (level,)
