@@ -244,13 +244,27 @@ GOLDEN_DEGRADATIONS = {1: {
     "gaussian_blur": "d7c9fcaeddcf6627", "blur_plus_contrast": "3f47a43e3a75c5a3",
     "gaussian_noise": "83495d7fe15e3147", "downsample_upsample": "8b02e823380c3b7e",
     "jpeg_compression": "ec70fc586f6b45e7", "black_rectangles": "63f1a2eac7a3cc84",
-    "swirl": "adac33b79f20f79c", "salt_and_pepper": "8f7ee9608ecb0efc", "pixelation": "b13bb68de9750ea9"}}
+    "swirl": "adac33b79f20f79c", "salt_and_pepper": "8f7ee9608ecb0efc", "pixelation": "b13bb68de9750ea9"}, 2: {
+    "gaussian_blur": "d7c9fcaeddcf6627", "blur_plus_contrast": "3f47a43e3a75c5a3", "gaussian_noise": "83495d7fe15e3147",
+    "downsample_upsample": "8b02e823380c3b7e", "jpeg_compression": "ec70fc586f6b45e7", "black_rectangles": "63f1a2eac7a3cc84",
+    "swirl": "adac33b79f20f79c", "salt_and_pepper": "8f7ee9608ecb0efc", "pixelation": "b13bb68de9750ea9",
+    "kadid_gaussian_blur": "5cc055c31f630358", "kadid_lens_blur": "34a85a07774560e5", "kadid_motion_blur": "a6817582e1ae73d8",
+    "kadid_color_diffusion": "ce844c94702d244d", "kadid_color_shift": "66186c3934c2ff81", "kadid_color_quantization": "f097427d968b16b7",
+    "kadid_color_saturation_1": "f6f6a15c22c8e4cd", "kadid_color_saturation_2": "aeaaf58768729116", "kadid_jpeg2000": "41fffa6fcd5d2feb",
+    "kadid_jpeg": "030480bb55a8d6cf", "kadid_white_noise": "0266fe1e3251b77e", "kadid_white_noise_color": "9f11082512597a3d",
+    "kadid_impulse_noise": "be6d5a4551de493d", "kadid_multiplicative_noise": "149f482573d61e07", "kadid_denoise": "5a78a18e83a9388a",
+    "kadid_brighten": "3a3dbf3310c89e7d", "kadid_darken": "1313b533ec883ff4", "kadid_mean_shift": "f9361fa2a89d08fa",
+    "kadid_jitter": "fc6be3a426886dfd", "kadid_non_eccentricity_patch": "c3c92f40c6f1b8b0", "kadid_pixelate": "3456917cee9b1f2f",
+    "kadid_quantization": "a497c39d31459a26", "kadid_color_block": "19e1ae49ab884d11", "kadid_high_sharpen": "4d940a1f5fa21d90",
+    "kadid_contrast_change": "4fba665f4936fb6b"}}
 GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
 
 
 def test_degradations_match_their_golden_hashes_for_this_version():
     from degradation_generator import DEGRADATION_VERSION, EXTRA_DEGRADATIONS, apply_degradation
-    specs = {**config.CONFIG["degradations"], **EXTRA_DEGRADATIONS}
+    from degradation_generator import KADID10K
+    specs = {**config.CONFIG["degradations"], **EXTRA_DEGRADATIONS,
+             **(KADID10K if DEGRADATION_VERSION >= 2 else {})}
     got = {}
     for spec in specs.values():
         h = hashlib.sha256()
