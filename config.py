@@ -15,6 +15,12 @@ import copy
 CONFIG = {
     # ---------------------------------------------------------------- data
     "dataset": "builtin",          # "builtin" or a folder of images (searched recursively)
+    # A rated database (README "Agreement with human judgments"): a ratings file (KADID-10k's
+    # dmos.csv, TID2013's mos_with_names.txt, or a CSV image,reference,mos) or None. Its
+    # references are the reference set unless mos_reference names a folder (or "builtin").
+    "mos": None,
+    "mos_reference": "database",
+    "rank_by": "auto",             # auto (mos with a rated database, else monotonicity) | monotonicity | mos
     "seed": 0,                     # every random choice derives from this seed
     # Images are resized (shorter side) and centre-cropped to this square size,
     # degraded at this size, then resized to the backbone's input size.
@@ -208,6 +214,11 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
         _choice(cfg["backbone"], backbones + ("all",),
                 "config['backbone'] (or timm:NAME, torchvision:NAME, hf:MODEL_ID)")
     _choice(cfg["device"], DEVICES, "config['device']")
+    _choice(cfg["rank_by"], ("auto", "monotonicity", "mos"), "config['rank_by'] (--rank-by)")
+    for key in ("mos", "mos_reference"):
+        if cfg[key] is not None and not (isinstance(cfg[key], str) and cfg[key]):
+            raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a path (a string)"
+                              + (" or None" if key == "mos" else ", 'database' or 'builtin'"))
     _choice(cfg["cache_dtype"], DTYPES, "config['cache_dtype']")
     _choice(cfg["extraction_precision"], PRECISIONS, "config['extraction_precision']")
     _choice(cfg["gram_precision"], ("float32", "float64"), "config['gram_precision']")

@@ -110,10 +110,19 @@ def dead_leaves(index: int, size: int = BUILTIN_SIZE) -> np.ndarray:
     return np.asarray(img)
 
 
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (read now: user files may change between two calls)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 @functools.lru_cache(maxsize=None)
 def _file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return _sha256_bytes(f.read())
+    """file_sha256 of an installed package's photo, remembered (it does not change)."""
+    return file_sha256(path)
 
 
 def builtin_identity(source: str) -> str:

@@ -37,13 +37,18 @@ class MetricInputError(ValueError):
 #   forms       the feature forms it runs on: explicit rows and/or linear kernel blocks
 #   unit_rows   the pipeline scores L2-normalised rows (CMMD: the reference embeds images
 #               on the unit sphere, and its sigma = 10 is set for that scale)
+#   per_image   it gives every evaluation image a score of its own (its prepared state is
+#               the per-image values, and the set's score is their mean)
+_TWO = {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "per_image": False}
 METRICS = {
-    "fid": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
-    "kid": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
-    "cmmd": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": True},
-    "mmd_rbf": {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
-    "mahalanobis": {"model": True, "covariance": True, "forms": ("explicit", "kernel"), "unit_rows": False},
-    "neg_loglik": {"model": True, "covariance": False, "forms": ("explicit", "kernel"), "unit_rows": False},
+    "fid": {**_TWO, "unit_rows": False},
+    "kid": {**_TWO, "unit_rows": False},
+    "cmmd": {**_TWO, "unit_rows": True},
+    "mmd_rbf": {**_TWO, "unit_rows": False},
+    "mahalanobis": {"model": True, "covariance": True, "forms": ("explicit", "kernel"),
+                    "unit_rows": False, "per_image": True},
+    "neg_loglik": {"model": True, "covariance": False, "forms": ("explicit", "kernel"),
+                   "unit_rows": False, "per_image": True},
 }
 TWO_SAMPLE_METRICS = tuple(m for m, r in METRICS.items() if not r["model"])
 MODEL_METRICS = tuple(m for m, r in METRICS.items() if r["model"])

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 import distance_metrics as dm
+import human_agreement as ha
 from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, SpanCoordinates,
                                    fit_distribution, in_span, model_feasibility, model_params)
 from feature_spaces import FeatureSpace, Infeasible
@@ -103,10 +104,12 @@ class ConfigResult:
     delta_top: float | None = None      # mean rho of #1 minus this one's
     delta_top_ci: list | None = None    # its paired bootstrap interval
     tied_with_top: bool | None = None   # the interval contains 0 (None: not bootstrapped)
+    mos: dict | None = None             # agreement with human opinion scores (--mos runs)
     # runtime state for the bootstrap; never written out
     scorer: object = field(default=None, repr=False, compare=False)
     prepared: dict | None = field(default=None, repr=False, compare=False)
     boot_mean: object = field(default=None, repr=False, compare=False)   # mean rho per resample
+    boot_mos: object = field(default=None, repr=False, compare=False)    # set SRCC per resample
 
     @property
     def label(self) -> str:
@@ -133,12 +136,16 @@ class ConfigResult:
                 "n_reference": self.n_reference, "n_evaluation": self.n_evaluation,
                 "seed": self.seed, "weights": self.weights, "random_init": self.random_init,
                 "delta_rho_top": self.delta_top, "delta_rho_top_ci": self.delta_top_ci,
-                "tied_with_top": self.tied_with_top}
+                "tied_with_top": self.tied_with_top, "mos": self.mos}
 
-    def csv_row(self, degradations: dict) -> dict:
+    def criterion(self, by: str) -> float:
+        """The value ranked on: mean monotonicity, or set-level SRCC with the MOS."""
+        return self.mean_spearman if by == "monotonicity" else self.mos["srcc"]
+
+    def csv_row(self, degradations: dict, mos_types=()) -> dict:
         """One CSV row: scalars only, per-degradation rho, tau, interval and sensitivity."""
         f = self.fields()
-        row = {k: f[k] for k in ("rank", "status", "backbone", "layer_config", "aggregate", "transform",
+        row = {k: f[k] for k in ("label", "rank", "status", "backbone", "layer_config", "aggregate", "transform",
                                  "distribution", "metric", "mean_spearman", "mean_kendall", "ridge",
                                  "n_reference", "n_evaluation", "seed", "weights")}
         row["layers"] = " ".join(map(str, f["layers"]))
@@ -156,17 +163,42 @@ class ConfigResult:
             row.update({f"rho_{d}": v.get("spearman"), f"rho_{d}_ci_low": ci[0],
                         f"rho_{d}_ci_high": ci[1], f"tau_{d}": v.get("kendall"),
                         f"sensitivity_{d}": v.get("sensitivity")})
+        if self.mos is not None or mos_types:
+            row.update(_mos_cells(self.mos, mos_types))
         row["reason"] = self.reason
         return row
 
 
-def csv_columns(degradations: dict) -> list[str]:
-    head = ["rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
+MOS_COLUMNS = ["srcc_mos", "srcc_mos_ci_low", "srcc_mos_ci_high", "krcc_mos", "plcc_mos",
+               "plcc_mos_fit", "delta_srcc_mos_top", "tied_with_top_mos", "srcc_mos_image",
+               "krcc_mos_image", "plcc_mos_image"]
+
+
+def _mos_cells(m: dict | None, types) -> dict:
+    if m is None:
+        return {}
+    ci = m.get("srcc_ci") or (None, None)
+    image = m.get("image") or {}
+    cells = {"srcc_mos": m["srcc"], "srcc_mos_ci_low": ci[0], "srcc_mos_ci_high": ci[1],
+             "krcc_mos": m["krcc"], "plcc_mos": m["plcc"], "plcc_mos_fit": m["plcc_fit"],
+             "delta_srcc_mos_top": m.get("delta_top"), "tied_with_top_mos": m.get("tied_with_top"),
+             "srcc_mos_image": image.get("srcc"), "krcc_mos_image": image.get("krcc"),
+             "plcc_mos_image": image.get("plcc")}
+    for t in types:
+        cells[f"srcc_mos_{t}"] = m["srcc_per_type"].get(t)
+    return cells
+
+
+def csv_columns(degradations: dict, mos_types=()) -> list[str]:
+    """The CSV header; `mos_types` (the rated database's types) adds the agreement columns."""
+    head = ["label", "rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
             "transform", "transform_params", "distribution", "distribution_params", "metric",
             "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall",
             "delta_rho_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high", "tied_with_top"]
     for d in degradations:
         head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
+    if mos_types:
+        head += MOS_COLUMNS + [f"srcc_mos_{t}" for t in mos_types]
     return head + ["ridge", "n_reference", "n_evaluation", "seed", "weights", "reason"]
 
 
@@ -244,12 +276,13 @@ def _evaluation_input(metric: str, space: FeatureSpace, key):
 
 
 def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
-                base: dict | None = None) -> list[ConfigResult]:
+                base: dict | None = None, ratings: ha.Ratings | None = None) -> list[ConfigResult]:
     """Score configurations that share one feature space (same layers and transform).
 
     `space_fn()` returns the FeatureSpace (or raises Infeasible / MetricInputError, which
     then applies to every configuration of the group). `base` holds fields common to every
-    result (n_reference, weights, ...)."""
+    result (n_reference, weights, ...). With `ratings` (a rated database), each scored
+    configuration also gets its agreement with the opinion scores (`agreement`)."""
     base = base or {}
     results = [ConfigResult(c, **base) for c in confs]
     try:
@@ -308,7 +341,20 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     for r, s in work:
         if r.status == SCORED:
             _monotonicity(r, degradations, space.n_eval)
+        if r.status == SCORED and ratings is not None:
+            agreement(r, ratings)
     return results
+
+
+def agreement(r: ConfigResult, ratings: ha.Ratings) -> None:
+    """Set-level criteria from the groups' scores; image-level ones for per-image metrics."""
+    scores = [r.per_degradation[t]["scores"][p] for t, p in ratings.keys]
+    m = ha.set_level(scores, ratings)
+    m.update(group_scores=[float(v) for v in scores], srcc_ci=None, delta_top=None,
+             delta_top_ci=None, tied_with_top=None, image=None)
+    if dm.METRICS[r.conf.metric]["per_image"]:
+        m["image"] = ha.image_level(np.stack([r.prepared[k] for k in ratings.keys]), ratings)
+    r.mos = m
 
 
 def _set(r: ConfigResult, status: str, reason: str) -> ConfigResult:
@@ -338,16 +384,20 @@ def _monotonicity(r: ConfigResult, degradations: dict, n_eval: int) -> None:
 
 
 def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confidence: float,
-              seed: int) -> None:
-    """Add percentile intervals of rho (per degradation and mean) and sensitivities."""
+              seed: int, ratings: ha.Ratings | None = None) -> None:
+    """Add percentile intervals of rho (per degradation and mean) and sensitivities; with
+    `ratings`, the interval of the set-level SRCC with the MOS. The resampled evaluation
+    positions are the same at every level, so on a rated database (one image per reference
+    in every group) a resample is a bootstrap over references (ha.cluster_indices)."""
     scorer, prepared, n = result.scorer, result.prepared, result.n_evaluation
     rng = np.random.default_rng([seed, 0xB007])
-    idx = rng.integers(0, n, size=(n_resamples, n))
+    idx = ha.cluster_indices(n, n_resamples, rng)
     alpha = (1 - confidence) / 2
-    rhos = []
+    rhos, columns = [], {}
     for name, spec in degradations.items():
         keys = [("clean", 0)] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
         boot = np.array([[scorer.score_prepared(prepared[k], i) for k in keys] for i in idx])
+        columns.update({k: boot[:, j] for j, k in enumerate(keys)})
         rho = _spearman_rows(boot)
         rhos.append(rho)
         d = result.per_degradation[name]
@@ -361,14 +411,38 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     result.mean_spearman_ci = [float(np.quantile(mean, alpha)), float(np.quantile(mean, 1 - alpha))]
     result.n_resamples = n_resamples
     result.boot_mean = mean
+    if ratings is not None and result.mos is not None:
+        boot = ha.bootstrap_srcc(np.stack([columns[k] for k in ratings.keys], axis=1), ratings, idx)
+        result.mos["srcc_ci"] = ha.interval(boot, confidence)
+        result.boot_mos = boot
+
+
+def ties_with_top_mos(ranked: list[ConfigResult], confidence: float) -> list[ConfigResult]:
+    """`ties_with_top` for the set-level SRCC with the MOS: delta_top, its paired interval and
+    tied_with_top in each result's `mos`, against the best SRCC among the bootstrapped."""
+    booted = [r for r in ranked if r.scored and r.boot_mos is not None]
+    if not booted:
+        return []
+    top = max(booted, key=lambda r: r.mos["srcc"])
+    tied = []
+    for r in booted:
+        if len(r.boot_mos) != len(top.boot_mos):
+            continue
+        ci = ha.interval(top.boot_mos - r.boot_mos, confidence)
+        r.mos.update(delta_top=float(top.mos["srcc"] - r.mos["srcc"]), delta_top_ci=ci,
+                     tied_with_top=bool(ci[0] <= 0 <= ci[1]))
+        if r.mos["tied_with_top"]:
+            tied.append(r)
+    return tied
 
 
 def ties_with_top(ranked: list[ConfigResult], confidence: float) -> list[ConfigResult]:
     """Set delta_top, its paired bootstrap interval and tied_with_top on every bootstrapped
     configuration of `ranked` (best first); returns those tied with #1, #1 included. Nothing is
-    set when #1 was not bootstrapped."""
+    set when #1 was not bootstrapped, or when the ranking is not by monotonicity."""
     booted = [r for r in ranked if r.scored and r.boot_mean is not None]
-    if not booted or booted[0].rank != 1:
+    top_mono = max((r for r in ranked if r.scored), key=lambda r: r.mean_spearman, default=None)
+    if not booted or booted[0] is not top_mono:
         return []
     top = booted[0]
     alpha = (1 - confidence) / 2
@@ -385,9 +459,13 @@ def ties_with_top(ranked: list[ConfigResult], confidence: float) -> list[ConfigR
     return tied
 
 
-def rank(results: list[ConfigResult]) -> list[ConfigResult]:
-    """Best mean Spearman first; then configurations not run, then failures, in grid order."""
-    done = sorted((r for r in results if r.scored), key=lambda r: -r.mean_spearman)
+RANK_BY = ("monotonicity", "mos")
+
+
+def rank(results: list[ConfigResult], by: str = "monotonicity") -> list[ConfigResult]:
+    """Best first by `by` (mean Spearman monotonicity, or set-level SRCC with the MOS); then
+    configurations not run, then failures, in grid order."""
+    done = sorted((r for r in results if r.scored), key=lambda r: -r.criterion(by))
     for i, r in enumerate(done, start=1):
         r.rank = i
     return (done + [r for r in results if r.status == NOT_RUN]

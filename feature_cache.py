@@ -142,6 +142,14 @@ def evaluation_units(records, degradations: dict) -> list[Unit]:
     return units
 
 
+def rated_units(references, keys, groups) -> list[Unit]:
+    """The evaluation units of a rated database: its references as the clean level, then each
+    group (type, level position) of image files, read as they are (no degradation applied).
+    `keys` and `groups` (lists of ImageRecords, in reference order) are aligned."""
+    return [Unit("eval", CLEAN, 0, None, None, tuple(references))] + [
+        Unit("eval", t, pos, None, None, tuple(records)) for (t, pos), records in zip(keys, groups)]
+
+
 class LayerCache:
     """The cache of one (backbone, layer) for one reference and one evaluation set."""
 

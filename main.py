@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None, metavar="{builtin,FOLDER}",
                    help="'builtin' (no download) or a folder searched recursively for "
                         "jpg/png/webp/bmp/tiff (default: builtin)")
+    g.add_argument("--mos", default=None, metavar="FILE",
+                   help="a rated database: KADID-10k's dmos.csv, TID2013's mos_with_names.txt, "
+                        "or a CSV with image,reference,mos[,type,level]; configurations are then "
+                        "ranked by agreement with its opinion scores (README: Agreement with human "
+                        "judgments). Its references are the reference set unless --dataset is given")
+    g.add_argument("--rank-by", choices=("monotonicity", "mos"), default=None,
+                   help="rank by monotonicity against severity, or by the set-level SRCC with the "
+                        "MOS (default: mos with --mos, else monotonicity)")
     g.add_argument("--n-inference", type=int, default=None, metavar="N",
                    help="number of reference images (default: the mode's)")
     g.add_argument("--degradations", default=None, metavar="SETS",
@@ -153,9 +161,11 @@ def resolve_config(args) -> dict:
                       ("dataset", "dataset"), ("seed", "seed"), ("cache_dir", "cache_dir"),
                       ("results_dir", "results_dir"), ("n_inference", "n_images_inference"),
                       ("n_evaluation", "n_images_evaluation"), ("jobs", "jobs"),
-                      ("dask_scheduler", "dask_scheduler")):
+                      ("dask_scheduler", "dask_scheduler"), ("mos", "mos"), ("rank_by", "rank_by")):
         if getattr(args, flag, None) is not None:
             cfg[key] = getattr(args, flag)
+    if args.mos is not None and args.dataset is not None:
+        cfg["mos_reference"] = args.dataset     # --dataset names the reference set of a --mos run
     if args.degradations is not None:
         cfg["degradation_sets"] = [s.strip() for s in args.degradations.split(",") if s.strip()]
     if args.n_resamples is not None:

@@ -30,6 +30,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 import config as C
 from backbones import BACKBONE_NAMES, BackboneError, get_spec, is_library_model
 from layer_registry import CAPTURE, resolve_layers
@@ -178,6 +180,55 @@ def select(cfg):
     return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
 
 
+@dataclass
+class RunData:
+    """The images of a run and how they are degraded: a selection from `dataset` degraded by
+    `degradations`, or a rated database (`--mos`) whose groups are files, with its ratings."""
+    ref_records: list
+    eval_records: list
+    degradations: dict           # name -> {"type", "levels"}: what the monotonicity reads
+    eval_units: list
+    database: object = None      # rated_database.RatedDatabase
+    ratings: object = None       # human_agreement.Ratings
+
+    @property
+    def ref_units(self) -> list:
+        from feature_cache import reference_units
+        return reference_units(self.ref_records)
+
+    @property
+    def units(self) -> list:
+        return self.ref_units + self.eval_units
+
+
+def run_data(cfg) -> RunData:
+    """The images of cfg's run. With config['mos'], the evaluation sets are the rated
+    database's (type, level) groups and its references are the clean level; the reference set
+    is the database's references, or `mos_reference` (a folder or "builtin") when set."""
+    from feature_cache import evaluation_units, rated_units
+    if not cfg["mos"]:
+        eval_records, ref_records = select(cfg)
+        return RunData(ref_records, eval_records, cfg["degradations"],
+                       evaluation_units(eval_records, cfg["degradations"]))
+    from dataset import select_images
+    from human_agreement import Ratings
+    from rated_database import read_ratings
+    db = read_ratings(cfg["mos"])
+    refs = list(db.references)
+    if cfg["mos_reference"] != "database":
+        refs = select_images(cfg["mos_reference"], 0, cfg["n_images_inference"], cfg["seed"])[1]
+    groups = [[im for im in db.groups[(t, lv)]] for t in db.types for lv in db.levels(t)]
+    units = rated_units(list(db.references), db.group_keys(),
+                        [[db.records[im.image] for im in g] for g in groups])
+    log.info("rated database %s (%s, %s is better): %d images in %d groups of %d references; "
+             "reference set: %s (%d images)", db.path, db.format,
+             "higher" if db.higher_is_better else "lower", db.n_images, len(groups),
+             len(db.references), "the database's references" if cfg["mos_reference"] == "database"
+             else cfg["mos_reference"], len(refs))
+    return RunData(refs, list(db.references), db.degradations(), units, db,
+                   Ratings(tuple(db.group_keys()), db.quality()))
+
+
 # ---------------------------------------------------------------------- cache fill
 
 def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
@@ -225,23 +276,22 @@ class CacheBuild:
 
 
 def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
-                progress: bool = True, records=None) -> CacheBuild:
+                progress: bool = True, data: RunData | None = None) -> CacheBuild:
     """Extract and cache `layers` (indices or module paths) of `backbone` for cfg's reference
     and evaluation images, or only `shard`'s share of the files. Safe to run in N processes at
     once on one cache folder (local or shared filesystem)."""
     from backbones import resolve_weights
-    from feature_cache import evaluation_units, plan_extraction, reference_units
+    from feature_cache import plan_extraction
     if not layers:
         raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
                          "--build-cache --backbone resnet50 --layers 7 8 9")
     check_writable(cfg["cache_dir"], "--cache-dir")
-    eval_records, ref_records = records or select(cfg)
+    data = data or run_data(with_degradation_sets(cfg))
     resolved = layers_of(backbone, layers)
     check_module_paths(backbone, resolved, cfg["image_size"])
     prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-    caches = open_caches(cfg, backbone, resolved, prov, ref_records, eval_records)
-    degradations = with_degradation_sets(cfg)["degradations"]
-    units = reference_units(ref_records) + evaluation_units(eval_records, degradations)
+    caches = open_caches(cfg, backbone, resolved, prov, data.ref_records, data.eval_records)
+    units = data.units
     n = ensure_cached(cfg, backbone, caches, units, prov, progress, shard)
     missing = 0
     if shard is not None and shard.count > 1:
@@ -265,23 +315,23 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
         raise UsageError(f"--shard {shard} under torchrun: the shard comes from RANK/WORLD_SIZE; "
                          "drop --shard")
     names = backbones_of(cfg)
-    records = select(cfg)
+    data = run_data(cfg)
     if ranks is None:
-        return [build_cache(cfg, b, layers, shard, progress=progress, records=records) for b in names]
-    local = _extract_on_ranks(cfg, ranks, [(b, layers) for b in names], records, progress)
+        return [build_cache(cfg, b, layers, shard, progress=progress, data=data) for b in names]
+    local = _extract_on_ranks(cfg, ranks, [(b, layers) for b in names], data, progress)
     if not ranks.leader:
         return []
-    return [build_cache(local, b, layers, None, progress=progress, records=records) for b in names]
+    return [build_cache(local, b, layers, None, progress=progress, data=data) for b in names]
 
 
-def _extract_on_ranks(cfg, ranks: Ranks, work, records, progress) -> dict:
+def _extract_on_ranks(cfg, ranks: Ranks, work, data, progress) -> dict:
     """Each torchrun rank extracts its share of every (backbone, layers) of `work` on its own
     device, then waits for the others. Returns cfg with this rank's device."""
     local = {**cfg, "device": ranks.start(cfg["device"])}
     try:
         for backbone, layers in work:
             build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
-                        records=records)
+                        data=data)
         ranks.barrier()
     finally:
         ranks.stop()
@@ -342,14 +392,15 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
     cfg = with_degradation_sets(cfg)
     plans = plan_run(cfg, mode, layer_specs)
     jobs = resolve_jobs(cfg["jobs"])
-    records = select(cfg)
+    data = run_data(cfg)
+    cfg = {**cfg, "degradations": data.degradations}
     check_writable(cfg["cache_dir"], "--cache-dir")
     check_writable(cfg["results_dir"], "--results-dir")
     ranks = Ranks.from_env()
     if ranks is not None:
         _extract_on_ranks(cfg, ranks, [(b, sorted({str(i) if i is not None else p for lc in lcs
                                                    for i, p in lc["resolved"]})) for b, lcs in plans],
-                          records, progress)
+                          data, progress)
         if not ranks.leader:
             return None
     if not cfg["dask_scheduler"] and (mode != "quick" or sum(len(lcs) for _, lcs in plans) > 1):
@@ -364,7 +415,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)           # experiment.log always gets INFO
         try:
-            return _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress)
+            return _experiment(cfg, mode, plans, data, out_dir, stamp, jobs, progress)
         except BaseException as exc:   # the folder says the run failed, and why; never a silent half
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.error("run failed: %s", text)
@@ -378,20 +429,30 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
             handler.close()
 
 
-def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Experiment:
+def rank_by(cfg) -> str:
+    """config['rank_by'] resolved: "auto" ranks a --mos run by agreement with the MOS."""
+    if cfg["rank_by"] == "auto":
+        return "mos" if cfg["mos"] else "monotonicity"
+    if cfg["rank_by"] == "mos" and not cfg["mos"]:
+        raise UsageError("--rank-by mos needs --mos FILE (a rated database); or rank by "
+                         "monotonicity")
+    return cfg["rank_by"]
+
+
+def _experiment(cfg, mode, plans, data: RunData, out_dir, stamp, jobs, progress) -> Experiment:
     """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log."""
     from backbones import resolve_weights
-    from evaluation import rank, release, ties_with_top
-    from feature_cache import evaluation_units, reference_units
+    from evaluation import rank, release, ties_with_top, ties_with_top_mos
     import report
 
-    eval_records, ref_records = records
+    ref_records, eval_records = data.ref_records, data.eval_records
+    by = rank_by(cfg)
     log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
-             len(ref_records), len(eval_records), cfg["dataset"], out_dir)
+             len(ref_records), len(eval_records), cfg["mos"] or cfg["dataset"], out_dir)
     report.write_json(os.path.join(out_dir, "config_resolved.json"),
                       {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
 
-    ref_units, eval_units = reference_units(ref_records), evaluation_units(eval_records, cfg["degradations"])
+    ref_units, eval_units = data.ref_units, data.eval_units
     results, weights, seconds, tasks = [], {}, 0.0, {}
     for backbone, lcs in plans:
         prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
@@ -401,15 +462,17 @@ def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Ex
         ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, progress)
         t0 = time.perf_counter()
         scored, origin = score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units,
-                                        prov, jobs)
+                                        prov, jobs, data.ratings)
         seconds += time.perf_counter() - t0
         results += scored
         tasks.update(origin)
 
-    ranked = rank(results)
+    ranked = rank(results, by)
     t0 = time.perf_counter()
-    bootstrap_top(ranked, cfg, jobs, tasks)
+    bootstrap_top(ranked, cfg, jobs, tasks, data.ratings)
     ties_with_top(ranked, cfg["bootstrap"]["confidence"])
+    if data.ratings is not None:
+        ties_with_top_mos(ranked, cfg["bootstrap"]["confidence"])
     boot = time.perf_counter() - t0
     log.info("scored %d configuration(s) in %.2fs (scores %.2fs, bootstrap %.2fs; %s)", len(ranked),
              seconds + boot, seconds, boot, f"Dask cluster {cfg['dask_scheduler']}"
@@ -422,8 +485,19 @@ def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Ex
     base = os.path.join(out_dir, f"results_{mode}_{stamp}")
     files = {"csv": base + ".csv", "json": base + ".json",
              "summary": os.path.join(out_dir, "summary.txt")}
-    report.write_csv(files["csv"], ranked, cfg["degradations"])
+    mos_types = data.database.types if data.database is not None else ()
+    report.write_csv(files["csv"], ranked, cfg["degradations"], mos_types)
+    rated = None
+    if data.database is not None:
+        files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
+        report.write_mos_groups(files["mos_groups"], ranked, data.database)
+        rated = {"path": data.database.path, "format": data.database.format,
+                 "higher_is_better": data.database.higher_is_better, "groups": [
+                     {"type": t, "level": lv, "n_images": len(g),
+                      "mos": float(np.mean([im.score for im in g]))}
+                     for (t, lv), g in data.database.groups.items()]}
     report.write_json(files["json"], {"mode": mode, "timestamp": stamp, "weights": weights,
+                                      "rank_by": by, "rated_database": rated,
                                       "dataset": {"source": cfg["dataset"],
                                                   "reference": [r.source for r in ref_records],
                                                   "evaluation": [r.source for r in eval_records]},
@@ -432,8 +506,11 @@ def _experiment(cfg, mode, plans, records, out_dir, stamp, jobs, progress) -> Ex
     done = [r for r in ranked if r.scored]
     for k, r in enumerate(done[:cfg["top_n"]], start=1):
         report.plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
-    report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked)
-    text = report.summary(ranked, cfg["top_n"], weights)
+    report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked, by)
+    if data.ratings is not None and done:
+        report.plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])],
+                                data.ratings)
+    text = report.summary(ranked, cfg["top_n"], weights, by)
     with open(files["summary"], "w") as f:
         f.write(text + "\n")
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
@@ -462,6 +539,7 @@ class SweepTask:
     keep_state: bool             # keep what the bootstrap needs (in-process runs)
     bootstrap: bool = False      # bootstrap every scored configuration before returning
     capture_logs: bool = False   # send this task's log records back (worker processes)
+    ratings: object = None       # human_agreement.Ratings of a --mos run
 
 
 @dataclass
@@ -470,7 +548,8 @@ class TaskOutcome:
     log_records: list            # logging.LogRecord of the task, when captured
 
 
-def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov, jobs):
+def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov, jobs,
+                   ratings=None):
     """Every configuration of `backbone` in grid order, scored through parallel.sweep_map;
     and {configuration id: its task}, to score a configuration again for the bootstrap."""
     from feature_spaces import FeatureAssembler, feature_key, transform_params
@@ -489,7 +568,7 @@ def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov
     base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
             "weights": prov["label"], "random_init": prov["source"] == "random-init"}
     tasks = [SweepTask(assembler, confs, cfg, base, keep_state=not remote, bootstrap=all_boot and remote,
-                       capture_logs=remote) for confs in groups.values()]
+                       capture_logs=remote, ratings=ratings) for confs in groups.values()]
     # The longest tasks first: GAP spaces (model fits on explicit rows of up to thousands of
     # dims), then Gram spaces (kernel blocks or explicit rows, read from the derived cache).
     transforms = [t["name"] for t in cfg["feature_transforms"]]
@@ -555,19 +634,19 @@ def score_task(task: SweepTask) -> TaskOutcome:
         assembler = _shared_assembler(task.assembler)
         lc, t = task.confs[0].layer_config, task.confs[0].transform
         results = score_group(task.confs, lambda: assembler.space(lc, t), task.cfg["degradations"],
-                              task.cfg, task.cfg["seed"], task.base)
+                              task.cfg, task.cfg["seed"], task.base, task.ratings)
         b = task.cfg["bootstrap"]
         if task.bootstrap:
             for r in results:
                 if r.scored:
                     bootstrap(r, task.cfg["degradations"], b["n_resamples"], b["confidence"],
-                              task.cfg["seed"])
+                              task.cfg["seed"], task.ratings)
         if not task.keep_state:
             release(results)
     return TaskOutcome(results, records)
 
 
-def bootstrap_top(ranked, cfg, jobs, tasks: dict) -> None:
+def bootstrap_top(ranked, cfg, jobs, tasks: dict, ratings=None) -> None:
     """Bootstrap intervals for the top_n scored configurations (or all, per config). Results
     scored in this process still hold their scorers; those scored in workers are scored again
     there, with the bootstrap (same code, same seeds: the same scores, checked)."""
@@ -582,7 +661,7 @@ def bootstrap_top(ranked, cfg, jobs, tasks: dict) -> None:
     redo = {}
     for r in targets:
         if r.scorer is not None:
-            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"])
+            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"], ratings)
         elif not r.n_resamples:
             key = (r.conf.backbone, feature_key(r.conf.layer_config, r.conf.transform))
             redo.setdefault(key, []).append(r)
@@ -592,7 +671,7 @@ def bootstrap_top(ranked, cfg, jobs, tasks: dict) -> None:
     for rs in redo.values():
         t = tasks[_conf_id(rs[0].conf)]
         again.append(SweepTask(t.assembler, [r.conf for r in rs], cfg, t.base, keep_state=False,
-                               bootstrap=True, capture_logs=True))
+                               bootstrap=True, capture_logs=True, ratings=ratings))
     redone = {_conf_id(x.conf): x for x in _gather(sweep_map(score_task, again, jobs,
                                                                cfg["dask_scheduler"]))}
     for rs in redo.values():
@@ -604,6 +683,7 @@ def bootstrap_top(ranked, cfg, jobs, tasks: dict) -> None:
                                    "this is a bug, please report it (--jobs 1 avoids it)")
             r.per_degradation, r.mean_spearman_ci, r.n_resamples, r.boot_mean = (
                 x.per_degradation, x.mean_spearman_ci, x.n_resamples, x.boot_mean)
+            r.mos, r.boot_mos = x.mos, x.boot_mos
 
 
 class single_threaded:

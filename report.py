@@ -30,15 +30,39 @@ def counts(results) -> dict:
     return out
 
 
-def write_csv(path: str, results, degradations: dict) -> None:
-    """One row per configuration (evaluation.ConfigResult.csv_row), ranked ones first."""
+def _cell(v):
+    return "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)
+
+
+def write_csv(path: str, results, degradations: dict, mos_types=()) -> None:
+    """One row per configuration (evaluation.ConfigResult.csv_row), ranked ones first; with
+    `mos_types` (a --mos run) the agreement columns too."""
     from evaluation import csv_columns
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=csv_columns(degradations))
+        w = csv.DictWriter(f, fieldnames=csv_columns(degradations, mos_types))
         w.writeheader()
         for r in results:
-            w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v))
-                        for k, v in r.csv_row(degradations).items()})
+            w.writerow({k: _cell(v) for k, v in r.csv_row(degradations, mos_types).items()})
+
+
+MOS_GROUP_COLUMNS = ["config", "type", "level", "n_images", "mos", "score"]
+
+
+def write_mos_groups(path: str, results, database) -> None:
+    """One row per scored configuration x group of the rated database: `config` is the
+    configuration's label (the results CSV's `label`), `mos` the group's mean opinion oriented
+    higher = better (negated for a database where higher is worse), `score` its set score."""
+    mos = database.quality().mean(axis=1)
+    groups = [(t, lv, len(database.groups[(t, lv)])) for t in database.types for lv in database.levels(t)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MOS_GROUP_COLUMNS)
+        w.writeheader()
+        for r in results:
+            if not r.scored or r.mos is None:
+                continue
+            for (t, lv, n), m, score in zip(groups, mos, r.mos["group_scores"]):
+                w.writerow({"config": r.label, "type": t, "level": f"{lv:g}", "n_images": n,
+                            "mos": repr(float(m)), "score": repr(float(score))})
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -84,8 +108,9 @@ def plot_monotonicity(path: str, result, position: int) -> None:
     plt.close(fig)
 
 
-def plot_heatmap(path: str, results) -> bool:
-    """Mean rho per (layer config, metric): the best over transforms and models."""
+def plot_heatmap(path: str, results, by: str = "monotonicity") -> bool:
+    """The ranking criterion per (layer config, metric), the best over transforms and models:
+    mean rho, or with `by` = "mos" the set-level SRCC with the MOS."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -102,8 +127,10 @@ def plot_heatmap(path: str, results) -> bool:
     tied = np.zeros(grid.shape, bool)
     for r in done:
         i, j = layers.index(f"{r['backbone']}:{r['layer_config']}"), metrics.index(r["metric"])
-        grid[i, j] = np.nanmax([grid[i, j], r["mean_spearman"]])
-        tied[i, j] |= bool(r.get("tied_with_top"))
+        value = r["mean_spearman"] if by == "monotonicity" else r["mos"]["srcc"]
+        grid[i, j] = np.nanmax([grid[i, j], value])
+        tied[i, j] |= bool(r.get("tied_with_top") if by == "monotonicity"
+                           else r["mos"].get("tied_with_top"))
     fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 3, 0.45 * len(layers) + 2))
     im = ax.imshow(np.ma.masked_invalid(grid), vmin=-1, vmax=1, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(metrics)), metrics, rotation=30)
@@ -117,17 +144,62 @@ def plot_heatmap(path: str, results) -> bool:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
     ax.set_xlabel("metric")
     ax.set_ylabel("layer configuration")
-    ax.set_title("mean Spearman rho (best over transforms and models)"
+    what = "mean Spearman rho" if by == "monotonicity" else "SRCC with the MOS"
+    ax.set_title(f"{what} (best over transforms and models)"
                  + ("\n* boxed: a configuration statistically tied with #1" if tied.any() else ""))
-    fig.colorbar(im, ax=ax, label="mean rho")
+    fig.colorbar(im, ax=ax, label="mean rho" if by == "monotonicity" else "SRCC (MOS)")
     fig.tight_layout()
     fig.savefig(path, dpi=110, pil_kwargs=PNG_FAST)
     plt.close(fig)
     return True
 
 
-def summary(results, top_n: int, weights: dict) -> str:
-    lines = [RULE, "TOP PERFORMING CONFIGURATIONS", RULE, ""]
+def plot_mos_scatter(path: str, results, ratings) -> None:
+    """Set score vs group MOS for each of `results`, with the fitted VQEG logistic."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from human_agreement import logistic4
+    mos = ratings.group_mos
+    types = ratings.types()
+    fig, axes = plt.subplots(1, len(results), figsize=(4.4 * len(results), 4), squeeze=False)
+    for k, (ax, r) in enumerate(zip(axes[0], results), start=1):
+        m = r.mos
+        x = np.asarray(m["group_scores"])
+        for j, t in enumerate(types):
+            sel = [i for i, key in enumerate(ratings.keys) if key[0] == t]
+            ax.scatter(x[sel], mos[sel], s=14, color=f"C{j % 10}", label=t if len(types) <= 10 else None)
+        if m.get("logistic"):
+            xs = np.linspace(x.min(), x.max(), 200)
+            ax.plot(xs, logistic4(xs, *m["logistic"]), "k-", lw=1, label="4-parameter logistic")
+        ax.set_xlabel(f"{r.conf.metric} score (set)")
+        ax.set_ylabel("MOS (higher = better)")
+        ax.set_title(f"#{k} {r.label}\nSRCC {m['srcc']:.3f}  PLCC {m['plcc']:.3f} ({m['plcc_fit']})",
+                     fontsize=7)
+        if len(types) <= 10:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI, pil_kwargs=PNG_FAST)
+    plt.close(fig)
+
+
+def _mos_lines(m: dict, level: str) -> list[str]:
+    ci = m.get("srcc_ci")
+    out = [f"   Agreement with the MOS: SRCC {m['srcc']:.4f}"
+           + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+           + f", KRCC {m['krcc']:.4f}, PLCC {m['plcc']:.4f} ({m['plcc_fit']})"]
+    if m.get("image"):
+        out.append(f"   Per image: SRCC {m['image']['srcc']:.4f}, PLCC {m['image']['plcc']:.4f}")
+    d = m.get("delta_top_ci")
+    if d and m.get("delta_top"):
+        out.append(f"   SRCC(#1) - SRCC: {m['delta_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
+                   + ("tied with #1" if m["tied_with_top"] else "below #1"))
+    return out
+
+
+def summary(results, top_n: int, weights: dict, by: str = "monotonicity") -> str:
+    lines = [RULE, "TOP PERFORMING CONFIGURATIONS"
+             + (" (ranked by SRCC with the MOS)" if by == "mos" else ""), RULE, ""]
     for backbone, prov in weights.items():
         lines.append(f"Weights ({backbone}): {_weights_label(prov)}")
     lines.append("")
@@ -137,6 +209,8 @@ def summary(results, top_n: int, weights: dict) -> str:
         level = f"{r['confidence']:.0%}" if r.get("confidence") else "95%"
         lines.append(f"{i}. Mean Monotonicity: {r['mean_spearman']:.4f}"
                      + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+        if r.get("mos"):
+            lines += _mos_lines(r["mos"], level)
         d = r.get("delta_rho_top_ci")
         if d and i > 1:
             lines.append(f"   rho(#1) - rho: {r['delta_rho_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
@@ -152,13 +226,16 @@ def summary(results, top_n: int, weights: dict) -> str:
             lines.append(f"     - {name}: {d['spearman']:.4f}"
                          + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
         lines.append("")
-    tied = [i for i, r in enumerate(done, start=1) if r.get("tied_with_top")]
-    tested = sum(r.get("tied_with_top") is not None for r in done)
+    key = (lambda r: r.get("tied_with_top")) if by == "monotonicity" else \
+        (lambda r: r["mos"].get("tied_with_top"))
+    tied = [i for i, r in enumerate(done, start=1) if key(r)]
+    tested = sum(key(r) is not None for r in done)
     if tested > 1:                   # one configuration is tied with itself: nothing to say
-        lines.append(f"Statistically tied with #1 (the paired bootstrap interval of rho(#1) - rho "
+        what = "rho(#1) - rho" if by == "monotonicity" else "SRCC(#1) - SRCC (references resampled)"
+        lines.append(f"Statistically tied with #1 (the paired bootstrap interval of {what} "
                      f"contains 0): {', '.join(f'#{i}' for i in tied)} of the {tested} bootstrapped"
                      + ("; --bootstrap-all tests every configuration"
-                        if any(r.get("tied_with_top") is None for r in done) else ""))
+                        if any(key(r) is None for r in done) else ""))
         lines.append("")
     c = counts(results)
     lines.append(f"{c['scored']} of {c['total']} configuration(s) scored, {c['not_run']} not run "

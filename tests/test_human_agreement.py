@@ -1,0 +1,271 @@
+"""Agreement with human opinion scores (--mos): the three ratings formats give the same numbers,
+the criteria equal independent scipy computations, the bootstrap resamples references, a known
+truth is found, and bad ratings files are one-line usage errors."""
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import stats
+from scipy.optimize import curve_fit
+
+import degradation_generator as dg
+import evaluation as ev
+import human_agreement as ha
+import main
+from feature_spaces import FeatureSpace
+from helpers import tiny_args, tiny_config
+
+# KADID-10k type numbers (imdist_generator.m cases) used by the small databases below
+TYPES = {1: "gaussian_blur", 11: "white_noise", 21: "pixelate"}
+N_REF, LEVELS = 5, (1, 2, 3)
+
+
+def _references():
+    from dataset import builtin_sources, load_rgb
+    return [np.array(load_rgb(s, 48)) for s in builtin_sources()[300:300 + N_REF]]
+
+
+def _opinion(ref, t, level):
+    """Ratings written by the test: worse with the level, a type offset, a per-image wobble;
+    4 decimals, so every format carries exactly the same numbers."""
+    return round(5.0 - 0.9 * level - 0.3 * (t % 3) + 0.05 * ((ref * 7 + t + level) % 5), 4)
+
+
+def make_databases(root):
+    """The same pixels and scores as a KADID-10k folder, a TID2013 folder and a generic CSV
+    with DMOS (higher = worse). Returns the three ratings files."""
+    refs = _references()
+    kadid, tid, gen = root / "kadid", root / "tid", root / "generic"
+    for d in (kadid / "images", tid / "distorted_images", tid / "reference_images", gen / "img"):
+        d.mkdir(parents=True)
+    krows, tlines, grows = [], [], []
+    for i, img in enumerate(refs, start=1):
+        Image.fromarray(img).save(kadid / "images" / f"I{i:02d}.png")
+        Image.fromarray(img).save(tid / "reference_images" / f"I{i:02d}.BMP")
+        Image.fromarray(img).save(gen / "img" / f"ref{i}.png")
+        for t, name in TYPES.items():
+            levels = dg.KADID10K["kadid_" + name]["levels"]
+            for lv in LEVELS:
+                value = dg.kadid10k.KADID10K_LEVELS[name][lv - 1]
+                out = dg.apply_degradation(img, "kadid_" + name, value, 0, f"ref{i}")
+                assert value in levels
+                score = _opinion(i, t, lv)
+                Image.fromarray(out).save(kadid / "images" / f"I{i:02d}_{t:02d}_{lv:02d}.png")
+                Image.fromarray(out).save(tid / "distorted_images" / f"i{i:02d}_{t:02d}_{lv}.bmp")
+                Image.fromarray(out).save(gen / "img" / f"d{i}_{t}_{lv}.png")
+                krows.append([f"I{i:02d}_{t:02d}_{lv:02d}.png", f"I{i:02d}.png", score, 0.1])
+                tlines.append(f"{score:.6f} i{i:02d}_{t:02d}_{lv}.bmp")
+                grows.append([f"img/d{i}_{t}_{lv}.png", f"img/ref{i}.png", -score, f"t{t}", lv])
+    with open(kadid / "dmos.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dist_img", "ref_img", "dmos", "var"])
+        w.writerows(krows)
+    (tid / "mos_with_names.txt").write_text("\n".join(tlines) + "\n")
+    with open(gen / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "reference", "dmos", "type", "level"])
+        w.writerows(grows)
+    return kadid / "dmos.csv", tid / "mos_with_names.txt", gen / "ratings.csv"
+
+
+def _run(tmp_path, ratings, *extra):
+    results = tmp_path / "results"
+    before = set(results.iterdir()) if results.exists() else set()
+    rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings),
+                             "--n-resamples", "30", "--jobs", "1", *extra))
+    assert rc == 0
+    (run_dir,) = set(results.iterdir()) - before
+    stamp = run_dir.name.split("_", 1)[1]
+    return run_dir, pd.read_csv(run_dir / f"results_medium_{stamp}.csv"), \
+        json.loads((run_dir / f"results_medium_{stamp}.json").read_text())
+
+
+def _key(df):
+    return df.set_index(["layer_config", "transform", "distribution", "metric"], drop=False)
+
+
+def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeypatch):
+    tiny_config(monkeypatch)
+    files = make_databases(tmp_path)
+    runs = [_run(tmp_path, f) for f in files]
+    frames = [_key(df) for _, df, _ in runs]
+    scored = frames[0][frames[0].status == "scored"]
+    assert len(scored) > 10 and scored.srcc_mos.notna().all()
+    for other in frames[1:]:
+        o = other.loc[scored.index]
+        np.testing.assert_allclose(o.srcc_mos, scored.srcc_mos, atol=1e-12)
+        np.testing.assert_allclose(o.plcc_mos, scored.plcc_mos, atol=1e-9)
+        np.testing.assert_allclose(o.srcc_mos_ci_low, scored.srcc_mos_ci_low, atol=1e-12)
+    # the ranking follows srcc_mos; the JSON says so
+    assert list(scored.sort_values("rank").srcc_mos) == sorted(scored.srcc_mos, reverse=True)
+    assert runs[0][2]["rank_by"] == "mos" and runs[0][2]["rated_database"]["format"] == "kadid10k"
+    assert runs[2][2]["rated_database"]["higher_is_better"] is False
+    # per-type SRCC and monotonicity columns use KADID's type names
+    assert {"srcc_mos_gaussian_blur", "rho_white_noise", "srcc_mos_pixelate"} <= set(frames[0].columns)
+    # per-image criteria exactly for the model metrics
+    model = scored.metric.isin(["mahalanobis", "neg_loglik"])
+    assert scored[model].srcc_mos_image.notna().all() and scored[~model].srcc_mos_image.isna().all()
+
+    # srcc_mos is Spearman's rho recomputed from mos_groups.csv (joined on the label)
+    run_dir, df, _ = runs[0]
+    groups = pd.read_csv(run_dir / "mos_groups.csv")
+    assert set(groups.config) == set(df[df.status == "scored"].label)
+    assert (groups.n_images == N_REF).all() and len(groups.groupby(["type", "level"])) == 9
+    for label, g in groups.groupby("config"):
+        row = df[df.label == label].iloc[0]
+        expected = stats.spearmanr(g.score, -g.mos).statistic
+        if np.ptp(g.score) == 0:
+            expected = 0.0
+        assert row.srcc_mos == pytest.approx(expected, abs=1e-6)
+    for name in ("mos_scatter.png", "heatmap_mean_rho.png", "monotonicity_top1.png"):
+        assert (run_dir / name).stat().st_size > 1000
+
+
+def test_plcc_equals_an_independent_logistic_fit():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 10, 60)
+    mos = 4 / (1 + np.exp((x - 5) / 1.5)) + 1 + rng.normal(0, 0.15, 60)   # falls with the score
+
+    def logistic(v, b1, b2, b3, b4):
+        return (b1 - b2) / (1 + np.exp(-(v - b3) / b4)) + b2
+    params, _ = curve_fit(logistic, x, mos, p0=[mos.max(), mos.min(), x.mean(), x.std() / 4],
+                          maxfev=10000)
+    expected = stats.pearsonr(logistic(x, *params), mos).statistic
+    got = ha.criteria(x, mos)
+    assert got["plcc_fit"] == "logistic4"
+    assert got["plcc"] == pytest.approx(expected, abs=1e-6) and got["plcc"] > 0.9
+    assert got["srcc"] == pytest.approx(-stats.spearmanr(x, mos).statistic, abs=1e-12)
+    assert got["krcc"] == pytest.approx(-stats.kendalltau(x, mos).statistic, abs=1e-12)
+    # a score that rises with quality disagrees: every criterion is negative
+    rising = ha.criteria(-x, mos)
+    assert rising["srcc"] < -0.9 and rising["plcc"] < -0.9
+    # a constant score: no fit, zero
+    assert ha.criteria(np.ones(10), np.arange(10.0))["plcc"] == 0.0
+
+
+class _Recorder:
+    """A scorer whose prepared state is one score per reference; it records the positions."""
+
+    def __init__(self):
+        self.seen = []
+
+    def score_prepared(self, state, idx=None):
+        self.seen.append((state["key"], None if idx is None else tuple(idx)))
+        return float(np.mean(state["v"] if idx is None else state["v"][idx]))
+
+
+def test_the_bootstrap_resamples_references_with_all_their_images():
+    keys = [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    rng = np.random.default_rng(0)
+    n_ref = 7
+    quality = rng.normal(size=(len(keys), n_ref))
+    ratings = ha.Ratings(tuple(keys), quality)
+    r = ev.ConfigResult(ev.Configuration("x", {"name": "l"}, {"name": "t"}, None, "fid"),
+                        n_evaluation=n_ref)
+    rec = _Recorder()
+    r.scorer = rec
+    r.prepared = {k: {"key": k, "v": rng.normal(size=n_ref)} for k in [("clean", 0)] + keys}
+    degs = {"a": {"levels": [1, 2]}, "b": {"levels": [1, 2]}}
+    ev._monotonicity(r, degs, n_ref)
+    ev.agreement(r, ratings)
+    rec.seen.clear()
+    ev.bootstrap(r, degs, 25, 0.95, seed=1, ratings=ratings)
+    # every resample scores every group on the same reference positions: a reference's
+    # distorted images stay together (resampling images per group would differ between groups)
+    by_call = {}
+    for key, idx in rec.seen:
+        by_call.setdefault(key, []).append(idx)
+    resamples = list(zip(*[by_call[k] for k in keys]))
+    assert len(resamples) == 25
+    assert all(len(set(row)) == 1 for row in resamples)
+    # and the group MOS of a resample is the mean over those same references
+    idx = np.array([row[0] for row in resamples])
+    scores = np.array([[np.mean(r.prepared[k]["v"][i]) for k in keys] for i in idx])
+    mos = np.stack([quality[:, i].mean(axis=1) for i in idx])
+    np.testing.assert_allclose(r.boot_mos, ha.spearman_rows(scores, -mos), atol=1e-12)
+    assert r.mos["srcc_ci"] == ha.interval(r.boot_mos, 0.95)
+
+
+def _space(shift_per_group, rng, n_ref=30, n=20, d=4):
+    base = rng.normal(size=(n, d))
+    keys = [("clean", 0)] + [("d", p) for p in range(1, len(shift_per_group) + 1)]
+    evals = {k: base + s for k, s in zip(keys, [0.0] + list(shift_per_group))}
+    return FeatureSpace.rows(rng.normal(size=(n_ref, d)), evals)
+
+
+def test_ratings_that_follow_one_configurations_scores_rank_it_first_and_untied():
+    rng = np.random.default_rng(5)
+    shifts = [0.2, 0.5, 0.9, 1.4, 2.0]
+    degs = {"d": {"levels": list(range(1, 6))}}
+    cfg = {"kid": {"subsets": None, "subset_size": 1000, "degree": 3, "gamma": None, "coef0": 1.0},
+           "cmmd": {"sigma": 10.0, "scale": 1000.0}}
+    seeing = _space(shifts, rng)
+    blind = _space([0.0] * 5, np.random.default_rng(6))          # features equal at every level
+    keys = tuple(("d", p) for p in range(1, 6))
+    conf = ev.Configuration("bb", {"name": "l"}, {"name": "t"}, None, "fid")
+    probe = ev.score_group([conf], lambda: seeing, degs, cfg, 0)[0]
+    fid = np.array(probe.per_degradation["d"]["scores"][1:])
+    # opinions: a strictly decreasing function of this configuration's own set scores
+    quality = np.repeat((10 - np.log1p(fid))[:, None], 20, axis=1)
+    ratings = ha.Ratings(keys, quality)
+    a = ev.score_group([conf], lambda: seeing, degs, cfg, 0, ratings=ratings)[0]
+    b = ev.score_group([ev.Configuration("bb", {"name": "blind"}, {"name": "t"}, None, "fid")],
+                       lambda: blind, degs, cfg, 0, ratings=ratings)[0]
+    assert a.mos["srcc"] == pytest.approx(1.0) and a.mos["krcc"] == pytest.approx(1.0)
+    ranked = ev.rank([b, a], by="mos")
+    assert ranked[0] is a and a.rank == 1
+    for r in ranked:
+        ev.bootstrap(r, degs, 200, 0.95, 0, ratings)
+    ev.ties_with_top_mos(ranked, 0.95)
+    assert a.mos["tied_with_top"] is True and b.mos["tied_with_top"] is False
+    assert b.mos["delta_top_ci"][0] > 0
+
+
+# ---------------------------------------------------------------- bad ratings files
+
+def _bad(tmp_path, capsys, ratings):
+    rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+    return err[0]
+
+
+def _edit(path, fn):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(fn(lines)) + "\n")
+
+
+def test_bad_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    kadid, tid, gen = make_databases(tmp_path / "db")
+    original = gen.read_text()
+    # an image that does not exist
+    (kadid.parent / "images" / "I02_11_03.png").unlink()
+    msg = _bad(tmp_path, capsys, kadid)
+    assert "I02_11_03.png" in msg and "does not exist" in msg
+    # a duplicated row
+    _edit(tid, lambda ls: ls + [ls[3]])
+    msg = _bad(tmp_path, capsys, tid)
+    assert "rated again" in msg and "line 4" in msg
+    # a non-numeric opinion score
+    _edit(gen, lambda ls: ls[:2] + [ls[2].replace(ls[2].split(",")[2], "good", 1)] + ls[3:])
+    msg = _bad(tmp_path, capsys, gen)
+    assert "'good'" in msg and ":3:" in msg
+    # an unknown format
+    odd = tmp_path / "db" / "odd.csv"
+    odd.write_text("file;score\na.png;3\n")
+    assert "unknown ratings format" in _bad(tmp_path, capsys, odd)
+    # fewer than three (type, level) groups
+    two = tmp_path / "db" / "generic" / "two.csv"
+    rows = [r for r in original.splitlines()[1:] if r.endswith(",t1,1") or r.endswith(",t1,2")]
+    two.write_text("image,reference,mos,type,level\n" + "\n".join(rows) + "\n")
+    assert "2 group(s)" in _bad(tmp_path, capsys, two)
+    # an incomplete design names the group and the missing reference
+    gen.write_text(original)
+    _edit(gen, lambda ls: ls[:1] + ls[2:])
+    assert "no image of reference" in _bad(tmp_path, capsys, gen)
