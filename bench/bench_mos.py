@@ -1,0 +1,101 @@
+"""A medium run on a 1,000-image rated database: is its time dominated by extraction?
+
+Writes a KADID-10k-format folder (dmos.csv + images/) of R references from the built-in
+photographs and R x T x L distorted images made by the KADID generator's types (default
+40 x 5 x 5 = 1,000), with opinion scores that fall with the level. Then runs, as a user would,
+in its own process and with a fresh cache:
+
+    python main.py --mode medium --mos FOLDER/dmos.csv --cache-dir ... --results-dir ...
+
+and reads from the run's experiment.log the extraction time ("extracted N images ... in Xs")
+and the scoring time ("scored K configuration(s) in Ys"). Prints both, the wall time, and the
+ratio extraction / wall time (target: > 0.5, extraction dominates). Fails loudly when the log
+lacks either line.
+
+    .venv/bin/python bench/bench_mos.py [--references 40] [--types 5] [--image-size 224]
+"""
+import argparse
+import csv
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TYPES = (1, 3, 10, 11, 21)          # gaussian blur, motion blur, jpeg, white noise, pixelate
+
+
+def write_database(folder, n_ref, n_types, size=256):
+    import numpy as np
+    from PIL import Image
+    import degradation_generator as dg
+    from dataset import builtin_sources, load_rgb
+    from kadid10k import KADID10K_LEVELS
+    names = list(KADID10K_LEVELS)
+    os.makedirs(os.path.join(folder, "images"))
+    rows = []
+    for i, source in enumerate(builtin_sources()[:n_ref], start=1):
+        img = np.array(load_rgb(source, size))
+        Image.fromarray(img).save(os.path.join(folder, "images", f"I{i:02d}.png"))
+        for t in TYPES[:n_types]:
+            for lv in range(1, 6):
+                value = KADID10K_LEVELS[names[t - 1]][lv - 1]
+                out = dg.apply_degradation(img, "kadid_" + names[t - 1], value, 0, f"ref{i}")
+                name = f"I{i:02d}_{t:02d}_{lv:02d}.png"
+                Image.fromarray(out).save(os.path.join(folder, "images", name))
+                rows.append([name, f"I{i:02d}.png", round(5.2 - 0.8 * lv + 0.01 * (i % 7), 3), 0.1])
+    with open(os.path.join(folder, "dmos.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dist_img", "ref_img", "dmos", "var"])
+        w.writerows(rows)
+    return os.path.join(folder, "dmos.csv"), len(rows)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--references", type=int, default=40)
+    p.add_argument("--types", type=int, default=5, choices=range(1, len(TYPES) + 1))
+    p.add_argument("--image-size", default=None, help="--image-size of the run (default: the backbone's)")
+    p.add_argument("--keep", metavar="DIR", help="use (and keep) this work folder")
+    a = p.parse_args()
+    work = a.keep or tempfile.mkdtemp(prefix="bench_mos_")
+    ratings, n_images = write_database(os.path.join(work, "kadid"), a.references, a.types)
+    cmd = [sys.executable, "main.py", "--mode", "medium", "--mos", ratings,
+           "--cache-dir", os.path.join(work, "cache"), "--results-dir", os.path.join(work, "results"), "-q"]
+    if a.image_size:
+        cmd += ["--image-size", a.image_size]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    run_dir = max(glob.glob(os.path.join(work, "results", "medium_*")), key=os.path.getmtime)
+    with open(os.path.join(run_dir, "experiment.log")) as f:
+        log = f.read()
+    extracted = re.findall(r"extracted (\d+) images .* in ([\d.]+)s", log)
+    scored = re.search(r"scored (\d+) configuration\(s\) in ([\d.]+)s", log)
+    if not extracted or not scored:
+        sys.exit(f"bench_mos FAILED: experiment.log of {run_dir} lacks the 'extracted N images ... "
+                 "in Xs' or 'scored K configuration(s) in Ys' line; the pipeline's log changed")
+    extraction = sum(float(s) for _, s in extracted)
+    n_extracted = sum(int(n) for n, _ in extracted)
+    scoring = float(scored.group(2))
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"rated database: {a.references} references x {a.types} types x 5 levels = {n_images} "
+          f"distorted images; medium mode, {os.cpu_count()} cores")
+    print(f"wall time {wall:.1f}s: extraction {extraction:.1f}s ({n_extracted} images, "
+          f"{n_extracted / extraction:.1f} img/s), scoring {scored.group(1)} configurations "
+          f"{scoring:.1f}s, the rest {wall - extraction - scoring:.1f}s (start-up, reading and "
+          "hashing the database, plots)")
+    ratio = extraction / wall
+    print(f"extraction / wall time = {ratio:.2f} (target > 0.5: dominated by extraction) -> "
+          f"{'PASS' if ratio > 0.5 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
