@@ -217,7 +217,7 @@ def run_data(cfg) -> RunData:
     refs = list(db.references)
     if cfg["mos_reference"] != "database":
         refs = select_images(cfg["mos_reference"], 0, cfg["n_images_inference"], cfg["seed"])[1]
-    groups = [[im for im in db.groups[(t, lv)]] for t in db.types for lv in db.levels(t)]
+    groups = [db.groups[(t, lv)] for t in db.types for lv in db.levels(t)]
     units = rated_units(list(db.references), db.group_keys(),
                         [[db.records[im.image] for im in g] for g in groups])
     log.info("rated database %s (%s, %s is better): %d images in %d groups of %d references; "

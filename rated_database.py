@@ -115,23 +115,22 @@ def read_ratings(path: str) -> RatedDatabase:
         raise RatingsError(f"--mos {path!r} is not a text file; pass a ratings file "
                            "(CSV or TID's mos_with_names.txt)") from None
     lines = text.splitlines()
-    first = lines[0].strip().lower() if lines else ""
-    header = [h.strip() for h in first.split(",")]
+    content = [ln for ln in lines if ln.strip()]
+    if not content:
+        raise RatingsError(f"--mos {path!r} is empty; pass a ratings file")
+    header = [h.strip() for h in content[0].strip().lower().split(",")]
+    tid = [TID_LINE.match(ln) for ln in content]
     if {"dist_img", "ref_img", "dmos"} <= set(header):
-        fmt, rows = "kadid10k", _kadid(path, text)
-        higher_is_better = True
+        fmt, rows, higher_is_better = "kadid10k", _kadid(path, text), True
     elif "image" in header and "reference" in header and ("mos" in header or "dmos" in header):
-        fmt, rows = "csv", _generic(path, text)
-        higher_is_better = "mos" in header
-    elif lines and all(TID_LINE.match(ln) for ln in lines if ln.strip()) and _number(TID_LINE.match(lines[0]).group(1)):
-        fmt, rows = "tid", _tid(path, lines)
-        higher_is_better = True
+        fmt, rows, higher_is_better = "csv", _generic(path, text), "mos" in header
+    elif all(tid) and _number(tid[0].group(1)):
+        fmt, rows, higher_is_better = "tid", _tid(path, lines), True
     else:
         raise RatingsError(
-            f"--mos {path!r}: unknown ratings format (first line {lines[0][:60]!r} if lines else "
-            "empty); use KADID-10k's dmos.csv (dist_img,ref_img,dmos,var), TID2013's "
-            "mos_with_names.txt ('score name' lines) or a CSV with the header image,reference,mos"
-            if lines else f"--mos {path!r} is empty; pass a ratings file")
+            f"--mos {path!r}: unknown ratings format (first line {content[0][:60]!r}); use "
+            "KADID-10k's dmos.csv (dist_img,ref_img,dmos,var), TID2013's mos_with_names.txt "
+            "('score name' lines) or a CSV with the header image,reference,mos")
     return _design(path, fmt, higher_is_better, rows)
 
 

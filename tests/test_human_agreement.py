@@ -269,3 +269,11 @@ def test_bad_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, caps
     gen.write_text(original)
     _edit(gen, lambda ls: ls[:1] + ls[2:])
     assert "no image of reference" in _bad(tmp_path, capsys, gen)
+
+
+def test_blank_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):
+    tiny_config(monkeypatch)
+    for text in ("", "\n\n  \n"):
+        ratings = tmp_path / "mos.txt"
+        ratings.write_text(text)
+        assert "is empty" in _bad(tmp_path, capsys, ratings)
