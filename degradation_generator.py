@@ -27,11 +27,15 @@ from config import ConfigError
 
 # Bump when any degradation below changes its output (part of every cache key; a golden-hash
 # test in tests/test_bad_input.py fails when the output changes under the same version).
-DEGRADATION_VERSION = 2          # 2: KADID-10k's types follow the generator's .m files
+DEGRADATION_VERSION = 3          # 2: KADID-10k's types follow the generator's .m files
+                                 # 3: swirl and black_rectangles follow TTUR's FIDvsINC code
 GAUSSIAN_TRUNCATE = 4.0            # kernel radius in sigmas (scipy's default)
 N_BLACK_RECTANGLES = 5             # FID paper (Heusel et al. 2017, fig. A): 5 rectangles
 DOWNSAMPLE_FILTER = Image.Resampling.NEAREST   # no prefilter: high frequencies alias
 UPSAMPLE_FILTER = Image.Resampling.BICUBIC
+SWIRL_RADIUS = 25 / 32             # TTUR FIDvsINC/main.py: radius 25 on 32-px images (70 on 64-px CelebA)
+SWIRL_BORDER = 3                   # lokal_swirl's corr_size
+SWIRL_CVAL = 127.5                 # scikit-image's constant border, 0 on TTUR's [-1, 1] scale
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -85,13 +89,15 @@ def pixelation(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def black_rectangles(img: np.ndarray, size: float, rng: np.random.Generator) -> np.ndarray:
-    """FID paper disturbance: 5 black squares of side `size` × image side at random places."""
+    """FID paper disturbance (TTUR FIDvsINC/fidutils.py `apply_mult_rect` / `drop_rect`): 5
+    black rectangles of int(size × height) by int(size × width) pixels, each at a uniformly
+    random top-left corner (both ends inclusive), drawn one after the other."""
     out = img.copy()
     h, w = img.shape[:2]
-    side = max(1, round(size * min(h, w)))
+    rh, rw = max(1, int(size * h)), max(1, int(size * w))
     for _ in range(N_BLACK_RECTANGLES):
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        out[y:y + side, x:x + side] = 0
+        y, x = rng.integers(0, h - rh + 1), rng.integers(0, w - rw + 1)
+        out[y:y + rh, x:x + rw] = 0
     return out
 
 
@@ -105,21 +111,36 @@ def salt_and_pepper(img: np.ndarray, amount: float, rng: np.random.Generator) ->
     return out
 
 
-def swirl(img: np.ndarray, strength: float) -> np.ndarray:
-    """FID paper disturbance: scikit-image's swirl mapping (radius = half the image side,
-    centred), resampled with scipy.ndimage.map_coordinates (bilinear, reflect)."""
-    h, w = img.shape[:2]
-    radius = min(h, w) / 2
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    rho = np.hypot(yy - cy, xx - cx)
-    theta = strength * np.exp(-rho / (radius / np.log(2))) + np.arctan2(yy - cy, xx - cx)
-    src_y, src_x = cy + rho * np.sin(theta), cx + rho * np.cos(theta)
+def swirl(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """FID paper disturbance, as TTUR's FIDvsINC makes it (`lokal_swirl` with n_swirls=1,
+    positioning="center", directions="random"): scikit-image's swirl mapping (decay length
+    radius × ln 2 / 5, so the twist fades to ~1/1000 within `radius`) centred at
+    (w // 2, h // 2), radius SWIRL_RADIUS × side (25 px on 32-px CIFAR-10), turning one way or
+    the other at random (np.sign(rand - 0.5)); bilinear resampling with scikit-image's
+    'constant' border of 0 on TTUR's [-1, 1] scale (mid grey here); then the outer
+    SWIRL_BORDER rows and columns (one more at the bottom and right) are put back from the
+    original. The direction is drawn once per image, so the levels differ by strength only."""
     from scipy import ndimage
+    h, w = img.shape[:2]
+    direction = np.sign(rng.random() - 0.5) or 1.0
+    radius = SWIRL_RADIUS * min(h, w) / 5 * np.log(2)
+    x0, y0 = w // 2, h // 2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    rho = np.hypot(xx - x0, yy - y0)
+    theta = direction * strength * np.exp(-rho / radius) + np.arctan2(yy - y0, xx - x0)
+    src_y, src_x = y0 + rho * np.sin(theta), x0 + rho * np.cos(theta)
     out = np.stack([ndimage.map_coordinates(img[..., c].astype(np.float64), [src_y, src_x],
-                                            order=1, mode="reflect") for c in range(3)], -1)
-    return _to_uint8(out)
+                                            order=1, mode="constant", cval=SWIRL_CVAL)
+                    for c in range(3)], -1)
+    out = _to_uint8(out)
+    b = SWIRL_BORDER
+    out[:b], out[-(b + 1):] = img[:b], img[-(b + 1):]
+    out[:, :b], out[:, -(b + 1):] = img[:, :b], img[:, -(b + 1):]
+    return out
 
+
+# Random types whose levels share one draw per image (swirl's direction), as KADID-10k's do.
+SAME_DRAW_AT_EVERY_LEVEL = {"swirl"}
 
 # type -> (function, needs rng, severity direction, check(level) -> error text or None)
 DEGRADATIONS = {
@@ -143,7 +164,7 @@ DEGRADATIONS = {
                          lambda v: None if _num(v) and 0 < v < 1 else "size must be in (0, 1)"),
     "salt_and_pepper": (salt_and_pepper, True, +1,
                         lambda v: None if _num(v) and 0 < v < 1 else "amount must be in (0, 1)"),
-    "swirl": (swirl, False, +1, lambda v: None if _num(v) and v > 0 else "strength must be > 0"),
+    "swirl": (swirl, True, +1, lambda v: None if _num(v) and v > 0 else "strength must be > 0"),
 }
 
 def _kadid_level(v):
@@ -249,7 +270,7 @@ def apply_degradation(img: np.ndarray, dtype: str, level, seed: int, image_sha25
         # KADID-10k types draw the same random numbers at every level (one angle, one set of
         # block places, one noise field scaled by the level), so levels differ only by their
         # parameter; the seed's types keep their per-level draws (cached bytes unchanged)
-        key = None if dtype.startswith("kadid_") else level
+        key = None if dtype.startswith("kadid_") or dtype in SAME_DRAW_AT_EVERY_LEVEL else level
         return fn(img, level, degradation_rng(seed, image_sha256, dtype, key))
     return fn(img, level)
 

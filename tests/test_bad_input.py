@@ -257,6 +257,9 @@ GOLDEN_DEGRADATIONS = {1: {
     "kadid_jitter": "fc6be3a426886dfd", "kadid_non_eccentricity_patch": "c3c92f40c6f1b8b0", "kadid_pixelate": "3456917cee9b1f2f",
     "kadid_quantization": "a497c39d31459a26", "kadid_color_block": "19e1ae49ab884d11", "kadid_high_sharpen": "4d940a1f5fa21d90",
     "kadid_contrast_change": "4fba665f4936fb6b"}}
+# 3: swirl and black_rectangles as TTUR's FIDvsINC makes them; every other type unchanged
+GOLDEN_DEGRADATIONS[3] = {**GOLDEN_DEGRADATIONS[2], "black_rectangles": "e9e290d2e78ea0c7",
+                          "swirl": "9a03d47be8f1fe97"}
 GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
 
 
