@@ -191,6 +191,7 @@ def _pytorch_fid(*args, env):
     return out.stdout
 
 
+@pytest.mark.slow
 def test_save_stats_and_fid_stats_equal_pytorch_fid(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     _fid_standin(tmp_path / "th")

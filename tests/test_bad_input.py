@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,7 +84,8 @@ def test_missing_weights_file_is_a_usage_error(tmp_path, monkeypatch, capsys):
     args = tiny_args(tmp_path)
     args[args.index("random")] = str(tmp_path / "none.pth")
     assert main.main(args) == 2
-    assert "--weights" in _err(capsys) and "none.pth" in capsys.readouterr().err + "none.pth"
+    err = _err(capsys)
+    assert "--weights" in err and "none.pth" in err
 
 
 @pytest.mark.parametrize("which", ["cache", "results", "results-parent"])
@@ -99,14 +102,55 @@ def test_output_folder_that_is_a_file_fails_before_any_work(tmp_path, monkeypatc
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+UNWRITABLE_RUN = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import pytest, main, helpers
+helpers.tiny_config(pytest.MonkeyPatch())
+sys.exit(main.main({args!r}))
+"""
+
+
 def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o555)
-    args = tiny_args(tmp_path)
-    args[args.index("--cache-dir") + 1] = str(ro / "cache")
-    assert main.main(args) == 2 and "not writable" in _err(capsys)
+    """A cache folder the user may not write to: exit 2 with one line, nothing written. Root
+    may write anywhere, so as root (CI) the run is a subprocess as user 65534 (setpriv)."""
+    if os.geteuid() != 0:
+        tiny_config(monkeypatch)
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        args = tiny_args(tmp_path)
+        args[args.index("--cache-dir") + 1] = str(ro / "cache")
+        assert main.main(args) == 2 and "not writable" in _err(capsys)
+        assert not (ro / "cache").exists()
+        return
+    import shutil
+    import tempfile
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv (util-linux): cannot drop privileges")
+    base = tempfile.mkdtemp(prefix="unwritable_")        # /tmp/pytest-of-root is 0700
+    try:
+        os.chmod(base, 0o755)
+        ro, out = os.path.join(base, "ro"), os.path.join(base, "out")
+        os.mkdir(ro, 0o755)                              # root's: not writable by user 65534
+        os.mkdir(out)
+        os.chmod(out, 0o777)
+        args = tiny_args(tmp_path)
+        args[args.index("--cache-dir") + 1] = os.path.join(ro, "cache")
+        args[args.index("--results-dir") + 1] = os.path.join(out, "results")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = UNWRITABLE_RUN.format(root=root, tests=os.path.join(root, "tests"), args=args)
+        env = {**os.environ, "HOME": out, "XDG_CACHE_HOME": out, "TORCH_HOME": out,
+               "MPLCONFIGDIR": out}
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-c", code], cwd=out, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 2, p.stderr[-2000:]
+        lines = [x for x in p.stderr.splitlines() if x.strip()]
+        assert "not writable" in lines[-1] and os.path.join(ro, "cache") in lines[-1], p.stderr
+        assert not os.path.exists(os.path.join(ro, "cache"))
+        assert not os.path.exists(os.path.join(out, "results"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ configuration

@@ -80,3 +80,19 @@ def test_builtin_identity_follows_the_generator(monkeypatch):
     photo = dataset.builtin_identity("builtin:photo:china.jpg:256:0:0")
     monkeypatch.setattr(np, "__version__", "0.0.0")   # another renderer, another identity
     assert dataset.builtin_identity("builtin:photo:china.jpg:256:0:0") != photo
+
+
+def test_byte_identical_copies_count_once(tmp_path):
+    """Two names, one content: the copy is one image, so it can never sit in both sets, and the
+    count of distinct images says so when there are too few."""
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"a{i}.png")
+    (tmp_path / "copy_of_a0.png").write_bytes((tmp_path / "a0.png").read_bytes())
+    for seed in range(5):
+        ev, ref = dataset.select_images(str(tmp_path), 2, 2, seed=seed)
+        digests = [r.sha256 for r in ev + ref]
+        assert len(set(digests)) == 4
+    import pytest
+    with pytest.raises(dataset.DatasetError, match="found 4 readable distinct images"):
+        dataset.select_images(str(tmp_path), 2, 3, seed=0)

@@ -81,6 +81,33 @@ def test_kid_matches_torch_fidelity(case):
     assert ours == pytest.approx(_kid_torch_fidelity(ref, ev, 7, m, seed=3), abs=1e-6, rel=1e-6)
 
 
+def _mmd2_unbiased_by_loops(x, y, kernel):
+    """Gretton et al. 2012, eq. 3, term by term: the unbiased MMD^2 of samples of any sizes."""
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+    m, n = len(x), len(y)
+    sxx = sum(kxx[i, j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    syy = sum(kyy[i, j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return sxx + syy - 2 * kxy.sum() / (m * n)
+
+
+def test_full_set_kid_of_unequal_sets_equals_the_unbiased_estimator():
+    """The pipeline's KID (subsets=None: every reference row against every evaluation row,
+    also when the sizes differ) against the estimator written out with scikit-learn's
+    polynomial kernel (gamma 1/d, coef0 1, degree 3); its bootstrap path (a resample of the
+    evaluation rows, repeats included) against the estimator on the resampled rows."""
+    from sklearn.metrics.pairwise import polynomial_kernel
+    rng = np.random.default_rng(11)
+    ref, ev = rng.normal(size=(60, 7)), rng.normal(0.2, 1.1, size=(23, 7))
+
+    def poly(a, b):
+        return polynomial_kernel(a, b, degree=3, gamma=1.0 / 7, coef0=1.0)
+    assert dm.kid(ref, ev) == pytest.approx(_mmd2_unbiased_by_loops(ref, ev, poly), rel=1e-10)
+    r = dm.KIDReference(ref)
+    idx = rng.integers(0, 23, 23)
+    assert r.score_prepared(r.prepare(ev), idx) == pytest.approx(
+        _mmd2_unbiased_by_loops(ref, ev[idx], poly), rel=1e-10)
+
+
 def test_kid_does_not_touch_global_rng():
     np.random.seed(123)
     before = np.random.random()
@@ -159,7 +186,7 @@ def test_resampled_scores_equal_scores_of_resampled_rows(make):
     assert r.score_prepared(state) == pytest.approx(r.score(ev[:40]), rel=1e-12)
     if isinstance(r, dm.FIDReference):   # FID of a resample with repeated rows
         assert r.score_prepared(state, idx) == pytest.approx(dm.fid(ref, ev[:40][idx]), rel=1e-9)
-    elif not isinstance(r, dm.KIDReference) or r.subsets is not None:
+    else:   # full-set KID, subset KID, CMMD and RBF-MMD: the estimate on the resampled rows
         assert r.score_prepared(state, idx) == pytest.approx(r.score(ev[:40][idx]), rel=1e-9)
 
 

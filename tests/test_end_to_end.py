@@ -3,6 +3,7 @@ identical results for the same seed."""
 import json
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 import main
@@ -17,6 +18,7 @@ def _run(tmp_path):
     return run_dir
 
 
+@pytest.mark.slow
 def test_medium_run_writes_every_output_and_is_reproducible(tmp_path, monkeypatch, capsys):
     tiny_config(monkeypatch)
     run_dir = _run(tmp_path)
@@ -59,6 +61,8 @@ def test_medium_run_writes_every_output_and_is_reproducible(tmp_path, monkeypatc
         with Image.open(run_dir / png) as im:
             assert im.size[0] > 300
 
+    _check_raw_fid_from_the_cache_files(tmp_path / "cache", data)
+
     # same seed, second run from the warm cache: identical apart from the timestamp
     run2 = _run(tmp_path)
     stamp2 = run2.name.split("_", 1)[1]
@@ -69,3 +73,41 @@ def test_medium_run_writes_every_output_and_is_reproducible(tmp_path, monkeypatc
     j2 = json.loads((run2 / f"results_medium_{stamp2}.json").read_text())
     j1.pop("timestamp"), j2.pop("timestamp")
     assert j1 == j2
+
+
+def _check_raw_fid_from_the_cache_files(cache_dir, data):
+    """The values, not only that it ran: a single-layer raw-GAP FID configuration's scores
+    equal pytorch-fid's Fréchet distance on the GAP of the cached .npy files read straight from
+    disk, and its per-degradation rho and tau equal scipy's on (severity, score)."""
+    import numpy as np
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from scipy.stats import kendalltau, spearmanr
+
+    def gap(path):
+        a = np.load(path).astype(np.float64)
+        return a.reshape(len(a), a.shape[1], -1).mean(axis=2)
+
+    def stats(x):
+        return x.mean(0), np.cov(x, rowvar=False)
+    candidates = []
+    for r in data["results"]:
+        if r["status"] == "scored" and r["metric"] == "fid" and r["transform"] == "raw" \
+                and len(r["layers"]) == 1:
+            layer = cache_dir / "resnet50" / f"single_layer_{r['layers'][0]}"
+            (ref_dir,) = layer.glob("ref_*")
+            channels = np.load(next(ref_dir.glob("chunk_*.npy")), mmap_mode="r").shape[1]
+            candidates.append((channels, r["layers"][0], r, layer))
+    assert len(candidates) == 3, candidates
+    # the narrowest layer (pytorch-fid's sqrtm of a 2048 x 2048 covariance takes ~17 s)
+    _, _, r, layer = min(candidates)
+    (ref_dir,) = layer.glob("ref_*")
+    (eval_dir,) = layer.glob("eval_*")
+    mu_r, s_r = stats(np.concatenate([gap(p) for p in sorted(ref_dir.glob("chunk_*.npy"))]))
+    for name, d in r["per_degradation"].items():
+        files = [eval_dir / "clean" / "level_00.npy"] + \
+            [eval_dir / name / f"level_{i:02d}.npy" for i in range(1, len(d["levels"]))]
+        expected = [calculate_frechet_distance(mu_r, s_r, *stats(gap(f))) for f in files]
+        np.testing.assert_allclose(d["scores"], expected, rtol=1e-5)
+        severity = range(len(expected))
+        assert d["spearman"] == pytest.approx(spearmanr(severity, d["scores"])[0], abs=1e-12)
+        assert d["kendall"] == pytest.approx(kendalltau(severity, d["scores"])[0], abs=1e-12)

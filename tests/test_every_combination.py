@@ -91,3 +91,25 @@ def test_wide_gram_runs_as_kernel_blocks(tmp_path):
     not_run = [r for r in out if not r.scored]
     assert not_run and all(r.status == "not_run" and "explicit" in r.reason for r in not_run)
     assert by[("gram_only", "gaussian", "mahalanobis")].ridge > 0     # 22 images, 2.1 M dims
+
+
+def test_gaussian_model_metrics_through_the_grid_equal_scipy(tmp_path):
+    """Values through the grid, not only that it ran: on the map form (6 channels, 22 reference
+    images), raw GAP rows with the Gaussian model give scipy's mean Mahalanobis distance and
+    mean negative log-density, for every evaluation set."""
+    from scipy.spatial.distance import mahalanobis
+    from scipy.stats import multivariate_normal
+    out = run_grid(tmp_path, FORMS["map"], transforms=[{"name": "raw"}], metrics=["mahalanobis", "neg_loglik"])
+    got = {r.conf.metric: [s for d in r.per_degradation.values() for s in d["scores"]]
+           for r in out if r.scored and r.conf.model["name"] == "gaussian"}
+    cache = FakeCache(tmp_path, FORMS["map"])
+
+    def gap(u):
+        return cache.load(u).astype(np.float64).mean(axis=(2, 3))
+    ref = np.concatenate([gap(u) for u in reference_units(RECORDS[8:])])
+    mu, cov = ref.mean(0), np.cov(ref, rowvar=False)
+    vi = np.linalg.inv(cov)
+    for i, u in enumerate(evaluation_units(RECORDS[:8], DEGS)):
+        e = gap(u)
+        assert got["mahalanobis"][i] == pytest.approx(np.mean([mahalanobis(x, mu, vi) for x in e]), rel=1e-9)
+        assert got["neg_loglik"][i] == pytest.approx(-np.mean(multivariate_normal(mu, cov).logpdf(e)), rel=1e-9)

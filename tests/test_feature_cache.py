@@ -24,8 +24,8 @@ def test_second_build_is_a_hit(built, caplog):
     assert hits and not misses
 
 
-@pytest.mark.parametrize("change", ["image contents", "weights", "input size", "levels",
-                                    "dtype", "precision", "layer"])
+@pytest.mark.parametrize("change", ["image contents", "weights", "input size", "working size",
+                                    "levels", "dtype", "precision", "layer"])
 def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     extra, layers = [], ("8",)
     if change == "image contents":   # same file names, new pixels
@@ -38,6 +38,8 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
         extra = ["--weights", str(ckpt)]
     elif change == "input size":
         extra = ["--image-size", "64"]
+    elif change == "working size":  # same files, decoded to another size before the backbone's resize
+        config.CONFIG["working_size"] = 48
     elif change == "levels":
         config.CONFIG["degradations"]["blur"]["levels"] = [1.0, 2.0]
     elif change == "dtype":
@@ -53,8 +55,10 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     assert main.main(args) == 0
     hits, misses = cache_hits(caplog)
     assert misses, f"{change}: expected a CACHE MISS, got {hits}"
-    if change == "levels":      # only the changed level is extracted again
-        assert "1 of 5 evaluation" in misses[0] or "of 5 evaluation" in misses[0]
+    if change == "levels":      # only the changed level (blur 3.0 -> 2.0) is extracted again
+        assert "0 of 1 reference chunk(s), 1 of 5 evaluation file(s)" in misses[0], misses
+    else:                       # everything else changes every file's key
+        assert "1 of 1 reference chunk(s), 5 of 5 evaluation file(s)" in misses[0], misses
 
 
 def test_noise_seed_changes_evaluation_keys_only(tmp_path):
@@ -76,6 +80,7 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
     assert a.check(u) == "absent"
 
 
+@pytest.mark.slow
 def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, monkeypatch):
     enabled = [str(i) for i, on in config.ENABLED_LAYERS["resnet50"].items() if on]
     assert build_cache(built, layers=enabled) == 0
@@ -197,6 +202,7 @@ def _build_cmd(tmp_path, cache):
             "--image-size", "32", "--weights", "random", "-q", "--cache-dir", str(cache)]
 
 
+@pytest.mark.slow
 def test_two_processes_building_the_same_entry_do_not_corrupt_it(tmp_path):
     write_images(tmp_path / "imgs", n=60)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
@@ -215,6 +221,7 @@ def test_two_processes_building_the_same_entry_do_not_corrupt_it(tmp_path):
             assert meta["complete"] and all(os.path.exists(os.path.join(dp, f)) for f in meta["files"])
 
 
+@pytest.mark.slow
 def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
     """Kill --build-cache at several points; every rerun completes and the final files
     equal an uninterrupted build's."""

@@ -51,6 +51,29 @@ def test_streamed_kernel_route_equals_explicit_float64_gram_rows(tmp_path, monke
         assert got[("gram_pca", "mmd_rbf")][i] == pytest.approx(dm.mmd_rbf(pr, pe), rel=1e-6)
 
 
+def test_explicit_rows_score_with_the_published_constants(tmp_path):
+    """Explicit rows (GAP and a Gram that fits): every two-sample metric through the pipeline's
+    scorers equals the metric on the rows, with the papers' constants written out here: CMMD
+    sigma 10 and scale 1000 on unit rows (Jayasumana et al. 2024's reference), KID degree 3,
+    gamma 1/d, coef0 1 (Binkowski et al. 2018), RBF-MMD at the median distance."""
+    transforms = [{"name": "raw"}, {"name": "gram_only", "use_gram": True}]
+    out = run_grid(tmp_path, (6, 3, 3), transforms=transforms, metrics=TWO_SAMPLE, precision="float64")
+    assert all(r.scored and "kernel blocks" not in " ".join(r.notes) for r in out)
+    got = _scores(out)
+    cache = FakeCache(tmp_path, (6, 3, 3))
+    rep = {"raw": lambda a: a.astype(np.float64).mean(axis=(2, 3)), "gram_only": rp.gram_upper}
+    for name, f in rep.items():
+        ref = np.concatenate([f(cache.load(u)) for u in reference_units(RECORDS[8:])])
+        for i, u in enumerate(evaluation_units(RECORDS[:8], DEGS)):
+            e = f(cache.load(u))
+            assert got[(name, "cmmd")][i] == pytest.approx(
+                dm.cmmd(dm.unit_rows(ref), dm.unit_rows(e), sigma=10.0, scale=1000.0), rel=1e-9)
+            assert got[(name, "kid")][i] == pytest.approx(
+                dm.kid(ref, e, degree=3, gamma=1.0 / ref.shape[1], coef0=1.0), rel=1e-9)
+            assert got[(name, "fid")][i] == pytest.approx(dm.fid(ref, e), rel=1e-9)
+            assert got[(name, "mmd_rbf")][i] == pytest.approx(dm.mmd_rbf(ref, e, sigma="median"), rel=1e-9)
+
+
 @pytest.mark.parametrize("max_bytes", [2**31, 2**17], ids=["explicit-gram", "kernel-gram"])
 def test_cmmd_is_unchanged_when_every_activation_is_multiplied_by_1000(tmp_path, max_bytes):
     transforms = default_config()["feature_transforms"]
@@ -116,7 +139,7 @@ def test_float32_gram_gemm_is_within_1e4_of_float64_for_fid_on_a_real_cached_lay
     from helpers import tiny_args, tiny_config
     results = {}
     for precision in ("float32", "float64"):
-        cfg = tiny_config(monkeypatch, gram_precision=precision, max_representation_bytes=2**20,
+        tiny_config(monkeypatch, gram_precision=precision, max_representation_bytes=2**20,
                           feature_transforms=[{"name": "gram_only", "use_gram": True}],
                           distance_metrics=["fid"])
         assert main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--n-inference", "12",
@@ -128,4 +151,6 @@ def test_float32_gram_gemm_is_within_1e4_of_float64_for_fid_on_a_real_cached_lay
         assert r["status"] == "scored" and "kernel blocks" in " ".join(r["notes"]), r
         results[precision + "_scores"] = [s for d in r["per_degradation"].values() for s in d["scores"]]
     np.testing.assert_allclose(results["float32_scores"], results["float64_scores"], rtol=1e-4)
-    assert cfg["gram_precision"] == "float64"
+    # the setting reaches the GEMMs: float32 rounds differently from float64 (if it were
+    # ignored, the two runs would give the same bytes)
+    assert results["float32_scores"] != results["float64_scores"]

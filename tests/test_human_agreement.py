@@ -87,6 +87,7 @@ def _key(df):
     return df.set_index(["layer_config", "transform", "distribution", "metric"], drop=False)
 
 
+@pytest.mark.slow
 def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeypatch):
     tiny_config(monkeypatch)
     files = make_databases(tmp_path)

@@ -56,7 +56,14 @@ def test_gram_kernel_2048_channels_without_channel_squared_memory():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < c * c * 8 / 4
-    assert np.allclose(k, k.T) and np.all(np.diag(k) > 0)
+    # against the definition, one image pair at a time (a 2048 x 2048 Gram per image here)
+    f = a.astype(np.float64).reshape(3, c, 49)
+    for i in range(3):
+        gi = f[i] @ f[i].T / (c * 49)
+        for j in range(i, 3):
+            gj = f[j] @ f[j].T / (c * 49)
+            assert k[i, j] == pytest.approx(np.sum(gi * gj), rel=1e-10)
+            assert k[j, i] == k[i, j]
 
 
 def test_fid_on_gram_through_kernel_equals_explicit():
@@ -80,7 +87,12 @@ def test_vit_pooling_options():
     tokens = np.arange(2 * 5 * 3, dtype=float).reshape(2, 5, 3)
     assert np.array_equal(rp.gap(tokens, "cls"), tokens[:, 0])
     assert np.allclose(rp.gap(tokens, "mean"), tokens[:, 1:].mean(1))
-    assert rp.gap(tokens, "cls_mean").shape == (2, 6)
+    both = rp.gap(tokens, "cls_mean")
+    assert both.shape == (2, 6)
+    np.testing.assert_array_equal(both[:, :3], tokens[:, 0])
+    np.testing.assert_array_equal(both[:, 3:], tokens[:, 1:].mean(1))
+    # with 4 prefix tokens (CLS + 3 registers), the mean skips them all
+    np.testing.assert_array_equal(rp.gap(tokens, "mean", prefix_tokens=4), tokens[:, 4])
 
 
 def test_postprocess_fits_on_reference_only_and_rejects_constant_columns():

@@ -97,6 +97,7 @@ def test_two_shards_build_the_single_process_cache(single, tmp_path, caplog, mon
     assert len(hits) == 2 and not misses
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_build_the_single_process_cache(single, tmp_path):
     _same_images(single, tmp_path)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -107,6 +108,7 @@ def test_torchrun_ranks_build_the_single_process_cache(single, tmp_path):
     assert "[rank 1/2]" not in out or "CACHE HIT" not in out.split("[rank 1/2]", 1)[1]
 
 
+@pytest.mark.slow
 def test_a_killed_shard_resumes_and_the_cache_is_equal(single, tmp_path):
     _same_images(single, tmp_path)
     cache = tmp_path / "cache"
