@@ -43,17 +43,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import layer_registry as R
+from errors import RuntimeFailure, UserError
 
 log = logging.getLogger(__name__)
 
 LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RuntimeFailure):
     """Weights could not be loaded; the message names the file and the fix."""
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError):
     """An unknown backbone name or library model; the message lists the valid ones."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -41,7 +43,7 @@ PHOTO_CROP_SIZES = (256, 320, 400)    # crop sides taken from each photo, resize
 PHOTO_CROP_STRIDE = 40
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A user-facing problem with the images; the message says what to change."""
 
 

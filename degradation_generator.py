@@ -16,14 +16,15 @@ at their 5 levels, "fid" the FID paper's disturbances (EXTRA_DEGRADATIONS).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
 import kadid10k
-from config import ConfigError
+from errors import ConfigError
+from image_ops import gaussian_noise, jpeg_compression  # noqa: F401 (part of this module's API)
+from image_ops import to_uint8 as _to_uint8
 
 # Bump when any degradation below changes its output (part of every cache key; a golden-hash
 # test in tests/test_bad_input.py fails when the output changes under the same version).
@@ -36,10 +37,6 @@ UPSAMPLE_FILTER = Image.Resampling.BICUBIC
 SWIRL_RADIUS = 25 / 32             # TTUR FIDvsINC/main.py: radius 25 on 32-px images (70 on 64-px CelebA)
 SWIRL_BORDER = 3                   # lokal_swirl's corr_size
 SWIRL_CVAL = 127.5                 # scikit-image's constant border, 0 on TTUR's [-1, 1] scale
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -58,11 +55,6 @@ def blur_plus_contrast(img: np.ndarray, level) -> np.ndarray:
     return np.asarray(ImageEnhance.Contrast(Image.fromarray(out)).enhance(contrast))
 
 
-def gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Additive white Gaussian noise, standard deviation `sigma` on the 0–255 scale."""
-    return _to_uint8(img.astype(np.float64) + rng.normal(0.0, sigma, img.shape))
-
-
 def downsample_upsample(img: np.ndarray, factor: float) -> np.ndarray:
     """Shrink by `factor` with nearest-neighbour decimation (no anti-alias filter, so
     aliasing appears), then enlarge back with bicubic interpolation (Pillow)."""
@@ -70,14 +62,6 @@ def downsample_upsample(img: np.ndarray, factor: float) -> np.ndarray:
     small = Image.fromarray(img).resize((max(1, round(w / factor)), max(1, round(h / factor))),
                                         DOWNSAMPLE_FILTER)
     return np.asarray(small.resize((w, h), UPSAMPLE_FILTER))
-
-
-def jpeg_compression(img: np.ndarray, quality: int) -> np.ndarray:
-    """Encode as JPEG with Pillow at `quality` (1–100, 4:2:0 chroma subsampling) and decode."""
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def pixelation(img: np.ndarray, factor: float) -> np.ndarray:

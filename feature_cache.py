@@ -45,9 +45,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from errors import RuntimeFailure
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
+CACHE_DTYPES = ("float16", "float32")      # config['cache_dtype']
 CHUNK_SIZE = 100                     # reference images per chunk file
 # Bump when feature_extraction.preprocess (resize to the input size, normalisation) changes its
 # output; tests/test_bad_input.py holds a golden hash of it per version.
@@ -85,7 +88,7 @@ def code_identity(library: str, interpolation: str, antialias: bool = True) -> d
     return out
 
 
-class CacheError(RuntimeError):
+class CacheError(RuntimeFailure):
     """The cache cannot be used as it is; the message gives the command that fixes it."""
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import UsageError, check_module_paths, check_writable, layers_of, spec_of
+from errors import UsageError
+from run_plan import check_module_paths, check_writable, layers_of, spec_of
 
 log = logging.getLogger("iqm")
 

@@ -33,6 +33,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from image_ops import gaussian_noise, jpeg_compression
+
 # imdist_generator.m's level table, case by case, in its order (not reordered: see `severity`)
 KADID10K_LEVELS = {
     "gaussian_blur": [0.1, 0.5, 1, 2, 5],                 # sigma, pixels
@@ -287,7 +289,6 @@ def jpeg2000(img, ratio):
 
 def jpeg(img, quality):
     """JPEG at `quality` (Pillow, 4:2:0 chroma subsampling): the seed's jpeg_compression."""
-    from degradation_generator import jpeg_compression
     return jpeg_compression(img, quality)
 
 
@@ -296,7 +297,6 @@ def jpeg(img, quality):
 def white_noise(img, variance, rng):
     """Additive white Gaussian noise of `variance` on the [0, 1] scale (MATLAB imnoise): the
     seed's gaussian_noise with sigma sqrt(variance) on the 0-255 scale."""
-    from degradation_generator import gaussian_noise
     return gaussian_noise(img, 255.0 * np.sqrt(variance), rng)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from errors import UserError
+
 
 class Layer(NamedTuple):
     index: int
@@ -203,7 +205,7 @@ CLIP_VIT_L14_336 = [
 ]
 
 
-class LayerError(ValueError):
+class LayerError(UserError):
     """A layer index or name the registry cannot resolve; the message says how to list them."""
 
 

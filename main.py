@@ -26,10 +26,11 @@ import sys
 
 import config as C
 import pipeline
+import run_plan
 from backbones import BACKBONE_NAMES, BackboneError
-from layer_registry import LayerError
+from errors import RuntimeFailure, UsageError, UserError
 from parallel import ParallelError, Ranks, Shard
-from pipeline import UsageError, check_writable
+from run_plan import check_writable
 
 log = logging.getLogger("iqm")
 
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of evaluation images, disjoint from the reference (default: the mode's)")
     g.add_argument("--seed", type=int, default=None, help=f"seed of every random choice (default: {d['seed']})")
     g = p.add_argument_group("execution (README: Scaling out)")
-    g.add_argument("--device", choices=C.DEVICES, default=None, help="default: auto (cuda, mps, cpu)")
+    g.add_argument("--device", choices=run_plan.DEVICES, default=None, help="default: auto (cuda, mps, cpu)")
     g.add_argument("--shard", metavar="I/N", default=None,
                    help="with --build-cache: extract only share I of N (cache files I, I+N, ...); "
                         "N processes together build exactly the single-process cache. SLURM arrays: "
@@ -176,7 +177,7 @@ def resolve_config(args) -> dict:
     for key in ("n_images_inference", "n_images_evaluation"):
         if cfg[key] is None:
             cfg[key] = mode[key]
-    C.validate_config(cfg, BACKBONE_NAMES)
+    run_plan.validate_config(cfg, BACKBONE_NAMES)
     if cfg["weights"] not in ("auto", "pretrained", "random") and not os.path.exists(cfg["weights"]):
         where = "--weights" if args.weights is not None else "config['weights']"
         raise UsageError(f"{where} {cfg['weights']!r}: no such file or folder. Give a checkpoint file "
@@ -332,9 +333,6 @@ def one_line(exc: BaseException) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    from backbones import WeightsError
-    from dataset import DatasetError
-    from feature_cache import CacheError
     try:
         if args.list_layers:
             return list_layers(args.list_layers)
@@ -352,10 +350,10 @@ def main(argv=None) -> int:
         if args.build_cache:
             return build_cache(cfg, args)
         return run(cfg, args)
-    except (UsageError, C.ConfigError, DatasetError, LayerError, ParallelError, BackboneError) as exc:
+    except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except (WeightsError, CacheError) as exc:
+    except RuntimeFailure as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:          # e.g. `--list-layers … | head`

@@ -23,6 +23,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from errors import UserError
+
 log = logging.getLogger(__name__)
 
 SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -32,7 +34,7 @@ BARRIER_TIMEOUT = datetime.timedelta(days=7)
 DASK_CONNECT_TIMEOUT = "20s"
 
 
-class ParallelError(ValueError):
+class ParallelError(UserError):
     """A shard, job count or cluster setting is invalid; the message names it and the fix."""
 
 

@@ -7,11 +7,9 @@
     exp = pipeline.run_experiment(cfg, "medium", ["7", "8"])
     exp.results[0].mean_spearman, exp.out_dir
 
-`cfg` is a configuration dict as config.py defines it (`config.default_config()` plus changes;
-`config.validate_config` is called here). Errors a user can fix are `UsageError`,
-`config.ConfigError`, `dataset.DatasetError`, `layer_registry.LayerError` or
-`parallel.ParallelError`; runtime failures are `backbones.WeightsError` and
-`feature_cache.CacheError`.
+`cfg` is a configuration dict as config.py defines it (`config.default_config()` plus changes);
+`run_plan.make_plan` validates it and resolves the run once. Errors a user can fix derive from
+`errors.UserError` (exit 2), runtime failures from `errors.RuntimeFailure` (exit 1).
 
 Extraction: `build_cache` extracts what the cache misses, optionally only a `Shard` of it.
 Under torchrun (RANK / WORLD_SIZE set) `build_caches` and `run_experiment` split extraction over
@@ -32,146 +30,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import config as C
-from backbones import BACKBONE_NAMES, BackboneError, get_spec, is_library_model
-from layer_registry import CAPTURE, resolve_layers
+from backbones import BACKBONE_NAMES
+from errors import UsageError
+from layer_registry import CAPTURE
 from parallel import Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
+from run_plan import (RunPlan, backbones_of, check_module_paths, check_writable, layers_of,
+                      make_plan, spec_of, validate_config, with_degradation_sets)
 
 log = logging.getLogger("iqm")
 
 
 # what a scoring worker imports (started ahead of the sweep by parallel.prestart)
 SWEEP_MODULES = ("pipeline", "evaluation", "feature_spaces", "sklearn.mixture")
-
-
-class UsageError(ValueError):
-    """A user mistake: printed as one line, exit code 2."""
-
-
-# ---------------------------------------------------------------------- checks
-
-def check_writable(path: str, flag: str) -> None:
-    """`path` is, or can be created as, a writable folder; else UsageError naming the flag."""
-    p = os.path.abspath(path)
-    probe = p
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if os.path.exists(p) and not os.path.isdir(p):
-        raise UsageError(f"{flag} {path!r} is a file, not a folder; pass a folder path")
-    if not os.path.isdir(probe):
-        raise UsageError(f"{flag} {path!r}: {probe!r} is a file, so the folder cannot be created; "
-                         "pass another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path!r}: {probe!r} is not writable by this user; pass a folder "
-                         "you can write to")
-
-
-def check_module_paths(backbone: str, layers, image_size, module=None) -> None:
-    """Unknown module paths fail now, with close matches, before any extraction. `module` is
-    the built backbone when the caller has it (else a random-init one is built)."""
-    others = [p for i, p in layers if i is None]
-    if not others:
-        return
-    from backbones import build_backbone
-    from feature_extraction import find_modules
-    if module is None:
-        module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
-    try:
-        find_modules(module, others)
-    except KeyError as exc:
-        raise UsageError(f"{backbone}: {exc.args[0]}. List valid names with "
-                         f"`python main.py --list-layers {backbone}`") from None
-
-
-def with_degradation_sets(cfg) -> dict:
-    """A copy of cfg whose 'degradations' are those of config['degradation_sets'] (idempotent)."""
-    from degradation_generator import select_sets
-    return {**cfg, "degradations": select_sets(cfg["degradation_sets"], cfg["degradations"])}
-
-
-def spec_of(name: str):
-    """The backbone's spec; an unknown name or library model is a UsageError."""
-    try:
-        return get_spec(name)
-    except BackboneError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def layers_of(backbone: str, layers) -> list[tuple[int | None, str]]:
-    """[(registry index or None, module path)] of `layers` (indices or module paths)."""
-    return resolve_layers(backbone, spec_of(backbone).layers, layers)
-
-
-def backbones_of(cfg) -> list[str]:
-    """The backbones of this run; a ViT's input size must be a multiple of its patch size."""
-    names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
-    size = cfg["image_size"]
-    for name in names:
-        p = spec_of(name).patch
-        if size and p and size % p:
-            lo, hi = max(p, size // p * p), (size // p + 1) * p
-            raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
-                             f"(pixels past the last patch would be dropped); use {lo} or {hi}")
-    return names
-
-
-# ---------------------------------------------------------------------- planning
-
-def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
-    """The layer configurations of a run, each with its resolved module paths: one per entry
-    of `layer_specs` (indices or module paths) when given, else config['layer_configs'],
-    QUICK (quick mode) or ENABLED_LAYERS."""
-    if layer_specs:
-        specs = [{"name": None, "layers": [s]} for s in layer_specs]
-    elif cfg["layer_configs"] is not None:
-        specs = cfg["layer_configs"]
-    elif is_library_model(backbone):
-        raise UsageError(f"{backbone} has no default layers ({mode} mode takes them from QUICK or "
-                         "ENABLED_LAYERS, which list the registered backbones): pass --layers "
-                         f"MODULE_PATH ... (python main.py --list-layers {backbone})")
-    elif mode == "quick":
-        specs = [{"name": None, "layers": C.QUICK["layers"][backbone]}]
-    else:
-        enabled = C.ENABLED_LAYERS[backbone]
-        n = len(get_spec(backbone).layers)
-        bad = [i for i in enabled if not 0 <= i < n]
-        if bad:
-            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] has index {bad[0]} but {backbone} "
-                                f"has layers 0..{n - 1}; fix config.py")
-        specs = [{"name": None, "layers": [i]} for i, on in sorted(enabled.items()) if on]
-        if not specs:
-            raise C.ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
-    out, names = [], set()
-    for s in specs:
-        resolved = layers_of(backbone, s["layers"])
-        aggregate = s.get("aggregate", "concat")
-        ids = [str(i) if i is not None else p for i, p in resolved]
-        name = s.get("name") or ("single_layer_" + ids[0] if len(ids) == 1
-                                 else "layers_" + "+".join(ids) + "_" + aggregate)
-        if name in names:
-            raise C.ConfigError(f"two layer configs are named {name!r}; give each entry of "
-                                "config['layer_configs'] a unique 'name' (edit config.py)")
-        names.add(name)
-        out.append({"name": name, "layers": [i if i is not None else p for i, p in resolved],
-                    "paths": [p for _, p in resolved], "aggregate": aggregate,
-                    "resolved": resolved})
-    return out
-
-
-def plan_run(cfg, mode, layer_specs=None) -> list[tuple[str, list[dict]]]:
-    """[(backbone, layer configs)] of a run; user mistakes fail here, before anything is written."""
-    if mode not in C.MODES:
-        raise UsageError(f"mode {mode!r} is not valid; choose one of {', '.join(C.MODES)}")
-    if mode == "quick":
-        C.validate_quick(cfg)
-    plans = []
-    for backbone in backbones_of(cfg):
-        lcs = layer_configs_for(cfg, mode, backbone, layer_specs)
-        # one model built for every module path of the run (a library model has only paths)
-        check_module_paths(backbone, sorted({x for lc in lcs for x in lc["resolved"]}, key=str),
-                           cfg["image_size"])
-        plans.append((backbone, lcs))
-    return plans
 
 
 def select(cfg):
@@ -305,7 +175,7 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
     each rank extracts its share on its own GPU, then every rank waits for the others; rank 0
     checks that the cache is complete (logging CACHE HIT) and returns the builds, the other
     ranks return []."""
-    C.validate_config(cfg, BACKBONE_NAMES)
+    validate_config(cfg, BACKBONE_NAMES)
     cfg = with_degradation_sets(cfg)
     if not layers:
         raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
@@ -388,9 +258,8 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
     a new folder under config['results_dir']. `layer_specs` (indices or module paths, one layer
     config each) replaces the mode's layers. Under torchrun, extraction is split over the ranks
     and rank 0 alone scores; the other ranks return None."""
-    C.validate_config(cfg, BACKBONE_NAMES)
-    cfg = with_degradation_sets(cfg)
-    plans = plan_run(cfg, mode, layer_specs)
+    plan = make_plan(cfg, mode, layer_specs)
+    cfg, plans = plan.cfg, plan.backbones
     jobs = resolve_jobs(cfg["jobs"])
     data = run_data(cfg)
     cfg = {**cfg, "degradations": data.degradations}
@@ -415,7 +284,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)           # experiment.log always gets INFO
         try:
-            return _experiment(cfg, mode, plans, data, out_dir, stamp, jobs, progress)
+            return _experiment(cfg, plan, data, out_dir, stamp, jobs, progress)
         except BaseException as exc:   # the folder says the run failed, and why; never a silent half
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.error("run failed: %s", text)
@@ -439,8 +308,10 @@ def rank_by(cfg) -> str:
     return cfg["rank_by"]
 
 
-def _experiment(cfg, mode, plans, data: RunData, out_dir, stamp, jobs, progress) -> Experiment:
-    """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log."""
+def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progress) -> Experiment:
+    """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log.
+    `cfg` is the plan's, with the run data's degradations."""
+    mode, plans = plan.mode, plan.backbones
     from backbones import resolve_weights
     from evaluation import rank, release, ties_with_top, ties_with_top_mos
     import report
@@ -450,7 +321,7 @@ def _experiment(cfg, mode, plans, data: RunData, out_dir, stamp, jobs, progress)
     log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
              len(ref_records), len(eval_records), cfg["mos"] or cfg["dataset"], out_dir)
     report.write_json(os.path.join(out_dir, "config_resolved.json"),
-                      {"mode": mode, "config": cfg, "enabled_layers": C.ENABLED_LAYERS})
+                      {"mode": mode, "config": cfg, "enabled_layers": plan.enabled_layers})
 
     ref_units, eval_units = data.ref_units, data.eval_units
     results, weights, seconds, tasks = [], {}, 0.0, {}
@@ -461,8 +332,8 @@ def _experiment(cfg, mode, plans, data: RunData, out_dir, stamp, jobs, progress)
         caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
         ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, progress)
         t0 = time.perf_counter()
-        scored, origin = score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units,
-                                        prov, jobs, data.ratings)
+        scored, origin = score_backbone(cfg, plan.grid(backbone, lcs), backbone, lcs, caches,
+                                        ref_units, eval_units, prov, jobs, data.ratings)
         seconds += time.perf_counter() - t0
         results += scored
         tasks.update(origin)
@@ -518,17 +389,6 @@ def _experiment(cfg, mode, plans, data: RunData, out_dir, stamp, jobs, progress)
 
 # ---------------------------------------------------------------------- scoring
 
-def sweep_grid(cfg, mode, backbone, lcs) -> list:
-    """The configurations of one backbone: QUICK's transform and metric per layer config in
-    quick mode, else every (layers, transform, [model,] metric) that can run in principle."""
-    from evaluation import Configuration, build_grid
-    if mode == "quick":
-        transform = next(t for t in cfg["feature_transforms"] if t["name"] == C.QUICK["transform"])
-        return [Configuration(backbone, lc, transform, None, C.QUICK["metric"]) for lc in lcs]
-    return build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
-                      cfg["distance_metrics"])
-
-
 @dataclass
 class SweepTask:
     """Configurations sharing one feature space, scored together in one worker."""
@@ -548,12 +408,12 @@ class TaskOutcome:
     log_records: list            # logging.LogRecord of the task, when captured
 
 
-def score_backbone(cfg, mode, backbone, lcs, caches, ref_units, eval_units, prov, jobs,
+def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov, jobs,
                    ratings=None):
-    """Every configuration of `backbone` in grid order, scored through parallel.sweep_map;
-    and {configuration id: its task}, to score a configuration again for the bootstrap."""
+    """Every configuration of `grid` (one backbone's, from the plan) in grid order, scored
+    through parallel.sweep_map; and {configuration id: its task}, to score a configuration
+    again for the bootstrap."""
     from feature_spaces import FeatureAssembler, feature_key, transform_params
-    grid = sweep_grid(cfg, mode, backbone, lcs)
     spec = spec_of(backbone)
     assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
                                  spec.patch, cfg["max_representation_bytes"],

@@ -117,7 +117,7 @@ def plot_heatmap(path: str, results, by: str = "monotonicity") -> bool:
     done = [r.fields() for r in results if r.scored]
     if not done:
         return False
-    from config import METRICS
+    from distance_metrics import METRICS
     first = {}
     for r in done:   # layer configurations in network order, metrics in config order
         first.setdefault(f"{r['backbone']}:{r['layer_config']}", (r["backbone"], str(r["layers"][0]).zfill(4)))

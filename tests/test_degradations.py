@@ -10,7 +10,7 @@ from PIL import Image, ImageEnhance
 from scipy import ndimage
 
 import degradation_generator as dg
-from config import ConfigError
+from errors import ConfigError
 
 
 @pytest.fixture

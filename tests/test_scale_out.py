@@ -21,6 +21,7 @@ import pytest
 import config
 import main
 import pipeline
+from errors import ConfigError
 from feature_cache import LayerCache
 from helpers import TINY_DEGRADATIONS, cache_hits, write_images
 from parallel import ParallelError, Ranks, Shard
@@ -277,7 +278,7 @@ def test_the_library_api_takes_a_config_and_leaves_config_py_alone(tmp_path):
     (r,) = exp.results
     assert r.scored and -1 <= r.mean_spearman <= 1 and os.path.exists(exp.files["csv"])
     assert config.CONFIG == before
-    with pytest.raises(config.ConfigError, match="jobs"):
+    with pytest.raises(ConfigError, match="jobs"):
         pipeline.run_experiment({**cfg, "jobs": 0}, "quick", ["8"], progress=False)
     with pytest.raises(pipeline.UsageError, match="mode"):
         pipeline.run_experiment(cfg, "fast", ["8"], progress=False)
