@@ -274,9 +274,8 @@ def kid(ref, ev, subsets=None, subset_size=KID_SUBSET_SIZE, degree=KID_DEGREE, g
     return KIDReference(ref, subsets, subset_size, degree, gamma, coef0, seed).score(ev)
 
 
-def _sq_dists(a, b, a_sq=None, b_sq=None):
-    a_sq = np.sum(a * a, axis=1) if a_sq is None else a_sq
-    b_sq = np.sum(b * b, axis=1) if b_sq is None else b_sq
+def _sq_dists(a, b, a_sq, b_sq):
+    """Squared Euclidean distances between the rows of a and b, given their squared norms."""
     return np.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T), 0.0)
 
 

@@ -382,9 +382,12 @@ def _top_right_singular(xc: np.ndarray, k: int):
         return s[:k], vt[:k]
     w, u = linalg.eigh(xc @ xc.T)
     order = np.argsort(w)[::-1][:k]
-    s = np.sqrt(np.clip(w[order], 0, None))
-    if np.any(s <= 1e-12 * max(s[0], 1e-300)):
+    w = w[order]
+    # eigenvalues of the Gram carry rounding of ~eps x the largest: below 1e-12 of it a
+    # component is zero (a threshold on their square roots would let the rounding through)
+    if np.any(w <= 1e-12 * max(w[0], 1e-300)):
         raise MetricInputError("PCA: fewer non-zero components than pca_dim; lower pca_dim")
+    s = np.sqrt(w)
     return s, (u[:, order].T @ xc) / s[:, None]
 
 

@@ -152,3 +152,89 @@ def test_summary_and_heatmap_name_the_tied_set(tmp_path):
     assert "Statistically tied with #1" in text and "#1, #2 of the 3 bootstrapped" in text
     assert "below #1" in text and "tied with #1" in text
     assert report.plot_heatmap(str(tmp_path / "h.png"), same)
+
+
+def test_bootstrap_equals_the_percentile_bootstrap_written_out():
+    """Every interval `bootstrap` sets, recomputed by hand: the same resampled evaluation
+    positions at every level (numpy's default_rng([seed, 0xB007]).integers), FID of the
+    resampled rows (pytorch-fid's Fréchet distance), scipy's Spearman rho per resample, numpy
+    percentiles at (1 - c) / 2 and 1 - (1 - c) / 2, the sensitivity (s1 - s0) / sd(b1 - b0),
+    and with opinion scores the set-level SRCC against the resampled references' mean MOS."""
+    import human_agreement as ha
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    rng = np.random.default_rng(5)
+    n, B, conf_level, seed = 12, 40, 0.8, 3
+    ref = rng.normal(size=(60, 4))
+    base = rng.normal(size=(n, 4))
+    degs = {"d": {"type": "gaussian_blur", "levels": [1, 2, 3]},
+            "e": {"type": "gaussian_noise", "levels": [5, 9]}}
+    evals = {("clean", 0): base}
+    for name, spec in degs.items():
+        for p in range(1, len(spec["levels"]) + 1):
+            evals[(name, p)] = base + (0.3 if name == "d" else -0.2) * p + rng.normal(0, 0.5, base.shape)
+    conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]}, {"name": "raw"}, None, "fid")
+    keys = tuple(k for k in evals if k[0] != "clean")
+    ratings = ha.Ratings(keys, rng.normal(size=(len(keys), n)) - 0.5 * np.arange(len(keys))[:, None])
+    (res,) = ev.score_group([conf], lambda: FeatureSpace.rows(ref, evals), degs, default_config(),
+                            seed=0, ratings=ratings)
+    ev.bootstrap(res, degs, B, conf_level, seed, ratings)
+
+    def fid(x):
+        return calculate_frechet_distance(ref.mean(0), np.cov(ref, rowvar=False), x.mean(0), np.cov(x, rowvar=False))
+    idx = np.random.default_rng([seed, 0xB007]).integers(0, n, size=(B, n))
+    boot = {k: np.array([fid(v[i]) for i in idx]) for k, v in evals.items()}
+    lo, hi = (1 - conf_level) / 2, 1 - (1 - conf_level) / 2
+    rhos = []
+    for name, spec in degs.items():
+        ks = [("clean", 0)] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
+        table = np.stack([boot[k] for k in ks], axis=1)
+        rho = np.array([stats.spearmanr(np.arange(len(ks)), row).statistic for row in table])
+        rhos.append(rho)
+        d = res.per_degradation[name]
+        np.testing.assert_allclose(d["spearman_ci"], np.quantile(rho, [lo, hi]), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(d["scores_ci"], [np.quantile(table, lo, axis=0), np.quantile(table, hi, axis=0)],
+                                   rtol=1e-6)
+        sd = np.std(table[:, 1] - table[:, 0], ddof=1)
+        assert d["sensitivity"] == pytest.approx((d["scores"][1] - d["scores"][0]) / sd, rel=1e-6)
+    np.testing.assert_allclose(res.mean_spearman_ci, np.quantile(np.mean(rhos, axis=0), [lo, hi]), atol=1e-12)
+    assert res.n_resamples == B and len(res.boot_mean) == B
+    # opinion scores: the SRCC of the groups' resampled scores with their resampled mean MOS
+    srcc = [stats.spearmanr([boot[k][b] for k in keys], ratings.quality[:, idx[b]].mean(axis=1)).statistic
+            for b in range(B)]
+    srcc = -np.array(srcc)          # FID: lower is better, so quality and score run opposite
+    np.testing.assert_allclose(res.boot_mos, srcc, atol=1e-12)
+    np.testing.assert_allclose(res.mos["srcc_ci"], np.quantile(srcc, [lo, hi]), atol=1e-12)
+
+
+def _mos_result(srcc, boot, status="scored"):
+    r = ev.ConfigResult(ev.Configuration("x", {"name": f"l{srcc}", "layers": [0], "paths": ["p"]},
+                                         {"name": "raw"}, None, "fid"), status=status)
+    r.mean_spearman = 0.0
+    r.mos = {"srcc": srcc}
+    r.boot_mos = None if boot is None else np.asarray(boot, dtype=float)
+    return r
+
+
+def test_ties_with_top_mos_by_hand():
+    """delta_top = SRCC of the best minus this one's; its interval is the percentile interval of
+    the per-resample differences (paired); tied when it holds 0. The best is the highest SRCC
+    among the bootstrapped, wherever it sits in the list."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(0, 0.05, 200)
+    best = _mos_result(0.80, 0.80 + common)
+    close = _mos_result(0.78, 0.78 + common + rng.normal(0, 0.02, 200))      # paired: tied
+    far = _mos_result(0.40, 0.40 + common + rng.normal(0, 0.02, 200))        # not tied
+    unbooted = _mos_result(0.95, None)                                        # no interval: left out
+    other_b = _mos_result(0.70, rng.normal(0.7, 0.05, 100))                  # another resample count
+    failed = _mos_result(0.99, 0.99 + common, status="failed")
+    tied = ev.ties_with_top_mos([far, unbooted, close, other_b, best, failed], 0.9)
+    assert tied == [close, best]
+    for r in (best, close, far):
+        diff = best.boot_mos - r.boot_mos
+        assert r.mos["delta_top"] == pytest.approx(0.80 - r.mos["srcc"], abs=1e-15)
+        np.testing.assert_allclose(r.mos["delta_top_ci"], np.quantile(diff, [0.05, 0.95]), atol=1e-15)
+    assert best.mos["delta_top_ci"] == [0.0, 0.0] and best.mos["tied_with_top"] is True
+    assert close.mos["tied_with_top"] is True and far.mos["tied_with_top"] is False
+    assert "delta_top" not in unbooted.mos and "delta_top" not in other_b.mos
+    assert "delta_top" not in failed.mos
+    assert ev.ties_with_top_mos([unbooted], 0.9) == []
