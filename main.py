@@ -27,10 +27,9 @@ import sys
 import config as C
 import pipeline
 import run_plan
-from backbones import BACKBONE_NAMES, BackboneError
+from backbones import BACKBONE_NAMES
 from errors import RuntimeFailure, UsageError, UserError
 from parallel import ParallelError, Ranks, Shard
-from run_plan import check_writable
 
 log = logging.getLogger("iqm")
 
@@ -239,61 +238,21 @@ def fid_statistics(cfg, args) -> int:
 
 
 def list_layers(name: str) -> int:
-    from backbones import get_spec
-    try:
-        spec = get_spec(name)
-    except BackboneError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"{name}: {spec.architecture} ({spec.library}), input {spec.input_size}x{spec.input_size} "
-          f"{spec.interpolation}{'' if spec.antialias else ' (no antialias)'}, mean {tuple(spec.mean)}, "
-          f"std {tuple(spec.std)}; pretrained: {spec.weights_id}")
-    if spec.notes:
-        print(f"({spec.notes})")
-    if spec.layers:
-        print(f"recommended {list(spec.recommended)}")
+    t = pipeline.layer_table(name)
+    s = t.spec
+    print(f"{name}: {s.architecture} ({s.library}), input {s.input_size}x{s.input_size} "
+          f"{s.interpolation}{'' if s.antialias else ' (no antialias)'}, mean {tuple(s.mean)}, "
+          f"std {tuple(s.std)}; pretrained: {s.weights_id}" + (f"\n({s.notes})" if s.notes else ""))
+    if t.registry:
+        print(f"recommended {list(s.recommended)}")
         print(f"{'idx':>3}  {'module path':<40} {'kind':<20} {'output':<16} level")
-        for layer in spec.layers:
-            print(f"{layer.index:>3}  {layer.path:<40} {layer.kind:<20} "
-                  f"{'x'.join(map(str, layer.shape)):<16} {layer.level}")
-        return 0
-    from backbones import build_backbone
-    from feature_extraction import list_extractable_layers
-    bb = build_backbone(name, "random", 0, allow_download=False)
-    rows = list_extractable_layers(bb.module, bb.forward, spec.input_size)
-    print(f"{len(rows)} extractable modules (ReLU, pooling, dropout and reshapes left out); pass "
-          "module paths to --layers")
-    for _, path, kind, shape in rows:
-        print(f"  {path:<48} {kind:<22} {'x'.join(map(str, shape))}")
-    return 0
-
-
-def show_cache_info(cfg) -> int:
-    from feature_cache import cache_info
-    rows = cache_info(cfg["cache_dir"])
-    if not rows:
-        print(f"cache {cfg['cache_dir']!r} is empty")
-        return 0
-    total = 0
-    for r in rows:
-        total += r["bytes"]
-        print(f"{r['backbone']:<14} {r['layer']:<18} {r['entry']:<22} {r['module_path']:<38} "
-              f"{r['files']:>4} files {r['bytes'] / 2**20:>9.1f} MiB  "
-              f"{'complete' if r['complete'] else 'partial '}  "
-              f"weights={r['weights'].get('source', '?')}:{r['weights'].get('sha256', r['weights'].get('seed', ''))!s:.12}")
-    print(f"total {total / 2**20:.1f} MiB in {len(rows)} entries under {cfg['cache_dir']}")
-    return 0
-
-
-def preview_degradations(cfg) -> int:
-    from dataset import load_rgb, select_images
-    from degradation_generator import preview_collage
-    records, _ = select_images(cfg["dataset"], 3, 0, cfg["seed"])
-    images = [(r.sha256, load_rgb(r.source, cfg["working_size"])) for r in records]
-    check_writable(cfg["results_dir"], "--results-dir")
-    os.makedirs(cfg["results_dir"], exist_ok=True)
-    path = os.path.join(cfg["results_dir"], "degradation_preview.png")
-    preview_collage(images, pipeline.with_degradation_sets(cfg)["degradations"], cfg["seed"]).save(path)
-    print(f"wrote {path}")
+    else:
+        print(f"{len(t.rows)} extractable modules (ReLU, pooling, dropout and reshapes left out); "
+              "pass module paths to --layers")
+    for index, path, kind, shape, level in t.rows:
+        shape = "x".join(map(str, shape))
+        print(f"{index:>3}  {path:<40} {kind:<20} {shape:<16} {level}" if t.registry
+              else f"  {path:<48} {kind:<22} {shape}")
     return 0
 
 
@@ -342,9 +301,13 @@ def main(argv=None) -> int:
             return 0
         cfg = resolve_config(args)
         if args.cache_info:
-            return show_cache_info(cfg)
+            from feature_cache import cache_info
+            import report
+            print("\n".join(report.cache_info_lines(cache_info(cfg["cache_dir"]), cfg["cache_dir"])))
+            return 0
         if args.preview_degradations:
-            return preview_degradations(cfg)
+            print(f"wrote {pipeline.preview_degradations(cfg)}")
+            return 0
         if args.save_stats or args.fid_stats:
             return fid_statistics(cfg, args)
         if args.build_cache:

@@ -44,6 +44,43 @@ log = logging.getLogger("iqm")
 SWEEP_MODULES = ("pipeline", "evaluation", "feature_spaces", "sklearn.mixture")
 
 
+@dataclass(frozen=True)
+class LayerTable:
+    """`--list-layers`: a backbone's spec and its layers, (index, module path, kind, output
+    shape, level) each; for a library model (registry False) every extractable module, with
+    no index or level."""
+    spec: object
+    registry: bool
+    rows: list
+
+
+def layer_table(name: str) -> LayerTable:
+    """The registry's layers of `name`, or the extractable modules of a timm/torchvision/hf
+    model (built with random weights, never downloaded)."""
+    spec = spec_of(name)
+    if spec.layers:
+        return LayerTable(spec, True, [(x.index, x.path, x.kind, x.shape, x.level) for x in spec.layers])
+    from backbones import build_backbone
+    from feature_extraction import list_extractable_layers
+    bb = build_backbone(name, "random", 0, allow_download=False)
+    rows = list_extractable_layers(bb.module, bb.forward, spec.input_size)
+    return LayerTable(spec, False, [(None, path, kind, shape, None) for _, path, kind, shape in rows])
+
+
+def preview_degradations(cfg) -> str:
+    """`--preview-degradations`: a collage of every degradation level of the run on three
+    images, written to config['results_dir']; returns its path."""
+    from dataset import load_rgb, select_images
+    from degradation_generator import preview_collage
+    records, _ = select_images(cfg["dataset"], 3, 0, cfg["seed"])
+    images = [(r.sha256, load_rgb(r.source, cfg["working_size"])) for r in records]
+    check_writable(cfg["results_dir"], "--results-dir")
+    os.makedirs(cfg["results_dir"], exist_ok=True)
+    path = os.path.join(cfg["results_dir"], "degradation_preview.png")
+    preview_collage(images, with_degradation_sets(cfg)["degradations"], cfg["seed"]).save(path)
+    return path
+
+
 def select(cfg):
     """(evaluation records, reference records): disjoint, seeded."""
     from dataset import select_images

@@ -252,3 +252,19 @@ def summary(results, top_n: int, weights: dict, by: str = "monotonicity") -> str
     if not done:
         lines.append("No configuration could be scored.")
     return "\n".join(lines)
+
+
+def cache_info_lines(rows: list, cache_dir: str) -> list[str]:
+    """`--cache-info`: one line per cache entry (feature_cache.cache_info rows) and a total."""
+    if not rows:
+        return [f"cache {cache_dir!r} is empty"]
+    out = []
+    for r in rows:
+        w = r["weights"]
+        out.append(f"{r['backbone']:<14} {r['layer']:<18} {r['entry']:<22} {r['module_path']:<38} "
+                   f"{r['files']:>4} files {r['bytes'] / 2**20:>9.1f} MiB  "
+                   f"{'complete' if r['complete'] else 'partial '}  "
+                   f"weights={w.get('source', '?')}:{w.get('sha256', w.get('seed', ''))!s:.12}")
+    total = sum(r["bytes"] for r in rows)
+    out.append(f"total {total / 2**20:.1f} MiB in {len(rows)} entries under {cache_dir}")
+    return out
