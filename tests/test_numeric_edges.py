@@ -131,3 +131,100 @@ def test_rbf_mmd_and_cmmd_with_a_numeric_bandwidth_by_hand():
     u, v = dm.unit_rows(ref), dm.unit_rows(ev)
     kxx, kyy, kxy = k(u, u, 10.0), k(v, v, 10.0), k(u, v, 10.0)
     assert dm.cmmd(u, v) == pytest.approx(1000 * (kxx.mean() + kyy.mean() - 2 * kxy.mean()), rel=1e-9)
+
+
+def test_gaussian_with_a_rank_deficient_covariance_from_more_rows_than_dims():
+    """n > d but a repeated column: the covariance is singular, so the ridge reg * trace / d
+    is added (explicit route), and the span route at full rank adds none; both against scipy."""
+    from scipy.spatial.distance import mahalanobis
+    from scipy.stats import multivariate_normal
+
+    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    rng = np.random.default_rng(6)
+    ref = rng.normal(size=(30, 3))
+    ref = np.column_stack([ref, ref[:, 0]])          # 4 dims, rank 3
+    ev = rng.normal(size=(5, 4))
+    m = fit_distribution(ref, {"type": "gaussian", "reg": 1e-3})
+    cov = np.cov(ref, rowvar=False)
+    ridge = 1e-3 * np.trace(cov) / 4
+    assert m.rank == 3 and m.ridge == pytest.approx(ridge, rel=1e-12)
+    full = cov + ridge * np.eye(4)
+    vi = np.linalg.inv(full)
+    np.testing.assert_allclose(m.mahalanobis(ev), [mahalanobis(x, ref.mean(0), vi) for x in ev], rtol=1e-8)
+    np.testing.assert_allclose(m.log_density(ev), multivariate_normal(ref.mean(0), full).logpdf(ev), rtol=1e-9)
+    # kernels of 3 full-rank dims from 30 rows: the span form at full rank, no ridge
+    x = ref[:, :3]
+    k = fit_distribution(KernelRows(x @ x.T, 3), {"type": "gaussian", "reg": 1e-3})
+    q = KernelQuery(ev[:, :3] @ x.T, np.sum(ev[:, :3] ** 2, axis=1))
+    assert k.rank == 3 and k.ridge == 0.0
+    cov3 = np.cov(x, rowvar=False)
+    np.testing.assert_allclose(k.log_density(q), multivariate_normal(x.mean(0), cov3).logpdf(ev[:, :3]), rtol=1e-9)
+    np.testing.assert_allclose(k.mahalanobis(q), [mahalanobis(e, x.mean(0), np.linalg.inv(cov3)) for e in ev[:, :3]],
+                               rtol=1e-8)
+
+
+def test_kde_auto_bandwidth_is_scotts_rule_on_the_mean_variance():
+    """h = n^(-1/(d+4)) x sqrt(mean per-dimension variance) (Scott's factor, isotropic), from
+    rows or kernels; the density is scikit-learn's KernelDensity at that h."""
+    from sklearn.neighbors import KernelDensity
+
+    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    rng = np.random.default_rng(7)
+    ref, ev = rng.normal(size=(25, 3)) * [1, 2, 3], rng.normal(size=(4, 3)) * 0.01  # near the mean
+    h = 25 ** (-1 / 7) * np.sqrt(np.mean(np.var(ref, axis=0, ddof=1)))
+    rows = fit_distribution(ref, {"type": "kde", "bandwidth": "auto"})
+    kern = fit_distribution(KernelRows(ref @ ref.T, 3), {"type": "kde", "bandwidth": "auto"})
+    assert rows.bandwidth == pytest.approx(h, rel=1e-12) and kern.bandwidth == pytest.approx(h, rel=1e-12)
+    expected = KernelDensity(bandwidth=h).fit(ref).score_samples(ev)
+    np.testing.assert_allclose(rows.log_density(ev), expected, rtol=1e-10)
+    q = KernelQuery(ev @ ref.T, np.sum(ev * ev, axis=1))
+    np.testing.assert_allclose(kern.log_density(q), expected, rtol=1e-8)
+    # a query on a reference row: squared distance 0 (rounding may make it slightly negative)
+    np.testing.assert_allclose(rows.log_density(ref[:2]), KernelDensity(bandwidth=h).fit(ref).score_samples(ref[:2]),
+                               rtol=1e-10)
+
+
+def test_span_form_for_rows_inside_the_reference_span():
+    """n - 1 < d, evaluation rows that are affine combinations of reference rows: their residual
+    outside the span is zero (up to rounding, clipped at 0), so only the span term counts."""
+    from scipy.spatial.distance import mahalanobis
+
+    from distribution_modeling import fit_distribution
+    rng = np.random.default_rng(8)
+    ref = rng.normal(size=(6, 12))
+    w = rng.dirichlet(np.ones(6), size=4)
+    ev = w @ ref                                      # inside the affine span of the references
+    m = fit_distribution(ref, {"type": "gaussian", "reg": 1e-2})
+    assert m.form == "span" and m.ridge > 0
+    vi = np.linalg.inv(np.cov(ref, rowvar=False) + m.ridge * np.eye(12))
+    np.testing.assert_allclose(m.mahalanobis(ev), [mahalanobis(x, ref.mean(0), vi) for x in ev], rtol=1e-6)
+
+
+def test_spearman_rows_of_two_columns():
+    """One level and the clean set: rho is +1, -1 or 0 (a constant row), as scipy's."""
+    import evaluation as ev
+    got = ev._spearman_rows(np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 1.0]]))
+    np.testing.assert_array_equal(got, [1.0, -1.0, 0.0])
+
+
+def test_kid_with_other_kernel_parameters_rows_and_kernels():
+    """KID's polynomial kernel (gamma x.y + coef0)^degree with non-default parameters, from
+    rows and from linear kernel blocks, against the unbiased MMD^2 written out."""
+    rng = np.random.default_rng(9)
+    ref, ev = rng.normal(size=(9, 3)), rng.normal(0.4, 1, size=(6, 3))
+
+    def poly(a, b):
+        return (0.37 * a @ b.T + 0.5) ** 2
+    kxx, kyy, kxy = poly(ref, ref), poly(ev, ev), poly(ref, ev)
+    expected = ((kxx.sum() - np.trace(kxx)) / 72 + (kyy.sum() - np.trace(kyy)) / 30 - 2 * kxy.mean())
+    assert dm.kid(ref, ev, degree=2, gamma=0.37, coef0=0.5) == pytest.approx(expected, rel=1e-12)
+    assert dm.kid_from_kernel(ref @ ref.T, ref @ ev.T, ev @ ev.T, 3, degree=2, gamma=0.37, coef0=0.5) == \
+        pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_refuses_mismatched_statistics():
+    mu, s3, s4 = np.zeros(3), np.eye(3), np.eye(4)
+    for args in ((mu, s3, mu, s4), (mu, s3, np.zeros(4), s3), (mu, s4, mu, s4)):
+        with pytest.raises(dm.MetricInputError, match="shapes differ"):
+            dm.frechet_distance(*args)
+    assert dm.frechet_distance(mu, s3, mu + 1, s3) == pytest.approx(3.0, rel=1e-12)
