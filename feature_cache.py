@@ -117,7 +117,7 @@ class Unit:
     kind: str            # "ref" or "eval"
     group: str           # "" for ref chunks, degradation name or "clean" for eval
     position: int        # chunk index, or level position (0 = clean)
-    dtype: str | None    # degradation type (None for ref and clean)
+    degradation: str | None   # degradation type (None for ref and clean)
     level: object        # level value (None for ref and clean)
     records: tuple       # the ImageRecords, in row order
 
@@ -173,7 +173,7 @@ class LayerCache:
         fields = {**self.context, "kind": unit.kind, "position": unit.position,
                   "images": [r.sha256 for r in unit.records]}
         if unit.kind == "eval":
-            fields.update({"group": unit.group, "degradation": unit.dtype, "level": unit.level,
+            fields.update({"group": unit.group, "degradation": unit.degradation, "level": unit.level,
                            "seed": self.seed})
         return cache_key(fields)
 
@@ -330,7 +330,7 @@ class LayerCache:
         digest = _atomic_save_npy(path, stored)
         info = {"key": self.unit_key(unit), "shape": list(stored.shape), "dtype": str(stored.dtype),
                 "bytes": os.path.getsize(path), "sha256": digest,
-                "images": [r.source for r in unit.records], "degradation": unit.dtype,
+                "images": [r.source for r in unit.records], "degradation": unit.degradation,
                 "level": unit.level}
         _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True, default=str).encode())
         with self._locked(entry):        # a lost update (no lock) is healed by `missing`

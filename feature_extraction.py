@@ -348,7 +348,7 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     jobs, owner = [], []
     for ui, u in enumerate(units):
         for r in u.records:
-            jobs.append(Job(r, u.dtype, u.level))
+            jobs.append(Job(r, u.degradation, u.level))
             owner.append(ui)
     paths = sorted({p for ps in todo.values() for p in ps})
     batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])

@@ -72,7 +72,7 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
     a = LayerCache(str(tmp_path), "resnet50", 8, "layer4", ctx, recs[:5], recs[5:], seed=0)
     b = LayerCache(str(tmp_path), "resnet50", 8, "layer4", ctx, recs[:5], recs[5:], seed=1)
     for u in evaluation_units(recs[5:], degs):
-        if u.dtype is not None:
+        if u.degradation is not None:
             assert a.unit_key(u) != b.unit_key(u)
     for u in reference_units(recs[:5]):
         assert a.unit_key(u) == b.unit_key(u)
