@@ -238,3 +238,9 @@ def test_ties_with_top_mos_by_hand():
     assert "delta_top" not in unbooted.mos and "delta_top" not in other_b.mos
     assert "delta_top" not in failed.mos
     assert ev.ties_with_top_mos([unbooted], 0.9) == []
+
+
+def test_spearman_rows_of_two_columns():
+    """One level and the clean set: rho is +1, -1 or 0 (a constant row), as scipy's."""
+    got = ev._spearman_rows(np.array([[1.0, 2.0], [2.0, 1.0], [1.0, 1.0]]))
+    np.testing.assert_array_equal(got, [1.0, -1.0, 0.0])

@@ -103,3 +103,76 @@ def test_postprocess_fits_on_reference_only_and_rejects_constant_columns():
     ref[:, 2] = 1.0
     with pytest.raises(dm.MetricInputError, match="constant"):
         rp.PostProcess(ref, standardize=True)
+
+
+def _same_up_to_sign(a, b, tol):
+    signs = np.sign(np.sum(a * b, axis=0))
+    np.testing.assert_allclose(a * signs, b, atol=tol)
+
+
+@pytest.mark.parametrize("l2,standardize,whiten", [(False, True, True), (True, True, False),
+                                                   (True, False, True), (False, True, False)])
+def test_postprocess_chain_equals_scikit_learn(l2, standardize, whiten):
+    """L2 rows -> z-scores (ddof 1) -> PCA (whitened by the components' standard deviations),
+    fitted on the reference rows, against sklearn's Normalizer, a ddof-1 scaler and PCA."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import Normalizer
+    rng = np.random.default_rng(0)
+    for n, d in ((40, 6), (5, 9)):           # n > d (SVD) and n < d (the n x n Gram route)
+        ref = rng.normal(size=(n, d)) * np.arange(1, d + 1) + 3
+        ev = rng.normal(size=(7, d)) * 2
+        k = min(3, n - 1)
+        pp = rp.PostProcess(ref, l2=l2, standardize=standardize, pca_dim=k, whiten=whiten)
+        x, y = ref, ev
+        if l2:
+            norm = Normalizer().fit(x)
+            x, y = norm.transform(x), norm.transform(y)
+        if standardize:
+            mu, sd = x.mean(0), x.std(0, ddof=1)
+            x, y = (x - mu) / sd, (y - mu) / sd
+        pca = PCA(n_components=k, whiten=whiten, svd_solver="full").fit(x)
+        _same_up_to_sign(pp.apply(ev), pca.transform(y), 1e-8)
+        _same_up_to_sign(pp.apply(ref), pca.transform(x), 1e-8)
+
+
+def test_pca_dimension_limits():
+    """pca_dim may reach min(n_ref - 1, dim), not beyond; kernel PCA n_ref - 1."""
+    rng = np.random.default_rng(1)
+    wide, tall = rng.normal(size=(6, 10)), rng.normal(size=(30, 4))
+    assert rp.PostProcess(wide, pca_dim=5).apply(wide).shape == (6, 5)
+    assert rp.PostProcess(tall, pca_dim=4).apply(tall).shape == (30, 4)
+    for x, k, limit in ((wide, 6, 5), (tall, 5, 4)):
+        with pytest.raises(dm.MetricInputError, match=f"exceeds min\\(n_ref - 1, dim\\) = {limit}"):
+            rp.PostProcess(x, pca_dim=k)
+    assert rp.KernelPCA(wide @ wide.T, 5).transform(wide @ wide.T).shape == (6, 5)
+    with pytest.raises(dm.MetricInputError, match="exceeds n_ref - 1 = 5"):
+        rp.KernelPCA(wide @ wide.T, 6)
+    # rank 2 rows: a third component has no variance, in every route
+    flat = rng.normal(size=(8, 2)) @ rng.normal(size=(2, 5))
+    with pytest.raises(dm.MetricInputError, match="whiten"):
+        rp.PostProcess(flat, pca_dim=3, whiten=True)
+    with pytest.raises(dm.MetricInputError, match="fewer non-zero components"):
+        rp.PostProcess(flat[:4], pca_dim=3)        # n < d: through the n x n Gram
+    with pytest.raises(dm.MetricInputError, match="fewer non-zero components"):
+        rp.KernelPCA(flat @ flat.T, 3)
+
+
+def test_kernel_pca_projects_new_rows_like_explicit_pca():
+    """Centring of a new row's kernel uses the reference means (K_xr - row mean - column mean
+    + grand mean): equal to explicit PCA on rows far from the reference mean."""
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(20, 5)) * np.arange(1, 6) + 10      # a large mean: centring matters
+    ev = rng.normal(size=(6, 5)) * 3 - 4
+    kp = rp.KernelPCA(ref @ ref.T, 3, whiten=True)
+    explicit = rp.PostProcess(ref, pca_dim=3, whiten=True)
+    _same_up_to_sign(kp.transform(ev @ ref.T), explicit.apply(ev), 1e-8)
+
+
+def test_token_pooling_without_a_cls_token():
+    tokens = np.arange(2 * 4 * 3, dtype=float).reshape(2, 4, 3)
+    np.testing.assert_array_equal(rp.gap(tokens, "mean", prefix_tokens=0), tokens.mean(axis=1))
+    for pool in ("cls", "cls_mean"):
+        with pytest.raises(dm.MetricInputError, match=pool):
+            rp.gap(tokens, pool, prefix_tokens=0)
+    with pytest.raises(dm.MetricInputError, match="shape"):
+        rp.gap(np.zeros((2, 3, 4, 5, 6)))
