@@ -6,6 +6,7 @@
 #   JOBS=8 bash tests/mutation.sh     # more workers
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the numeric core; pass globs (e.g. "distance_metrics.*") to run only those
 GLOBS=(
   "distance_metrics.*"
   "representations.*"
@@ -15,6 +16,7 @@ GLOBS=(
   "evaluation.x_ties_with_top*" "evaluation.x_rank*" "evaluation.x_scorer_for*"
   "feature_cache.x_cache_key*"
 )
+[ "$#" -eq 0 ] || GLOBS=("$@")
 rm -rf mutants
 .venv/bin/mutmut run --max-children "${JOBS:-2}" "${GLOBS[@]}"
 .venv/bin/mutmut results

@@ -132,6 +132,7 @@ def test_derived_kernel_blocks_are_cached_listed_and_recomputed_when_deleted(tmp
         np.testing.assert_array_equal(first.re[k], third.re[k])
 
 
+@pytest.mark.slow
 def test_float32_gram_gemm_is_within_1e4_of_float64_for_fid_on_a_real_cached_layer(tmp_path, monkeypatch):
     """resnet50 layer3 (random init, 32 px) from a real cache: the float32 GEMM path of the
     kernel route against float64."""
