@@ -347,12 +347,6 @@ def gram_rows(act: np.ndarray, precision: str = "float32", device: str = "cpu") 
     return out * images.scale[:, None]
 
 
-def representation(act: np.ndarray, use_gram: bool, vit_pool: str = "mean",
-                   prefix_tokens: int = 1) -> np.ndarray:
-    """One layer's rows (n, d) float64: Gram upper triangle or GAP."""
-    return gram_upper(act) if use_gram else gap(act, vit_pool, prefix_tokens)
-
-
 def aggregate(per_layer: list[np.ndarray], how: str) -> np.ndarray:
     """Combine several layers' rows: `concat` along features or elementwise `mean`."""
     if len(per_layer) == 1:

@@ -41,6 +41,11 @@ REVIEWED = {
     (r"_singular_tol", r"initial=|max\(n, d\)|, 0\.0\)|, 1\.0\)"): (
         "rank threshold variants: eigenvalues of a covariance are >= -rounding, so the floor and "
         "the initial value do not change which are counted"),
+    (r"x_validate_model|x_validate_metric_params|x__positive|x__number", r"."): (
+        "configuration validation, not a number: tests/test_bad_input.py checks each bad value "
+        "(outside this run's test selection, which is the numeric tests)"),
+    (r"representations\.x_representation__", r"."): (
+        "dead code: representations.representation had no caller; removed after this run"),
     (r"SpanCoordinatesǁquery", r"_last"): (
         "memo of the last query: a miss recomputes the same numbers"),
 }
