@@ -405,6 +405,7 @@ def test_deterministic_across_processes(img):
 
 # ---------------------------------------------------------------- the command line
 
+@pytest.mark.slow
 def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypatch, capsys):
     import csv
 
