@@ -1,4 +1,4 @@
-"""Run import-linter's layers contract (.importlinter) on this flat project.
+"""Run import-linter's layers contract (.ci/importlinter.ini) on this flat project.
 
 import-linter (grimp) only analyses packages; the pipeline is a flat set of top-level modules.
 This copies every top-level module into a throwaway package `iqm`, rewriting each import of a
@@ -53,9 +53,9 @@ def main() -> int:
                     dst.write(rewrite(src.read(), modules))
                 except SystemExit as exc:
                     raise SystemExit(f"{os.path.basename(f)}: {exc}") from None
-        shutil.copy(os.path.join(ROOT, ".importlinter"), tmp)
+        shutil.copy(os.path.join(ROOT, ".ci", "importlinter.ini"), tmp)
         lint = os.path.join(os.path.dirname(sys.executable), "lint-imports")
-        return subprocess.run([lint, "--no-cache"], cwd=tmp,
+        return subprocess.run([lint, "--no-cache", "--config", "importlinter.ini"], cwd=tmp,
                               env={**os.environ, "PYTHONPATH": tmp}).returncode
 
 
