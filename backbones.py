@@ -44,6 +44,7 @@ from typing import Callable
 
 import layer_registry as R
 from errors import RuntimeFailure, UserError
+from host import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -190,21 +191,13 @@ class Backbone:
     spec: BackboneSpec = None
 
 
-def sha256_file(path: str, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _folder_sha256(folder: str) -> str:
     h = hashlib.sha256()
     for root, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if name.endswith((".json", ".safetensors", ".bin", ".pth")):
                 h.update(name.encode())
-                h.update(sha256_file(os.path.join(root, name)).encode())
+                h.update(file_sha256(os.path.join(root, name)).encode())
     return h.hexdigest()
 
 
@@ -710,7 +703,7 @@ def _pretrained_files(spec: BackboneSpec, allow_download: bool) -> dict:
                            "--weights random or a checkpoint file")
     model_id, paths = spec.weights.locate(spec.name, allow_download)
     return {"source": "pretrained", "library": spec.library, "model_id": model_id or spec.weights_id,
-            "file": paths[-1], "sha256": sha256_file(paths[-1])}
+            "file": paths[-1], "sha256": file_sha256(paths[-1])}
 
 
 def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
@@ -736,7 +729,7 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
         if not os.path.exists(weights):
             raise WeightsError(f"--weights {weights!r}: no such file or folder. Give a checkpoint "
                                "file or a save_pretrained folder, or one of auto, pretrained, random")
-        digest = _folder_sha256(weights) if os.path.isdir(weights) else sha256_file(weights)
+        digest = _folder_sha256(weights) if os.path.isdir(weights) else file_sha256(weights)
         prov = {"source": "local", "path": os.path.abspath(weights), "sha256": digest}
     if prov is None:
         return {"source": "random-init", "seed": seed, "label": f"random-init seed {seed}"}

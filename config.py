@@ -1,8 +1,8 @@
 """Every default of the pipeline, in one place.
 
 Edit this file to steer experiments; the CLI reads its defaults from here and
-`run_plan.validate_config` checks every value at start-up, before any image is read. This file
-imports nothing of the pipeline: it is data.
+`run_plan` reads it once into a `UserConfig` and checks every value at start-up, before any
+image is read. This file imports nothing: it is data.
 The fully resolved configuration is written next to every result
 (`config_resolved.json`).
 
@@ -10,8 +10,6 @@ Layer indices refer to the tables in LAYER_GUIDE.md (generated from
 layer_registry.py). Names of keys, never line numbers, are the contract.
 """
 from __future__ import annotations
-
-import copy
 
 CONFIG = {
     # ---------------------------------------------------------------- data
@@ -167,7 +165,3 @@ ENABLED_LAYERS = {
     "clip_vit_l14_336": {i: i in (0, 6, 12, 18, 24, 26) for i in range(27)},
 }
 
-
-def default_config() -> dict:
-    """A deep copy of CONFIG, safe to modify."""
-    return copy.deepcopy(CONFIG)

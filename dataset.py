@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from errors import UserError
+from host import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +111,6 @@ def dead_leaves(index: int, size: int = BUILTIN_SIZE) -> np.ndarray:
     for r, (cx, cy), c in zip(radii[::-1], centres[::-1], colours[::-1]):
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(int(c[0]), int(c[1]), int(c[2])))
     return np.asarray(img)
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (read now: user files may change between two calls)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,3 +27,13 @@ class ConfigError(UserError):
 
 class UsageError(UserError):
     """A flag or argument cannot be used: printed as one line, exit code 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` as main.py prints it; one raised in a DataLoader worker arrives
+    wrapped in a traceback, whose last line is the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text

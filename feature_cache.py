@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import RuntimeFailure
+from host import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -494,14 +495,6 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-def _sha256_path(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify_file(path: str, info: dict, full: bool) -> str | None:
     try:
         size = os.path.getsize(path)
@@ -515,7 +508,7 @@ def _verify_file(path: str, info: dict, full: bool) -> str | None:
         return f"unreadable ({type(exc).__name__})"
     if list(arr.shape) != info.get("shape") or str(arr.dtype) != info.get("dtype"):
         return f"shape {arr.shape} {arr.dtype}, expected {tuple(info.get('shape'))} {info.get('dtype')}"
-    if full and _sha256_path(path) != info.get("sha256"):
+    if full and file_sha256(path) != info.get("sha256"):
         return "checksum mismatch"
     return None
 

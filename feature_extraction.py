@@ -17,7 +17,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from dataset import ImageRecord, load_rgb
 from degradation_generator import apply_degradation
+from host import available_cores, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -192,28 +192,9 @@ def run_captured(forward, x: torch.Tensor, store: dict) -> dict:
     return dict(store)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("--device mps: MPS is not available; use --device cpu or auto")
-    return torch.device(device)
-
-
 def cpu_threads(setting) -> int:
     """config['extraction_threads']: 'auto' = the cores this process may run on."""
-    if setting != "auto":
-        return int(setting)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:           # macOS
-        return max(1, os.cpu_count() or 1)
+    return int(setting) if setting != "auto" else available_cores()
 
 
 def default_workers(setting, device_type: str = "cpu") -> int:

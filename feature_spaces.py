@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import gram_engine as ge
 import representations as rp
 from distance_metrics import MetricInputError, unit_kernel, unit_rows
+from host import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +180,11 @@ def postprocess(space: FeatureSpace, transform: dict) -> FeatureSpace:
                              space.notes)
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu' (GEMM device of the Gram route)."""
-    if device != "auto":
-        return "cpu" if device == "mps" else device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def gemm_device(device: str) -> str:
+    """The device of the Gram GEMMs: config['device'] resolved as for extraction, except that
+    MPS runs them on the CPU (the kernel blocks accumulate in float64, which MPS lacks)."""
+    dev = resolve_device(device).type
+    return "cpu" if dev == "mps" else dev
 
 
 class FeatureAssembler:
@@ -261,7 +262,7 @@ class FeatureAssembler:
         if len(shape) == 1:
             raise Infeasible(f"layer {path} outputs vectors {tuple(shape)}: a Gram matrix needs "
                              "spatial positions or tokens")
-        c, p = rp.gram_shape(shape)
+        c, p = ge.gram_shape(shape)
         dim = rp.gram_dim(c)
         n_total = self.n_ref + self.n_eval * len(self.eval_units)
         explicit = n_total * dim * 8 <= self.max_bytes // 4
@@ -269,7 +270,7 @@ class FeatureAssembler:
         # key, so a warm sweep finds it without choosing a device
         derived = DerivedCache(self.caches[path], self.ref_units + self.eval_units,
                                "gram_rows" if explicit else "gram_kernel",
-                               {"precision": self.precision, "version": rp.GRAM_KERNEL_VERSION})
+                               {"precision": self.precision, "version": ge.GRAM_KERNEL_VERSION})
         return derived, explicit, c, p, dim
 
     def prepare_grams(self, paths) -> list:
@@ -327,10 +328,10 @@ class FeatureAssembler:
 
     def _gram_rows(self, cache, derived, what, dim) -> dict:
         t0 = time.perf_counter()
-        device = resolve_device(self.device)
-        arrays = {"ref": np.concatenate([rp.gram_rows(cache.load(u), self.precision, device)
+        device = gemm_device(self.device)
+        arrays = {"ref": np.concatenate([ge.gram_rows(cache.load(u), self.precision, device)
                                          for u in self.ref_units]),
-                  "eval": np.stack([rp.gram_rows(cache.load(u), self.precision, device)
+                  "eval": np.stack([ge.gram_rows(cache.load(u), self.precision, device)
                                     for u in self.eval_units])}
         derived.save(arrays)
         log.info("%s: explicit rows (%d dims) in %.1fs on %s", what, dim, time.perf_counter() - t0,
@@ -338,13 +339,13 @@ class FeatureAssembler:
         return arrays
 
     def _gram_kernel(self, cache, derived, what, dim, c, p, n_units) -> dict:
-        device = resolve_device(self.device)
-        costs = rp.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes, device)
-        route = rp.choose_gram_route(costs)
+        device = gemm_device(self.device)
+        costs = ge.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes, device)
+        route = ge.choose_gram_route(costs)
         log.info("%s: %d dims, held as kernel blocks; route '%s' on %s (estimated %s)", what, dim,
                  route, device, ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
         t0 = time.perf_counter()
-        kr, kre, kee = rp.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
+        kr, kre, kee = ge.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
                                              [cache.load(u) for u in self.eval_units],
                                              route, self.precision, device, self.max_bytes)
         arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee}

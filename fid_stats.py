@@ -138,3 +138,16 @@ def fid_between(cfg, a: str, b: str, backbone: str = DEFAULT_BACKBONE, layer=Non
     except MetricInputError as exc:
         raise UsageError(f"--fid-stats {a} {b}: {exc}; compute both with the same backbone and "
                          "layer") from None
+
+
+def command(cfg, save=None, between=None, backbone=None, layers=None, progress=True) -> str:
+    """`--save-stats FOLDER OUT.npz` (save) or `--fid-stats A B` (between) for `backbone` (default inception_fid)
+    and at most one of `layers` (default its stats layer): the line main.py prints."""
+    if layers and len(layers) != 1:
+        raise UsageError(f"--save-stats/--fid-stats take one layer, got --layers {' '.join(layers)}")
+    net = {"backbone": backbone or DEFAULT_BACKBONE, "layer": (layers or [None])[0]}
+    if save:
+        s = save_stats(cfg, *save, net["backbone"], net["layer"], progress=progress)
+        return (f"wrote {save[1]}: mu {s.mu.shape}, sigma {s.sigma.shape} of {s.n} images "
+                f"({s.backbone} {s.layer}; weights: {s.weights})")
+    return f"FID: {fid_between(cfg, *between, **net, progress=progress)}"

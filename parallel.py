@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from errors import UserError
+from host import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,7 @@ class Ranks:
 def resolve_jobs(setting) -> int:
     """config['jobs'] / --jobs: 'auto' = every core this process may use; else an integer >= 1."""
     if setting == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:           # macOS
-            return max(1, os.cpu_count() or 1)
+        return available_cores()
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
         raise ParallelError(f"jobs = {setting!r} is not valid: it must be 'auto' or an integer >= 1")
     return setting

@@ -1,13 +1,13 @@
 """The pipeline as a library: fill the cache, run an experiment. main.py only parses flags.
 
-    import config, pipeline
-    cfg = config.default_config()
+    import pipeline, run_plan
+    cfg = run_plan.default_config()
     cfg.update(n_images_inference=200, n_images_evaluation=30, jobs=2)
     pipeline.build_cache(cfg, "resnet50", ["7", "8"], shard=parallel.Shard(0, 2))
     exp = pipeline.run_experiment(cfg, "medium", ["7", "8"])
     exp.results[0].mean_spearman, exp.out_dir
 
-`cfg` is a configuration dict as config.py defines it (`config.default_config()` plus changes);
+`cfg` is a configuration dict as config.py defines it (`run_plan.default_config()` plus changes);
 `run_plan.make_plan` validates it and resolves the run once. Errors a user can fix derive from
 `errors.UserError` (exit 2), runtime failures from `errors.RuntimeFailure` (exit 1).
 
@@ -25,19 +25,41 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from backbones import BACKBONE_NAMES
 from errors import UsageError
 from layer_registry import CAPTURE
-from parallel import Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
-from run_plan import (RunPlan, backbones_of, check_module_paths, check_writable, layers_of,
+from parallel import ParallelError, Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
+from run_plan import (RunPlan, UserConfig, backbones_of, check_module_paths, check_writable, layers_of,
                       make_plan, spec_of, validate_config, with_degradation_sets)
 
 log = logging.getLogger("iqm")
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Console at the chosen verbosity (stderr, prefixed with the torchrun rank when there is
+    one); experiment.log, added per run, always gets INFO."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console = next((h for h in root.handlers if getattr(h, "_iqm", False)), None)
+    if console is None:
+        console = logging.StreamHandler(sys.stderr)
+        try:
+            ranks = Ranks.from_env()
+        except ParallelError:        # reported by the command itself
+            ranks = None
+        prefix = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks else ""
+        console.setFormatter(logging.Formatter(prefix + "%(levelname)s %(message)s"))
+        console._iqm = True
+        root.addHandler(console)
+    console.stream = sys.stderr     # the current stderr, also when a caller swapped it
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # what a scoring worker imports (started ahead of the sweep by parallel.prestart)
@@ -290,12 +312,14 @@ def new_results_dir(cfg, mode) -> tuple[str, str]:
     return out_dir, os.path.basename(out_dir).split("_", 1)[1]
 
 
-def run_experiment(cfg, mode: str, layer_specs=None, *, progress: bool = True) -> Experiment | None:
+def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None = None,
+                   progress: bool = True) -> Experiment | None:
     """Extract what is missing, score every configuration of `mode` and write the report into
     a new folder under config['results_dir']. `layer_specs` (indices or module paths, one layer
-    config each) replaces the mode's layers. Under torchrun, extraction is split over the ranks
-    and rank 0 alone scores; the other ranks return None."""
-    plan = make_plan(cfg, mode, layer_specs)
+    config each) replaces the mode's layers; QUICK and ENABLED_LAYERS come from `user` (default:
+    config.py's). Under torchrun, extraction is split over the ranks and rank 0 alone scores;
+    the other ranks return None."""
+    plan = make_plan(cfg, mode, layer_specs, user=user)
     cfg, plans = plan.cfg, plan.backbones
     jobs = resolve_jobs(cfg["jobs"])
     data = run_data(cfg)
@@ -390,37 +414,10 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
     for r in ranked:
         r.confidence = cfg["bootstrap"]["confidence"]
 
-    base = os.path.join(out_dir, f"results_{mode}_{stamp}")
-    files = {"csv": base + ".csv", "json": base + ".json",
-             "summary": os.path.join(out_dir, "summary.txt")}
-    mos_types = data.database.types if data.database is not None else ()
-    report.write_csv(files["csv"], ranked, cfg["degradations"], mos_types)
-    rated = None
-    if data.database is not None:
-        files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
-        report.write_mos_groups(files["mos_groups"], ranked, data.database)
-        rated = {"path": data.database.path, "format": data.database.format,
-                 "higher_is_better": data.database.higher_is_better, "groups": [
-                     {"type": t, "level": lv, "n_images": len(g),
-                      "mos": float(np.mean([im.score for im in g]))}
-                     for (t, lv), g in data.database.groups.items()]}
-    report.write_json(files["json"], {"mode": mode, "timestamp": stamp, "weights": weights,
-                                      "rank_by": by, "rated_database": rated,
-                                      "dataset": {"source": cfg["dataset"],
-                                                  "reference": [r.source for r in ref_records],
-                                                  "evaluation": [r.source for r in eval_records]},
-                                      "counts": report.counts(ranked),
-                                      "config": cfg, "results": [r.fields() for r in ranked]})
-    done = [r for r in ranked if r.scored]
-    for k, r in enumerate(done[:cfg["top_n"]], start=1):
-        report.plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
-    report.plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked, by)
-    if data.ratings is not None and done:
-        report.plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])],
-                                data.ratings)
-    text = report.summary(ranked, cfg["top_n"], weights, by)
-    with open(files["summary"], "w") as f:
-        f.write(text + "\n")
+    files, text = report.write_run(out_dir, f"results_{mode}_{stamp}", ranked, {
+        "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": cfg},
+        data.database, data.ratings, [r.source for r in ref_records],
+        [r.source for r in eval_records])
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
 
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataset import DatasetError, ImageRecord, file_sha256
+from dataset import DatasetError, ImageRecord
+from host import file_sha256
 from kadid10k import KADID10K_LEVELS
 
 KADID_NAME = re.compile(r"^i(\d+)_(\d+)_(\d+)\.\w+$", re.IGNORECASE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 
@@ -268,3 +269,71 @@ def cache_info_lines(rows: list, cache_dir: str) -> list[str]:
     total = sum(r["bytes"] for r in rows)
     out.append(f"total {total / 2**20:.1f} MiB in {len(rows)} entries under {cache_dir}")
     return out
+
+
+def layer_table_lines(name: str, table) -> list[str]:
+    """`--list-layers NAME`: the spec's preprocessing, then one line per layer (index, module
+    path, kind, output shape, level) of a pipeline.LayerTable; for a library model, every
+    extractable module with no index or level."""
+    s = table.spec
+    lines = [f"{name}: {s.architecture} ({s.library}), input {s.input_size}x{s.input_size} "
+             f"{s.interpolation}{'' if s.antialias else ' (no antialias)'}, mean {tuple(s.mean)}, "
+             f"std {tuple(s.std)}; pretrained: {s.weights_id}" + (f"\n({s.notes})" if s.notes else "")]
+    if table.registry:
+        lines += [f"recommended {list(s.recommended)}",
+                  f"{'idx':>3}  {'module path':<40} {'kind':<20} {'output':<16} level"]
+    else:
+        lines.append(f"{len(table.rows)} extractable modules (ReLU, pooling, dropout and reshapes "
+                     "left out); pass module paths to --layers")
+    for index, path, kind, shape, level in table.rows:
+        shape = "x".join(map(str, shape))
+        lines.append(f"{index:>3}  {path:<40} {kind:<20} {shape:<16} {level}" if table.registry
+                     else f"  {path:<48} {kind:<22} {shape}")
+    return lines
+
+
+def cache_build_line(build, shard=None) -> str:
+    """`--build-cache`: what one pipeline.CacheBuild left in the cache."""
+    layers = " ".join(str(i if i is not None else p) for i, p in build.layers)
+    if build.missing:
+        return (f"shard {shard} of {build.backbone} layers {layers} done ({build.extracted} file(s) "
+                f"extracted); {build.missing} file(s) are other shards' and still missing in "
+                f"{build.cache_dir}")
+    return f"cache ready for {build.backbone} layers {layers} in {build.cache_dir} (weights: {build.weights})"
+
+
+def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None, ratings=None,
+              reference=(), evaluation=()) -> tuple[dict, str]:
+    """Every file of a finished run in out_dir: `base`.csv and `base`.json (the JSON opens with
+    `head`: mode, timestamp, weights, rank_by, config), summary.txt, the top-N monotonicity plots,
+    the heatmap, and with a rated `database` mos_groups.csv and the MOS scatter. Returns (the
+    files by kind, the summary text)."""
+    cfg, by = head["config"], head["rank_by"]
+    files = {"csv": os.path.join(out_dir, base + ".csv"), "json": os.path.join(out_dir, base + ".json"),
+             "summary": os.path.join(out_dir, "summary.txt")}
+    write_csv(files["csv"], ranked, cfg["degradations"], database.types if database is not None else ())
+    rated = None
+    if database is not None:
+        files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
+        write_mos_groups(files["mos_groups"], ranked, database)
+        rated = {"path": database.path, "format": database.format,
+                 "higher_is_better": database.higher_is_better, "groups": [
+                     {"type": t, "level": lv, "n_images": len(g),
+                      "mos": float(np.mean([im.score for im in g]))}
+                     for (t, lv), g in database.groups.items()]}
+    write_json(files["json"], {"mode": head["mode"], "timestamp": head["timestamp"],
+                               "weights": head["weights"], "rank_by": by, "rated_database": rated,
+                               "dataset": {"source": cfg["dataset"], "reference": list(reference),
+                                           "evaluation": list(evaluation)},
+                               "counts": counts(ranked), "config": cfg,
+                               "results": [r.fields() for r in ranked]})
+    done = [r for r in ranked if r.scored]
+    for k, r in enumerate(done[:cfg["top_n"]], start=1):
+        plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
+    plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked, by)
+    if ratings is not None and done:
+        plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])], ratings)
+    text = summary(ranked, cfg["top_n"], head["weights"], by)
+    with open(files["summary"], "w") as f:
+        f.write(text + "\n")
+    return files, text

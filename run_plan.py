@@ -1,13 +1,15 @@
 """The run plan: config.py's values and the flags, validated once, resolved once.
 
 config.py is data the user edits; this module is the only one besides it that reads its
-globals (CONFIG, QUICK, ENABLED_LAYERS, MODES). Each stage keeps its own validator (of
+globals (CONFIG, QUICK, ENABLED_LAYERS, MODES), once, into a `UserConfig` value; callers and
+tests pass their own `UserConfig` instead of editing config.py's globals. Each stage keeps its own validator (of
 degradations, transforms, models, metric parameters, job counts); `validate_config` runs them
 all at start-up, before any image is read, and raises ConfigError naming the key and the fix.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -22,13 +24,49 @@ from errors import ConfigError, UsageError
 from evaluation import Configuration, build_grid
 from feature_cache import CACHE_DTYPES
 from feature_spaces import AGGREGATIONS, TransformError, validate_transform
+from host import resolve_device
 from layer_registry import resolve_layers
 from parallel import ParallelError, resolve_jobs
 
+# The keys config.py ships with: an edited CONFIG with another key is a mistake (a test checks
+# that config.py's CONFIG has exactly these).
+CONFIG_KEYS = (
+    "dataset", "mos", "mos_reference", "rank_by", "seed", "working_size", "n_images_inference",
+    "n_images_evaluation", "backbone", "weights", "device", "batch_size", "image_size",
+    "num_workers", "cache_dir", "results_dir", "cache_dtype", "jobs", "dask_scheduler",
+    "extraction_precision", "extraction_threads", "verify_checksums", "layer_configs",
+    "feature_transforms", "distribution_models", "distance_metrics", "kid", "cmmd",
+    "degradation_sets", "degradations", "bootstrap", "top_n", "max_representation_bytes",
+    "gram_precision")
 METRICS = tuple(dm.METRICS)          # in distance_metrics' order
 # Valid choices of the extraction settings (feature_extraction imports torch, so they live here).
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """config.py's four tables as one value: `config` (CONFIG), `quick` (QUICK),
+    `enabled_layers` (ENABLED_LAYERS) and `modes` (MODES). `load()` reads config.py."""
+    config: dict
+    quick: dict
+    enabled_layers: dict
+    modes: dict
+
+    @classmethod
+    def load(cls, **changes) -> "UserConfig":
+        """config.py's tables (deep copies), with `changes` applied to CONFIG."""
+        cfg = copy.deepcopy(C.CONFIG)
+        cfg.update(copy.deepcopy(changes))
+        return cls(cfg, copy.deepcopy(C.QUICK), copy.deepcopy(C.ENABLED_LAYERS), copy.deepcopy(C.MODES))
+
+    def replace(self, **fields) -> "UserConfig":
+        return dataclasses.replace(self, **fields)
+
+
+def default_config() -> dict:
+    """config.py's CONFIG, a deep copy safe to modify."""
+    return UserConfig.load().config
 
 
 def _choice(value, choices, where):
@@ -37,59 +75,92 @@ def _choice(value, choices, where):
                           f"{', '.join(map(str, choices))} (edit config.py)")
 
 
-def validate_quick(cfg: dict) -> None:
+def validate_quick(cfg: dict, quick: dict) -> None:
     """Quick mode scores QUICK's transform and metric: both must be configured."""
-    if C.QUICK["transform"] not in [t.get("name") for t in cfg["feature_transforms"]]:
-        raise ConfigError(f"QUICK['transform'] = {C.QUICK['transform']!r} is not one of "
+    if quick["transform"] not in [t.get("name") for t in cfg["feature_transforms"]]:
+        raise ConfigError(f"QUICK['transform'] = {quick['transform']!r} is not one of "
                           "config['feature_transforms'] names; add it there or change QUICK")
 
 
-def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
-    """Raise ConfigError naming the first invalid value and the valid choices.
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_config(cfg: dict, backbones: tuple[str, ...] = BACKBONE_NAMES) -> None:
+    """Raise ConfigError naming the first invalid value of CONFIG and the valid choices.
 
     `backbones` are the registry's names.
     Layer indices are checked against the registry by `layer_registry.resolve_layers`.
     """
-    unknown = set(cfg) - set(C.CONFIG)
+    unknown = set(cfg) - set(CONFIG_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)}; valid keys: "
-                          f"{', '.join(sorted(C.CONFIG))}")
-    if cfg["backbone"] != "all" and not str(cfg["backbone"]).startswith(LIBRARY_PREFIXES):
-        _choice(cfg["backbone"], backbones + ("all",),
-                "config['backbone'] (or timm:NAME, torchvision:NAME, hf:MODEL_ID)")
-    _choice(cfg["device"], DEVICES, "config['device']")
+                          f"{', '.join(sorted(CONFIG_KEYS))}")
+    missing = set(CONFIG_KEYS) - set(cfg)
+    if missing:
+        raise ConfigError(f"config key(s) {sorted(missing)} are missing; restore them in config.py")
+    _validate_data(cfg)
+    _validate_extraction(cfg, backbones)
+    _validate_execution(cfg)
+    _validate_scoring(cfg)
+    _validate_evaluation(cfg)
+
+
+def _validate_data(cfg: dict) -> None:
+    """Images, ratings and counts."""
     _choice(cfg["rank_by"], ("auto", "monotonicity", "mos"), "config['rank_by'] (--rank-by)")
     for key in ("mos", "mos_reference"):
         if cfg[key] is not None and not (isinstance(cfg[key], str) and cfg[key]):
             raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a path (a string)"
                               + (" or None" if key == "mos" else ", 'database' or 'builtin'"))
+    if not isinstance(cfg["dataset"], str) or not cfg["dataset"]:
+        raise ConfigError(f"config['dataset'] = {cfg['dataset']!r} must be 'builtin' or a folder path")
+    if not _is_int(cfg["working_size"]) or cfg["working_size"] < 1:
+        raise ConfigError(f"config['working_size'] = {cfg['working_size']!r} must be a positive integer")
+    for key in ("n_images_inference", "n_images_evaluation"):
+        v = cfg[key]
+        if v is not None and (not _is_int(v) or v < 2):
+            raise ConfigError(f"config['{key}'] = {v!r} must be an integer >= 2 "
+                              "(statistics need at least two images)")
+    if not _is_int(cfg["seed"]) or not 0 <= cfg["seed"] < 2**32:
+        raise ConfigError(f"config['seed'] = {cfg['seed']!r} must be an integer in 0 .. 2**32 - 1")
+
+
+def _validate_extraction(cfg: dict, backbones) -> None:
+    """Backbone, weights, device, sizes, precisions, the cache."""
+    if cfg["backbone"] != "all" and not str(cfg["backbone"]).startswith(LIBRARY_PREFIXES):
+        _choice(cfg["backbone"], backbones + ("all",),
+                "config['backbone'] (or timm:NAME, torchvision:NAME, hf:MODEL_ID)")
+    if not isinstance(cfg["weights"], str) or not cfg["weights"]:
+        raise ConfigError(f"config['weights'] = {cfg['weights']!r} must be auto, pretrained, random "
+                          "or a checkpoint path")
+    _choice(cfg["device"], DEVICES, "config['device']")
+    if cfg["device"] in ("cuda", "mps"):
+        resolve_device(cfg["device"])        # absent: a UsageError now, before any work
     _choice(cfg["cache_dtype"], CACHE_DTYPES, "config['cache_dtype']")
     _choice(cfg["extraction_precision"], PRECISIONS, "config['extraction_precision']")
     _choice(cfg["gram_precision"], ("float32", "float64"), "config['gram_precision']")
-    if not isinstance(cfg["max_representation_bytes"], int) or cfg["max_representation_bytes"] < 2**20:
-        raise ConfigError(f"config['max_representation_bytes'] = {cfg['max_representation_bytes']!r} "
-                          "must be an integer number of bytes >= 1 MiB (edit config.py)")
-    for key in ("batch_size", "working_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a positive integer")
-    if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], int)
-                                          or cfg["image_size"] < 16):
+    if not _is_int(cfg["batch_size"]) or cfg["batch_size"] < 1:
+        raise ConfigError(f"config['batch_size'] = {cfg['batch_size']!r} must be a positive integer")
+    if cfg["image_size"] is not None and (not _is_int(cfg["image_size"]) or cfg["image_size"] < 16):
         raise ConfigError(f"image size {cfg['image_size']!r} must be an integer >= 16")
-    for key in ("n_images_inference", "n_images_evaluation"):
-        v = cfg[key]
-        if v is not None and (not isinstance(v, int) or v < 2):
-            raise ConfigError(f"config['{key}'] = {v!r} must be an integer >= 2 "
-                              "(statistics need at least two images)")
-    if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool) or not 0 <= cfg["seed"] < 2**32:
-        raise ConfigError(f"config['seed'] = {cfg['seed']!r} must be an integer in 0 .. 2**32 - 1")
+    for key in ("cache_dir", "results_dir"):
+        if not isinstance(cfg[key], str) or not cfg[key].strip():
+            raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a folder path (a string)")
+    if not isinstance(cfg["verify_checksums"], bool):
+        raise ConfigError(f"config['verify_checksums'] = {cfg['verify_checksums']!r} must be True "
+                          "or False")
     et = cfg["extraction_threads"]
-    if et != "auto" and (not isinstance(et, int) or isinstance(et, bool) or et < 1):
+    if et != "auto" and (not _is_int(et) or et < 1):
         raise ConfigError(f"config['extraction_threads'] = {et!r} must be 'auto' or an integer >= 1")
     nw = cfg["num_workers"]
-    if nw != "auto" and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
+    if nw != "auto" and (not _is_int(nw) or nw < 0):
         raise ConfigError(f"config['num_workers'] = {nw!r} must be 'auto' or an integer >= 0 "
                           "(0 decodes images in the main process)")
 
+
+def _validate_execution(cfg: dict) -> None:
+    """Scoring processes and the Dask cluster."""
     try:
         resolve_jobs(cfg["jobs"])
     except ParallelError as exc:
@@ -98,83 +169,90 @@ def validate_config(cfg: dict, backbones: tuple[str, ...]) -> None:
     if ds is not None and (not isinstance(ds, str) or not ds.strip()):
         raise ConfigError(f"config['dask_scheduler'] = {ds!r} must be None or a scheduler address "
                           "such as 'tcp://host:8786'")
+    if not _is_int(cfg["max_representation_bytes"]) or cfg["max_representation_bytes"] < 2**20:
+        raise ConfigError(f"config['max_representation_bytes'] = {cfg['max_representation_bytes']!r} "
+                          "must be an integer number of bytes >= 1 MiB (edit config.py)")
 
+
+def _unique_named(entries, what, key, validate, error):
     names = set()
-    for t in cfg["feature_transforms"]:
-        if not isinstance(t, dict) or "name" not in t or t["name"] in names:
-            raise ConfigError(f"every feature transform needs a unique 'name' (got {t})")
-        names.add(t["name"])
+    for e in entries:
+        if not isinstance(e, dict) or "name" not in e or e["name"] in names:
+            raise ConfigError(f"every {what} needs a unique 'name' (got {e})")
+        names.add(e["name"])
         try:
-            validate_transform(t, f"feature transform {t['name']!r}")
-        except TransformError as exc:
-            raise ConfigError(f"{exc} (edit config['feature_transforms'] in config.py)") from None
+            validate(e, f"{what} {e['name']!r}")
+        except error as exc:
+            raise ConfigError(f"{exc} (edit config['{key}'] in config.py)") from None
 
-    names = set()
-    for m in cfg["distribution_models"]:
-        if "name" not in m or m["name"] in names:
-            raise ConfigError(f"every distribution model needs a unique 'name' (got {m})")
-        names.add(m["name"])
-        try:
-            validate_model(m, f"distribution model {m['name']!r}")
-        except ModelError as exc:
-            raise ConfigError(f"{exc} (edit config['distribution_models'] in config.py)") from None
 
+def _validate_scoring(cfg: dict) -> None:
+    """Layer configs, transforms, models, metrics and their parameters."""
+    _unique_named(cfg["feature_transforms"], "feature transform", "feature_transforms",
+                  validate_transform, TransformError)
+    _unique_named(cfg["distribution_models"], "distribution model", "distribution_models",
+                  validate_model, ModelError)
     if not cfg["distance_metrics"]:
-        raise ConfigError("config['distance_metrics'] is empty; choose from: "
-                          + ", ".join(METRICS))
+        raise ConfigError("config['distance_metrics'] is empty; choose from: " + ", ".join(METRICS))
     for metric in cfg["distance_metrics"]:
         _choice(metric, METRICS, "distance metric")
-    if (any(m in MODEL_METRICS for m in cfg["distance_metrics"])
-            and not cfg["distribution_models"]):
+    if any(m in MODEL_METRICS for m in cfg["distance_metrics"]) and not cfg["distribution_models"]:
         raise ConfigError("mahalanobis/neg_loglik need at least one entry in "
                           "config['distribution_models']")
-
-    if cfg["layer_configs"] is not None:
-        for lc in cfg["layer_configs"]:
-            extra = set(lc) - {"name", "layers", "aggregate"}
-            if extra:
-                raise ConfigError(f"layer config {lc.get('name')!r} has unknown key(s) {sorted(extra)}; "
-                                  "valid keys: name, layers, aggregate (edit config.py)")
-            if not lc.get("layers"):
-                raise ConfigError(f"layer config {lc} needs a non-empty 'layers' list")
-            _choice(lc.get("aggregate", "concat"), AGGREGATIONS,
-                    f"layer config {lc.get('name')!r} aggregate")
-        named = [lc["name"] for lc in cfg["layer_configs"] if lc.get("name")]
-        dup = sorted({n for n in named if named.count(n) > 1})
-        if dup:
-            raise ConfigError(f"layer configs {dup} are named twice; names must be unique (edit config.py)")
-
-    validate_sets(cfg["degradation_sets"])
-    validate_degradations(select_sets(cfg["degradation_sets"], cfg["degradations"]))
-
-    b = cfg["bootstrap"]
-    if not isinstance(b.get("n_resamples"), int) or b["n_resamples"] < 0:
-        raise ConfigError(f"bootstrap n_resamples = {b.get('n_resamples')!r} must be an "
-                          "integer >= 0 (0 disables intervals)")
-    _choice(b.get("scope"), ("top", "all"), "bootstrap scope")
-    if not 0 < b.get("confidence", 0) < 1:
-        raise ConfigError(f"bootstrap confidence = {b.get('confidence')!r} must be in (0, 1)")
-    if not isinstance(cfg["top_n"], int) or cfg["top_n"] < 1:
-        raise ConfigError(f"config['top_n'] = {cfg['top_n']!r} must be an integer >= 1")
-
     for section in ("kid", "cmmd"):
         try:
             validate_metric_params(section, cfg[section])
         except MetricInputError as exc:
             raise ConfigError(f"{exc} (edit config.py)") from None
-    extra = set(cfg["bootstrap"]) - {"n_resamples", "scope", "confidence"}
+    if cfg["layer_configs"] is None:
+        return
+    for lc in cfg["layer_configs"]:
+        extra = set(lc) - {"name", "layers", "aggregate"}
+        if extra:
+            raise ConfigError(f"layer config {lc.get('name')!r} has unknown key(s) {sorted(extra)}; "
+                              "valid keys: name, layers, aggregate (edit config.py)")
+        if not lc.get("layers"):
+            raise ConfigError(f"layer config {lc} needs a non-empty 'layers' list")
+        _choice(lc.get("aggregate", "concat"), AGGREGATIONS, f"layer config {lc.get('name')!r} aggregate")
+    named = [lc["name"] for lc in cfg["layer_configs"] if lc.get("name")]
+    dup = sorted({n for n in named if named.count(n) > 1})
+    if dup:
+        raise ConfigError(f"layer configs {dup} are named twice; names must be unique (edit config.py)")
+
+
+def _validate_evaluation(cfg: dict) -> None:
+    """Degradations, the bootstrap and the report's top-N."""
+    validate_sets(cfg["degradation_sets"])
+    validate_degradations(select_sets(cfg["degradation_sets"], cfg["degradations"]))
+    b = cfg["bootstrap"]
+    if not isinstance(b, dict):
+        raise ConfigError(f"config['bootstrap'] = {b!r} must be a dict with n_resamples, scope, confidence")
+    extra = set(b) - {"n_resamples", "scope", "confidence"}
     if extra:
         raise ConfigError(f"config['bootstrap'] has unknown key(s) {sorted(extra)}; valid keys: "
                           "n_resamples, scope, confidence (edit config.py)")
+    if not _is_int(b.get("n_resamples")) or b["n_resamples"] < 0:
+        raise ConfigError(f"bootstrap n_resamples = {b.get('n_resamples')!r} must be an "
+                          "integer >= 0 (0 disables intervals)")
+    _choice(b.get("scope"), ("top", "all"), "bootstrap scope")
+    c = b.get("confidence")
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1:
+        raise ConfigError(f"bootstrap confidence = {c!r} must be a number in (0, 1), e.g. 0.95")
+    if not _is_int(cfg["top_n"]) or cfg["top_n"] < 1:
+        raise ConfigError(f"config['top_n'] = {cfg['top_n']!r} must be an integer >= 1")
 
-    for backbone in C.ENABLED_LAYERS:
+
+def validate_user_config(user: UserConfig, backbones: tuple[str, ...] = BACKBONE_NAMES) -> None:
+    """validate_config of CONFIG, then QUICK and ENABLED_LAYERS: one entry per backbone."""
+    validate_config(user.config, backbones)
+    for backbone in user.enabled_layers:
         _choice(backbone, backbones, "ENABLED_LAYERS key")
-    for table, name in ((C.QUICK["layers"], "QUICK['layers']"), (C.ENABLED_LAYERS, "ENABLED_LAYERS")):
+    for table, name in ((user.quick["layers"], "QUICK['layers']"), (user.enabled_layers, "ENABLED_LAYERS")):
         missing = [b for b in backbones if b not in table]
         if missing:
             raise ConfigError(f"{name} has no entry for backbone(s) {missing}; add one per backbone "
                               "in config.py (layer indices from LAYER_GUIDE.md)")
-    _choice(C.QUICK["metric"], METRICS, "QUICK['metric']")
+    _choice(user.quick["metric"], METRICS, "QUICK['metric']")
 
 
 # ---------------------------------------------------------------------- checks
@@ -244,7 +322,7 @@ def backbones_of(cfg) -> list[str]:
 
 
 
-def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
+def layer_configs_for(user: UserConfig, cfg, mode, backbone, layer_specs) -> list[dict]:
     """The layer configurations of a run, each with its resolved module paths: one per entry
     of `layer_specs` (indices or module paths) when given, else config['layer_configs'],
     QUICK (quick mode) or ENABLED_LAYERS."""
@@ -257,9 +335,9 @@ def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
                          "ENABLED_LAYERS, which list the registered backbones): pass --layers "
                          f"MODULE_PATH ... (python main.py --list-layers {backbone})")
     elif mode == "quick":
-        specs = [{"name": None, "layers": C.QUICK["layers"][backbone]}]
+        specs = [{"name": None, "layers": user.quick["layers"][backbone]}]
     else:
-        enabled = C.ENABLED_LAYERS[backbone]
+        enabled = user.enabled_layers[backbone]
         n = len(get_spec(backbone).layers)
         bad = [i for i in enabled if not 0 <= i < n]
         if bad:
@@ -285,15 +363,15 @@ def layer_configs_for(cfg, mode, backbone, layer_specs) -> list[dict]:
     return out
 
 
-def plan_run(cfg, mode, layer_specs=None) -> list[tuple[str, list[dict]]]:
+def plan_run(user: UserConfig, cfg, mode, layer_specs=None) -> list[tuple[str, list[dict]]]:
     """[(backbone, layer configs)] of a run; user mistakes fail here, before anything is written."""
-    if mode not in C.MODES:
-        raise UsageError(f"mode {mode!r} is not valid; choose one of {', '.join(C.MODES)}")
+    if mode not in user.modes:
+        raise UsageError(f"mode {mode!r} is not valid; choose one of {', '.join(user.modes)}")
     if mode == "quick":
-        validate_quick(cfg)
+        validate_quick(cfg, user.quick)
     plans = []
     for backbone in backbones_of(cfg):
-        lcs = layer_configs_for(cfg, mode, backbone, layer_specs)
+        lcs = layer_configs_for(user, cfg, mode, backbone, layer_specs)
         # one model built for every module path of the run (a library model has only paths)
         check_module_paths(backbone, sorted({x for lc in lcs for x in lc["resolved"]}, key=str),
                            cfg["image_size"])
@@ -309,7 +387,7 @@ class RunPlan:
 
     `cfg` is the validated configuration with 'degradations' set to the selected sets;
     `backbones` is ((name, layer configs), ...) in run order; `quick` and `enabled_layers`
-    are config.py's QUICK and ENABLED_LAYERS as they were when the plan was made."""
+    are the UserConfig's QUICK and ENABLED_LAYERS as they were when the plan was made."""
     mode: str
     cfg: dict
     backbones: tuple
@@ -328,12 +406,62 @@ class RunPlan:
                           cfg["distance_metrics"])
 
 
-def make_plan(cfg: dict, mode: str, layer_specs=None) -> RunPlan:
+def make_plan(cfg: dict, mode: str, layer_specs=None, *, user: UserConfig | None = None) -> RunPlan:
     """Validate `cfg` (config.py's keys) and plan a run of `mode`; `layer_specs` (indices or
-    module paths, one layer config each) replaces the mode's layers. User mistakes fail here,
-    before anything is read or written."""
-    validate_config(cfg, BACKBONE_NAMES)
+    module paths, one layer config each) replaces the mode's layers. QUICK, ENABLED_LAYERS and
+    MODES come from `user` (default: config.py's). User mistakes fail here, before anything is
+    read or written."""
+    user = (user or UserConfig.load()).replace(config=cfg)
+    validate_user_config(user)
     cfg = with_degradation_sets(cfg)
-    plans = plan_run(cfg, mode, layer_specs)
+    plans = plan_run(user, cfg, mode, layer_specs)
     return RunPlan(mode, cfg, tuple((b, tuple(lcs)) for b, lcs in plans),
-                   copy.deepcopy(C.QUICK), copy.deepcopy(C.ENABLED_LAYERS))
+                   copy.deepcopy(user.quick), copy.deepcopy(user.enabled_layers))
+
+
+# ---------------------------------------------------------------------- settings from flags
+
+MAX_IMAGE_SIZE = 4096        # a larger input would not fit a batch in memory on any device
+
+# setting -> (check, what it must be) for the values a flag sets; reported under the flag's name
+RANGES = {
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "n_images_inference": (lambda v: v >= 2, "an integer >= 2 (statistics need two images)"),
+    "n_images_evaluation": (lambda v: v >= 2, "an integer >= 2 (statistics need two images)"),
+    "seed": (lambda v: 0 <= v < 2**32, "an integer in 0 .. 2**32 - 1"),
+    "image_size": (lambda v: 16 <= v <= MAX_IMAGE_SIZE, f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
+    "bootstrap.n_resamples": (lambda v: v >= 0, "an integer >= 0 (0 disables intervals)"),
+    "jobs": (lambda v: v >= 1, "an integer >= 1 (1 scores in this process)"),
+}
+
+
+def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict | None = None) -> dict:
+    """CONFIG of `user` with `overrides` applied (setting -> value; 'section.key' sets a key of a
+    section), image counts defaulted from the mode, and validated. A bad override is reported
+    under names[setting] (the flag the user typed), a bad config value under its config key."""
+    names = names or {}
+    for key, value in overrides.items():
+        ok, what = RANGES.get(key, (None, None))
+        if ok is not None and value is not None and not ok(value):
+            raise UsageError(f"{names.get(key, key)} {value} is not valid: it must be {what}")
+    if overrides.get("backbone") not in (None, "all"):
+        spec_of(overrides["backbone"])       # close matches and the valid forms
+    cfg = copy.deepcopy(user.config)
+    for key, value in overrides.items():
+        section, _, sub = key.partition(".")
+        if sub:
+            cfg[section] = {**cfg[section], sub: value}
+        else:
+            cfg[key] = value
+    if mode not in user.modes:
+        raise UsageError(f"mode {mode!r} is not valid; choose one of {', '.join(user.modes)}")
+    for key in ("n_images_inference", "n_images_evaluation"):
+        if cfg[key] is None:
+            cfg[key] = user.modes[mode][key]
+    validate_config(cfg)
+    if cfg["weights"] not in ("auto", "pretrained", "random") and not os.path.exists(cfg["weights"]):
+        where = names.get("weights", "config['weights']")
+        raise UsageError(f"{where} {cfg['weights']!r}: no such "
+                         "file or folder. Give a checkpoint file or a save_pretrained folder, or "
+                         "one of auto, pretrained, random")
+    return cfg

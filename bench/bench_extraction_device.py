@@ -59,14 +59,14 @@ def bare_forward(name, layers, device, batch, steps=20):
 def loader_only(name, n_inference, n_evaluation, batch, device):
     """img/s of the pipeline's DataLoader alone over the same jobs (decode + degrade)."""
     import torch
-    import config
+    from run_plan import default_config
     from dataset import select_images
     from feature_cache import evaluation_units, reference_units
     from feature_extraction import Job, JobDataset, default_workers, unit_batches
-    cfg = config.default_config()
+    cfg = default_config()
     ev, ref = select_images("builtin", int(n_evaluation), int(n_inference), 0)
     units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])
-    jobs = [Job(r, u.dtype, u.level) for u in units for r in u.records]
+    jobs = [Job(r, u.degradation, u.level) for u in units for r in u.records]
     spec = BACKBONES[name]
     data = JobDataset(jobs, cfg["working_size"], spec.input_size, spec.mean, spec.std, 0,
                       spec.interpolation, on_device=device == "cuda", antialias=spec.antialias)

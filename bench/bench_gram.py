@@ -16,39 +16,42 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gram_engine as ge  # noqa: E402
 import representations as rp  # noqa: E402
-from config import CONFIG, MODES  # noqa: E402
+from run_plan import UserConfig  # noqa: E402
 from backbones import BACKBONES  # noqa: E402
 
-N_UNITS = 1 + sum(len(d["levels"]) for d in CONFIG["degradations"].values())   # clean + levels
+USER = UserConfig.load()
+
+N_UNITS = 1 + sum(len(d["levels"]) for d in USER.config["degradations"].values())   # clean + levels
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--layer", action="append", required=True, help="BACKBONE:INDEX, repeatable")
-    p.add_argument("--mode", default="medium", choices=tuple(MODES))
+    p.add_argument("--mode", default="medium", choices=tuple(USER.modes))
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="float32", choices=("float32", "float64"))
     p.add_argument("--routes", default="chosen", help="chosen, all, rows or samples")
-    p.add_argument("--budget-gib", type=float, default=CONFIG["max_representation_bytes"] / 2**30)
+    p.add_argument("--budget-gib", type=float, default=USER.config["max_representation_bytes"] / 2**30)
     a = p.parse_args()
     if a.device != "cpu":
         import torch
         print("device:", torch.cuda.get_device_name(0))
-    n_ref, n_eval = MODES[a.mode]["n_images_inference"], MODES[a.mode]["n_images_evaluation"]
+    n_ref, n_eval = USER.modes[a.mode]["n_images_inference"], USER.modes[a.mode]["n_images_evaluation"]
     budget = int(a.budget_gib * 2**30)
     rng = np.random.default_rng(0)
     for spec in a.layer:
         backbone, index = spec.split(":")
         layer = BACKBONES[backbone].layers[int(index)]
         shape = layer.shape
-        c, pos = rp.gram_shape(shape)
+        c, pos = ge.gram_shape(shape)
         ref = [rng.standard_normal((min(100, n_ref - i),) + shape, dtype=np.float32).astype(np.float16)
                for i in range(0, n_ref, 100)]
         evals = [rng.standard_normal((n_eval,) + shape, dtype=np.float32).astype(np.float16)
                  for _ in range(N_UNITS)]
-        costs = rp.gram_route_costs(c, pos, n_ref, n_eval, N_UNITS, budget, a.device)
-        chosen = rp.choose_gram_route(costs)
+        costs = ge.gram_route_costs(c, pos, n_ref, n_eval, N_UNITS, budget, a.device)
+        chosen = ge.choose_gram_route(costs)
         routes = {"chosen": [chosen], "all": list(costs)}.get(a.routes, [a.routes])
         print(f"{backbone} {layer.path} ({c} channels x {pos} positions, {rp.gram_dim(c)} dims), "
               f"{a.mode}: {n_ref} ref + {N_UNITS} x {n_eval} eval images; chosen route: {chosen}")
@@ -57,7 +60,7 @@ def main():
                 import torch
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            rp.gram_kernel_blocks(ref, evals, route, a.precision, a.device, budget)
+            ge.gram_kernel_blocks(ref, evals, route, a.precision, a.device, budget)
             dt = time.perf_counter() - t0
             print(f"  {route:8s} {dt:8.1f} s  (cost model {costs[route]:.1f} s)  on {a.device}, "
                   f"{a.precision}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

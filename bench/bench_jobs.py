@@ -41,8 +41,8 @@ def main():
     cache = os.path.join(work, "cache")
     common = ["--backbone", a.backbone, "--n-inference", a.n_inference, "--n-evaluation",
               a.n_evaluation, "--cache-dir", cache, "-q"]
-    import config
-    layers = [str(i) for i, on in sorted(config.ENABLED_LAYERS[a.backbone].items()) if on]
+    from run_plan import UserConfig
+    layers = [str(i) for i, on in sorted(UserConfig.load().enabled_layers[a.backbone].items()) if on]
     subprocess.run([sys.executable, "main.py", "--build-cache", "--layers", *layers, *common],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not a.recompute:     # derived Gram artefacts made once, as the first sweep would

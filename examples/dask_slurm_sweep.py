@@ -27,7 +27,7 @@ def main():
     a = p.parse_args()
 
     from dask_jobqueue import SLURMCluster
-    import config
+    import run_plan
     import pipeline
 
     cluster = SLURMCluster(cores=a.processes, processes=a.processes, memory=a.memory,
@@ -35,7 +35,7 @@ def main():
                            job_script_prologue=[f"cd {ROOT}", f"export PYTHONPATH={ROOT}"])
     cluster.scale(jobs=a.jobs_on_slurm)
     try:
-        cfg = config.default_config()
+        cfg = run_plan.default_config()
         cfg.update(cache_dir=a.cache_dir, dask_scheduler=cluster.scheduler_address)
         exp = pipeline.run_experiment(cfg, a.mode)
         print(exp.summary)

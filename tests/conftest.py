@@ -20,8 +20,7 @@ def _threads():
 @pytest.fixture
 def built(tmp_path, monkeypatch, caplog):
     """A tiny resnet50 layer-8 cache built from 10 random images under tmp_path."""
-    from helpers import build_cache, tiny_config, write_images
-    tiny_config(monkeypatch)
+    from helpers import build_cache, write_images
     write_images(tmp_path / "imgs")
     assert build_cache(tmp_path) == 0
     caplog.clear()

@@ -1,7 +1,8 @@
-"""Small, fast settings shared by the tests: tiny images, few levels."""
+"""Small, fast settings shared by the tests: tiny images, few levels. Tests build their
+settings as values (run_plan.UserConfig) and pass them on; none edits config.py's globals."""
 import copy
 
-import config
+import run_plan
 
 TINY_DEGRADATIONS = {
     "blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]},
@@ -9,15 +10,13 @@ TINY_DEGRADATIONS = {
 }
 
 
-def tiny_config(monkeypatch, **overrides):
-    """Patch config.CONFIG for a fast run: 32-px working images, two degradations."""
-    cfg = copy.deepcopy(config.CONFIG)
-    cfg.update({"working_size": 32, "degradations": copy.deepcopy(TINY_DEGRADATIONS),
-                "batch_size": 8, "num_workers": 0,
-                "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95}})
-    cfg.update(overrides)
-    monkeypatch.setattr(config, "CONFIG", cfg)
-    return cfg
+def tiny_config(**overrides) -> run_plan.UserConfig:
+    """config.py's tables with a CONFIG for a fast run: 32-px working images, two degradations;
+    pass it as main.main(argv, user=...)."""
+    return run_plan.UserConfig.load(**{
+        "working_size": 32, "degradations": copy.deepcopy(TINY_DEGRADATIONS), "batch_size": 8,
+        "num_workers": 0, "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95},
+        **overrides})
 
 
 def tiny_args(tmp_path, *extra):
@@ -35,12 +34,13 @@ def write_images(folder, n=10, seed=0):
         Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
 
 
-def build_cache(tmp_path, *extra, layers=("8",)):
-    """`main.py --build-cache` of resnet50 `layers` on tmp_path/imgs, 5 + 3 images."""
+def build_cache(tmp_path, *extra, layers=("8",), user=None):
+    """`main.py --build-cache` of resnet50 `layers` on tmp_path/imgs, 5 + 3 images, with `user`
+    (default: tiny_config())."""
     import main
     return main.main(tiny_args(tmp_path, "--build-cache", "--layers", *layers, "--dataset",
                                str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
-                               *extra))
+                               *extra), user=user or tiny_config())
 
 
 def cache_hits(caplog):

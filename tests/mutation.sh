@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 GLOBS=(
   "distance_metrics.*"
   "representations.*"
+  "gram_engine.*"
   "distribution_modeling.*"
   "evaluation.x_spearman_monotonicity*" "evaluation.x_kendall_monotonicity*"
   "evaluation.x__spearman_rows*" "evaluation.x__monotonicity*" "evaluation.x_bootstrap*"

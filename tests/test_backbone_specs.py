@@ -28,14 +28,13 @@ def _summary(capsys):
 
 def _quick(tmp_path, backbone, layer, *extra):
     return main.main(tiny_args(tmp_path, "--mode", "quick", "--backbone", backbone, "--layers",
-                               layer, "--n-inference", "6", "--n-evaluation", "4", *extra))
+                               layer, "--n-inference", "6", "--n-evaluation", "4", *extra), user=tiny_config())
 
 
 @pytest.mark.parametrize("backbone,layer", [("timm:resnet18", "layer3"),
                                             ("torchvision:resnet18", "layer2")])
 def test_library_model_runs_quick_mode_and_names_its_weights(tmp_path, monkeypatch, capsys,
                                                              backbone, layer):
-    tiny_config(monkeypatch)
     assert _quick(tmp_path, backbone, layer) == 0
     out, _ = _summary(capsys)
     assert f"Weights ({backbone}): RANDOM-INIT weights (seed 0)" in out
@@ -58,7 +57,7 @@ def _tiny_vit(folder, with_weights=True, seed=0):
 
 
 def test_hf_folder_loads_offline_with_its_weights(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "vit2"
     model = _tiny_vit(folder)
@@ -70,7 +69,7 @@ def test_hf_folder_loads_offline_with_its_weights(tmp_path, monkeypatch, capsys)
     args = tiny_args(tmp_path, "--mode", "quick", "--backbone", name, "--layers", "layers.1",
                      "--n-inference", "6", "--n-evaluation", "4")
     args[args.index("--weights") + 1] = "auto"
-    assert main.main(args) == 0
+    assert main.main(args, user=user) == 0
     out, _ = _summary(capsys)
     assert f"Weights ({name}): pretrained {folder}" in out
     # the transformer's CLS token is counted as a prefix token: 1 + (32 / 8)^2 tokens
@@ -80,13 +79,13 @@ def test_hf_folder_loads_offline_with_its_weights(tmp_path, monkeypatch, capsys)
 
 
 def test_hf_config_only_folder_is_random_init_and_says_so(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     folder = tmp_path / "vitcfg"
     _tiny_vit(folder, with_weights=False)
     args = tiny_args(tmp_path, "--mode", "quick", "--backbone", f"hf:{folder}", "--layers",
                      "layers.0", "--n-inference", "6", "--n-evaluation", "4")
     args[args.index("--weights") + 1] = "auto"
-    assert main.main(args) == 0
+    assert main.main(args, user=user) == 0
     out, err = _summary(capsys)
     assert "RANDOM-INIT" in out and "has a config but no weights" in err
 
@@ -141,8 +140,8 @@ def test_timm_pretrained_from_hf_cache_offline(tmp_path):
     (["--backbone", "timm:resnet18", "--layers", "layer9"], "no module 'layer9'"),
 ])
 def test_bad_backbones_and_layers_are_usage_errors(tmp_path, monkeypatch, capsys, argv, needle):
-    tiny_config(monkeypatch)
-    assert main.main(tiny_args(tmp_path, "--mode", "quick", *argv)) == 2
+    user = tiny_config()
+    assert main.main(tiny_args(tmp_path, "--mode", "quick", *argv), user=user) == 2
     _, err = _summary(capsys)
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import config
+import run_plan
 import dataset
 import feature_cache
 import main
@@ -28,12 +28,12 @@ def _err(capsys):
 # ------------------------------------------------------------------ images
 
 def test_truncated_jpeg_is_skipped_with_a_warning_naming_it(tmp_path, monkeypatch, caplog):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     write_images(tmp_path / "imgs", n=9)
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "imgs" / "cut.jpg", quality=95)
     data = (tmp_path / "imgs" / "cut.jpg").read_bytes()
     (tmp_path / "imgs" / "cut.jpg").write_bytes(data[:len(data) // 2])
-    assert build_cache(tmp_path) == 0
+    assert build_cache(tmp_path, user=user) == 0
     assert "cut.jpg" in caplog.text and "unreadable" in caplog.text
 
 
@@ -58,7 +58,6 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_tiny_images_are_warned_about(tmp_path, monkeypatch, caplog):
-    tiny_config(monkeypatch)
     write_images(tmp_path / "imgs", n=9)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 90).save(tmp_path / "imgs" / "tiny.png")
     caplog.set_level(logging.WARNING)
@@ -73,30 +72,30 @@ def test_tiny_images_are_warned_about(tmp_path, monkeypatch, caplog):
     (["--n-inference", "1"], "--n-inference"), (["--batch-size", "0"], "--batch-size"),
     (["--n-evaluation", "0"], "--n-evaluation"), (["--n-resamples", "-3"], "--n-resamples")])
 def test_bad_flag_values_name_the_flag(tmp_path, monkeypatch, capsys, argv, flag):
-    tiny_config(monkeypatch)
-    assert main.main(tiny_args(tmp_path, *argv)) == 2
+    user = tiny_config()
+    assert main.main(tiny_args(tmp_path, *argv), user=user) == 2
     assert flag in _err(capsys)
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
 def test_missing_weights_file_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     args = tiny_args(tmp_path)
     args[args.index("random")] = str(tmp_path / "none.pth")
-    assert main.main(args) == 2
+    assert main.main(args, user=user) == 2
     err = _err(capsys)
     assert "--weights" in err and "none.pth" in err
 
 
 @pytest.mark.parametrize("which", ["cache", "results", "results-parent"])
 def test_output_folder_that_is_a_file_fails_before_any_work(tmp_path, monkeypatch, capsys, which):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     (tmp_path / "afile").write_text("x")
     args = tiny_args(tmp_path)
     target = {"cache": "--cache-dir", "results": "--results-dir", "results-parent": "--results-dir"}[which]
     args[args.index(target) + 1] = str(tmp_path / "afile" / "sub" if which == "results-parent"
                                        else tmp_path / "afile")
-    assert main.main(args) == 2
+    assert main.main(args, user=user) == 2
     msg = _err(capsys)
     assert target in msg and "afile" in msg
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
@@ -105,9 +104,8 @@ def test_output_folder_that_is_a_file_fails_before_any_work(tmp_path, monkeypatc
 UNWRITABLE_RUN = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
-import pytest, main, helpers
-helpers.tiny_config(pytest.MonkeyPatch())
-sys.exit(main.main({args!r}))
+import main, helpers
+sys.exit(main.main({args!r}, user=helpers.tiny_config()))
 """
 
 
@@ -115,12 +113,12 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
     """A cache folder the user may not write to: exit 2 with one line, nothing written. Root
     may write anywhere, so as root (CI) the run is a subprocess as user 65534 (setpriv)."""
     if os.geteuid() != 0:
-        tiny_config(monkeypatch)
+        user = tiny_config()
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
         args = tiny_args(tmp_path)
         args[args.index("--cache-dir") + 1] = str(ro / "cache")
-        assert main.main(args) == 2 and "not writable" in _err(capsys)
+        assert main.main(args, user=user) == 2 and "not writable" in _err(capsys)
         assert not (ro / "cache").exists()
         return
     import shutil
@@ -169,23 +167,25 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
      "named twice"),
 ])
 def test_config_mistakes_name_the_key_and_list_valid_ones(tmp_path, monkeypatch, capsys, edit, needle):
-    cfg = tiny_config(monkeypatch)
+    user = tiny_config()
+    cfg = user.config
     edit(cfg)
-    assert main.main(tiny_args(tmp_path)) == 2
+    assert main.main(tiny_args(tmp_path), user=user) == 2
     assert needle in _err(capsys)
 
 
 def test_backbone_missing_from_quick_or_enabled_layers(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
-    monkeypatch.setattr(config, "QUICK", {**config.QUICK, "layers": {"resnet50": [8]}})
-    assert main.main(tiny_args(tmp_path)) == 2
+    user = tiny_config()
+    user = user.replace(quick={**user.quick, "layers": {"resnet50": [8]}})
+    assert main.main(tiny_args(tmp_path), user=user) == 2
     assert "QUICK['layers']" in _err(capsys)
 
 
 def test_quick_transform_must_be_configured(tmp_path, monkeypatch, capsys):
-    cfg = tiny_config(monkeypatch)
+    user = tiny_config()
+    cfg = user.config
     cfg["feature_transforms"] = [{"name": "gram_only", "use_gram": True}]
-    assert main.main(tiny_args(tmp_path)) == 2
+    assert main.main(tiny_args(tmp_path), user=user) == 2
     assert "QUICK['transform']" in _err(capsys)
 
 
@@ -197,7 +197,7 @@ def test_unusable_manifest_is_rebuilt_from_the_file_records(built, caplog, conte
     before = json.loads(meta.read_text())["files"]
     meta.write_bytes(content)
     caplog.clear()
-    assert build_cache(built) == 0
+    assert build_cache(built, user=tiny_config()) == 0
     assert "manifest" in caplog.text
     hits, misses = cache_hits(caplog)
     assert hits and not misses                       # nothing extracted again
@@ -211,7 +211,7 @@ def test_unusable_manifest_without_records_means_a_rebuild(built, caplog, conten
         record.unlink()
     meta.write_bytes(content)
     caplog.clear()
-    assert build_cache(built) == 0
+    assert build_cache(built, user=tiny_config()) == 0
     assert "manifest" in caplog.text
     hits, misses = cache_hits(caplog)
     assert misses and json.loads(meta.read_text())["files"]
@@ -226,7 +226,7 @@ def test_cache_files_follow_the_umask(built):
 
 def test_full_disk_names_the_folder_keeps_completed_files_and_marks_the_run_failed(
         tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     write_images(tmp_path / "imgs", n=12)
     calls = {"n": 0}
     real = np.save
@@ -238,7 +238,7 @@ def test_full_disk_names_the_folder_keeps_completed_files_and_marks_the_run_fail
         return real(f, arr, **kw)
     monkeypatch.setattr(np, "save", save)
     code = main.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
-                               "--n-inference", "5", "--n-evaluation", "3"))
+                               "--n-inference", "5", "--n-evaluation", "3"), user=user)
     assert code == 1
     msg = _err(capsys)
     assert "no space left" in msg and "cache" in msg and "MiB" in msg
@@ -250,7 +250,7 @@ def test_full_disk_names_the_folder_keeps_completed_files_and_marks_the_run_fail
     assert "run failed" in (run / "experiment.log").read_text()
     monkeypatch.setattr(np, "save", real)
     assert main.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
-                               "--n-inference", "5", "--n-evaluation", "3")) == 0
+                               "--n-inference", "5", "--n-evaluation", "3"), user=user) == 0
 
 
 # ------------------------------------------------------------------ keys follow the code
@@ -268,7 +268,7 @@ def test_a_changed_library_or_code_version_is_a_cache_miss(built, caplog, monkey
         monkeypatch.setattr(feature_cache, "PREPROCESS_VERSION", 99)
     else:
         monkeypatch.setattr(dataset, "LOADER_VERSION", 99)
-    assert build_cache(built) == 0
+    assert build_cache(built, user=tiny_config()) == 0
     hits, misses = cache_hits(caplog)
     assert misses and not hits
 
@@ -310,7 +310,7 @@ GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
 def test_degradations_match_their_golden_hashes_for_this_version():
     from degradation_generator import DEGRADATION_VERSION, EXTRA_DEGRADATIONS, apply_degradation
     from degradation_generator import KADID10K
-    specs = {**config.CONFIG["degradations"], **EXTRA_DEGRADATIONS,
+    specs = {**run_plan.default_config()["degradations"], **EXTRA_DEGRADATIONS,
              **(KADID10K if DEGRADATION_VERSION >= 2 else {})}
     got = {}
     for spec in specs.values():

@@ -9,7 +9,7 @@ import pytest
 import backbones
 import feature_cache
 import pipeline
-from config import default_config
+from run_plan import default_config
 from dataset import ImageRecord
 from feature_cache import evaluation_units, reference_units
 

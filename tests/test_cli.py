@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import config
 import main
 from helpers import tiny_args, tiny_config
 
@@ -49,23 +48,23 @@ def _one_line_error(capsys):
 
 
 def test_build_cache_without_layers(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
-    assert main.main(tiny_args(tmp_path, "--build-cache")) == 2
+    user = tiny_config()
+    assert main.main(tiny_args(tmp_path, "--build-cache"), user=user) == 2
     assert "--layers" in _one_line_error(capsys)
     assert not (tmp_path / "cache").exists()
 
 
 def test_missing_dataset_folder(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
-    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "nope"))) == 2
+    user = tiny_config()
+    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "nope")), user=user) == 2
     assert "does not exist" in _one_line_error(capsys)
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
 def test_empty_dataset_folder(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     (tmp_path / "empty").mkdir()
-    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "empty"))) == 2
+    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "empty")), user=user) == 2
     assert "no images" in _one_line_error(capsys)
     assert not (tmp_path / "results").exists()
 
@@ -78,22 +77,22 @@ def _write_images(folder, n, size=40, seed=0):
 
 
 def test_too_few_images_says_how_many_and_which_flag(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     _write_images(tmp_path / "imgs", 5)
     assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "imgs"),
-                               "--n-inference", "6", "--n-evaluation", "3")) == 2
+                               "--n-inference", "6", "--n-evaluation", "3"), user=user) == 2
     msg = _one_line_error(capsys)
     assert "found 5" in msg and "--n-inference" in msg
     assert not (tmp_path / "results").exists()
 
 
 def test_unreadable_files_are_skipped_with_a_warning(tmp_path, monkeypatch, capsys, caplog):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     _write_images(tmp_path / "imgs" / "sub", 8)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "imgs" / "notes.txt").write_text("hello")
     rc = main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "imgs"), "--n-inference", "4",
-                             "--n-evaluation", "3"))
+                             "--n-evaluation", "3"), user=user)
     assert rc == 0
     assert "broken.jpg" in caplog.text and "notes.txt" in caplog.text
 
@@ -108,27 +107,40 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, monkeypatch, caps
     ("degradations", {"j": {"type": "jpeg_compression", "levels": [0]}}, "1..100"),
     ("degradations", {"a": {"type": "downsample_upsample", "levels": [0.5]}}, ">= 1"),
     ("degradations", {"j": {"type": "jpeg_compression", "levels": [10, 90]}}, "order"),
+    ("bootstrap", {"n_resamples": 20, "scope": "top", "confidence": "0.95"}, "confidence = '0.95'"),
+    ("bootstrap", {"n_resamples": 20, "scope": "top", "confidence": True}, "confidence = True"),
+    ("verify_checksums", "no", "verify_checksums'] = 'no' must be True or False"),
+    ("seed", True, "seed'] = True"),
+    ("dataset", 5, "dataset'] = 5"),
 ])
 def test_invalid_config_fails_at_startup(tmp_path, monkeypatch, capsys, key, value, needle):
-    tiny_config(monkeypatch, **{key: value})
-    assert main.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3")) == 2
+    user = tiny_config(**{key: value})
+    assert main.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3"), user=user) == 2
     assert needle in _one_line_error(capsys)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("key", ["cache_dir", "results_dir"])
+def test_output_folders_in_config_must_be_paths(tmp_path, monkeypatch, capsys, key):
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["--weights", "random", "-q"], user=tiny_config(**{key: 5})) == 2
+    assert f"config['{key}'] = 5 must be a folder path" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_mode_in_enabled_layers(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
-    monkeypatch.setitem(config.ENABLED_LAYERS, "resnet50", {99: True})
+    user = tiny_config()
+    user.enabled_layers["resnet50"] = {99: True}
     assert main.main(tiny_args(tmp_path, "--mode", "medium", "--n-inference", "4",
-                               "--n-evaluation", "3")) == 2
+                               "--n-evaluation", "3"), user=user) == 2
     assert "0..15" in _one_line_error(capsys)
 
 
 def test_layer_index_out_of_range_and_unknown_path(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
-    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "42")) == 2
+    user = tiny_config()
+    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "42"), user=user) == 2
     assert "0..15" in _one_line_error(capsys)
-    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "layer3.2.conv9")) == 2
+    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "layer3.2.conv9"), user=user) == 2
     msg = _one_line_error(capsys)
     assert "layer3.2.conv1" in msg and "--list-layers resnet50" in msg
     assert not (tmp_path / "cache").exists()
@@ -146,10 +158,10 @@ def test_list_layers_lpips_shows_13_convs_and_timm_models():
 
 
 def test_vit_image_size_must_be_a_multiple_of_the_patch(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     args = tiny_args(tmp_path, "--backbone", "dinov2_vitb14", "--build-cache", "--layers", "3")
     args[args.index("--image-size") + 1] = "64"
-    assert main.main(args) == 2
+    assert main.main(args, user=user) == 2
     msg = _one_line_error(capsys)
     assert "patch size 14" in msg and "56" in msg and "70" in msg
     assert not (tmp_path / "cache").exists()

@@ -324,11 +324,12 @@ def test_kid_subsets_from_kernels_equal_explicit_subsets():
 def test_config_defaults_are_the_published_constants():
     """config.py holds the defaults; they must stay the papers' values (KID: torch-fidelity /
     Binkowski et al.; CMMD: the reference implementation)."""
-    from config import CONFIG
-    assert CONFIG["cmmd"] == {"sigma": dm.CMMD_SIGMA, "scale": dm.CMMD_SCALE}
-    k = CONFIG["kid"]
+    from run_plan import default_config
+    cfg = default_config()
+    assert cfg["cmmd"] == {"sigma": dm.CMMD_SIGMA, "scale": dm.CMMD_SCALE}
+    k = cfg["kid"]
     assert (k["degree"], k["coef0"], k["subset_size"]) == (dm.KID_DEGREE, dm.KID_COEF0, dm.KID_SUBSET_SIZE)
-    assert set(k) == set(dm.METRIC_PARAMS["kid"]) and set(CONFIG["cmmd"]) == set(dm.METRIC_PARAMS["cmmd"])
+    assert set(k) == set(dm.METRIC_PARAMS["kid"]) and set(cfg["cmmd"]) == set(dm.METRIC_PARAMS["cmmd"])
 
 
 @pytest.mark.parametrize("cov", ["full", "tied"])

@@ -13,14 +13,13 @@ from helpers import tiny_args, tiny_config
 def _run(tmp_path):
     before = set((tmp_path / "results").iterdir()) if (tmp_path / "results").exists() else set()
     assert main.main(tiny_args(tmp_path, "--mode", "medium", "--n-inference", "12",
-                               "--n-evaluation", "5")) == 0
+                               "--n-evaluation", "5"), user=tiny_config()) == 0
     (run_dir,) = set((tmp_path / "results").iterdir()) - before
     return run_dir
 
 
 @pytest.mark.slow
 def test_medium_run_writes_every_output_and_is_reproducible(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
     run_dir = _run(tmp_path)
     stamp = run_dir.name.split("_", 1)[1]
     names = {p.name for p in run_dir.iterdir()}

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats
 
 import evaluation as ev
-from config import default_config
+from run_plan import default_config
 from feature_spaces import FeatureSpace
 
 

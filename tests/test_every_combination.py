@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import evaluation as ev
-from config import default_config
+from run_plan import default_config
 from dataset import ImageRecord
 from feature_cache import LayerCache, evaluation_units, reference_units
 from feature_spaces import FeatureAssembler

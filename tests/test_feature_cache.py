@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import backbones
-import config
 import main
 from helpers import build_cache, cache_hits, tiny_args, tiny_config, write_images
 
@@ -19,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_second_build_is_a_hit(built, caplog):
-    assert build_cache(built) == 0
+    assert build_cache(built, user=tiny_config()) == 0
     hits, misses = cache_hits(caplog)
     assert hits and not misses
 
@@ -27,7 +26,7 @@ def test_second_build_is_a_hit(built, caplog):
 @pytest.mark.parametrize("change", ["image contents", "weights", "input size", "working size",
                                     "levels", "dtype", "precision", "layer"])
 def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
-    extra, layers = [], ("8",)
+    extra, layers, user = [], ("8",), tiny_config()
     if change == "image contents":   # same file names, new pixels
         write_images(built / "imgs", seed=1)
     elif change == "weights":
@@ -39,20 +38,20 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
     elif change == "input size":
         extra = ["--image-size", "64"]
     elif change == "working size":  # same files, decoded to another size before the backbone's resize
-        config.CONFIG["working_size"] = 48
+        user.config["working_size"] = 48
     elif change == "levels":
-        config.CONFIG["degradations"]["blur"]["levels"] = [1.0, 2.0]
+        user.config["degradations"]["blur"]["levels"] = [1.0, 2.0]
     elif change == "dtype":
-        config.CONFIG["cache_dtype"] = "float32"
+        user.config["cache_dtype"] = "float32"
     elif change == "precision":
-        config.CONFIG["extraction_precision"] = "bfloat16"
+        user.config["extraction_precision"] = "bfloat16"
     elif change == "layer":
         layers = ("7",)
     args = tiny_args(built, "--build-cache", "--layers", *layers, "--dataset", str(built / "imgs"),
                      "--n-inference", "5", "--n-evaluation", "3", *extra)
     if change == "weights":      # tiny_args says --weights random; the later flag wins
         args = args[:args.index("--weights")] + args[args.index("--weights") + 2:]
-    assert main.main(args) == 0
+    assert main.main(args, user=user) == 0
     hits, misses = cache_hits(caplog)
     assert misses, f"{change}: expected a CACHE MISS, got {hits}"
     if change == "levels":      # only the changed level (blur 3.0 -> 2.0) is extracted again
@@ -82,8 +81,8 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
 
 @pytest.mark.slow
 def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, monkeypatch):
-    enabled = [str(i) for i, on in config.ENABLED_LAYERS["resnet50"].items() if on]
-    assert build_cache(built, layers=enabled) == 0
+    enabled = [str(i) for i, on in tiny_config().enabled_layers["resnet50"].items() if on]
+    assert build_cache(built, layers=enabled, user=tiny_config()) == 0
     caplog.clear()
 
     def boom(*a, **k):
@@ -92,7 +91,7 @@ def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, m
                         dataclasses.replace(backbones.BACKBONES["resnet50"], build=boom))
     monkeypatch.setattr(backbones, "build_backbone", boom)
     assert main.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
-                               "--n-inference", "5", "--n-evaluation", "3")) == 0
+                               "--n-inference", "5", "--n-evaluation", "3"), user=tiny_config()) == 0
     hits, misses = cache_hits(caplog)
     assert len(hits) == len(enabled) and not misses
 
@@ -128,7 +127,7 @@ def test_corrupt_files_are_detected_and_extracted_again(built, caplog):
         f.truncate(100)
     arr = clean[level]
     np.save(built / "cache" / level, np.zeros(arr.shape[:1] + (3,), arr.dtype))  # wrong shape
-    assert build_cache(built) == 0
+    assert build_cache(built, user=tiny_config()) == 0
     text = caplog.text
     assert "corrupt" in text and "extracted again" in text
     after = _chunks(built / "cache")
@@ -143,7 +142,7 @@ def test_checksum_mismatch_is_detected(built, caplog):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF                                     # same size and shape, other bytes
     path.write_bytes(bytes(data))
-    assert build_cache(built) == 0
+    assert build_cache(built, user=tiny_config()) == 0
     assert "checksum" in caplog.text
     assert np.array_equal(np.load(path), clean[chunk])
 
@@ -153,15 +152,15 @@ def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypat
     """At the backbone's own input size (224), on the same images."""
     import distance_metrics as dm
     import representations as rp
-    tiny_config(monkeypatch, working_size=64)
+    user = tiny_config(working_size=64)
     write_images(tmp_path / "imgs", n=40)
     scores = {}
     for dtype in ("float16", "float32"):
-        config.CONFIG["cache_dtype"] = dtype
+        user.config["cache_dtype"] = dtype
         args = tiny_args(tmp_path, "--build-cache", "--layers", layer, "--dataset",
                          str(tmp_path / "imgs"), "--n-inference", "30", "--n-evaluation", "8")
         args[args.index("--image-size") + 1] = "224"
-        assert main.main(args) == 0
+        assert main.main(args, user=user) == 0
         files = _chunks(tmp_path / "cache")
         ref = next(v for k, v in files.items() if "chunk_000" in k and v.dtype == np.dtype(dtype))
         evs = [v for k, v in sorted(files.items()) if "level_" in k and v.dtype == np.dtype(dtype)]
@@ -172,28 +171,27 @@ def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypat
 
 
 def test_cache_info_lists_entries(built, capsys):
-    assert main.main(["--cache-info", "--cache-dir", str(built / "cache")]) == 0
+    assert main.main(["--cache-info", "--cache-dir", str(built / "cache")], user=tiny_config()) == 0
     out = capsys.readouterr().out
     assert "single_layer_8" in out and "layer4" in out and "complete" in out
 
 
 def test_deleting_one_layer_folder_invalidates_only_that_layer(built, caplog):
-    assert build_cache(built, layers=("7", "8")) == 0
+    assert build_cache(built, layers=("7", "8"), user=tiny_config()) == 0
     import shutil
     shutil.rmtree(built / "cache" / "resnet50" / "single_layer_7")
     caplog.clear()
-    assert build_cache(built, layers=("7", "8")) == 0
+    assert build_cache(built, layers=("7", "8"), user=tiny_config()) == 0
     hits, misses = cache_hits(caplog)
     assert any("layer4" in h for h in hits) and any("layer3" in m for m in misses)
 
 
 BUILD_SCRIPT = (
-    "import sys, config\n"
-    "config.CONFIG.update(working_size=32, batch_size=4, num_workers=0)\n"
-    "config.CONFIG['degradations'] = {'blur': {'type': 'gaussian_blur', 'levels': [1.0, 2.0, 3.0]},"
-    " 'noise': {'type': 'gaussian_noise', 'levels': [5, 10, 20]}}\n"
-    "import main\n"
-    "sys.exit(main.main(sys.argv[1:]))\n")
+    "import sys, main, run_plan\n"
+    "user = run_plan.UserConfig.load(working_size=32, batch_size=4, num_workers=0, degradations="
+    "{'blur': {'type': 'gaussian_blur', 'levels': [1.0, 2.0, 3.0]},"
+    " 'noise': {'type': 'gaussian_noise', 'levels': [5, 10, 20]}})\n"
+    "sys.exit(main.main(sys.argv[1:], user=user))\n")
 
 
 def _build_cmd(tmp_path, cache):

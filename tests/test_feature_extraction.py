@@ -49,12 +49,12 @@ def _arrays(root):
 
 
 def test_staged_extraction_matches_the_plain_path(tmp_path, monkeypatch):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     write_images(tmp_path / "a" / "imgs")
     write_images(tmp_path / "b" / "imgs")
-    assert build_cache(tmp_path / "a", layers=("6", "8")) == 0
+    assert build_cache(tmp_path / "a", layers=("6", "8"), user=user) == 0
     monkeypatch.setattr(fe, "STAGED_DEVICE_TYPES", ("cpu",))
-    assert build_cache(tmp_path / "b", layers=("6", "8")) == 0
+    assert build_cache(tmp_path / "b", layers=("6", "8"), user=user) == 0
     a, b = _arrays(tmp_path / "a" / "cache"), _arrays(tmp_path / "b" / "cache")
     assert a.keys() == b.keys() and len(a) == 2 * 6
     for k in a:
@@ -65,7 +65,7 @@ def test_staged_extraction_matches_the_plain_path(tmp_path, monkeypatch):
 
 
 def test_a_failing_write_stops_the_build_and_keeps_finished_files(tmp_path, monkeypatch):
-    tiny_config(monkeypatch)
+    user = tiny_config()
     write_images(tmp_path / "imgs")
     real, calls = LayerCache.write, []
 
@@ -81,23 +81,19 @@ def test_a_failing_write_stops_the_build_and_keeps_finished_files(tmp_path, monk
     import glob
     kept = glob.glob(str(tmp_path / "cache" / "**" / "*.record.json"), recursive=True)
     assert len(kept) >= 2                          # the files finished before the failure stay
-    assert build_cache(tmp_path) == 0              # and the rerun completes the rest
+    assert build_cache(tmp_path, user=user) == 0              # and the rerun completes the rest
 
 
 def fe_build(tmp_path):
     """The pipeline's build, raising instead of exiting."""
-    import copy
-
-    import config
     import pipeline
-    cfg = copy.deepcopy(config.CONFIG)
+    cfg = tiny_config().config
     cfg.update({"image_size": 32, "weights": "random", "dataset": str(tmp_path / "imgs"),
                 "n_images_inference": 5, "n_images_evaluation": 3, "cache_dir": str(tmp_path / "cache")})
     return pipeline.build_caches(cfg, ["8"], progress=False)
 
 
 def test_an_evaluation_image_is_decoded_once(tmp_path, monkeypatch):
-    tiny_config(monkeypatch)
     write_images(tmp_path / "imgs")
     seen = []
     real = fe.load_rgb

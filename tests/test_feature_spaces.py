@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import distance_metrics as dm
+import gram_engine as ge
 import representations as rp
-from config import default_config
+from run_plan import default_config
 from feature_cache import cache_info, evaluation_units, reference_units
 from feature_spaces import FeatureAssembler
 from test_every_combination import DEGS, RECORDS, FakeCache, run_grid
@@ -25,7 +26,7 @@ def _scores(results):
 
 @pytest.mark.parametrize("route", ["rows", "samples"])
 def test_streamed_kernel_route_equals_explicit_float64_gram_rows(tmp_path, monkeypatch, route):
-    monkeypatch.setattr(rp, "choose_gram_route", lambda costs: route)
+    monkeypatch.setattr(ge, "choose_gram_route", lambda costs: route)
     shape = (16, 3, 3)
     transforms = [{"name": "gram_only", "use_gram": True},
                   {"name": "gram_pca", "use_gram": True, "use_pca": True, "pca_dim": 4}]
@@ -140,11 +141,11 @@ def test_float32_gram_gemm_is_within_1e4_of_float64_for_fid_on_a_real_cached_lay
     from helpers import tiny_args, tiny_config
     results = {}
     for precision in ("float32", "float64"):
-        tiny_config(monkeypatch, gram_precision=precision, max_representation_bytes=2**20,
+        user = tiny_config(gram_precision=precision, max_representation_bytes=2**20,
                           feature_transforms=[{"name": "gram_only", "use_gram": True}],
                           distance_metrics=["fid"])
         assert main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--n-inference", "12",
-                                   "--n-evaluation", "5", "--n-resamples", "0")) == 0
+                                   "--n-evaluation", "5", "--n-resamples", "0"), user=user) == 0
         (run,) = [p for p in (tmp_path / "results").iterdir() if p.name not in results.values()]
         results[precision] = run.name
         data = json.loads(next(run.glob("results_*.json")).read_text())

@@ -3,6 +3,7 @@ directly in float64 numpy: G = F F^T / (C P) per image, the kernel <G_a, G_b>_F.
 import numpy as np
 import pytest
 
+import gram_engine as ge
 import representations as rp
 
 pytest.importorskip("torch")
@@ -32,7 +33,7 @@ def test_kernel_blocks_equal_float64_grams_with_many_evaluation_images(route):
     ranges of 3 images, so the off-diagonal (transposed) blocks of K_ee are exercised, and the
     rows route splits the channels into several row blocks."""
     ref, evals = _data(0, 11, 37, 2, (6, 3, 3))
-    kr, kre, kee = rp.gram_kernel_blocks(ref, evals, route=route, precision="float64",
+    kr, kre, kee = ge.gram_kernel_blocks(ref, evals, route=route, precision="float64",
                                          budget_bytes=2**14)
     r = np.concatenate(ref)
     np.testing.assert_allclose(kr, _kernel(r, r), rtol=1e-12)
@@ -46,7 +47,7 @@ def test_tokens_layout_equals_float64_grams():
     """(n, T, D) token activations: the Gram is over the D channels, positions are the tokens."""
     rng = np.random.default_rng(1)
     ref, ev = [rng.normal(size=(7, 5, 4))], [rng.normal(size=(9, 5, 4))]
-    kr, kre, kee = rp.gram_kernel_blocks(ref, ev, route="samples", precision="float64", budget_bytes=2**12)
+    kr, kre, kee = ge.gram_kernel_blocks(ref, ev, route="samples", precision="float64", budget_bytes=2**12)
     as_chw = [a.transpose(0, 2, 1) for a in (ref[0], ev[0])]
     np.testing.assert_allclose(kre, _kernel(*as_chw), rtol=1e-12)
     np.testing.assert_allclose(kee[0], _kernel(as_chw[1], as_chw[1]), rtol=1e-12)
@@ -57,7 +58,7 @@ def test_samples_route_accumulates_in_float64():
     in float64, is within 3e-8 of the float64 kernel (8.7e-9 measured); summed in float32 it is
     off by ~5e-7."""
     ref, evals = _data(2, 5, 4, 1, (8, 16, 16), dtype=np.float32)
-    kr, kre, _ = rp.gram_kernel_blocks(ref, evals, route="samples", precision="float32")
+    kr, kre, _ = ge.gram_kernel_blocks(ref, evals, route="samples", precision="float32")
     r = np.concatenate(ref)
     np.testing.assert_allclose(kr, _kernel(r, r), rtol=3e-8)
     np.testing.assert_allclose(kre, _kernel(r, evals[0]), rtol=3e-8)
@@ -72,9 +73,9 @@ def test_gram_rows_and_gram_upper_are_the_isometric_upper_triangle():
     iu = np.triu_indices(5)
     expected = g[:, iu[0], iu[1]] * np.where(iu[0] == iu[1], 1.0, np.sqrt(2.0))
     np.testing.assert_allclose(rp.gram_upper(act), expected, rtol=1e-12)
-    np.testing.assert_allclose(rp.gram_rows(act, precision="float64"), expected, rtol=1e-12)
-    np.testing.assert_allclose(rp.gram_rows(act.astype(np.float32)), expected, rtol=0,
+    np.testing.assert_allclose(ge.gram_rows(act, precision="float64"), expected, rtol=1e-12)
+    np.testing.assert_allclose(ge.gram_rows(act.astype(np.float32)), expected, rtol=0,
                                atol=1e-6 * np.abs(expected).max())
-    rows = rp.gram_rows(act, precision="float64")
+    rows = ge.gram_rows(act, precision="float64")
     np.testing.assert_allclose(rows @ rows.T, _kernel(act, act), rtol=1e-12)
     np.testing.assert_allclose(rp.gram_kernel(act, act), _kernel(act, act), rtol=1e-12)

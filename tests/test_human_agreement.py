@@ -75,7 +75,7 @@ def _run(tmp_path, ratings, *extra):
     results = tmp_path / "results"
     before = set(results.iterdir()) if results.exists() else set()
     rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings),
-                             "--n-resamples", "30", "--jobs", "1", *extra))
+                             "--n-resamples", "30", "--jobs", "1", *extra), user=tiny_config())
     assert rc == 0
     (run_dir,) = set(results.iterdir()) - before
     stamp = run_dir.name.split("_", 1)[1]
@@ -89,7 +89,6 @@ def _key(df):
 
 @pytest.mark.slow
 def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeypatch):
-    tiny_config(monkeypatch)
     files = make_databases(tmp_path)
     runs = [_run(tmp_path, f) for f in files]
     frames = [_key(df) for _, df, _ in runs]
@@ -228,7 +227,7 @@ def test_ratings_that_follow_one_configurations_scores_rank_it_first_and_untied(
 # ---------------------------------------------------------------- bad ratings files
 
 def _bad(tmp_path, capsys, ratings):
-    rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings)))
+    rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings)), user=tiny_config())
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
@@ -242,7 +241,6 @@ def _edit(path, fn):
 
 
 def test_bad_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
     kadid, tid, gen = make_databases(tmp_path / "db")
     original = gen.read_text()
     # an image that does not exist
@@ -273,7 +271,6 @@ def test_bad_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, caps
 
 
 def test_blank_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):
-    tiny_config(monkeypatch)
     for text in ("", "\n\n  \n"):
         ratings = tmp_path / "mos.txt"
         ratings.write_text(text)

@@ -411,9 +411,9 @@ def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypa
 
     import main
     from helpers import tiny_args, tiny_config
-    tiny_config(monkeypatch)
+    user = tiny_config()
     assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", "kadid10k",
-                               "--n-inference", "6", "--n-evaluation", "4")) == 0
+                               "--n-inference", "6", "--n-evaluation", "4"), user=user) == 0
     (run,) = (tmp_path / "results").iterdir()
     (path,) = run.glob("results_*.csv")
     with open(path) as f:
@@ -424,7 +424,7 @@ def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypa
     assert "Statistically tied" not in capsys.readouterr().out     # one configuration only
     # combined with the seed's set: both, the seed's first
     assert main.main(tiny_args(tmp_path / "b", "--mode", "quick", "--degradations", "seed,kadid10k",
-                               "--n-inference", "6", "--n-evaluation", "4")) == 0
+                               "--n-inference", "6", "--n-evaluation", "4"), user=user) == 0
     (run,) = (tmp_path / "b" / "results").iterdir()
     with open(next(run.glob("results_*.csv"))) as f:
         cols = next(csv.reader(f))
@@ -436,8 +436,8 @@ def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypa
 def test_bad_degradation_sets_are_usage_errors(tmp_path, monkeypatch, capsys, value):
     import main
     from helpers import tiny_args, tiny_config
-    tiny_config(monkeypatch)
-    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", value)) == 2
+    user = tiny_config()
+    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", value), user=user) == 2
     err = capsys.readouterr().err
     assert "seed, kadid10k, fid" in err and "Traceback" not in err
 
@@ -445,9 +445,9 @@ def test_bad_degradation_sets_are_usage_errors(tmp_path, monkeypatch, capsys, va
 def test_preview_draws_25_rows_of_5_levels(tmp_path, monkeypatch):
     import main
     from helpers import tiny_config
-    tiny_config(monkeypatch)
+    user = tiny_config()
     assert main.main(["--preview-degradations", "--degradations", "kadid10k", "--results-dir",
-                      str(tmp_path), "-q"]) == 0
+                      str(tmp_path), "-q"], user=user) == 0
     with Image.open(tmp_path / "degradation_preview.png") as im:
         w, h = im.size
     tile = 128

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-import config
+import run_plan
 import main
 import pipeline
 from errors import ConfigError
@@ -87,12 +87,12 @@ def test_two_shards_build_the_single_process_cache(single, tmp_path, caplog, mon
     assert len(records) == 2 * 46
     assert all("error" not in o.lower() for o in outs)
     # then a quick run with the same parameters finds everything
-    monkeypatch.setattr(config, "CONFIG", {**copy.deepcopy(config.CONFIG), "num_workers": 0})
     caplog.clear()
     code = main.main(["--mode", "quick", "--layers", *LAYERS, "--weights", "random", "--image-size", "32",
                       "--dataset", str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
                       "--cache-dir", str(cache), "--results-dir", str(tmp_path / "results"),
-                      "--n-resamples", "0", "--jobs", "1", "-q"])
+                      "--n-resamples", "0", "--jobs", "1", "-q"],
+                     user=run_plan.UserConfig.load(num_workers=0))
     assert code == 0
     hits, misses = cache_hits(caplog)
     assert len(hits) == 2 and not misses
@@ -201,7 +201,7 @@ def test_torchrun_environment():
 # ---------------------------------------------------------------- parallel sweeps (library API)
 
 def _sweep_config(tmp_path, **extra):
-    cfg = config.default_config()
+    cfg = run_plan.default_config()
     cfg.update({"working_size": 32, "degradations": copy.deepcopy(TINY_DEGRADATIONS), "batch_size": 8,
                 "num_workers": 0, "image_size": 32, "weights": "random", "dataset": str(tmp_path / "imgs"),
                 "n_images_inference": 12, "n_images_evaluation": 6, "cache_dir": str(tmp_path / "cache"),
@@ -268,7 +268,7 @@ def test_an_unreachable_dask_scheduler_is_a_usage_error(sweep_data, monkeypatch,
 
 def test_the_library_api_takes_a_config_and_leaves_config_py_alone(tmp_path):
     write_images(tmp_path / "imgs", n=12)
-    before = copy.deepcopy(config.CONFIG)
+    before = run_plan.UserConfig.load()
     cfg = _sweep_config(tmp_path, jobs=1, n_images_inference=6, n_images_evaluation=4)
     first = pipeline.build_cache(cfg, "resnet50", ["8"], shard=Shard(0, 2), progress=False)
     assert first.extracted > 0 and first.missing > 0          # the other half is shard 1's
@@ -277,7 +277,7 @@ def test_the_library_api_takes_a_config_and_leaves_config_py_alone(tmp_path):
     exp = pipeline.run_experiment(cfg, "quick", ["8"], progress=False)
     (r,) = exp.results
     assert r.scored and -1 <= r.mean_spearman <= 1 and os.path.exists(exp.files["csv"])
-    assert config.CONFIG == before
+    assert run_plan.UserConfig.load() == before      # config.py's tables untouched
     with pytest.raises(ConfigError, match="jobs"):
         pipeline.run_experiment({**cfg, "jobs": 0}, "quick", ["8"], progress=False)
     with pytest.raises(pipeline.UsageError, match="mode"):

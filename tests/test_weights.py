@@ -1,4 +1,5 @@
 """Weights load through each library's standard cache, offline; bad files fail clearly."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):
     for (k, a), b in zip(model.state_dict().items(), bb.module.state_dict().values()):
         assert torch.equal(a, b), k
     assert bb.provenance["source"] == "pretrained"
-    assert bb.provenance["sha256"] == backbones.sha256_file(str(ckpt))
+    assert bb.provenance["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert backbones.resolve_weights("resnet50", "auto", allow_download=False)["source"] == "pretrained"
 
 
@@ -98,7 +99,7 @@ def test_hf_absent_offline_names_the_model_id(tmp_path):
 
 def test_mismatched_and_corrupt_weight_files_fail_clearly(tmp_path, monkeypatch, capsys):
     import torchvision
-    tiny_config(monkeypatch)
+    user = tiny_config()
     wrong = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
     with pytest.raises(backbones.WeightsError, match="shape mismatch|missing keys"):
@@ -114,7 +115,7 @@ def test_mismatched_and_corrupt_weight_files_fail_clearly(tmp_path, monkeypatch,
     corrupt.write_bytes(b"\x80\x04garbage")
     args = tiny_args(tmp_path, "--build-cache", "--layers", "8", "--n-inference", "3", "--n-evaluation", "2")
     args[args.index("--weights") + 1] = str(corrupt)
-    assert main.main(args) == 1
+    assert main.main(args, user=user) == 1
     err = capsys.readouterr().err
     assert "cannot read weights file" in err and "Traceback" not in err
 
