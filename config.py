@@ -84,7 +84,15 @@ CONFIG = {
 
     # Two-sample metrics (fid, kid, cmmd, mmd_rbf) need no distribution model;
     # model-based metrics (mahalanobis, neg_loglik) are crossed with every model.
-    "distance_metrics": ["fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik"],
+    # fidelity and diversity apart (precision, recall: k = 3; density, coverage: k = 5), FD-infinity,
+    # energy distance, sliced Wasserstein-2, and each image against its own clean version
+    # (paired_l2: on Gram rows the style loss; paired_cosine): README "Metrics"
+    "distance_metrics": ["fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik",
+                         "precision", "recall", "density", "coverage", "fd_inf", "energy",
+                         "sliced_wasserstein", "paired_l2", "paired_cosine"],
+    # Full-reference baselines ranked with the feature spaces (rows baseline:<name>) in medium
+    # and full mode: psnr, ssim, ms_ssim on the working-size pixels. [] or --no-baselines: none.
+    "baselines": ["psnr", "ssim", "ms_ssim"],
 
     "kid": {
         "subsets": None,           # None = deterministic estimate over the full sets

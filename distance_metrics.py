@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import linalg
+from scipy.ndimage import correlate1d
+from scipy.spatial.distance import cdist
 
 CMMD_SIGMA = 10.0     # RBF bandwidth used by the CMMD reference (Jayasumana et al., CVPR 2024)
 CMMD_SCALE = 1000.0   # the CMMD reference reports MMD^2 x 1000
 KID_DEGREE, KID_COEF0 = 3, 1.0   # Binkowski et al. 2018 (KID), torch-fidelity defaults
 KID_SUBSET_SIZE = 1000
+PRECISION_RECALL_K = 3      # Kynkaanniemi et al. 2019
+DENSITY_COVERAGE_K = 5      # Naeem et al. 2020 (the prdc package's recommended k)
+SW_PROJECTIONS = 50         # POT's sliced_wasserstein_distance default
+FD_INF_POINTS = 15          # Chong & Forsyth 2020 (and dgm-eval's compute_FD_infinity)
+PRDC_K = {"precision": PRECISION_RECALL_K, "recall": PRECISION_RECALL_K,
+          "density": DENSITY_COVERAGE_K, "coverage": DENSITY_COVERAGE_K}
 # The parameters of config['kid'] and config['cmmd'] (their values live in config.py only;
 # the constants above are the published ones, and a test checks that config.py's agree).
 METRIC_PARAMS = {"kid": ("subsets", "subset_size", "degree", "gamma", "coef0"),
@@ -39,17 +47,53 @@ class MetricInputError(ValueError):
 #               on the unit sphere, and its sigma = 10 is set for that scale)
 #   per_image   it gives every evaluation image a score of its own (its prepared state is
 #               the per-image values, and the set's score is their mean)
-_TWO = {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "per_image": False}
+#   paired      it compares each evaluation image with its own clean version (full-reference)
+#   higher_is_better  the score rises as the sets agree (precision, recall, density,
+#               coverage); the ranking turns rho around so that positive always means "the
+#               score worsens as the images do"
+_TWO = {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "per_image": False,
+        "unit_rows": False, "paired": False, "higher_is_better": False}
+_MODEL = {**_TWO, "model": True, "per_image": True}
+_FIDELITY = {**_TWO, "higher_is_better": True}
+_PAIRED = {**_TWO, "forms": ("explicit",), "per_image": True, "paired": True}
 METRICS = {
-    "fid": {**_TWO, "unit_rows": False},
-    "kid": {**_TWO, "unit_rows": False},
+    "fid": _TWO,
+    "kid": _TWO,
     "cmmd": {**_TWO, "unit_rows": True},
-    "mmd_rbf": {**_TWO, "unit_rows": False},
-    "mahalanobis": {"model": True, "covariance": True, "forms": ("explicit", "kernel"),
-                    "unit_rows": False, "per_image": True},
-    "neg_loglik": {"model": True, "covariance": False, "forms": ("explicit", "kernel"),
-                   "unit_rows": False, "per_image": True},
+    "mmd_rbf": _TWO,
+    "mahalanobis": {**_MODEL, "covariance": True},
+    "neg_loglik": _MODEL,
+    "precision": _FIDELITY,
+    "recall": _FIDELITY,
+    "density": _FIDELITY,
+    "coverage": _FIDELITY,
+    "fd_inf": _TWO,
+    "energy": _TWO,
+    "sliced_wasserstein": {**_TWO, "forms": ("explicit",)},
+    "paired_l2": _PAIRED,
+    "paired_cosine": _PAIRED,
+    # full-reference baselines on the pixels (baselines.py computes them; config['baselines'])
+    "psnr": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
+    "ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
+    "ms_ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
 }
+PIXEL_METRICS = tuple(m for m, r in METRICS.items() if r["forms"] == ("pixels",))
+FEATURE_METRICS = tuple(m for m in METRICS if m not in PIXEL_METRICS)
+NEEDS_COORDINATES = {       # why a metric with forms ("explicit",) does not run on kernel blocks
+    "sliced_wasserstein": "sliced_wasserstein projects rows on random directions and needs "
+                          "coordinates; this space is held as kernel blocks",
+    "paired_l2": "paired_l2 needs each degraded image's kernel with its own clean version, which "
+                 "the Gram kernel route does not compute; this space is held as kernel blocks",
+    "paired_cosine": "paired_cosine needs each degraded image's kernel with its own clean version, "
+                     "which the Gram kernel route does not compute; this space is held as kernel "
+                     "blocks",
+}
+
+
+def orientation(metric: str) -> int:
+    """+1 when the score grows as the evaluation set departs from the reference (distances),
+    -1 when it falls (precision, recall, density, coverage): rho times this is "worsens"."""
+    return -1 if METRICS[metric]["higher_is_better"] else 1
 TWO_SAMPLE_METRICS = tuple(m for m, r in METRICS.items() if not r["model"])
 MODEL_METRICS = tuple(m for m, r in METRICS.items() if r["model"])
 
@@ -521,6 +565,279 @@ def mmd_rbf_from_kernel(k_rr, k_re, k_ee, sigma="median") -> float:
     return KernelReference("mmd_rbf", k_rr, 1, sigma=sigma).score((k_re, k_ee))
 
 
+# ---------------------------------------------------------------- nearest neighbours and distances
+#
+# Precision, recall, density, coverage and the energy distance need Euclidean distances: from
+# explicit rows directly (scipy's cdist, exact to rounding), from linear kernel blocks as
+# |a - b|^2 = K_aa + K_bb - 2 K_ab.
+# The reference-side quantities (k-NN radii, the mean distance) are computed in row blocks, so
+# no n_ref x n_ref matrix is formed for explicit rows; a kernel space already holds K_rr.
+
+_BLOCK = 256
+
+
+def _dists(k_ab, a_sq, b_sq) -> np.ndarray:
+    """Euclidean distances from the inner products and squared norms (sklearn's formula)."""
+    return np.sqrt(_sq_from_kernel(k_ab, a_sq, b_sq))
+
+
+def kth_neighbour(d: np.ndarray, k: int) -> np.ndarray:
+    """Per row of a distance block whose rows include the point itself: the distance to its
+    k-th nearest neighbour (the (k+1)-th smallest value, as the prdc package computes it)."""
+    if d.shape[1] < k + 1:
+        raise MetricInputError(f"k = {k} nearest neighbours need at least {k + 1} rows; got {d.shape[1]}")
+    return np.partition(d, k, axis=1)[:, k]
+
+
+class _Geometry:
+    """The reference rows (or their kernel K_rr) and what every distance needs from them."""
+
+    def __init__(self, ref=None, k_rr=None):
+        if k_rr is not None:
+            self.k_rr = np.asarray(k_rr, np.float64)
+            self.r_sq, self.ref = np.diag(self.k_rr).copy(), None
+        else:
+            self.ref = check_features(ref, "reference")
+            self.r_sq, self.k_rr = np.sum(self.ref ** 2, axis=1), None
+        self.n = len(self.r_sq)
+
+    def ref_blocks(self):
+        """(start, distances of reference rows start.. to every reference row), in blocks."""
+        for s in range(0, self.n, _BLOCK):
+            e = min(s + _BLOCK, self.n)
+            yield s, (_dists(self.k_rr[s:e], self.r_sq[s:e], self.r_sq) if self.k_rr is not None
+                      else cdist(self.ref[s:e], self.ref))
+
+    def blocks(self, ev):
+        """(D_re, D_ee) of an evaluation set: rows (n, d), or kernel blocks (K_re, K_ee)."""
+        if self.k_rr is not None:
+            k_re, k_ee = (np.asarray(b, np.float64) for b in ev)
+            e_sq = np.diag(k_ee).copy()
+            return _dists(k_re, self.r_sq, e_sq), _dists(k_ee, e_sq, e_sq)
+        ev = _check_dim(ev, self.ref.shape[1])
+        return cdist(self.ref, ev), cdist(ev, ev)
+
+
+def _resample(state, idx):
+    d_re, d_ee = state
+    return (d_re, d_ee) if idx is None else (d_re[:, idx], d_ee[np.ix_(idx, idx)])
+
+
+class PRDCReference:
+    """One of precision, recall (Kynkaanniemi et al. 2019), density or coverage (Naeem et al.
+    2020), as the authors' package `prdc.compute_prdc` defines them: a k-NN ball around every
+    reference row (radius: its k-th nearest reference row) and around every evaluation row.
+    precision: evaluation rows inside some reference ball; recall: reference rows inside some
+    evaluation ball; density: reference balls holding each evaluation row, / k, averaged;
+    coverage: reference balls holding some evaluation row. `ref` rows, or `k_rr` kernel blocks
+    (then `prepare` takes (K_re, K_ee))."""
+
+    def __init__(self, which: str, ref=None, k=None, k_rr=None):
+        if which not in ("precision", "recall", "density", "coverage"):
+            raise MetricInputError(f"{which} is not one of precision, recall, density, coverage")
+        self.which = which
+        self.k = k or PRDC_K[which]
+        self.geo = _Geometry(ref, k_rr)
+        self.radii = np.empty(self.geo.n)
+        for s, d in self.geo.ref_blocks():
+            self.radii[s:s + len(d)] = kth_neighbour(d, self.k)
+
+    def prepare(self, ev):
+        return self.geo.blocks(ev)
+
+    def score_prepared(self, state, idx=None) -> float:
+        d_re, d_ee = _resample(state, idx)
+        inside = d_re < self.radii[:, None]               # (reference ball, evaluation row)
+        if self.which == "precision":
+            return float(inside.any(axis=0).mean())
+        if self.which == "density":
+            return float(inside.sum(axis=0).mean() / self.k)
+        if self.which == "coverage":
+            return float((d_re.min(axis=1) < self.radii).mean())
+        return float((d_re < kth_neighbour(d_ee, self.k)[None, :]).any(axis=1).mean())
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
+def precision_recall(ref, ev, k: int = PRECISION_RECALL_K) -> tuple[float, float]:
+    """(precision, recall) of `ev` (n2, d) against `ref` (n1, d) with k-NN balls; see PRDCReference."""
+    ref, ev = _check_pair(ref, ev)
+    return tuple(PRDCReference(w, ref, k).score(ev) for w in ("precision", "recall"))
+
+
+def density_coverage(ref, ev, k: int = DENSITY_COVERAGE_K) -> tuple[float, float]:
+    """(density, coverage) of `ev` (n2, d) against `ref` (n1, d); see PRDCReference."""
+    ref, ev = _check_pair(ref, ev)
+    return tuple(PRDCReference(w, ref, k).score(ev) for w in ("density", "coverage"))
+
+
+class EnergyReference:
+    """Energy distance (Szekely & Rizzo), the V-statistic that dcor.energy_distance computes:
+    2 E|X - Y| - E|X - X'| - E|Y - Y'|, every mean over all pairs (self-pairs included). `ref`
+    rows, or `k_rr` kernel blocks (then `prepare` takes (K_re, K_ee))."""
+
+    def __init__(self, ref=None, k_rr=None):
+        self.geo = _Geometry(ref, k_rr)
+        self.mean_rr = sum(float(d.sum()) for _, d in self.geo.ref_blocks()) / self.geo.n ** 2
+
+    def prepare(self, ev):
+        return self.geo.blocks(ev)
+
+    def score_prepared(self, state, idx=None) -> float:
+        d_re, d_ee = _resample(state, idx)
+        return float(2.0 * d_re.mean() - d_ee.mean() - self.mean_rr)
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
+def energy_distance(ref, ev) -> float:
+    """Energy distance between the rows of `ref` (n1, d) and `ev` (n2, d); see EnergyReference."""
+    ref, ev = _check_pair(ref, ev)
+    return EnergyReference(ref).score(ev)
+
+
+def random_projections(dim: int, n_projections: int = SW_PROJECTIONS, seed: int = 0) -> np.ndarray:
+    """(dim, n_projections) unit columns from numpy.random.RandomState(seed).randn, the
+    directions POT's get_random_projections draws for the same integer seed."""
+    p = np.random.RandomState(seed).randn(dim, n_projections)
+    return p / np.sqrt(np.sum(p ** 2, axis=0, keepdims=True))
+
+
+def _w2_sq_1d(u_sorted: np.ndarray, v_sorted: np.ndarray) -> np.ndarray:
+    """Squared 2-Wasserstein distance per column between two sorted uniform samples (n, P) and
+    (m, P), through their quantile functions (POT's wasserstein_1d, p = 2)."""
+    n, m = len(u_sorted), len(v_sorted)
+    u_cw = np.cumsum(np.full(n, 1.0 / n))
+    v_cw = np.cumsum(np.full(m, 1.0 / m))
+    qs = np.sort(np.concatenate((u_cw, v_cw)))
+    u_q = u_sorted[np.clip(np.searchsorted(u_cw, qs), 0, n - 1)]
+    v_q = v_sorted[np.clip(np.searchsorted(v_cw, qs), 0, m - 1)]
+    delta = np.diff(np.concatenate(([0.0], qs)))
+    return np.sum(delta[:, None] * (u_q - v_q) ** 2, axis=0)
+
+
+class SlicedWassersteinReference:
+    """Sliced 2-Wasserstein distance: the root of the mean over random unit directions of the
+    squared 1-D W2 between the projected sets (POT's sliced_wasserstein_distance, p = 2).
+    Directions come from `seed` (or are given as `projections`, (d, P)). Explicit rows only: a
+    projection needs coordinates, which kernel blocks do not give."""
+
+    def __init__(self, ref, n_projections: int = SW_PROJECTIONS, seed: int = 0, projections=None):
+        ref = check_features(ref, "reference")
+        self.projections = (random_projections(ref.shape[1], n_projections, seed)
+                            if projections is None else np.asarray(projections, np.float64))
+        self.ref_sorted = np.sort(ref @ self.projections, axis=0)
+
+    def prepare(self, ev):
+        return _check_dim(ev, len(self.projections)) @ self.projections
+
+    def score_prepared(self, state, idx=None) -> float:
+        proj = np.sort(state if idx is None else state[idx], axis=0)
+        return float(np.sqrt(np.mean(_w2_sq_1d(self.ref_sorted, proj))))
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
+def sliced_wasserstein(ref, ev, n_projections: int = SW_PROJECTIONS, seed: int = 0,
+                       projections=None) -> float:
+    """Sliced W2 between `ref` (n1, d) and `ev` (n2, d); see SlicedWassersteinReference."""
+    ref, ev = _check_pair(ref, ev)
+    return SlicedWassersteinReference(ref, n_projections, seed, projections).score(ev)
+
+
+class FDInfReference:
+    """FD-infinity (Chong & Forsyth, CVPR 2020), as dgm-eval's compute_FD_infinity: FID of the
+    reference against random subsets of the evaluation set at `num_points` sizes evenly spaced
+    from max(n // 10, 2) (at most 5000) to n, drawn without replacement by
+    numpy.random.default_rng(seed); a least-squares line of FID against 1/N, read at 1/N = 0.
+    `fid_reference` is a FIDReference (rows) or a KernelReference('fid') (kernel blocks)."""
+
+    def __init__(self, fid_reference, seed: int = 0, num_points: int = FD_INF_POINTS):
+        self.fid, self.seed, self.num_points = fid_reference, seed, num_points
+
+    def prepare(self, ev):
+        return self.fid.prepare(ev)
+
+    def sizes(self, n: int) -> np.ndarray:
+        return np.linspace(min(5000, max(n // 10, 2)), n, self.num_points).astype(np.int32)
+
+    def score_prepared(self, state, idx=None) -> float:
+        rows = np.arange(_n_rows(state)) if idx is None else np.asarray(idx)
+        rng = np.random.default_rng(self.seed)
+        sizes = self.sizes(len(rows))
+        fds = [self.fid.score_prepared(state, rng.choice(rows, int(s), replace=False)) for s in sizes]
+        slope, intercept = np.polyfit(1.0 / sizes, fds, 1)
+        return float(intercept)
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
+def _n_rows(state) -> int:
+    """Evaluation rows in a FID state: (Z Z^T, A^T Z^T) of FIDReference or (K_re, K_ee) of
+    KernelReference; the second block has one column per evaluation row in both."""
+    return state[1].shape[1]
+
+
+def fd_inf(ref, ev, seed: int = 0, num_points: int = FD_INF_POINTS) -> float:
+    """FD-infinity between `ref` (n1, d) and `ev` (n2, d); see FDInfReference."""
+    ref, ev = _check_pair(ref, ev)
+    return FDInfReference(FIDReference(ref), seed, num_points).score(ev)
+
+
+class PerImage:
+    """A score with one value per evaluation image: `prepare` gives the values, the set's score
+    is their mean (over the rows `idx` when resampled)."""
+
+    def prepare(self, values):
+        return np.asarray(values, np.float64)
+
+    def score_prepared(self, state, idx=None) -> float:
+        return float(np.mean(state if idx is None else state[idx]))
+
+    def score(self, values) -> float:
+        return self.score_prepared(self.prepare(values))
+
+
+class PairedReference(PerImage):
+    """Full-reference distance of each evaluation image to its own clean version, in the
+    feature space: `paired_l2` the Euclidean distance of the rows (on Gram rows the Frobenius
+    distance of the Gram matrices, the style loss of Gatys et al.), `paired_cosine` one minus
+    their cosine. Per-image values; the set's score is their mean. `prepare` takes (rows,
+    clean rows) of the same images in the same order."""
+
+    def __init__(self, metric: str):
+        if metric not in ("paired_l2", "paired_cosine"):
+            raise MetricInputError(f"{metric} is not a paired metric")
+        self.metric = metric
+
+    def prepare(self, pair):
+        ev, clean = pair
+        ev, clean = check_features(ev, "evaluation", 1), check_features(clean, "clean evaluation", 1)
+        if ev.shape != clean.shape:
+            raise MetricInputError(f"paired metrics need the same images degraded and clean: "
+                                   f"{ev.shape} vs {clean.shape}")
+        if self.metric == "paired_l2":
+            return np.sqrt(np.sum((ev - clean) ** 2, axis=1))
+        norms = np.linalg.norm(ev, axis=1) * np.linalg.norm(clean, axis=1)
+        if np.any(norms == 0):
+            raise MetricInputError("paired_cosine: some rows are all zeros")
+        return 1.0 - np.sum(ev * clean, axis=1) / norms
+
+
+def paired_l2(ev, clean) -> float:
+    """Mean Euclidean distance between each row of `ev` and the same row of `clean`."""
+    return PairedReference("paired_l2").score((ev, clean))
+
+
+def paired_cosine(ev, clean) -> float:
+    """Mean of 1 - cos(row of `ev`, same row of `clean`)."""
+    return PairedReference("paired_cosine").score((ev, clean))
+
+
 # ---------------------------------------------------------------- pytorch-fid interop
 
 def save_fid_stats(path: str, ref) -> None:
@@ -535,3 +852,109 @@ def load_fid_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
             raise MetricInputError(f"{path}: a pytorch-fid statistics file holds 'mu' and "
                                    f"'sigma'; found {sorted(f.files)}")
         return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+
+
+# ---------------------------------------------------------------- pixel baselines
+#
+# Full-reference scores of each image against its own clean version, on (n, H, W, 3) pixel
+# arrays (uint8 or float, `data_range` 255): one value per image. SSIM and MS-SSIM follow
+# pytorch_msssim (Wang et al. 2004 / 2003): an 11-tap Gaussian window of sigma 1.5 applied
+# separably with no padding, K = (0.01, 0.03), the mean SSIM per channel, then over channels;
+# MS-SSIM over 5 scales with weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), the contrast-
+# structure terms of the first 4 and the SSIM of the last, negative values clipped at 0, and a
+# 2 x 2 average pool (zero-padded by one on odd sides, padding counted) between scales.
+
+PSNR_MAX_DB = 100.0         # identical images: PSNR is infinite; they score this cap
+SSIM_WIN, SSIM_SIGMA, SSIM_K = 11, 1.5, (0.01, 0.03)
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _pixels(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3, H, W) float64 of two (n, H, W, 3) image stacks of one shape."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
+        raise MetricInputError(f"pixel baselines compare (n, H, W, 3) images of one shape; got "
+                               f"{x.shape} and {y.shape}")
+    return x.transpose(0, 3, 1, 2), y.transpose(0, 3, 1, 2)
+
+
+def psnr(x, y, data_range: float = 255.0) -> np.ndarray:
+    """Per image: 10 log10(data_range^2 / MSE) over every pixel and channel, in dB; identical
+    images score PSNR_MAX_DB."""
+    x, y = _pixels(x, y)
+    mse = np.mean((x - y) ** 2, axis=(1, 2, 3))
+    floor = data_range ** 2 * 10 ** (-PSNR_MAX_DB / 10)
+    return 10.0 * np.log10(data_range ** 2 / np.maximum(mse, floor))
+
+
+def _gauss_window(size: int = SSIM_WIN, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """The normalised Gaussian window, in float64 (pytorch_msssim builds it in float32, which
+    moves its SSIM by about 1e-8 and its MS-SSIM by about 3e-7)."""
+    coords = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(coords ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _filter(a: np.ndarray, win: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation over the last two axes (a side shorter than the window
+    is left unfiltered, as pytorch_msssim does)."""
+    half = len(win) // 2
+    for axis in (a.ndim - 2, a.ndim - 1):
+        if a.shape[axis] >= len(win):
+            full = correlate1d(a, win, axis=axis, mode="constant")
+            a = np.take(full, np.arange(half, a.shape[axis] - half), axis=axis)
+    return a
+
+
+def _ssim_cs(x, y, data_range, win):
+    c1, c2 = (SSIM_K[0] * data_range) ** 2, (SSIM_K[1] * data_range) ** 2
+    mu1, mu2 = _filter(x, win), _filter(y, win)
+    s11 = _filter(x * x, win) - mu1 ** 2
+    s22 = _filter(y * y, win) - mu2 ** 2
+    s12 = _filter(x * y, win) - mu1 * mu2
+    cs_map = (2 * s12 + c2) / (s11 + s22 + c2)
+    ssim_map = ((2 * mu1 * mu2 + c1) / (mu1 ** 2 + mu2 ** 2 + c1)) * cs_map
+    n, c = x.shape[:2]
+    return ssim_map.reshape(n, c, -1).mean(-1), cs_map.reshape(n, c, -1).mean(-1)
+
+
+def ssim(x, y, data_range: float = 255.0) -> np.ndarray:
+    """Per image: SSIM, the mean over channels of the mean SSIM map (pytorch_msssim.ssim with
+    size_average=False)."""
+    x, y = _pixels(x, y)
+    return _ssim_cs(x, y, data_range, _gauss_window())[0].mean(axis=1)
+
+
+def _avg_pool2(a: np.ndarray) -> np.ndarray:
+    """torch's avg_pool2d(kernel 2, stride 2, padding = side % 2), zero padding counted."""
+    ph, pw = a.shape[-2] % 2, a.shape[-1] % 2
+    a = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(ph, ph), (pw, pw)])
+    h, w = a.shape[-2] // 2 * 2, a.shape[-1] // 2 * 2
+    a = a[..., :h, :w]
+    return a.reshape(*a.shape[:-2], h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
+
+
+def ms_ssim_min_size(win: int = SSIM_WIN) -> int:
+    """The smallest side MS-SSIM's four downsamplings allow."""
+    return (win - 1) * 2 ** 4 + 1
+
+
+def ms_ssim(x, y, data_range: float = 255.0) -> np.ndarray:
+    """Per image: multi-scale SSIM (pytorch_msssim.ms_ssim with size_average=False)."""
+    x, y = _pixels(x, y)
+    if min(x.shape[-2:]) < ms_ssim_min_size():
+        raise MetricInputError(f"ms_ssim needs images of at least {ms_ssim_min_size()} px a side "
+                               f"(four downsamplings of an 11-px window); these are "
+                               f"{x.shape[-1]} px: raise config['working_size']")
+    win, mcs = _gauss_window(), []
+    for i in range(len(MS_SSIM_WEIGHTS)):
+        s, cs = _ssim_cs(x, y, data_range, win)
+        if i < len(MS_SSIM_WEIGHTS) - 1:
+            mcs.append(np.maximum(cs, 0.0))
+            x, y = _avg_pool2(x), _avg_pool2(y)
+    stack = np.stack(mcs + [np.maximum(s, 0.0)])                  # (5, n, C)
+    w = np.asarray(MS_SSIM_WEIGHTS)[:, None, None]
+    return np.prod(stack ** w, axis=0).mean(axis=1)
+
+
+PIXEL_FUNCTIONS = {"psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}

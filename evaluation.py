@@ -43,6 +43,7 @@ from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, 
 from feature_spaces import FeatureSpace, Infeasible
 
 SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
+BASELINE = "baseline"       # the backbone of the full-reference baselines' rows (baseline:psnr)
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Configuration:
 
     @property
     def label(self) -> str:
+        if self.backbone == BASELINE:
+            return f"{BASELINE}:{self.metric}"
         parts = [self.backbone, self.layer_config["name"], self.transform["name"]]
         if self.model:
             parts.append(self.model["name"])
@@ -204,6 +207,8 @@ def csv_columns(degradations: dict, mos_types=()) -> list[str]:
 
 # ------------------------------------------------------------------ monotonicity
 
+CLEAN = ("clean", 0)       # the key of the clean evaluation set (level position 0)
+
 def spearman_monotonicity(scores) -> float:
     """Spearman rho between severity position (0..L) and score; 0 for a constant score
     (a metric that does not move orders nothing)."""
@@ -238,7 +243,14 @@ def _spearman_rows(scores: np.ndarray) -> np.ndarray:
 def feasibility(conf: Configuration, space: FeatureSpace) -> str | None:
     """None when `conf` can run on `space`, else the rule (from METRICS and MODELS)."""
     if space.form not in dm.METRICS[conf.metric]["forms"]:
-        return f"{conf.metric} needs explicit rows; this space is held as kernel blocks"
+        return dm.NEEDS_COORDINATES.get(
+            conf.metric, f"{conf.metric} needs explicit rows; this space is held as kernel blocks")
+    k = dm.PRDC_K.get(conf.metric)
+    if k is not None and min(space.n_ref, space.n_eval) < k + 1:
+        return (f"{conf.metric} needs each set's {k}-th nearest neighbour: at least {k + 1} reference "
+                f"and evaluation images (here {space.n_ref} and {space.n_eval})")
+    if dm.METRICS[conf.metric]["paired"] and CLEAN not in space.keys:
+        return f"{conf.metric} compares each image with its clean version; this run has no clean set"
     if conf.model is not None:
         return model_feasibility(conf.model, space.form, space.dim, space.n_ref)
     return None
@@ -251,6 +263,18 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
     k, c = cfg["kid"], cfg["cmmd"]
     if metric in dm.MODEL_METRICS:
         return dm.ModelMetricReference(model, metric)
+    if dm.METRICS[metric]["paired"]:
+        return dm.PairedReference(metric)
+    k_rr = space.kernel.rr if space.kernel is not None else None
+    rows = space.ref if k_rr is None else None
+    if metric in ("precision", "recall", "density", "coverage"):
+        return dm.PRDCReference(metric, rows, k_rr=k_rr)
+    if metric == "energy":
+        return dm.EnergyReference(rows, k_rr=k_rr)
+    if metric == "sliced_wasserstein":
+        return dm.SlicedWassersteinReference(rows, seed=seed)
+    if metric == "fd_inf":
+        return dm.FDInfReference(scorer_for("fid", space, None, cfg, seed), seed)
     if space.kernel is not None:
         return dm.KernelReference(metric, space.kernel.rr, space.dim, kid_degree=k["degree"],
                                   kid_gamma=k["gamma"], kid_coef0=k["coef0"], cmmd_sigma=c["sigma"],
@@ -268,6 +292,8 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
 
 def _evaluation_input(metric: str, space: FeatureSpace, key):
     """What `scorer.prepare` takes for evaluation set `key` in this space."""
+    if dm.METRICS[metric]["paired"]:
+        return space.evals[key], space.evals[CLEAN]
     if space.kernel is None:
         return space.evals[key]
     if dm.METRICS[metric]["model"]:
@@ -282,7 +308,8 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     `space_fn()` returns the FeatureSpace (or raises Infeasible / MetricInputError, which
     then applies to every configuration of the group). `base` holds fields common to every
     result (n_reference, weights, ...). With `ratings` (a rated database), each scored
-    configuration also gets its agreement with the opinion scores (`agreement`)."""
+    configuration also gets its agreement with the opinion scores (`agreement`). One function
+    (69 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
     base = base or {}
     results = [ConfigResult(c, **base) for c in confs]
     try:
@@ -332,7 +359,8 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
             if r.status != SCORED:
                 continue
             try:
-                ik = (id(s), dm.METRICS[r.conf.metric]["model"])
+                need = dm.METRICS[r.conf.metric]
+                ik = (id(s), need["model"], need["paired"])
                 if ik not in inputs:
                     inputs[ik] = _evaluation_input(r.conf.metric, s, key)
                 r.prepared[key] = r.scorer.prepare(inputs[ik])
@@ -346,14 +374,35 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     return results
 
 
+def baseline_configuration(name: str) -> Configuration:
+    """The row of a pixel baseline: no layers, no transform, no model."""
+    return Configuration(BASELINE, {"name": "pixels", "layers": [], "paths": []}, {"name": "pixels"},
+                         None, name)
+
+
+def score_baseline(name: str, values: dict | None, degradations: dict, base: dict | None = None,
+                   ratings: ha.Ratings | None = None, reason: str = "") -> ConfigResult:
+    """A full-reference baseline ranked like a configuration: `values` maps each evaluation set
+    to the per-image scores (baselines.baseline_values); None with `reason` when it cannot run."""
+    r = ConfigResult(baseline_configuration(name), **(base or {}))
+    if values is None:
+        return _set(r, NOT_RUN, reason)
+    r.scorer, r.prepared = dm.PerImage(), {k: np.asarray(v, np.float64) for k, v in values.items()}
+    _monotonicity(r, degradations, len(next(iter(values.values()))))
+    if r.status == SCORED and ratings is not None:
+        agreement(r, ratings)
+    return r
+
+
 def agreement(r: ConfigResult, ratings: ha.Ratings) -> None:
     """Set-level criteria from the groups' scores; image-level ones for per-image metrics."""
+    sign = dm.orientation(r.conf.metric)        # SRCC with the MOS of "worsens" scores
     scores = [r.per_degradation[t]["scores"][p] for t, p in ratings.keys]
-    m = ha.set_level(scores, ratings)
+    m = ha.set_level(sign * np.asarray(scores), ratings)
     m.update(group_scores=[float(v) for v in scores], srcc_ci=None, delta_top=None,
              delta_top_ci=None, tied_with_top=None, image=None)
     if dm.METRICS[r.conf.metric]["per_image"]:
-        m["image"] = ha.image_level(np.stack([r.prepared[k] for k in ratings.keys]), ratings)
+        m["image"] = ha.image_level(sign * np.stack([r.prepared[k] for k in ratings.keys]), ratings)
     r.mos = m
 
 
@@ -366,15 +415,16 @@ def _monotonicity(r: ConfigResult, degradations: dict, n_eval: int) -> None:
     per_deg = {}
     try:
         for name, spec in degradations.items():
-            keys = [("clean", 0)] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
+            keys = [CLEAN] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
             scores = [r.scorer.score_prepared(r.prepared[k]) for k in keys]
             if not np.all(np.isfinite(scores)):
                 _set(r, FAILED, f"{r.conf.metric} gave a non-finite score on {name}")
                 return
+            oriented = dm.orientation(r.conf.metric) * np.asarray(scores)
             per_deg[name] = {"levels": [None] + list(spec["levels"]), "scores": scores,
-                             "spearman": spearman_monotonicity(scores),
-                             "kendall": kendall_monotonicity(scores)}
-    except ArithmeticError as exc:
+                             "spearman": spearman_monotonicity(oriented),
+                             "kendall": kendall_monotonicity(oriented)}
+    except (ArithmeticError, dm.MetricInputError) as exc:
         _set(r, FAILED, str(exc))
         return
     r.per_degradation = per_deg
@@ -395,10 +445,10 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     alpha = (1 - confidence) / 2
     rhos, columns = [], {}
     for name, spec in degradations.items():
-        keys = [("clean", 0)] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
+        keys = [CLEAN] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
         boot = np.array([[scorer.score_prepared(prepared[k], i) for k in keys] for i in idx])
         columns.update({k: boot[:, j] for j, k in enumerate(keys)})
-        rho = _spearman_rows(boot)
+        rho = _spearman_rows(dm.orientation(result.conf.metric) * boot)
         rhos.append(rho)
         d = result.per_degradation[name]
         d["spearman_ci"] = [float(np.quantile(rho, alpha)), float(np.quantile(rho, 1 - alpha))]
@@ -406,13 +456,15 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
                           [float(np.quantile(boot[:, j], 1 - alpha)) for j in range(len(keys))]]
         diff = boot[:, 1] - boot[:, 0]
         sd = diff.std(ddof=1)
-        d["sensitivity"] = float((d["scores"][1] - d["scores"][0]) / sd) if sd > 0 else None
+        d["sensitivity"] = (float(dm.orientation(result.conf.metric) * (d["scores"][1] - d["scores"][0])
+                                  / sd) if sd > 0 else None)
     mean = np.mean(rhos, axis=0)
     result.mean_spearman_ci = [float(np.quantile(mean, alpha)), float(np.quantile(mean, 1 - alpha))]
     result.n_resamples = n_resamples
     result.boot_mean = mean
     if ratings is not None and result.mos is not None:
-        boot = ha.bootstrap_srcc(np.stack([columns[k] for k in ratings.keys], axis=1), ratings, idx)
+        boot = ha.bootstrap_srcc(dm.orientation(result.conf.metric)
+                                 * np.stack([columns[k] for k in ratings.keys], axis=1), ratings, idx)
         result.mos["srcc_ci"] = ha.interval(boot, confidence)
         result.boot_mos = boot
 
@@ -457,6 +509,23 @@ def ties_with_top(ranked: list[ConfigResult], confidence: float) -> list[ConfigR
         if r.tied_with_top:
             tied.append(r)
     return tied
+
+
+def versus_baseline(ranked: list[ConfigResult], by: str, confidence: float) -> dict | None:
+    """The best feature space against the best baseline: the difference of the ranking
+    criterion (mean rho, or SRCC with the MOS) and its paired bootstrap interval (the same
+    resampled evaluation images for both). None without a scored row of each kind."""
+    done = [r for r in ranked if r.scored]
+    feature = next((r for r in done if r.conf.backbone != BASELINE), None)
+    base = next((r for r in done if r.conf.backbone == BASELINE), None)
+    if feature is None or base is None:
+        return None
+    boot = (lambda r: r.boot_mean) if by == "monotonicity" else (lambda r: r.boot_mos)
+    ci = None
+    if boot(feature) is not None and boot(base) is not None and len(boot(feature)) == len(boot(base)):
+        ci = ha.interval(np.asarray(boot(feature)) - np.asarray(boot(base)), confidence)
+    return {"feature": feature.label, "baseline": base.label, "criterion": by,
+            "delta": float(feature.criterion(by) - base.criterion(by)), "delta_ci": ci}
 
 
 RANK_BY = ("monotonicity", "mos")

@@ -573,6 +573,38 @@ def _atomic_save_npy(path: str, array: np.ndarray) -> str:
     return box["sha256"]
 
 
+def save_array(path: str, array: np.ndarray) -> str:
+    """np.save `array` to `path` atomically (folders made as needed); returns its sha256."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return _atomic_save_npy(path, array)
+
+
+def load_array(path: str, shape: tuple) -> np.ndarray | None:
+    """A float64 array of `shape`, all finite, saved by save_array; None when it is absent or
+    is anything else (a truncated or foreign file is recomputed, never trusted)."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if a.dtype != np.float64 or a.shape != tuple(shape) or not np.isfinite(a).all():
+        return None
+    return a
+
+
+BASELINES_DIR = "baselines"     # <cache_dir>/baselines/<name>/<key>.npy: baselines.py's values
+
+
+def _baseline_rows(bdir: str) -> list[dict]:
+    rows = []
+    for name in sorted(os.listdir(bdir)):
+        files = [os.path.join(bdir, name, f) for f in sorted(os.listdir(os.path.join(bdir, name)))
+                 if f.endswith(".npy")] if os.path.isdir(os.path.join(bdir, name)) else []
+        rows.append({"backbone": BASELINES_DIR, "layer": name, "entry": "per-image values",
+                     "kind": "baseline", "module_path": "pixels", "files": len(files),
+                     "bytes": sum(os.path.getsize(f) for f in files), "complete": True, "weights": {}})
+    return rows
+
+
 def cache_info(root: str) -> list[dict]:
     """Every entry under `root`: backbone, layer, entry, files, bytes, complete, key."""
     rows = []
@@ -581,6 +613,9 @@ def cache_info(root: str) -> list[dict]:
     for backbone in sorted(os.listdir(root)):
         bdir = os.path.join(root, backbone)
         if not os.path.isdir(bdir):
+            continue
+        if backbone == BASELINES_DIR:
+            rows += _baseline_rows(bdir)
             continue
         for layer in sorted(os.listdir(bdir)):
             ldir = os.path.join(bdir, layer)

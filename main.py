@@ -92,6 +92,8 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--n-resamples", type=int,
       help=f"bootstrap resamples (default: {d['bootstrap']['n_resamples']}; 0 = none)")
     a("--bootstrap-all", action="store_true", help="bootstrap every configuration, not only the top-N")
+    a("--no-baselines", action="store_true",
+      help=f"leave out the full-reference baselines (config['baselines'] = {', '.join(d['baselines'])})")
     a("-v", "--verbose", action="store_true", help="debug logging")
     a("-q", "--quiet", action="store_true", help="warnings and the summary only")
     return p
@@ -107,6 +109,8 @@ def settings(args, user: run_plan.UserConfig) -> dict:
         overrides["degradation_sets"] = [s.strip() for s in args.degradations.split(",") if s.strip()]
     if args.bootstrap_all:
         overrides["bootstrap.scope"] = "all"
+    if args.no_baselines:
+        overrides["baselines"] = []
     names = {key: "--" + attr.replace("_", "-") for attr, key in given.items()}
     return run_plan.resolve_settings(user, overrides, args.mode, names)
 

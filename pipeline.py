@@ -374,7 +374,7 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
     `cfg` is the plan's, with the run data's degradations."""
     mode, plans = plan.mode, plan.backbones
     from backbones import resolve_weights
-    from evaluation import rank, release, ties_with_top, ties_with_top_mos
+    from evaluation import rank, release, ties_with_top, ties_with_top_mos, versus_baseline
     import report
 
     ref_records, eval_records = data.ref_records, data.eval_records
@@ -399,6 +399,10 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
         results += scored
         tasks.update(origin)
 
+    if mode != "quick" and cfg["baselines"]:
+        t0 = time.perf_counter()
+        results += score_baselines(cfg, data)
+        log.info("baselines %s scored in %.2fs", ", ".join(cfg["baselines"]), time.perf_counter() - t0)
     ranked = rank(results, by)
     t0 = time.perf_counter()
     bootstrap_top(ranked, cfg, jobs, tasks, data.ratings)
@@ -410,18 +414,32 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
              seconds + boot, seconds, boot, f"Dask cluster {cfg['dask_scheduler']}"
              if cfg["dask_scheduler"] else f"{jobs} job(s)")
     seconds += boot
+    versus = versus_baseline(ranked, by, cfg["bootstrap"]["confidence"])
     release(ranked)
     for r in ranked:
         r.confidence = cfg["bootstrap"]["confidence"]
 
     files, text = report.write_run(out_dir, f"results_{mode}_{stamp}", ranked, {
-        "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": cfg},
+        "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": cfg,
+        "versus_baseline": versus},
         data.database, data.ratings, [r.source for r in ref_records],
         [r.source for r in eval_records])
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
 
 
 # ---------------------------------------------------------------------- scoring
+
+def score_baselines(cfg, data: RunData) -> list:
+    """config['baselines'] (PSNR, SSIM, MS-SSIM of each evaluation image against its clean
+    version) as ranked rows `baseline:<name>`."""
+    from baselines import baseline_values
+    from evaluation import score_baseline
+    values, reasons = baseline_values(cfg["baselines"], data.eval_units, cfg["working_size"],
+                                      cfg["seed"], cfg["cache_dir"])
+    base = {"n_reference": len(data.ref_records), "seed": cfg["seed"]}
+    return [score_baseline(n, values.get(n), cfg["degradations"], base, data.ratings, reasons.get(n, ""))
+            for n in cfg["baselines"]]
+
 
 @dataclass
 class SweepTask:
@@ -544,14 +562,16 @@ def bootstrap_top(ranked, cfg, jobs, tasks: dict, ratings=None) -> None:
     """Bootstrap intervals for the top_n scored configurations (or all, per config). Results
     scored in this process still hold their scorers; those scored in workers are scored again
     there, with the bootstrap (same code, same seeds: the same scores, checked)."""
-    from evaluation import bootstrap
+    from evaluation import BASELINE, bootstrap
     from feature_spaces import feature_key
     b = cfg["bootstrap"]
     if b["n_resamples"] == 0:
         return
     targets = [r for r in ranked if r.scored]
-    if b["scope"] == "top":
-        targets = targets[:cfg["top_n"]]
+    if b["scope"] == "top":      # the top-N, and the best feature space and baselines (versus_baseline)
+        best = next((r for r in targets if r.conf.backbone != BASELINE), None)
+        targets = targets[:cfg["top_n"]] + [r for r in targets[cfg["top_n"]:]
+                                            if r.conf.backbone == BASELINE or r is best]
     redo = {}
     for r in targets:
         if r.scorer is not None:

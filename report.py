@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from evaluation import BASELINE
+
 RULE = "=" * 80
 PNG_FAST = {"compress_level": 1}   # larger files, encoded several times faster
 PLOT_DPI = 80                      # 5 degradations x 4.2 in: 1680 px wide, rendered in half the time
@@ -115,8 +117,8 @@ def plot_heatmap(path: str, results, by: str = "monotonicity") -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    done = [r.fields() for r in results if r.scored]
-    if not done:
+    done = [r.fields() for r in results if r.scored and r.conf.backbone != BASELINE]
+    if not done:                         # baselines have no layer: they are in the summary
         return False
     from distance_metrics import METRICS
     first = {}
@@ -161,6 +163,7 @@ def plot_mos_scatter(path: str, results, ratings) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from human_agreement import logistic4
+    from distance_metrics import orientation
     mos = ratings.group_mos
     types = ratings.types()
     fig, axes = plt.subplots(1, len(results), figsize=(4.4 * len(results), 4), squeeze=False)
@@ -172,7 +175,8 @@ def plot_mos_scatter(path: str, results, ratings) -> None:
             ax.scatter(x[sel], mos[sel], s=14, color=f"C{j % 10}", label=t if len(types) <= 10 else None)
         if m.get("logistic"):
             xs = np.linspace(x.min(), x.max(), 200)
-            ax.plot(xs, logistic4(xs, *m["logistic"]), "k-", lw=1, label="4-parameter logistic")
+            sign = orientation(r.conf.metric)       # the logistic was fitted on oriented scores
+            ax.plot(xs, logistic4(sign * xs, *m["logistic"]), "k-", lw=1, label="4-parameter logistic")
         ax.set_xlabel(f"{r.conf.metric} score (set)")
         ax.set_ylabel("MOS (higher = better)")
         ax.set_title(f"#{k} {r.label}\nSRCC {m['srcc']:.3f}  PLCC {m['plcc']:.3f} ({m['plcc_fit']})",
@@ -198,7 +202,7 @@ def _mos_lines(m: dict, level: str) -> list[str]:
     return out
 
 
-def summary(results, top_n: int, weights: dict, by: str = "monotonicity") -> str:
+def summary(results, top_n: int, weights: dict, by: str = "monotonicity", versus: dict | None = None) -> str:
     lines = [RULE, "TOP PERFORMING CONFIGURATIONS"
              + (" (ranked by SRCC with the MOS)" if by == "mos" else ""), RULE, ""]
     for backbone, prov in weights.items():
@@ -238,6 +242,13 @@ def summary(results, top_n: int, weights: dict, by: str = "monotonicity") -> str
                      + ("; --bootstrap-all tests every configuration"
                         if any(key(r) is None for r in done) else ""))
         lines.append("")
+    if versus:
+        what = "mean rho" if versus["criterion"] == "monotonicity" else "SRCC with the MOS"
+        ci = versus["delta_ci"]
+        lines.append(f"Best feature space ({versus['feature']}) vs best baseline ({versus['baseline']}): "
+                     f"{what} difference {versus['delta']:+.4f}"
+                     + (f"  [paired interval {ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+        lines.append("")
     c = counts(results)
     lines.append(f"{c['scored']} of {c['total']} configuration(s) scored, {c['not_run']} not run "
                  f"(a feasibility rule at this data size), {c['failed']} failed; reasons in the "
@@ -262,6 +273,10 @@ def cache_info_lines(rows: list, cache_dir: str) -> list[str]:
     out = []
     for r in rows:
         w = r["weights"]
+        if r["kind"] == "baseline":
+            out.append(f"{r['backbone']:<14} {r['layer']:<18} {r['entry']:<22} {r['module_path']:<38} "
+                       f"{r['files']:>4} files {r['bytes'] / 2**20:>9.1f} MiB  complete")
+            continue
         out.append(f"{r['backbone']:<14} {r['layer']:<18} {r['entry']:<22} {r['module_path']:<38} "
                    f"{r['files']:>4} files {r['bytes'] / 2**20:>9.1f} MiB  "
                    f"{'complete' if r['complete'] else 'partial '}  "
@@ -325,7 +340,8 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None, 
                                "weights": head["weights"], "rank_by": by, "rated_database": rated,
                                "dataset": {"source": cfg["dataset"], "reference": list(reference),
                                            "evaluation": list(evaluation)},
-                               "counts": counts(ranked), "config": cfg,
+                               "counts": counts(ranked), "versus_baseline": head.get("versus_baseline"),
+                               "config": cfg,
                                "results": [r.fields() for r in ranked]})
     done = [r for r in ranked if r.scored]
     for k, r in enumerate(done[:cfg["top_n"]], start=1):
@@ -333,7 +349,7 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None, 
     plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked, by)
     if ratings is not None and done:
         plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])], ratings)
-    text = summary(ranked, cfg["top_n"], head["weights"], by)
+    text = summary(ranked, cfg["top_n"], head["weights"], by, head.get("versus_baseline"))
     with open(files["summary"], "w") as f:
         f.write(text + "\n")
     return files, text

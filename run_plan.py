@@ -35,10 +35,10 @@ CONFIG_KEYS = (
     "n_images_evaluation", "backbone", "weights", "device", "batch_size", "image_size",
     "num_workers", "cache_dir", "results_dir", "cache_dtype", "jobs", "dask_scheduler",
     "extraction_precision", "extraction_threads", "verify_checksums", "layer_configs",
-    "feature_transforms", "distribution_models", "distance_metrics", "kid", "cmmd",
+    "feature_transforms", "distribution_models", "distance_metrics", "baselines", "kid", "cmmd",
     "degradation_sets", "degradations", "bootstrap", "top_n", "max_representation_bytes",
     "gram_precision")
-METRICS = tuple(dm.METRICS)          # in distance_metrics' order
+METRICS = dm.FEATURE_METRICS          # in distance_metrics' order; the pixel ones are baselines
 # Valid choices of the extraction settings (feature_extraction imports torch, so they live here).
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -195,7 +195,15 @@ def _validate_scoring(cfg: dict) -> None:
     if not cfg["distance_metrics"]:
         raise ConfigError("config['distance_metrics'] is empty; choose from: " + ", ".join(METRICS))
     for metric in cfg["distance_metrics"]:
+        if metric in dm.PIXEL_METRICS:
+            raise ConfigError(f"{metric} is a pixel baseline, not a feature-space metric: list it in "
+                              "config['baselines'] (edit config.py)")
         _choice(metric, METRICS, "distance metric")
+    if not isinstance(cfg["baselines"], (list, tuple)):
+        raise ConfigError(f"config['baselines'] = {cfg['baselines']!r} must be a list of "
+                          f"{', '.join(dm.PIXEL_METRICS)} (or [])")
+    for name in cfg["baselines"]:
+        _choice(name, dm.PIXEL_METRICS, "config['baselines'] entry")
     if any(m in MODEL_METRICS for m in cfg["distance_metrics"]) and not cfg["distribution_models"]:
         raise ConfigError("mahalanobis/neg_loglik need at least one entry in "
                           "config['distribution_models']")

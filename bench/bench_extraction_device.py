@@ -10,6 +10,11 @@ For each backbone, side by side in one run:
 Goal (issue #11): pipeline / bare >= 0.5. Also printed: the bytes each image adds to the cache.
 
     python bench/bench_extraction_device.py --device cuda --batch-size 64 [--mode full]
+    python bench/bench_extraction_device.py --device cpu --batch-size 16 --mode small
+
+The pipeline's figure is read from its own INFO line ("extracted N images … (x img/s; k loader
+workers)"); a backbone whose command fails or prints no such line is reported as FAILED with
+its error, and the bench exits 1.
 """
 import argparse
 import os
@@ -24,16 +29,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from backbones import BACKBONES  # noqa: E402
 
-SIZES = {"medium": ("200", "10"), "full": ("1000", "50")}
+SIZES = {"small": ("40", "4"), "medium": ("200", "10"), "full": ("1000", "50")}
 
 
-def bare_forward(name, layers, device, batch, steps=20):
+def bare_forward(name, layers, device, batch, steps=20, image_size=None):
     """img/s of the forward pass up to the last requested layer (as the pipeline stops there)."""
     import torch
     from backbones import build_backbone
     from feature_extraction import capture_layers, run_captured
     from pipeline import layers_of
-    bb = build_backbone(name, "random", 0, allow_download=False)
+    bb = build_backbone(name, "random", 0, image_size, allow_download=False)
     module = bb.module.to(device)
     x = torch.randn(batch, 3, bb.input_size, bb.input_size, device=device)
     if device == "cuda":
@@ -56,7 +61,7 @@ def bare_forward(name, layers, device, batch, steps=20):
     return steps * batch / (time.perf_counter() - t0)
 
 
-def loader_only(name, n_inference, n_evaluation, batch, device):
+def loader_only(name, n_inference, n_evaluation, batch, device, image_size=None):
     """img/s of the pipeline's DataLoader alone over the same jobs (decode + degrade)."""
     import torch
     from run_plan import default_config
@@ -68,7 +73,7 @@ def loader_only(name, n_inference, n_evaluation, batch, device):
     units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])
     jobs = [Job(r, u.degradation, u.level) for u in units for r in u.records]
     spec = BACKBONES[name]
-    data = JobDataset(jobs, cfg["working_size"], spec.input_size, spec.mean, spec.std, 0,
+    data = JobDataset(jobs, cfg["working_size"], image_size or spec.input_size, spec.mean, spec.std, 0,
                       spec.interpolation, on_device=device == "cuda", antialias=spec.antialias)
     batches = unit_batches([len(u.records) for u in units], batch)
     workers = default_workers("auto", device)
@@ -84,36 +89,46 @@ def main():
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--mode", choices=tuple(SIZES), default="medium",
-                   help="image counts: medium 200 + 10 x 45, full 1000 + 50 x 45")
+                   help="image counts: small 40 + 4 x 45, medium 200 + 10 x 45, full 1000 + 50 x 45")
+    p.add_argument("--image-size", type=int, help="override every backbone's input size")
     p.add_argument("--backbone", action="append", help="default: all")
     p.add_argument("--no-loader", action="store_true", help="skip the loader-only measurement")
     a = p.parse_args()
     n_inf, n_eval = SIZES[a.mode]
     work = tempfile.mkdtemp(prefix="bench_extract_")
+    failed = []
     for name in a.backbone or list(BACKBONES):
         layers = [str(i) for i in BACKBONES[name].recommended]
         cache = os.path.join(work, name)
         cmd = [sys.executable, "main.py", "--build-cache", "--backbone", name, "--layers", *layers,
                "--weights", "random", "--device", a.device, "--batch-size", str(a.batch_size),
-               "--n-inference", n_inf, "--n-evaluation", n_eval, "--cache-dir", cache, "-q"]
+               "--n-inference", n_inf, "--n-evaluation", n_eval, "--cache-dir", cache]
+        if a.image_size:
+            cmd += ["--image-size", str(a.image_size)]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         m = re.findall(r"extracted (\d+) images .* \(([\d.]+) img/s; (\d+) loader workers\)", out.stderr)
-        if not m:
-            print(name, "FAILED:", out.stderr[-2000:], flush=True)
+        if out.returncode != 0 or not m:
+            err = [x for x in out.stderr.splitlines() if x.strip()]
+            print(f"{name} FAILED (exit {out.returncode}): "
+                  + (err[-1] if err else "no output") + ("" if m else "; no 'extracted N images' line"),
+                  flush=True)
+            failed.append(name)
             continue
         n, pipeline, workers = int(m[-1][0]), float(m[-1][1]), int(m[-1][2])
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache) for f in fs
                    if f.endswith(".npy"))
         shutil.rmtree(cache, ignore_errors=True)
-        bare = bare_forward(name, layers, a.device, a.batch_size)
+        bare = bare_forward(name, layers, a.device, a.batch_size, image_size=a.image_size)
         loader = "" if a.no_loader else "loader %7.1f img/s  " % loader_only(
-            name, n_inf, n_eval, a.batch_size, a.device)[0]
+            name, n_inf, n_eval, a.batch_size, a.device, a.image_size)[0]
         print(f"{name:14s} layers {' '.join(layers):18s} pipeline {pipeline:7.1f} img/s ({n} images, "
               f"{workers} workers, {size / n / 2**20:.2f} MiB/img, command {wall:.0f}s)  {loader}"
               f"bare forward {bare:8.1f} img/s  ratio {pipeline / bare:.2f}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        sys.exit(f"bench_extraction_device: {', '.join(failed)} failed")
 
 
 if __name__ == "__main__":

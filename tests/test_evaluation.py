@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import distance_metrics as dm
 import evaluation as ev
 from run_plan import default_config
 from feature_spaces import FeatureSpace
@@ -75,8 +76,10 @@ def test_grid_has_no_redundant_rows_and_no_impossible_pairs():
                          cfg["distance_metrics"])
     n_t, n_m = len(cfg["feature_transforms"]), len(cfg["distribution_models"])
     n_cov = sum(m["type"] != "kde" for m in cfg["distribution_models"])   # a KDE has no covariance
-    assert len(grid) == 2 * n_t * (4 + n_cov + n_m)
-    assert all(c.model is None for c in grid if c.metric in ("fid", "kid", "cmmd", "mmd_rbf"))
+    n_two = sum(not dm.METRICS[m]["model"] for m in cfg["distance_metrics"])     # fid … paired_cosine
+    assert n_two == 13
+    assert len(grid) == 2 * n_t * (n_two + n_cov + n_m)
+    assert all(c.model is None for c in grid if not dm.METRICS[c.metric]["model"])
     assert not any(c.metric == "mahalanobis" and c.model["type"] == "kde" for c in grid)
     assert len({c.label for c in grid}) == len(grid)
 

@@ -89,7 +89,12 @@ def test_wide_gram_runs_as_kernel_blocks(tmp_path):
     assert all(r.scored for r in out if r.conf.transform["name"] == "gram_pca"), \
         [(r.label, r.reason) for r in out if r.conf.transform["name"] == "gram_pca" and not r.scored]
     not_run = [r for r in out if not r.scored]
-    assert not_run and all(r.status == "not_run" and "explicit" in r.reason for r in not_run)
+    assert not_run and all(r.status == "not_run" and ("explicit" in r.reason or "kernel blocks" in r.reason)
+                           for r in not_run)
+    assert {r.conf.metric for r in not_run if "explicit" not in r.reason} == {
+        "sliced_wasserstein", "paired_l2", "paired_cosine"}
+    for metric in ("precision", "recall", "density", "coverage", "energy", "fd_inf"):
+        assert by[("gram_only", "", metric)].scored, metric
     assert by[("gram_only", "gaussian", "mahalanobis")].ridge > 0     # 22 images, 2.1 M dims
 
 

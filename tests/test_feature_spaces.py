@@ -143,7 +143,7 @@ def test_float32_gram_gemm_is_within_1e4_of_float64_for_fid_on_a_real_cached_lay
     for precision in ("float32", "float64"):
         user = tiny_config(gram_precision=precision, max_representation_bytes=2**20,
                           feature_transforms=[{"name": "gram_only", "use_gram": True}],
-                          distance_metrics=["fid"])
+                          distance_metrics=["fid"], baselines=[])
         assert main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--n-inference", "12",
                                    "--n-evaluation", "5", "--n-resamples", "0"), user=user) == 0
         (run,) = [p for p in (tmp_path / "results").iterdir() if p.name not in results.values()]

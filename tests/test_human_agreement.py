@@ -105,9 +105,11 @@ def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeyp
     assert runs[2][2]["rated_database"]["higher_is_better"] is False
     # per-type SRCC and monotonicity columns use KADID's type names
     assert {"srcc_mos_gaussian_blur", "rho_white_noise", "srcc_mos_pixelate"} <= set(frames[0].columns)
-    # per-image criteria exactly for the model metrics
-    model = scored.metric.isin(["mahalanobis", "neg_loglik"])
-    assert scored[model].srcc_mos_image.notna().all() and scored[~model].srcc_mos_image.isna().all()
+    # per-image criteria exactly for the metrics that score each image (models, paired, baselines)
+    import distance_metrics as dm
+    per_image = scored.metric.map(lambda m: dm.METRICS[m]["per_image"])
+    assert set(scored[per_image].metric) >= {"mahalanobis", "neg_loglik", "paired_l2", "psnr"}
+    assert scored[per_image].srcc_mos_image.notna().all() and scored[~per_image].srcc_mos_image.isna().all()
 
     # srcc_mos is Spearman's rho recomputed from mos_groups.csv (joined on the label)
     run_dir, df, _ = runs[0]
@@ -116,7 +118,8 @@ def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeyp
     assert (groups.n_images == N_REF).all() and len(groups.groupby(["type", "level"])) == 9
     for label, g in groups.groupby("config"):
         row = df[df.label == label].iloc[0]
-        expected = stats.spearmanr(g.score, -g.mos).statistic
+        # a higher-is-better score (precision, PSNR …) is turned around, as for monotonicity
+        expected = stats.spearmanr(dm.orientation(row.metric) * g.score, -g.mos).statistic
         if np.ptp(g.score) == 0:
             expected = 0.0
         assert row.srcc_mos == pytest.approx(expected, abs=1e-6)
