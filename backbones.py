@@ -164,6 +164,7 @@ class BackboneSpec:
     interpolation: str = "bicubic"  # resize to input_size (torch.nn.functional.interpolate mode)
     antialias: bool = True
     patch: int | None = None       # transformer patch size: tokens = prefix + (size/patch)^2
+    min_input_size: int = 16       # the smallest --image-size its forward pass accepts
     layers: tuple = ()             # layer_registry.Layer rows; () for library models
     recommended: tuple = ()
     forward: Callable = _module_itself
@@ -384,7 +385,7 @@ BACKBONES = {spec.name: spec for spec in (
     BackboneSpec(
         name="vgg19", library="torchvision", architecture="vgg19", weights_id="IMAGENET1K_V1",
         weights=TorchHubFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
-        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
+        input_size=224, min_input_size=32, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
         build=_torchvision_arch("vgg19"), layers=tuple(R.VGG19),
         recommended=(0, 3, 7, 11, 15, 17)),
     BackboneSpec(
@@ -434,6 +435,7 @@ BACKBONES = {spec.name: spec for spec in (
         # pytorch-fid: F.interpolate(x, (299, 299), mode="bilinear", align_corners=False), then 2x - 1
         input_size=299, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1], interpolation="bilinear",
         antialias=False, build=_fid_inception, forward=_fid_forward,
+        min_input_size=75,             # Inception-V3's stem: below 75 px a 3x3 kernel outgrows its input
         adapt_keys=lambda sd: {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")},
         layers=tuple(R.INCEPTION_FID), recommended=(4, 7, 12, 15, 16), stats=("pool3", "mean")),
     BackboneSpec(
@@ -659,9 +661,10 @@ def _read_state_dict(path: str) -> dict:
             import torch
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled objects, wrong format
-        raise WeightsError(f"cannot read weights file {path!r}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}. Is it a complete "
-                           "PyTorch/safetensors state dict?") from None
+        # torch's own text advises weights_only=False, which would run the file's code: never
+        raise WeightsError(f"cannot read weights file {path!r} ({type(exc).__name__}): not a "
+                           "complete PyTorch state dict (torch.save of tensors) or safetensors "
+                           "file; give such a file, or --weights random") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -762,7 +765,7 @@ def build_backbone(name: str, weights: str = "auto", seed: int = 0,
                   else _load_checkpoint(spec, prov["file"], input_size))
     elif os.path.isdir(prov["path"]):
         if spec.load_folder is None:
-            raise WeightsError(f"--weights {prov['path']!r} is a folder; {name} needs a checkpoint "
+            raise BackboneError(f"--weights {prov['path']!r} is a folder; {name} needs a checkpoint "
                                "file (.pth, .pt, .bin or .safetensors)")
         module = spec.load_folder(prov["path"], input_size)
     else:

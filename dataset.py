@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,10 @@ from errors import UserError
 from host import file_sha256
 
 log = logging.getLogger(__name__)
+# The most pixels an image may have (decoded as RGB that is 3 bytes each: 192 MB at the limit);
+# larger files are skipped with a warning. PIL refuses them too (MAX_IMAGE_PIXELS).
+MAX_PIXELS = 64 * 10**6
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 BUILTIN_SIZE = 256
@@ -198,6 +203,19 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _too_large(path: str) -> bool:
+    """More pixels than MAX_PIXELS (read from the header, nothing decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size[0] * im.size[1] > MAX_PIXELS
+    except Image.DecompressionBombError:       # PIL's own refusal, past twice its limit
+        return True
+    except Exception:
+        return False
+
+
 def _readable(path: str, full: bool) -> bool:
     """Header check (cheap), or with `full` a complete decode (Image.verify() does not decode
     the pixel data, so a truncated JPEG would pass it)."""
@@ -217,14 +235,18 @@ def _size(path: str) -> tuple[int, int]:
 
 def list_image_files(folder: str) -> tuple[list[str], list[str]]:
     """(image files, other files) under `folder`, recursively, sorted."""
-    images, others = [], []
+    images, others, hidden = [], [], []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
-            if name.startswith("."):
+            if name.startswith("."):      # .DS_Store, macOS '._x.jpg' resource forks
+                hidden.append(os.path.join(root, name))
                 continue
             path = os.path.join(root, name)
             (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    if hidden:
+        log.warning("skipped %d hidden file(s) (names starting with '.') in %s: %s%s", len(hidden),
+                    folder, ", ".join(hidden[:5]), " …" if len(hidden) > 5 else "")
     return images, others
 
 
@@ -258,8 +280,13 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
                     dataset, ", ".join(others[:5]), " …" if len(others) > 5 else "")
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {dataset!r}")
-    bad = [p for p in images if not _readable(p, full=False)]
-    images = [p for p in images if p not in set(bad)]
+    large = [p for p in images if _too_large(p)]
+    if large:
+        log.warning("skipped %d image(s) larger than %d megapixels (the pixel limit: a larger one "
+                    "would take GBs to decode, and is usually a broken or hostile file): %s%s",
+                    len(large), MAX_PIXELS // 10**6, ", ".join(large[:5]), " …" if len(large) > 5 else "")
+    bad = [p for p in images if p not in set(large) and not _readable(p, full=False)]
+    images = [p for p in images if p not in set(bad) | set(large)]
     if not images:
         raise DatasetError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) found under "
                            f"{dataset!r}" + (f"; {len(bad)} unreadable file(s)" if bad else ""))

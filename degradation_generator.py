@@ -15,6 +15,7 @@ at their 5 levels, "fid" the FID paper's disturbances (EXTRA_DEGRADATIONS).
 """
 from __future__ import annotations
 
+import re
 import hashlib
 import json
 
@@ -208,12 +209,22 @@ def _severity(dtype: str, level) -> tuple:
     return (direction * level,)
 
 
+# names that become folder names in the cache (and nothing else)
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def validate_degradations(degradations: dict) -> None:
     """Raise ConfigError for an unknown type, an out-of-range level, or levels not
     ordered from mild to severe."""
     if not degradations:
         raise ConfigError("config['degradations'] is empty; add at least one degradation")
     for name, spec in degradations.items():
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+            raise ConfigError(f"degradation name {name!r} becomes a cache folder name: use letters, "
+                              "digits, '_', '-' and '.' only (no '..', no '/'); rename it in "
+                              "config['degradations']")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"degradation {name!r} must be a dict with 'type' and 'levels'")
         dtype = spec.get("type")
         if dtype not in DEGRADATIONS:
             raise ConfigError(f"degradation {name!r}: unknown type {dtype!r}; choose one of: "

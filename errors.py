@@ -21,6 +21,12 @@ class RuntimeFailure(RuntimeError):
     """The run could not finish; the message names what failed and the fix. Exit code 1."""
 
 
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM). Like KeyboardInterrupt it is not an Exception:
+    nothing catches it on the way up, the run's folder gets FAILED.txt, workers are stopped,
+    and main.py exits 143 with one line."""
+
+
 class ConfigError(UserError):
     """A config.py value is invalid; the message says which and how to fix it."""
 

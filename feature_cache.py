@@ -197,7 +197,8 @@ class LayerCache:
                         type(exc).__name__)
             return {"files": {}}
         if not (isinstance(meta, dict) and isinstance(meta.get("files"), dict)
-                and all(isinstance(v, dict) for v in meta["files"].values())):
+                and isinstance(meta.get("context", {}), dict)
+                and all(valid_file_info(v) for v in meta["files"].values())):
             log.warning("cache manifest %s is not a manifest; the entry will be rebuilt", path)
             return {"files": {}}
         return meta
@@ -235,7 +236,11 @@ class LayerCache:
                 info = json.load(f)
         except (OSError, ValueError):
             return None
-        return info if isinstance(info, dict) else None
+        if not valid_file_info(info):
+            log.warning("cache record %s is not a record; the file will be extracted again",
+                        os.path.join(entry, relpath + RECORD_SUFFIX))
+            return None
+        return info
 
     @classmethod
     def _records(cls, entry: str) -> dict:
@@ -494,6 +499,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+def valid_file_info(info) -> bool:
+    """A file's entry in a manifest or its record: bytes, shape, dtype and sha256, each of its
+    type (anything else, e.g. a hand-edited "shape": 5, is not trusted)."""
+    return (isinstance(info, dict) and isinstance(info.get("bytes"), int)
+            and isinstance(info.get("shape"), list) and all(isinstance(d, int) for d in info["shape"])
+            and isinstance(info.get("dtype"), str) and isinstance(info.get("sha256"), str))
+
 
 def _verify_file(path: str, info: dict, full: bool) -> str | None:
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import UsageError
-from run_plan import check_module_paths, check_writable, layers_of, spec_of
+from run_plan import backbones_of, check_module_paths, check_writable, layers_of, spec_of
 
 log = logging.getLogger("iqm")
 
@@ -67,6 +67,7 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     from feature_extraction import folder_activations
     from representations import gap, prefix_tokens
     spec = spec_of(backbone)
+    backbones_of({**cfg, "backbone": backbone})      # --image-size within what it accepts
     path, vit_pool = spec.stats
     if layer is not None:
         path, vit_pool = layers_of(backbone, [layer])[0][1], "mean"
@@ -98,7 +99,13 @@ def save_stats(cfg, folder: str, out: str, backbone: str = DEFAULT_BACKBONE, lay
     """Write pytorch-fid's `.npz` (mu, sigma) of `folder` to `out`."""
     if not out.endswith(".npz"):
         raise UsageError(f"--save-stats output {out!r} must end in .npz (numpy adds it otherwise)")
-    check_writable(os.path.dirname(os.path.abspath(out)), "--save-stats output folder")
+    if os.path.isdir(out):
+        raise UsageError(f"--save-stats output {out!r} is a folder; give a file path ending in .npz")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--save-stats output {out!r}: the folder {parent!r} does not exist; create "
+                         "it or give another path")
+    check_writable(parent, "--save-stats output folder")
     stats = folder_statistics(cfg, folder, backbone, layer, progress)
     tmp = out[:-4] + ".tmp.npz"
     np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma)
@@ -107,16 +114,38 @@ def save_stats(cfg, folder: str, out: str, backbone: str = DEFAULT_BACKBONE, lay
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of a `.npz` written by --save-stats or by pytorch-fid."""
+    """(mu, sigma) of a `.npz` written by --save-stats or by pytorch-fid, checked: numeric,
+    finite, mu a vector, sigma square, symmetric and positive semi-definite (to rounding)."""
     try:
-        with np.load(path) as f:
-            return f["mu"][:], f["sigma"][:]
+        with np.load(path, allow_pickle=False) as f:
+            mu, sigma = f["mu"][:], f["sigma"][:]
     except KeyError:
         raise UsageError(f"{path!r} holds no 'mu' and 'sigma'; give a .npz written by "
                          "--save-stats or `python -m pytorch_fid --save-stats`") from None
     except Exception as exc:
         raise UsageError(f"cannot read statistics {path!r} ({type(exc).__name__}); give a .npz "
                          "written by --save-stats, or a folder of images") from None
+    check_stats(path, mu, sigma)
+    return mu.astype(np.float64), sigma.astype(np.float64)
+
+
+def check_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """UsageError naming the file and what is wrong with its (mu, sigma)."""
+    def bad(what):
+        return UsageError(f"statistics {path!r}: {what}; give a .npz written by --save-stats or "
+                          "`python -m pytorch_fid --save-stats`")
+    if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
+        raise bad(f"mu and sigma must be numeric arrays (found {mu.dtype} and {sigma.dtype})")
+    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+        raise bad(f"mu must be a vector and sigma its square covariance (found {mu.shape} and {sigma.shape})")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise bad("mu or sigma holds NaN or inf")
+    sigma = sigma.astype(np.float64)
+    scale = max(float(np.abs(sigma).max()), 1e-300)
+    if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
+        raise bad("sigma is not symmetric")
+    if np.linalg.eigvalsh((sigma + sigma.T) / 2).min() < -1e-6 * scale:
+        raise bad("sigma is not positive semi-definite (a covariance has no negative eigenvalue)")
 
 
 def fid_between(cfg, a: str, b: str, backbone: str = DEFAULT_BACKBONE, layer=None,

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 import pipeline
 import report
 import run_plan
 from backbones import BACKBONE_NAMES
-from errors import RuntimeFailure, UsageError, UserError, one_line
+from errors import RuntimeFailure, Terminated, UsageError, UserError, one_line
 from parallel import Shard
 
 log = logging.getLogger("iqm")
@@ -121,6 +123,7 @@ def run(args, user) -> int:
     quiet = args.quiet
     if args.cache_info:
         from feature_cache import cache_info
+        run_plan.check_writable(cfg["cache_dir"], "--cache-dir")     # a file is not a cache
         print("\n".join(report.cache_info_lines(cache_info(cfg["cache_dir"]), cfg["cache_dir"])))
     elif args.preview_degradations:
         print(f"wrote {pipeline.preview_degradations(cfg)}")
@@ -146,9 +149,15 @@ def run(args, user) -> int:
 
 def main(argv=None, user: run_plan.UserConfig | None = None) -> int:
     """Run the command line `argv` with config.py's tables, or with `user`'s."""
-    user = user or run_plan.UserConfig.load()
+    try:
+        user = user or run_plan.UserConfig.load()
+    except UserError as exc:                 # config.py itself does not run
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = build_parser(user.config, user.modes).parse_args(argv)
     pipeline.setup_logging(args.verbose, args.quiet)
+    on_main = threading.current_thread() is threading.main_thread()     # signals: main thread only
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main else None
     try:
         if args.list_layers:
             print("\n".join(report.layer_table_lines(args.list_layers, pipeline.layer_table(args.list_layers))))
@@ -173,6 +182,17 @@ def main(argv=None, user: run_plan.UserConfig | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed cache files are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM); completed cache files are kept and a rerun resumes",
+              file=sys.stderr)
+        return 143
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 if __name__ == "__main__":

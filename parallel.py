@@ -32,6 +32,9 @@ SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 # torchrun's ranks meet once, at the end of extraction: a rank that finished its share
 # waits this long for the slowest one.
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
+# ... but they must all have started: a rank that finds no peer within this time stops, naming it
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=10)
+TORCHRUN_VARIABLES = "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT"
 DASK_CONNECT_TIMEOUT = "20s"
 
 
@@ -97,10 +100,18 @@ class Ranks:
         except ValueError:
             raise ParallelError(f"RANK={env.get('RANK')!r} WORLD_SIZE={env.get('WORLD_SIZE')!r} "
                                 "LOCAL_RANK are not integers; launch with torchrun, or unset them") from None
-        if world <= 1:
+        if world < 1:
+            raise ParallelError(f"WORLD_SIZE={world} is not a number of processes; launch with "
+                                f"torchrun (it sets {TORCHRUN_VARIABLES}), or unset them")
+        if world == 1:
             return None
         if not 0 <= rank < world:
             raise ParallelError(f"RANK={rank} is outside 0 .. WORLD_SIZE-1 = {world - 1}")
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not env.get(v)]
+        if missing:
+            raise ParallelError(f"RANK={rank} WORLD_SIZE={world} without {' and '.join(missing)}: the "
+                                f"ranks cannot meet; launch with torchrun (it sets {TORCHRUN_VARIABLES}), "
+                                "or unset RANK and WORLD_SIZE to run one process")
         return cls(rank, world, local)
 
     @property
@@ -117,7 +128,15 @@ class Ranks:
         import torch
         import torch.distributed as dist
         if not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+            try:
+                dist.init_process_group("gloo", timeout=RENDEZVOUS_TIMEOUT)
+            except (RuntimeError, TimeoutError, ValueError) as exc:   # DistError derives from RuntimeError
+                where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+                others = "rank 0" if self.rank else f"ranks 1 .. {self.world_size - 1}"
+                raise ParallelError(
+                    f"rank {self.rank} of {self.world_size} found no {others} at {where} within "
+                    f"{RENDEZVOUS_TIMEOUT.total_seconds():.0f} s ({type(exc).__name__}); start every "
+                    f"rank with torchrun --nproc-per-node/--nnodes (it sets {TORCHRUN_VARIABLES})") from None
         if device in ("auto", "cuda") and torch.cuda.is_available():
             n = torch.cuda.device_count()
             if self.local_rank >= n:
@@ -130,7 +149,7 @@ class Ranks:
     def barrier(self) -> None:
         """Return when every rank has reached this point (every share written)."""
         import torch.distributed as dist
-        dist.barrier()
+        dist.monitored_barrier(timeout=BARRIER_TIMEOUT)    # the group's timeout is the rendezvous's
 
     def stop(self) -> None:
         import torch.distributed as dist
@@ -152,8 +171,35 @@ def resolve_jobs(setting) -> int:
 _PRESTART: dict = {}
 
 
+_WATCHER = {}
+
+
+def watch_parent(interval: float = 1.0) -> None:
+    """In a worker process: exit as soon as the process that started it is gone. A main
+    process killed with SIGKILL cannot stop its loky workers; without this they would be
+    reparented to PID 1 and live on. Installed once per process, by every task it runs."""
+    if _WATCHER.get("pid") == os.getpid():
+        return
+    import threading
+    import time
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+    _WATCHER["pid"] = os.getpid()
+
+
+def _in_worker(fn, task):
+    watch_parent()
+    return fn(task)
+
+
 def _import(modules) -> None:
     import importlib
+    watch_parent()
     for m in modules:
         importlib.import_module(m)
 
@@ -203,11 +249,12 @@ def sweep_map(fn, tasks: list, jobs: int, dask_scheduler: str | None = None) -> 
     if jobs == 1 or len(tasks) == 1:     # (pipeline.score_backbone relies on this)
         return [fn(t) for t in tasks]
     n = min(jobs, len(tasks))
-    return joblib.Parallel(n_jobs=n, backend="loky", batch_size=1)(joblib.delayed(fn)(t) for t in tasks)
+    return joblib.Parallel(n_jobs=n, backend="loky", batch_size=1)(
+        joblib.delayed(_in_worker)(fn, t) for t in tasks)
 
 
 @contextlib.contextmanager
-def dask_session(address: str | None):
+def dask_session(address: str | None, modules=()):
     """Connected to the Dask scheduler at `address` for the block (joblib's dask backend uses
     this client); nothing when `address` is None."""
     if not address:
@@ -220,11 +267,40 @@ def dask_session(address: str | None):
                             "pip install 'dask[distributed]'") from None
     try:
         client = Client(address, timeout=DASK_CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:   # ValueError: a bad address
         raise ParallelError(f"--dask-scheduler {address}: no Dask scheduler answers there "
                             f"({type(exc).__name__}); start one (`dask scheduler`, or a dask-jobqueue "
                             "cluster) and pass its address, e.g. tcp://host:8786") from None
     try:
+        check_cluster(client, address, modules)
         yield client
     finally:
         client.close()
+
+
+def _importable(modules) -> None:
+    import importlib
+    for m in modules:
+        importlib.import_module(m)
+
+
+def check_cluster(client, address: str, modules=(), wait: float = 10.0) -> None:
+    """Before anything is submitted: the cluster has workers, and its scheduler and workers
+    can import `modules` (the modules a task unpickles; one they cannot import would wait
+    forever)."""
+    import time
+    t0 = time.monotonic()
+    while not client.scheduler_info().get("workers") and time.monotonic() - t0 < wait:
+        time.sleep(0.2)
+    if not client.scheduler_info().get("workers"):
+        raise ParallelError(f"--dask-scheduler {address}: the scheduler has no workers after "
+                            f"{wait:.0f} s; start some (`dask worker {address}` with this project on "
+                            "PYTHONPATH), or run without --dask-scheduler")
+    root = os.path.dirname(os.path.abspath(__file__))
+    for where, run in (("scheduler", client.run_on_scheduler), ("workers", client.run)):
+        try:
+            run(_importable, tuple(modules))
+        except Exception as exc:          # ModuleNotFoundError raised remotely, or its pickle
+            raise ParallelError(f"--dask-scheduler {address}: the {where} cannot import this project "
+                                f"({type(exc).__name__}: {exc}); start them with "
+                                f"PYTHONPATH={root} and a folder they can all read as --cache-dir") from None

@@ -335,7 +335,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
             return None
     if not cfg["dask_scheduler"] and (mode != "quick" or sum(len(lcs) for _, lcs in plans) > 1):
         prestart(jobs, SWEEP_MODULES)     # workers start while the cache is checked
-    with dask_session(cfg["dask_scheduler"]):   # an unreachable cluster fails before any output
+    with dask_session(cfg["dask_scheduler"], SWEEP_MODULES):   # an unreachable cluster fails before any output
         out_dir, stamp = new_results_dir(cfg, mode)
         handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

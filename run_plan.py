@@ -12,8 +12,6 @@ import copy
 import dataclasses
 import os
 from dataclasses import dataclass
-
-import config as C
 from backbones import (BACKBONE_NAMES, LIBRARY_PREFIXES, BackboneError, get_spec,
                        is_library_model)
 from degradation_generator import select_sets, validate_degradations, validate_sets
@@ -55,7 +53,19 @@ class UserConfig:
 
     @classmethod
     def load(cls, **changes) -> "UserConfig":
-        """config.py's tables (deep copies), with `changes` applied to CONFIG."""
+        """config.py's tables (deep copies), with `changes` applied to CONFIG. A config.py that
+        does not run (a syntax error, an undefined name) is a ConfigError of one line; so config
+        is imported here, when it is read, and not when this module is."""
+        try:
+            import config as C
+        except SyntaxError as exc:
+            raise ConfigError(f"config.py line {exc.lineno}: {exc.msg}; fix that line") from None
+        except Exception as exc:
+            tb = exc.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            raise ConfigError(f"config.py line {tb.tb_lineno}: {type(exc).__name__}: {exc}; fix that "
+                              "line") from None
         cfg = copy.deepcopy(C.CONFIG)
         cfg.update(copy.deepcopy(changes))
         return cls(cfg, copy.deepcopy(C.QUICK), copy.deepcopy(C.ENABLED_LAYERS), copy.deepcopy(C.MODES))
@@ -321,7 +331,11 @@ def backbones_of(cfg) -> list[str]:
     names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
     size = cfg["image_size"]
     for name in names:
-        p = spec_of(name).patch
+        spec = spec_of(name)
+        if size and size < spec.min_input_size:
+            raise UsageError(f"--image-size {size} is below {name}'s smallest input, "
+                             f"{spec.min_input_size} px; use --image-size {spec.min_input_size} or more")
+        p = spec.patch
         if size and p and size % p:
             lo, hi = max(p, size // p * p), (size // p + 1) * p
             raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
@@ -440,6 +454,7 @@ RANGES = {
     "image_size": (lambda v: 16 <= v <= MAX_IMAGE_SIZE, f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
     "bootstrap.n_resamples": (lambda v: v >= 0, "an integer >= 0 (0 disables intervals)"),
     "jobs": (lambda v: v >= 1, "an integer >= 1 (1 scores in this process)"),
+    "dask_scheduler": (lambda v: bool(v.strip()), "a scheduler address such as tcp://host:8786"),
 }
 
 
@@ -451,7 +466,8 @@ def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict |
     for key, value in overrides.items():
         ok, what = RANGES.get(key, (None, None))
         if ok is not None and value is not None and not ok(value):
-            raise UsageError(f"{names.get(key, key)} {value} is not valid: it must be {what}")
+            shown = repr(value) if isinstance(value, str) else value
+            raise UsageError(f"{names.get(key, key)} {shown} is not valid: it must be {what}")
     if overrides.get("backbone") not in (None, "all"):
         spec_of(overrides["backbone"])       # close matches and the valid forms
     cfg = copy.deepcopy(user.config)

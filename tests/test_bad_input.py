@@ -328,3 +328,240 @@ def test_preprocessing_matches_its_golden_hash_for_this_version():
                    torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1))
     digest = hashlib.sha256(x.numpy().round(5).tobytes()).hexdigest()[:16]
     assert digest == GOLDEN_PREPROCESS[feature_cache.PREPROCESS_VERSION]
+
+
+# ------------------------------------------------------------------ issue #21: new surfaces
+
+def _nothing_written(tmp_path, *names):
+    """No cache or results folder under tmp_path, and none of `names` beside it."""
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
+    for n in names:
+        assert not os.path.exists(n), n
+
+
+@pytest.mark.parametrize("name", ["../../../../escape", "a/b", "..", "", "x y"])
+def test_degradation_names_that_are_not_folder_names(tmp_path, capsys, name):
+    user = tiny_config(degradations={name: {"type": "gaussian_blur", "levels": [1.0]}})
+    assert main.main(tiny_args(tmp_path), user=user) == 2
+    msg = _err(capsys)
+    assert repr(name) in msg and "letters, digits" in msg
+    _nothing_written(tmp_path, str(tmp_path.parent.parent / "escape"))
+
+
+def test_save_stats_output_is_checked_before_any_work(tmp_path, capsys, caplog):
+    write_images(tmp_path / "imgs", n=4)
+    common = ["--weights", "random", "--image-size", "75", "--cache-dir", str(tmp_path / "cache")]
+    bad = str(tmp_path / "no" / "such" / "s.npz")
+    assert main.main(["--save-stats", str(tmp_path / "imgs"), bad, *common], user=tiny_config()) == 2
+    assert "does not exist" in _err(capsys) and "extracted" not in caplog.text
+    (tmp_path / "folder.npz").mkdir()
+    assert main.main(["--save-stats", str(tmp_path / "imgs"), str(tmp_path / "folder.npz"), *common],
+                     user=tiny_config()) == 2
+    assert "is a folder" in _err(capsys) and "extracted" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.npz", "imgs"]
+
+
+@pytest.mark.parametrize("mu,sigma,needle", [
+    (np.zeros(3), np.diag([1.0, np.inf, 1.0]), "NaN or inf"),
+    (np.array([0.0, np.nan, 0.0]), np.eye(3), "NaN or inf"),
+    (np.zeros(3), -np.eye(3), "positive semi-definite"),
+    (np.zeros(3), np.array([[1.0, 0.5, 0], [0, 1.0, 0], [0, 0, 1.0]]), "not symmetric"),
+    (np.array(["a", "b", "c"]), np.eye(3), "numeric"),
+    (np.zeros(3), np.eye(4), "square covariance"),
+])
+def test_fid_stats_files_are_checked(tmp_path, capsys, mu, sigma, needle):
+    good = tmp_path / "good.npz"
+    np.savez(good, mu=np.zeros(3), sigma=np.eye(3))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=mu, sigma=sigma)
+    assert main.main(["--fid-stats", str(good), str(bad)], user=tiny_config()) == 2
+    msg = _err(capsys)
+    assert needle in msg and "bad.npz" in msg
+    assert main.main(["--fid-stats", str(good), str(good)], user=tiny_config()) == 0
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT"),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT"),
+])
+def test_torchrun_variables_without_torchrun(tmp_path, capsys, monkeypatch, env, needle):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "8"), user=tiny_config()) == 2
+    msg = _err(capsys)
+    assert needle in msg and "torchrun" in msg
+    _nothing_written(tmp_path)
+
+
+def test_a_rank_without_rank_0_stops_and_names_it(monkeypatch):
+    """RANK=1 of 2 with torchrun's variables but no rank 0: not a silent wait of 7 days."""
+    import socket
+    import parallel
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(parallel, "RENDEZVOUS_TIMEOUT", parallel.datetime.timedelta(seconds=3))
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    ranks = parallel.Ranks.from_env()
+    with pytest.raises(parallel.ParallelError) as err:
+        ranks.start("cpu")
+    msg = str(err.value)
+    assert "rank 1 of 2 found no rank 0" in msg and f"127.0.0.1:{port}" in msg and "MASTER_PORT" in msg
+
+
+@pytest.mark.parametrize("address,needle", [("foo://bar:baz", "foo://bar:baz"), ("", "--dask-scheduler ''")])
+def test_bad_dask_scheduler_addresses(tmp_path, capsys, address, needle):
+    pytest.importorskip("distributed")
+    assert main.main(tiny_args(tmp_path, "--dask-scheduler", address), user=tiny_config()) == 2
+    assert needle in _err(capsys)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_a_config_py_that_does_not_run_is_one_line(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "config.py").write_text("CONFIG = {\n    'seed': 0,\n    'batch_size' 16,\n}\n")
+    code = f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {root!r}]; import main; sys.exit(main.main([]))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "config.py line 3" in lines[0]
+
+
+def test_garbage_and_folder_weights(tmp_path, capsys):
+    write_images(tmp_path / "imgs", n=8)
+    garbage = tmp_path / "w.pth"
+    garbage.write_bytes(b"\x80\x04\x95 not a checkpoint at all" * 10)
+    args = tiny_args(tmp_path, "--build-cache", "--layers", "8", "--dataset", str(tmp_path / "imgs"),
+                     "--n-inference", "4", "--n-evaluation", "2")
+    weights = args.index("--weights") + 1
+    args[weights] = str(garbage)
+    assert main.main(args, user=tiny_config()) == 1
+    msg = _err(capsys)
+    assert "w.pth" in msg and "weights_only" not in msg
+    args[weights] = str(tmp_path / "imgs")                    # a folder
+    assert main.main(args, user=tiny_config()) == 2
+    assert "is a folder" in _err(capsys)
+
+
+def test_image_size_below_the_backbones_minimum(tmp_path, capsys):
+    assert main.main(tiny_args(tmp_path, "--backbone", "inception_fid", "--image-size", "64"),
+                     user=tiny_config()) == 2
+    assert "75" in _err(capsys)
+    _nothing_written(tmp_path)
+
+
+def test_cache_info_on_a_file(tmp_path, capsys):
+    f = tmp_path / "notacache"
+    f.write_text("x")
+    assert main.main(["--cache-info", "--cache-dir", str(f)], user=tiny_config()) == 2
+    assert "is a file" in _err(capsys)
+
+
+def test_hidden_files_are_skipped_with_a_warning(tmp_path, caplog):
+    write_images(tmp_path / "imgs", n=6)
+    (tmp_path / "imgs" / ".DS_Store").write_bytes(b"\0\0")
+    (tmp_path / "imgs" / "._im0.png").write_bytes(b"\0\0")
+    caplog.set_level(logging.WARNING)
+    images, _ = dataset.list_image_files(str(tmp_path / "imgs"))
+    assert len(images) == 6
+    assert ".DS_Store" in caplog.text and "._im0.png" in caplog.text and "hidden" in caplog.text
+
+
+KILL_RUN = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import main, helpers
+sys.exit(main.main({args!r}, user=helpers.tiny_config()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killing_a_parallel_sweep_leaves_no_worker_behind(tmp_path, sig):
+    """The main process of a --jobs 2 sweep is killed while its loky workers score: every
+    process it started (recorded before the kill) is gone within 30 s. SIGTERM also exits 143
+    with one line and leaves FAILED.txt in the run's folder."""
+    import signal
+    import time
+    psutil = pytest.importorskip("psutil")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_images(tmp_path / "imgs", n=20)
+    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "8", "--dataset", str(tmp_path / "imgs"),
+                     "--n-inference", "12", "--n-evaluation", "6", "--jobs", "2", "--bootstrap-all",
+                     "--n-resamples", "20000")
+    code = KILL_RUN.format(root=root, tests=os.path.join(root, "tests"), args=args)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=tmp_path)
+    main_proc = psutil.Process(p.pid)
+    deadline = time.time() + 240
+    workers = []
+    while time.time() < deadline and p.poll() is None:
+        workers = [c for c in main_proc.children(recursive=True)
+                   if "loky" in " ".join(c.cmdline()) or "joblib" in " ".join(c.cmdline())]
+        if len(workers) >= 2 and "scoring" in open_log(tmp_path):
+            break
+        time.sleep(0.5)
+    assert p.poll() is None and len(workers) >= 2, "the sweep ended before its workers could be seen"
+    children = main_proc.children(recursive=True)
+    time.sleep(1.0)
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=60)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [(c.pid, c.cmdline()) for c in alive]
+    if sig == "SIGTERM":
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert p.returncode == 143 and lines[-1].startswith("error: terminated"), err[-2000:]
+        assert "Traceback" not in err
+        (run,) = (tmp_path / "results").iterdir()
+        assert "Terminated" in (run / "FAILED.txt").read_text()
+    else:
+        assert p.returncode == -signal.SIGKILL
+
+
+def open_log(tmp_path):
+    logs = list((tmp_path / "results").glob("*/experiment.log")) if (tmp_path / "results").exists() else []
+    return logs[0].read_text() if logs else ""
+
+
+@pytest.mark.parametrize("shape", [5, None, "7x7"])
+def test_a_bad_record_without_its_manifest_is_extracted_again(built, caplog, shape):
+    entry = next((built / "cache").glob("resnet50/*/eval_*"))
+    (entry / "metadata.json").unlink()
+    record = next(entry.rglob("*.record.json"))
+    info = json.loads(record.read_text())
+    info["shape"] = shape
+    record.write_text(json.dumps(info))
+    caplog.clear()
+    assert build_cache(built) == 0
+    assert "is not a record" in caplog.text
+    hits, misses = cache_hits(caplog)
+    assert misses and "1 of 5 evaluation" in misses[0], misses
+    assert build_cache(built) == 0                 # and the next run is whole again
+
+
+def test_a_manifest_with_a_string_context(built, capsys, caplog):
+    entry = next((built / "cache").glob("resnet50/*/eval_*"))
+    meta = json.loads((entry / "metadata.json").read_text())
+    meta["context"] = "not a dict"
+    (entry / "metadata.json").write_text(json.dumps(meta))
+    assert main.main(["--cache-info", "--cache-dir", str(built / "cache")], user=tiny_config()) == 0
+    assert "not a manifest" in caplog.text
+    assert build_cache(built) == 0
+
+
+def test_images_over_the_pixel_limit_are_skipped_as_too_large(tmp_path, monkeypatch, caplog):
+    """MAX_PIXELS (64 MP) is lowered here so that a small file stands for an 11000 x 11000 one:
+    it is named as too large (not 'unreadable') and nothing of it is decoded."""
+    write_images(tmp_path / "imgs", n=8)                       # 36 x 36 = 1296 px each
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(tmp_path / "imgs" / "huge.png")
+    monkeypatch.setattr(dataset, "MAX_PIXELS", 2000)
+    caplog.set_level(logging.WARNING)
+    ev, ref = dataset.select_images(str(tmp_path / "imgs"), 3, 5, 0)
+    assert "huge.png" not in " ".join(r.source for r in ev + ref)
+    assert "huge.png" in caplog.text and "megapixels" in caplog.text and "unreadable" not in caplog.text
+    assert dataset.MAX_PIXELS == 2000 and 50 * 50 > 2000

@@ -192,10 +192,13 @@ def test_shares_are_disjoint_and_cover_everything():
 def test_torchrun_environment():
     assert Ranks.from_env({}) is None
     assert Ranks.from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
-    r = Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    r = Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", **rendezvous})
     assert (r.shard, r.local_rank, r.leader) == (Shard(3, 4), 1, False)
     with pytest.raises(ParallelError, match="RANK=4"):
-        Ranks.from_env({"RANK": "4", "WORLD_SIZE": "4"})
+        Ranks.from_env({"RANK": "4", "WORLD_SIZE": "4", **rendezvous})
+    with pytest.raises(ParallelError, match="MASTER_ADDR and MASTER_PORT"):
+        Ranks.from_env({"RANK": "3", "WORLD_SIZE": "4"})
 
 
 # ---------------------------------------------------------------- parallel sweeps (library API)
@@ -282,3 +285,19 @@ def test_the_library_api_takes_a_config_and_leaves_config_py_alone(tmp_path):
         pipeline.run_experiment({**cfg, "jobs": 0}, "quick", ["8"], progress=False)
     with pytest.raises(pipeline.UsageError, match="mode"):
         pipeline.run_experiment(cfg, "fast", ["8"], progress=False)
+
+
+def test_a_dask_cluster_without_workers_or_without_the_project_fails_before_submitting():
+    """A scheduler with no workers, or workers that cannot import what the tasks unpickle:
+    one ParallelError naming the cause and the fix, before any task is submitted (no hang)."""
+    distributed = pytest.importorskip("distributed")
+    import parallel
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        with pytest.raises(ParallelError, match="no workers"):
+            parallel.check_cluster(client, cluster.scheduler_address, ("pipeline",), wait=1)
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        parallel.check_cluster(client, cluster.scheduler_address, ("pipeline",))
+        with pytest.raises(ParallelError, match="cannot import this project.*PYTHONPATH="):
+            parallel.check_cluster(client, cluster.scheduler_address, ("no_such_module_of_ours",))
