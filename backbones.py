@@ -572,6 +572,11 @@ def _hf_spec(model_id: str) -> BackboneSpec:
         raise BackboneError(f"hf:{model_id}: transformers has no base model for config type "
                             f"{type(vision).__name__}; give a vision model (ViT, DINOv2, CLIP, SigLIP, ...)")
     model_class = MODEL_MAPPING[type(vision)]
+    import inspect
+    if "pixel_values" not in inspect.signature(model_class.forward).parameters:
+        raise BackboneError(f"hf:{model_id}: {model_class.__name__} ({vision.model_type}) is not a "
+                            "vision model (it takes no pixel_values); give a vision model (ViT, "
+                            "DINOv2, CLIP, SigLIP, ...)")
     pre = _hf_preprocessor(where, local)
     size = pre.get("size") or getattr(vision, "image_size", 224)
     size = size if isinstance(size, int) else size[0]
@@ -582,7 +587,13 @@ def _hf_spec(model_id: str) -> BackboneSpec:
         return model_class(vision)
 
     def load(path, input_size):
-        return model_class.from_pretrained(where, local_files_only=True)
+        try:
+            return model_class.from_pretrained(where, local_files_only=True)
+        except Exception as exc:      # a corrupt or truncated weights file, a wrong format
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise WeightsError(f"hf:{model_id}: cannot load the weights in {where} "
+                               f"({type(exc).__name__}: {first[:200]}); download them again, or "
+                               "pass --weights random") from None
 
     def forward(module, input_size):
         import inspect
@@ -615,8 +626,14 @@ def _hf_preprocessor(where: str, local: bool) -> dict:
             path = None
     if not path or not os.path.isfile(path):
         return {"source": "no preprocessor_config.json: config image_size, mean/std 0.5, bilinear"}
-    with open(path) as f:
-        p = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            p = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{path} is not readable JSON ({type(exc).__name__}); fix or remove the "
+                            "file (without it: mean/std 0.5, bilinear)") from None
+    if not isinstance(p, dict):
+        raise BackboneError(f"{path} does not hold a preprocessor config (a JSON object)")
     out = {"source": f"preprocessing from {path}"}
     size = p.get("crop_size") if p.get("do_center_crop") else p.get("size")
     if isinstance(size, dict):
@@ -624,6 +641,14 @@ def _hf_preprocessor(where: str, local: bool) -> dict:
     if isinstance(size, int):
         out["size"] = size
     if p.get("do_normalize", True) and "image_mean" in p:
+        for key in ("image_mean", "image_std"):
+            v = p.get(key)
+            if not (isinstance(v, list) and len(v) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                raise BackboneError(f"{path}: {key} = {v!r} must be three numbers (one per RGB "
+                                    "channel); fix the file")
+        if min(p["image_std"]) <= 0:
+            raise BackboneError(f"{path}: image_std = {p['image_std']!r} must be positive; fix the file")
         out["mean"], out["std"] = p["image_mean"], p["image_std"]
     if "resample" in p:
         out["interpolation"] = _PIL_RESAMPLE.get(p["resample"], "bicubic")

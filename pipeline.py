@@ -22,7 +22,9 @@ CSV does not depend on the number of workers.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import logging
 import os
 import sys
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 
 
 from backbones import BACKBONE_NAMES
-from errors import UsageError
+from errors import RuntimeFailure, UsageError
 from layer_registry import CAPTURE
 from parallel import ParallelError, Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
 from run_plan import (RunPlan, UserConfig, backbones_of, check_module_paths, check_writable, layers_of,
@@ -349,9 +351,14 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
         except BaseException as exc:   # the folder says the run failed, and why; never a silent half
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.error("run failed: %s", text)
-            with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
-                f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun the "
-                        "same command to resume\n")
+            with contextlib.suppress(OSError):      # on a full disk this may not fit either
+                with open(os.path.join(out_dir, "FAILED.txt"), "w") as f:
+                    f.write(f"this run did not finish: {text}\ncompleted cache files are kept; rerun "
+                            "the same command to resume\n")
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RuntimeFailure(f"no space left on the device of {out_dir} while writing "
+                                     f"{exc.filename or 'the results'}; free some space or pass another "
+                                     "--results-dir, then rerun: completed cache files are kept") from None
             raise
         finally:
             root.removeHandler(handler)

@@ -565,3 +565,69 @@ def test_images_over_the_pixel_limit_are_skipped_as_too_large(tmp_path, monkeypa
     assert "huge.png" not in " ".join(r.source for r in ev + ref)
     assert "huge.png" in caplog.text and "megapixels" in caplog.text and "unreadable" not in caplog.text
     assert dataset.MAX_PIXELS == 2000 and 50 * 50 > 2000
+
+
+# ------------------------------------------------------------------ hf: models
+
+def _hf_args(tmp_path, folder, *extra):
+    return tiny_args(tmp_path, "--mode", "quick", "--backbone", f"hf:{folder}", "--layers", "layers.0",
+                     "--n-inference", "6", "--n-evaluation", "4", *extra)
+
+
+def test_hf_text_model_is_refused(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "bert"
+    transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64).save_pretrained(folder)
+    assert main.main(_hf_args(tmp_path, folder), user=tiny_config()) == 2
+    msg = _err(capsys)
+    assert "not a vision model" in msg and "BertModel" in msg
+    assert main.main(["--list-layers", f"hf:{folder}"], user=tiny_config()) == 2
+    assert "not a vision model" in _err(capsys)
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{not json", "not readable JSON"),
+    ('{"do_normalize": true, "image_mean": [0.5, 0.5, 0.5], "image_std": null}', "image_std = None"),
+    ('{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0, 0.5]}', "must be positive"),
+    ('[1, 2, 3]', "does not hold a preprocessor config"),
+])
+def test_hf_broken_preprocessor_config(tmp_path, capsys, content, needle):
+    pytest.importorskip("transformers")
+    from test_backbone_specs import _tiny_vit
+    folder = tmp_path / "vit"
+    _tiny_vit(folder, with_weights=False)
+    (folder / "preprocessor_config.json").write_text(content)
+    assert main.main(_hf_args(tmp_path, folder), user=tiny_config()) == 2
+    msg = _err(capsys)
+    assert needle in msg and "preprocessor_config.json" in msg
+    assert main.main(["--list-layers", f"hf:{folder}"], user=tiny_config()) == 2
+    assert needle in _err(capsys)
+
+
+def test_hf_corrupt_safetensors_with_weights_auto(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from test_backbone_specs import _tiny_vit
+    folder = tmp_path / "vit"
+    _tiny_vit(folder)
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    args = _hf_args(tmp_path, folder)
+    args[args.index("--weights") + 1] = "auto"
+    assert main.main(args, user=tiny_config()) == 1
+    msg = _err(capsys)
+    assert "cannot load the weights" in msg and str(folder) in msg
+
+
+def test_a_full_results_disk_names_the_folder(tmp_path, capsys, monkeypatch):
+    import errno as _errno
+    import report
+    def full(*a, **k):
+        raise OSError(_errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(report, "write_run", full)
+    assert main.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3", "--n-resamples", "0"),
+                     user=tiny_config()) == 1
+    msg = _err(capsys)
+    assert "no space left" in msg and str(tmp_path / "results") in msg and "(output)" not in msg
+    (run,) = (tmp_path / "results").iterdir()
+    assert (run / "FAILED.txt").exists()
