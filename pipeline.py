@@ -19,6 +19,10 @@ Scoring: configurations sharing features (layers x transform) form one task; tas
 parallel.sweep_map (config['jobs'] processes, or a Dask cluster with config['dask_scheduler']).
 Results are put back in grid order and every random choice is seeded per configuration, so the
 CSV does not depend on the number of workers.
+
+This module is the composition; the jobs it composes live in cache_fill.py (which images, which
+cache entries, extraction by process, shard or torchrun rank) and sweep.py (tasks, workers,
+bootstrap, log capture).
 """
 from __future__ import annotations
 
@@ -32,14 +36,20 @@ import time
 from dataclasses import dataclass, field
 
 
-from backbones import BACKBONE_NAMES
+from cache_fill import (CacheBuild, RunData, build_cache, build_caches, ensure_cached,
+                        open_caches, run_data, _extract_on_ranks)
 from errors import RuntimeFailure, UsageError
-from layer_registry import CAPTURE
-from parallel import ParallelError, Ranks, Shard, dask_session, prestart, resolve_jobs, sweep_map
-from run_plan import (RunPlan, UserConfig, backbones_of, check_module_paths, check_writable, layers_of,
-                      make_plan, spec_of, validate_config, with_degradation_sets)
+from parallel import ParallelError, Ranks, dask_session, prestart, resolve_jobs
+from run_plan import (RunPlan, UserConfig, check_writable, layers_of, make_plan, spec_of,
+                      with_degradation_sets)
+from sweep import SWEEP_MODULES, bootstrap_top, score_backbone, score_baselines
 
 log = logging.getLogger("iqm")
+
+# The library API (README "Library API"): the cache fill, the experiment, and the small commands.
+__all__ = ["build_cache", "build_caches", "run_experiment", "layer_table", "preview_degradations",
+           "setup_logging", "layers_of", "open_caches", "run_data", "CacheBuild", "Experiment",
+           "RunData", "LayerTable"]
 
 
 def setup_logging(verbose: bool, quiet: bool) -> None:
@@ -64,8 +74,6 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# what a scoring worker imports (started ahead of the sweep by parallel.prestart)
-SWEEP_MODULES = ("pipeline", "evaluation", "feature_spaces", "sklearn.mixture")
 
 
 @dataclass(frozen=True)
@@ -103,184 +111,6 @@ def preview_degradations(cfg) -> str:
     path = os.path.join(cfg["results_dir"], "degradation_preview.png")
     preview_collage(images, with_degradation_sets(cfg)["degradations"], cfg["seed"]).save(path)
     return path
-
-
-def select(cfg):
-    """(evaluation records, reference records): disjoint, seeded."""
-    from dataset import select_images
-    return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
-
-
-@dataclass
-class RunData:
-    """The images of a run and how they are degraded: a selection from `dataset` degraded by
-    `degradations`, or a rated database (`--mos`) whose groups are files, with its ratings."""
-    ref_records: list
-    eval_records: list
-    degradations: dict           # name -> {"type", "levels"}: what the monotonicity reads
-    eval_units: list
-    database: object = None      # rated_database.RatedDatabase
-    ratings: object = None       # human_agreement.Ratings
-
-    @property
-    def ref_units(self) -> list:
-        from feature_cache import reference_units
-        return reference_units(self.ref_records)
-
-    @property
-    def units(self) -> list:
-        return self.ref_units + self.eval_units
-
-
-def run_data(cfg) -> RunData:
-    """The images of cfg's run. With config['mos'], the evaluation sets are the rated
-    database's (type, level) groups and its references are the clean level; the reference set
-    is the database's references, or `mos_reference` (a folder or "builtin") when set."""
-    from feature_cache import evaluation_units, rated_units
-    if not cfg["mos"]:
-        eval_records, ref_records = select(cfg)
-        return RunData(ref_records, eval_records, cfg["degradations"],
-                       evaluation_units(eval_records, cfg["degradations"]))
-    from dataset import select_images
-    from human_agreement import Ratings
-    from rated_database import read_ratings
-    db = read_ratings(cfg["mos"])
-    refs = list(db.references)
-    if cfg["mos_reference"] != "database":
-        refs = select_images(cfg["mos_reference"], 0, cfg["n_images_inference"], cfg["seed"])[1]
-    groups = [db.groups[(t, lv)] for t in db.types for lv in db.levels(t)]
-    units = rated_units(list(db.references), db.group_keys(),
-                        [[db.records[im.image] for im in g] for g in groups])
-    log.info("rated database %s (%s, %s is better): %d images in %d groups of %d references; "
-             "reference set: %s (%d images)", db.path, db.format,
-             "higher" if db.higher_is_better else "lower", db.n_images, len(groups),
-             len(db.references), "the database's references" if cfg["mos_reference"] == "database"
-             else cfg["mos_reference"], len(refs))
-    return RunData(refs, list(db.references), db.degradations(), units, db,
-                   Ratings(tuple(db.group_keys()), db.quality()))
-
-
-# ---------------------------------------------------------------------- cache fill
-
-def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
-    """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights."""
-    from feature_cache import LayerCache, code_identity, weights_identity
-    spec = spec_of(backbone)
-    input_size = cfg["image_size"] or spec.input_size
-    context = {"weights": weights_identity(provenance), "capture": CAPTURE,
-               "input_size": input_size, "working_size": cfg["working_size"],
-               "code": code_identity(spec.library, spec.interpolation, spec.antialias),
-               "mean": list(spec.mean), "std": list(spec.std),
-               "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
-    return {path: LayerCache(cfg["cache_dir"], spec.key_name, index, path, context, ref_records,
-                             eval_records, cfg["seed"], cfg["verify_checksums"])
-            for index, path in layers}
-
-
-def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
-                  shard: Shard | None = None) -> int:
-    """Extract whatever the caches miss (only `shard`'s files when given); on a full hit
-    nothing is built or even imported. Returns the number of files extracted."""
-    from feature_cache import plan_extraction
-    todo = plan_extraction(backbone, caches, units)
-    if todo and shard is not None:
-        mine = {u.id for u in shard.share(units)}
-        n_all = len(todo)
-        todo = {uid: paths for uid, paths in todo.items() if uid in mine}
-        log.info("shard %s: %d of the %d missing file(s) are this shard's; the other shards "
-                 "extract the rest", shard, len(todo), n_all)
-    if todo:
-        from feature_extraction import fill_cache   # torch and the model libraries
-        fill_cache(cfg, backbone, caches, units, todo, provenance, progress)
-    return len(todo)
-
-
-@dataclass
-class CacheBuild:
-    """What `build_cache` did for one backbone."""
-    backbone: str
-    layers: list                 # [(index or None, module path)]
-    cache_dir: str
-    weights: str                 # provenance label
-    extracted: int               # unit files extracted by this process
-    missing: int                 # unit files still missing (other shards' share)
-
-
-def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
-                progress: bool = True, data: RunData | None = None) -> CacheBuild:
-    """Extract and cache `layers` (indices or module paths) of `backbone` for cfg's reference
-    and evaluation images, or only `shard`'s share of the files. Safe to run in N processes at
-    once on one cache folder (local or shared filesystem)."""
-    from backbones import resolve_weights
-    from feature_cache import plan_extraction
-    if not layers:
-        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
-                         "--build-cache --backbone resnet50 --layers 7 8 9")
-    check_writable(cfg["cache_dir"], "--cache-dir")
-    data = data or run_data(with_degradation_sets(cfg))
-    resolved = layers_of(backbone, layers)
-    check_module_paths(backbone, resolved, cfg["image_size"])
-    prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-    caches = open_caches(cfg, backbone, resolved, prov, data.ref_records, data.eval_records)
-    units = data.units
-    n = ensure_cached(cfg, backbone, caches, units, prov, progress, shard)
-    missing = 0
-    if shard is not None and shard.count > 1:
-        with _quiet(logging.getLogger("feature_cache")):
-            missing = len(plan_extraction(backbone, caches, units))
-    return CacheBuild(backbone, resolved, cfg["cache_dir"], prov["label"], n, missing)
-
-
-def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True) -> list[CacheBuild]:
-    """`build_cache` for every backbone of cfg (config['backbone'] may be 'all'). Under torchrun
-    each rank extracts its share on its own GPU, then every rank waits for the others; rank 0
-    checks that the cache is complete (logging CACHE HIT) and returns the builds, the other
-    ranks return []."""
-    validate_config(cfg, BACKBONE_NAMES)
-    cfg = with_degradation_sets(cfg)
-    if not layers:
-        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
-                         "--build-cache --backbone resnet50 --layers 7 8 9")
-    ranks = Ranks.from_env()
-    if ranks is not None and shard is not None:
-        raise UsageError(f"--shard {shard} under torchrun: the shard comes from RANK/WORLD_SIZE; "
-                         "drop --shard")
-    names = backbones_of(cfg)
-    data = run_data(cfg)
-    if ranks is None:
-        return [build_cache(cfg, b, layers, shard, progress=progress, data=data) for b in names]
-    local = _extract_on_ranks(cfg, ranks, [(b, layers) for b in names], data, progress)
-    if not ranks.leader:
-        return []
-    return [build_cache(local, b, layers, None, progress=progress, data=data) for b in names]
-
-
-def _extract_on_ranks(cfg, ranks: Ranks, work, data, progress) -> dict:
-    """Each torchrun rank extracts its share of every (backbone, layers) of `work` on its own
-    device, then waits for the others. Returns cfg with this rank's device."""
-    local = {**cfg, "device": ranks.start(cfg["device"])}
-    try:
-        for backbone, layers in work:
-            build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
-                        data=data)
-        ranks.barrier()
-    finally:
-        ranks.stop()
-    return local
-
-
-class _quiet:
-    """Silence a logger below WARNING for a block."""
-
-    def __init__(self, logger):
-        self.logger = logger
-
-    def __enter__(self):
-        self.level = self.logger.level
-        self.logger.setLevel(logging.WARNING)
-
-    def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
 
 
 # ---------------------------------------------------------------------- experiment
@@ -432,227 +262,3 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
         data.database, data.ratings, [r.source for r in ref_records],
         [r.source for r in eval_records])
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
-
-
-# ---------------------------------------------------------------------- scoring
-
-def score_baselines(cfg, data: RunData) -> list:
-    """config['baselines'] (PSNR, SSIM, MS-SSIM of each evaluation image against its clean
-    version) as ranked rows `baseline:<name>`."""
-    from baselines import baseline_values
-    from evaluation import score_baseline
-    values, reasons = baseline_values(cfg["baselines"], data.eval_units, cfg["working_size"],
-                                      cfg["seed"], cfg["cache_dir"])
-    base = {"n_reference": len(data.ref_records), "seed": cfg["seed"]}
-    return [score_baseline(n, values.get(n), cfg["degradations"], base, data.ratings, reasons.get(n, ""))
-            for n in cfg["baselines"]]
-
-
-@dataclass
-class SweepTask:
-    """Configurations sharing one feature space, scored together in one worker."""
-    assembler: object            # feature_spaces.FeatureAssembler (paths to the cache, no data)
-    confs: list                  # evaluation.Configuration
-    cfg: dict
-    base: dict                   # fields common to every result (n_reference, weights, ...)
-    keep_state: bool             # keep what the bootstrap needs (in-process runs)
-    bootstrap: bool = False      # bootstrap every scored configuration before returning
-    capture_logs: bool = False   # send this task's log records back (worker processes)
-    ratings: object = None       # human_agreement.Ratings of a --mos run
-
-
-@dataclass
-class TaskOutcome:
-    results: list                # evaluation.ConfigResult, in the task's order
-    log_records: list            # logging.LogRecord of the task, when captured
-
-
-def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov, jobs,
-                   ratings=None):
-    """Every configuration of `grid` (one backbone's, from the plan) in grid order, scored
-    through parallel.sweep_map; and {configuration id: its task}, to score a configuration
-    again for the bootstrap."""
-    from feature_spaces import FeatureAssembler, feature_key, transform_params
-    spec = spec_of(backbone)
-    assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
-                                 spec.patch, cfg["max_representation_bytes"],
-                                 cfg["gram_precision"], cfg["device"])
-    groups = {}
-    for conf in grid:            # configurations that share features are scored together
-        groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)
-    # tasks leave this process with several jobs and several tasks (parallel.sweep_map runs a
-    # single task here), or on a Dask cluster
-    remote = (jobs > 1 and len(groups) > 1) or bool(cfg["dask_scheduler"])
-    all_boot = cfg["bootstrap"]["scope"] == "all" and cfg["bootstrap"]["n_resamples"] > 0
-    base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
-            "weights": prov["label"], "random_init": prov["source"] == "random-init"}
-    tasks = [SweepTask(assembler, confs, cfg, base, keep_state=not remote, bootstrap=all_boot and remote,
-                       capture_logs=remote, ratings=ratings) for confs in groups.values()]
-    # The longest tasks first: GAP spaces (model fits on explicit rows of up to thousands of
-    # dims), then Gram spaces (kernel blocks or explicit rows, read from the derived cache).
-    transforms = [t["name"] for t in cfg["feature_transforms"]]
-    layer_pos = {lc["name"]: k for k, lc in enumerate(lcs)}
-    tasks.sort(key=lambda t: (transform_params(t.confs[0].transform)["use_gram"],
-                              transforms.index(t.confs[0].transform["name"]),
-                              layer_pos[t.confs[0].layer_config["name"]]))
-    grams = sorted({p for c in grid if transform_params(c.transform)["use_gram"]
-                    for p in c.layer_config["paths"]})
-    if grams:            # here, with every thread; the tasks then read them
-        t0 = time.perf_counter()
-        made = assembler.prepare_grams(grams)
-        if made:
-            log.info("%s: Gram artefacts of %s computed in %.1fs", backbone, " ".join(made),
-                     time.perf_counter() - t0)
-        if remote:
-            assembler.forget()
-    log.info("%s: scoring %d configuration(s) in %d feature group(s)", backbone, len(grid), len(tasks))
-    scored = _gather(sweep_map(score_task, tasks, jobs, cfg["dask_scheduler"]))
-    order = {_conf_id(c): i for i, c in enumerate(grid)}
-    scored.sort(key=lambda r: order[_conf_id(r.conf)])
-    for r in scored:
-        if not r.scored:
-            log.info("%s %s: %s", r.status.replace("_", " "), r.label, r.reason)
-    _WORKER_STATE.clear()         # the in-process assembler's memory goes with this backbone
-    # in-process results keep their scorers for the bootstrap; those from workers may have to
-    # be scored again, by their task
-    return scored, ({_conf_id(c): t for t in tasks for c in t.confs} if remote else {})
-
-
-def _gather(outcomes) -> list:
-    """The results of every task, replaying the log records of tasks run elsewhere."""
-    out = []
-    for o in outcomes:
-        for rec in o.log_records:
-            logging.getLogger(rec.name).handle(rec)
-        out += o.results
-    return out
-
-
-def _conf_id(conf) -> tuple:
-    """A configuration's identity that survives pickling (worker processes return copies)."""
-    return (conf.backbone, conf.layer_config["name"], conf.transform["name"],
-            conf.model["name"] if conf.model else None, conf.metric)
-
-
-_WORKER_STATE: dict = {}
-
-
-def _shared_assembler(assembler):
-    """The assembler this process already holds for the same sweep (its layers and spaces stay
-    in memory across the tasks a worker runs), else `assembler`."""
-    held = _WORKER_STATE.get("assembler")
-    if held is None or held.token != assembler.token:
-        _WORKER_STATE["assembler"] = held = assembler
-    return held
-
-
-def score_task(task: SweepTask) -> TaskOutcome:
-    """Score one feature group (in a worker process, or here when jobs == 1)."""
-    from evaluation import bootstrap, release, score_group
-    with _LogCapture(task.capture_logs) as records, single_threaded():
-        assembler = _shared_assembler(task.assembler)
-        lc, t = task.confs[0].layer_config, task.confs[0].transform
-        results = score_group(task.confs, lambda: assembler.space(lc, t), task.cfg["degradations"],
-                              task.cfg, task.cfg["seed"], task.base, task.ratings)
-        b = task.cfg["bootstrap"]
-        if task.bootstrap:
-            for r in results:
-                if r.scored:
-                    bootstrap(r, task.cfg["degradations"], b["n_resamples"], b["confidence"],
-                              task.cfg["seed"], task.ratings)
-        if not task.keep_state:
-            release(results)
-    return TaskOutcome(results, records)
-
-
-def bootstrap_top(ranked, cfg, jobs, tasks: dict, ratings=None) -> None:
-    """Bootstrap intervals for the top_n scored configurations (or all, per config). Results
-    scored in this process still hold their scorers; those scored in workers are scored again
-    there, with the bootstrap (same code, same seeds: the same scores, checked)."""
-    from evaluation import BASELINE, bootstrap
-    from feature_spaces import feature_key
-    b = cfg["bootstrap"]
-    if b["n_resamples"] == 0:
-        return
-    targets = [r for r in ranked if r.scored]
-    if b["scope"] == "top":      # the top-N, and the best feature space and baselines (versus_baseline)
-        best = next((r for r in targets if r.conf.backbone != BASELINE), None)
-        targets = targets[:cfg["top_n"]] + [r for r in targets[cfg["top_n"]:]
-                                            if r.conf.backbone == BASELINE or r is best]
-    redo = {}
-    for r in targets:
-        if r.scorer is not None:
-            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"], ratings)
-        elif not r.n_resamples:
-            key = (r.conf.backbone, feature_key(r.conf.layer_config, r.conf.transform))
-            redo.setdefault(key, []).append(r)
-    if not redo:
-        return
-    again = []
-    for rs in redo.values():
-        t = tasks[_conf_id(rs[0].conf)]
-        again.append(SweepTask(t.assembler, [r.conf for r in rs], cfg, t.base, keep_state=False,
-                               bootstrap=True, capture_logs=True, ratings=ratings))
-    redone = {_conf_id(x.conf): x for x in _gather(sweep_map(score_task, again, jobs,
-                                                               cfg["dask_scheduler"]))}
-    for rs in redo.values():
-        for r in rs:
-            x = redone[_conf_id(r.conf)]
-            if [d["scores"] for d in x.per_degradation.values()] != \
-                    [d["scores"] for d in r.per_degradation.values()]:
-                raise RuntimeError(f"{r.label}: scored again for the bootstrap, it gave other scores; "
-                                   "this is a bug, please report it (--jobs 1 avoids it)")
-            r.per_degradation, r.mean_spearman_ci, r.n_resamples, r.boot_mean = (
-                x.per_degradation, x.mean_spearman_ci, x.n_resamples, x.boot_mean)
-            r.mos, r.boot_mos = x.mos, x.boot_mos
-
-
-class single_threaded:
-    """BLAS, OpenMP and torch on one thread for a block: every task computes its scores with
-    the same arithmetic, in this process or a worker, so the results do not depend on how many
-    jobs run (a multi-threaded reduction may add in another order)."""
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-        self.limits = threadpool_limits(1)
-        self.torch = None
-        import sys
-        if "torch" in sys.modules:
-            import torch
-            self.torch = torch.get_num_threads()
-            torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        self.limits.restore_original_limits()
-        if self.torch is not None:
-            import torch
-            torch.set_num_threads(self.torch)
-
-
-class _LogCapture:
-    """Collect the log records of a task run in a worker process, as plain messages, so the
-    parent replays them and experiment.log tells the whole story whatever ran where."""
-
-    def __init__(self, active: bool):
-        self.active, self.records = active, []
-
-    def _keep(self, record):
-        record.msg, record.args, record.exc_info, record.exc_text = record.getMessage(), None, None, None
-        self.records.append(record)
-
-    def __enter__(self):
-        if self.active:
-            root = logging.getLogger()
-            self.handler = logging.Handler(logging.INFO)
-            self.handler.emit = self._keep
-            self.level = root.level
-            root.addHandler(self.handler)
-            root.setLevel(logging.INFO)
-        return self.records
-
-    def __exit__(self, *exc):
-        if self.active:
-            root = logging.getLogger()
-            root.removeHandler(self.handler)
-            root.setLevel(self.level)

@@ -91,6 +91,8 @@ def main():
     p.add_argument("--mode", choices=tuple(SIZES), default="medium",
                    help="image counts: small 40 + 4 x 45, medium 200 + 10 x 45, full 1000 + 50 x 45")
     p.add_argument("--image-size", type=int, help="override every backbone's input size")
+    p.add_argument("--steps", type=int, default=20,
+                   help="timed batches of the bare forward (default 20; 3 is enough on a CPU)")
     p.add_argument("--backbone", action="append", help="default: all")
     p.add_argument("--no-loader", action="store_true", help="skip the loader-only measurement")
     a = p.parse_args()
@@ -120,7 +122,7 @@ def main():
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache) for f in fs
                    if f.endswith(".npy"))
         shutil.rmtree(cache, ignore_errors=True)
-        bare = bare_forward(name, layers, a.device, a.batch_size, image_size=a.image_size)
+        bare = bare_forward(name, layers, a.device, a.batch_size, a.steps, image_size=a.image_size)
         loader = "" if a.no_loader else "loader %7.1f img/s  " % loader_only(
             name, n_inf, n_eval, a.batch_size, a.device, a.image_size)[0]
         print(f"{name:14s} layers {' '.join(layers):18s} pipeline {pipeline:7.1f} img/s ({n} images, "

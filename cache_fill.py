@@ -1,0 +1,194 @@
+"""Filling the cache for a run: which images (a folder, the built-in set, or a rated
+database), which cache entries, and what is extracted where: this process, one `Shard` of it
+(SLURM arrays), or every torchrun rank's share, meeting at a barrier. pipeline.py composes it
+with the sweep; `pipeline.build_cache(s)` are these functions."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from backbones import BACKBONE_NAMES
+from errors import UsageError
+from layer_registry import CAPTURE
+from parallel import Ranks, Shard
+from run_plan import (backbones_of, check_module_paths, check_writable, layers_of, spec_of,
+                      validate_config, with_degradation_sets)
+
+log = logging.getLogger("iqm")
+
+def select(cfg):
+    """(evaluation records, reference records): disjoint, seeded."""
+    from dataset import select_images
+    return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
+
+
+@dataclass
+class RunData:
+    """The images of a run and how they are degraded: a selection from `dataset` degraded by
+    `degradations`, or a rated database (`--mos`) whose groups are files, with its ratings."""
+    ref_records: list
+    eval_records: list
+    degradations: dict           # name -> {"type", "levels"}: what the monotonicity reads
+    eval_units: list
+    database: object = None      # rated_database.RatedDatabase
+    ratings: object = None       # human_agreement.Ratings
+
+    @property
+    def ref_units(self) -> list:
+        from feature_cache import reference_units
+        return reference_units(self.ref_records)
+
+    @property
+    def units(self) -> list:
+        return self.ref_units + self.eval_units
+
+
+def run_data(cfg) -> RunData:
+    """The images of cfg's run. With config['mos'], the evaluation sets are the rated
+    database's (type, level) groups and its references are the clean level; the reference set
+    is the database's references, or `mos_reference` (a folder or "builtin") when set."""
+    from feature_cache import evaluation_units, rated_units
+    if not cfg["mos"]:
+        eval_records, ref_records = select(cfg)
+        return RunData(ref_records, eval_records, cfg["degradations"],
+                       evaluation_units(eval_records, cfg["degradations"]))
+    from dataset import select_images
+    from human_agreement import Ratings
+    from rated_database import read_ratings
+    db = read_ratings(cfg["mos"])
+    refs = list(db.references)
+    if cfg["mos_reference"] != "database":
+        refs = select_images(cfg["mos_reference"], 0, cfg["n_images_inference"], cfg["seed"])[1]
+    groups = [db.groups[(t, lv)] for t in db.types for lv in db.levels(t)]
+    units = rated_units(list(db.references), db.group_keys(),
+                        [[db.records[im.image] for im in g] for g in groups])
+    log.info("rated database %s (%s, %s is better): %d images in %d groups of %d references; "
+             "reference set: %s (%d images)", db.path, db.format,
+             "higher" if db.higher_is_better else "lower", db.n_images, len(groups),
+             len(db.references), "the database's references" if cfg["mos_reference"] == "database"
+             else cfg["mos_reference"], len(refs))
+    return RunData(refs, list(db.references), db.degradations(), units, db,
+                   Ratings(tuple(db.group_keys()), db.quality()))
+
+
+# ---------------------------------------------------------------------- cache fill
+
+def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
+    """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights."""
+    from feature_cache import LayerCache, code_identity, weights_identity
+    spec = spec_of(backbone)
+    input_size = cfg["image_size"] or spec.input_size
+    context = {"weights": weights_identity(provenance), "capture": CAPTURE,
+               "input_size": input_size, "working_size": cfg["working_size"],
+               "code": code_identity(spec.library, spec.interpolation, spec.antialias),
+               "mean": list(spec.mean), "std": list(spec.std),
+               "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
+    return {path: LayerCache(cfg["cache_dir"], spec.key_name, index, path, context, ref_records,
+                             eval_records, cfg["seed"], cfg["verify_checksums"])
+            for index, path in layers}
+
+
+def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
+                  shard: Shard | None = None) -> int:
+    """Extract whatever the caches miss (only `shard`'s files when given); on a full hit
+    nothing is built or even imported. Returns the number of files extracted."""
+    from feature_cache import plan_extraction
+    todo = plan_extraction(backbone, caches, units)
+    if todo and shard is not None:
+        mine = {u.id for u in shard.share(units)}
+        n_all = len(todo)
+        todo = {uid: paths for uid, paths in todo.items() if uid in mine}
+        log.info("shard %s: %d of the %d missing file(s) are this shard's; the other shards "
+                 "extract the rest", shard, len(todo), n_all)
+    if todo:
+        from feature_extraction import fill_cache   # torch and the model libraries
+        fill_cache(cfg, backbone, caches, units, todo, provenance, progress)
+    return len(todo)
+
+
+@dataclass
+class CacheBuild:
+    """What `build_cache` did for one backbone."""
+    backbone: str
+    layers: list                 # [(index or None, module path)]
+    cache_dir: str
+    weights: str                 # provenance label
+    extracted: int               # unit files extracted by this process
+    missing: int                 # unit files still missing (other shards' share)
+
+
+def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
+                progress: bool = True, data: RunData | None = None) -> CacheBuild:
+    """Extract and cache `layers` (indices or module paths) of `backbone` for cfg's reference
+    and evaluation images, or only `shard`'s share of the files. Safe to run in N processes at
+    once on one cache folder (local or shared filesystem)."""
+    from backbones import resolve_weights
+    from feature_cache import plan_extraction
+    if not layers:
+        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
+                         "--build-cache --backbone resnet50 --layers 7 8 9")
+    check_writable(cfg["cache_dir"], "--cache-dir")
+    data = data or run_data(with_degradation_sets(cfg))
+    resolved = layers_of(backbone, layers)
+    check_module_paths(backbone, resolved, cfg["image_size"])
+    prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+    caches = open_caches(cfg, backbone, resolved, prov, data.ref_records, data.eval_records)
+    units = data.units
+    n = ensure_cached(cfg, backbone, caches, units, prov, progress, shard)
+    missing = 0
+    if shard is not None and shard.count > 1:
+        with _quiet(logging.getLogger("feature_cache")):
+            missing = len(plan_extraction(backbone, caches, units))
+    return CacheBuild(backbone, resolved, cfg["cache_dir"], prov["label"], n, missing)
+
+
+def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True) -> list[CacheBuild]:
+    """`build_cache` for every backbone of cfg (config['backbone'] may be 'all'). Under torchrun
+    each rank extracts its share on its own GPU, then every rank waits for the others; rank 0
+    checks that the cache is complete (logging CACHE HIT) and returns the builds, the other
+    ranks return []."""
+    validate_config(cfg, BACKBONE_NAMES)
+    cfg = with_degradation_sets(cfg)
+    if not layers:
+        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
+                         "--build-cache --backbone resnet50 --layers 7 8 9")
+    ranks = Ranks.from_env()
+    if ranks is not None and shard is not None:
+        raise UsageError(f"--shard {shard} under torchrun: the shard comes from RANK/WORLD_SIZE; "
+                         "drop --shard")
+    names = backbones_of(cfg)
+    data = run_data(cfg)
+    if ranks is None:
+        return [build_cache(cfg, b, layers, shard, progress=progress, data=data) for b in names]
+    local = _extract_on_ranks(cfg, ranks, [(b, layers) for b in names], data, progress)
+    if not ranks.leader:
+        return []
+    return [build_cache(local, b, layers, None, progress=progress, data=data) for b in names]
+
+
+def _extract_on_ranks(cfg, ranks: Ranks, work, data, progress) -> dict:
+    """Each torchrun rank extracts its share of every (backbone, layers) of `work` on its own
+    device, then waits for the others. Returns cfg with this rank's device."""
+    local = {**cfg, "device": ranks.start(cfg["device"])}
+    try:
+        for backbone, layers in work:
+            build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
+                        data=data)
+        ranks.barrier()
+    finally:
+        ranks.stop()
+    return local
+
+
+class _quiet:
+    """Silence a logger below WARNING for a block."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
