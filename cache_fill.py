@@ -160,13 +160,13 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
     data = run_data(cfg)
     if ranks is None:
         return [build_cache(cfg, b, layers, shard, progress=progress, data=data) for b in names]
-    local = _extract_on_ranks(cfg, ranks, [(b, layers) for b in names], data, progress)
+    local = extract_on_ranks(cfg, ranks, [(b, layers) for b in names], data, progress)
     if not ranks.leader:
         return []
     return [build_cache(local, b, layers, None, progress=progress, data=data) for b in names]
 
 
-def _extract_on_ranks(cfg, ranks: Ranks, work, data, progress) -> dict:
+def extract_on_ranks(cfg, ranks: Ranks, work, data, progress) -> dict:
     """Each torchrun rank extracts its share of every (backbone, layers) of `work` on its own
     device, then waits for the others. Returns cfg with this rank's device."""
     local = {**cfg, "device": ranks.start(cfg["device"])}

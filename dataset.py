@@ -203,26 +203,26 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _too_large(path: str) -> bool:
-    """More pixels than MAX_PIXELS (read from the header, nothing decoded)."""
+def _header(path: str) -> str:
+    """'ok', 'large' (more pixels than MAX_PIXELS) or 'bad' (no readable image header), from
+    one read of the header; nothing is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                return im.size[0] * im.size[1] > MAX_PIXELS
+                return "large" if im.size[0] * im.size[1] > MAX_PIXELS else "ok"
     except Image.DecompressionBombError:       # PIL's own refusal, past twice its limit
-        return True
+        return "large"
     except Exception:
-        return False
+        return "bad"
 
 
-def _readable(path: str, full: bool) -> bool:
-    """Header check (cheap), or with `full` a complete decode (Image.verify() does not decode
-    the pixel data, so a truncated JPEG would pass it)."""
+def _decodes(path: str) -> bool:
+    """A complete decode (Image.verify() does not decode the pixel data, so a truncated JPEG
+    would pass it); `_header` is the cheap check before it."""
     try:
         with Image.open(path) as im:
-            if full:
-                im.load()
+            im.load()
         return True
     except Exception:
         return False
@@ -280,13 +280,14 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
                     dataset, ", ".join(others[:5]), " …" if len(others) > 5 else "")
     if not images:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {dataset!r}")
-    large = [p for p in images if _too_large(p)]
+    header = {p: _header(p) for p in images}
+    large = [p for p in images if header[p] == "large"]
     if large:
         log.warning("skipped %d image(s) larger than %d megapixels (the pixel limit: a larger one "
                     "would take GBs to decode, and is usually a broken or hostile file): %s%s",
                     len(large), MAX_PIXELS // 10**6, ", ".join(large[:5]), " …" if len(large) > 5 else "")
-    bad = [p for p in images if p not in set(large) and not _readable(p, full=False)]
-    images = [p for p in images if p not in set(bad) | set(large)]
+    bad = [p for p in images if header[p] == "bad"]
+    images = [p for p in images if header[p] == "ok"]
     if not images:
         raise DatasetError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) found under "
                            f"{dataset!r}" + (f"; {len(bad)} unreadable file(s)" if bad else ""))
@@ -295,7 +296,7 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
         if len(records) == need:
             break
         path = images[i]
-        if not _readable(path, full=True):
+        if not _decodes(path):
             bad.append(path)
             continue
         with open(path, "rb") as f:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 
 from cache_fill import (CacheBuild, RunData, build_cache, build_caches, ensure_cached,
-                        open_caches, run_data, _extract_on_ranks)
+                        open_caches, run_data, extract_on_ranks)
 from errors import RuntimeFailure, UsageError
 from parallel import ParallelError, Ranks, dask_session, prestart, resolve_jobs
 from run_plan import (RunPlan, UserConfig, check_writable, layers_of, make_plan, spec_of,
@@ -160,7 +160,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
     check_writable(cfg["results_dir"], "--results-dir")
     ranks = Ranks.from_env()
     if ranks is not None:
-        _extract_on_ranks(cfg, ranks, [(b, sorted({str(i) if i is not None else p for lc in lcs
+        extract_on_ranks(cfg, ranks, [(b, sorted({str(i) if i is not None else p for lc in lcs
                                                    for i, p in lc["resolved"]})) for b, lcs in plans],
                           data, progress)
         if not ranks.leader:
