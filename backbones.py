@@ -187,7 +187,7 @@ class Backbone:
     name: str
     module: object                  # a torch.nn.Module
     forward: Callable
-    provenance: dict                # source, model id, sha256 or random seed
+    provenance: "Provenance"       # source, model id, sha256 or random seed
     input_size: int
     spec: BackboneSpec = None
 
@@ -724,20 +724,57 @@ def _load_strict(spec: BackboneSpec, module, sd: dict, source: str) -> None:
 
 # ----------------------------------------------------------------- weights
 
-def _pretrained_files(spec: BackboneSpec, allow_download: bool) -> dict:
+def _pretrained_files(spec: BackboneSpec, allow_download: bool) -> "Provenance":
     """Locate (or download) the pretrained files; no model is built."""
     if spec.weights is None:
         raise WeightsError(f"{spec.name} has no pretrained weights in {spec.library}; use "
                            "--weights random or a checkpoint file")
     model_id, paths = spec.weights.locate(spec.name, allow_download)
-    return {"source": "pretrained", "library": spec.library, "model_id": model_id or spec.weights_id,
-            "file": paths[-1], "sha256": file_sha256(paths[-1])}
+    return Provenance.of("pretrained", library=spec.library, model_id=model_id or spec.weights_id,
+                         file=paths[-1], sha256=file_sha256(paths[-1]))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a backbone's weights come from. `source` is pretrained (a library's cache: `library`,
+    `model_id`, `file`), local (a checkpoint file or save_pretrained folder: `path`) or
+    random-init (`seed`); `sha256` is the bytes' digest; `label` is the one-line form."""
+    source: str
+    label: str
+    library: str | None = None
+    model_id: str | None = None
+    path: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    seed: int | None = None
+
+    _KEYS = {"pretrained": ("source", "library", "model_id", "file", "sha256", "label"),
+             "local": ("source", "path", "sha256", "label"),
+             "random-init": ("source", "seed", "label")}
+
+    @property
+    def random_init(self) -> bool:
+        return self.source == "random-init"
+
+    def as_dict(self) -> dict:
+        """The record written beside results (keys of its source, in this order)."""
+        return {k: getattr(self, k) for k in self._KEYS[self.source]}
+
+    def identity(self) -> dict:
+        """What identifies the weights' bytes, not where they lie on disk: part of cache keys."""
+        return {k: v for k, v in self.as_dict().items() if k not in ("file", "path", "label")}
+
+    @classmethod
+    def of(cls, source: str, seed: int | None = None, **where) -> "Provenance":
+        if source == "random-init":
+            return cls(source, f"random-init seed {seed}", seed=seed)
+        label = f"{source} {where.get('model_id') or where.get('path', '')} sha256:{where['sha256'][:12]}"
+        return cls(source, label, **where)
 
 
 def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
-                    allow_download: bool = True) -> dict:
-    """The provenance of the weights `build_backbone` would load, without building a model:
-    {"source": pretrained | local | random-init, "model_id"/"path", "sha256" or "seed", "label"}.
+                    allow_download: bool = True) -> Provenance:
+    """The Provenance of the weights `build_backbone` would load, without building a model.
     Cache keys use it, so a full cache hit never constructs the backbone. `auto` looks in the
     local caches only (never the network); `pretrained` downloads when absent and online."""
     spec = get_spec(name)
@@ -758,12 +795,8 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
             raise WeightsError(f"--weights {weights!r}: no such file or folder. Give a checkpoint "
                                "file or a save_pretrained folder, or one of auto, pretrained, random")
         digest = _folder_sha256(weights) if os.path.isdir(weights) else file_sha256(weights)
-        prov = {"source": "local", "path": os.path.abspath(weights), "sha256": digest}
-    if prov is None:
-        return {"source": "random-init", "seed": seed, "label": f"random-init seed {seed}"}
-    prov["label"] = (f"{prov['source']} {prov.get('model_id', prov.get('path', ''))} "
-                     f"sha256:{prov['sha256'][:12]}")
-    return prov
+        prov = Provenance.of("local", path=os.path.abspath(weights), sha256=digest)
+    return prov or Provenance.of("random-init", seed)
 
 
 def _load_checkpoint(spec: BackboneSpec, path: str, input_size: int):
@@ -774,26 +807,26 @@ def _load_checkpoint(spec: BackboneSpec, path: str, input_size: int):
 
 def build_backbone(name: str, weights: str = "auto", seed: int = 0,
                    input_size: int | None = None, allow_download: bool = True,
-                   provenance: dict | None = None) -> Backbone:
+                   provenance: Provenance | None = None) -> Backbone:
     """Build backbone `name` (see `get_spec`) with `weights` (auto | pretrained | random | path).
     Pass the `provenance` from `resolve_weights` to avoid locating the files twice."""
     spec = get_spec(name)
     prov = provenance or resolve_weights(name, weights, seed, allow_download)
     input_size = input_size or spec.input_size
     import torch
-    if prov["source"] == "random-init":
+    if prov.random_init:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(prov["seed"])
+            torch.manual_seed(prov.seed)
             module = spec.build(input_size)
-    elif prov["source"] == "pretrained":
-        module = (spec.load_pretrained(prov["file"], input_size) if spec.load_pretrained
-                  else _load_checkpoint(spec, prov["file"], input_size))
-    elif os.path.isdir(prov["path"]):
+    elif prov.source == "pretrained":
+        module = (spec.load_pretrained(prov.file, input_size) if spec.load_pretrained
+                  else _load_checkpoint(spec, prov.file, input_size))
+    elif os.path.isdir(prov.path):
         if spec.load_folder is None:
-            raise BackboneError(f"--weights {prov['path']!r} is a folder; {name} needs a checkpoint "
+            raise BackboneError(f"--weights {prov.path!r} is a folder; {name} needs a checkpoint "
                                "file (.pth, .pt, .bin or .safetensors)")
-        module = spec.load_folder(prov["path"], input_size)
+        module = spec.load_folder(prov.path, input_size)
     else:
-        module = _load_checkpoint(spec, prov["path"], input_size)
+        module = _load_checkpoint(spec, prov.path, input_size)
     module.eval().requires_grad_(False)
     return Backbone(name, module, spec.forward(module, input_size), prov, input_size, spec)

@@ -75,10 +75,10 @@ def run_data(cfg) -> RunData:
 
 def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
     """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights."""
-    from feature_cache import LayerCache, code_identity, weights_identity
+    from feature_cache import LayerCache, code_identity
     spec = spec_of(backbone)
     input_size = cfg["image_size"] or spec.input_size
-    context = {"weights": weights_identity(provenance), "capture": CAPTURE,
+    context = {"weights": provenance.identity(), "capture": CAPTURE,
                "input_size": input_size, "working_size": cfg["working_size"],
                "code": code_identity(spec.library, spec.interpolation, spec.antialias),
                "mean": list(spec.mean), "std": list(spec.std),
@@ -139,7 +139,7 @@ def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
     if shard is not None and shard.count > 1:
         with _quiet(logging.getLogger("feature_cache")):
             missing = len(plan_extraction(backbone, caches, units))
-    return CacheBuild(backbone, resolved, cfg["cache_dir"], prov["label"], n, missing)
+    return CacheBuild(backbone, resolved, cfg["cache_dir"], prov.label, n, missing)
 
 
 def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True) -> list[CacheBuild]:

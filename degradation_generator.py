@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import hashlib
 import json
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -127,29 +128,37 @@ def swirl(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndar
 # Random types whose levels share one draw per image (swirl's direction), as KADID-10k's do.
 SAME_DRAW_AT_EVERY_LEVEL = {"swirl"}
 
-# type -> (function, needs rng, severity direction, check(level) -> error text or None)
+class DegradationType(NamedTuple):
+    """One entry of the registry: what a config['degradations'] `type` names."""
+    fn: Callable                 # fn(img, level[, rng]) -> degraded (H, W, 3) uint8
+    needs_rng: bool              # fn takes a generator (degradation_rng) as third argument
+    direction: int               # +1: a larger level is worse; -1: smaller is worse (JPEG quality)
+    check: Callable              # check(level) -> None, or what a level must be
+
+
+# type -> its DegradationType
 DEGRADATIONS = {
-    "gaussian_blur": (gaussian_blur, False, +1,
+    "gaussian_blur": DegradationType(gaussian_blur, False, +1,
                       lambda v: None if _num(v) and v > 0 else "sigma must be a number > 0"),
-    "blur_plus_contrast": (blur_plus_contrast, False, +1,
+    "blur_plus_contrast": DegradationType(blur_plus_contrast, False, +1,
                            lambda v: None if (isinstance(v, (list, tuple)) and len(v) == 2
                                               and _num(v[0]) and v[0] >= 0 and _num(v[1])
                                               and 0 < v[1] <= 1)
                            else "a level is a pair [sigma >= 0, contrast in (0, 1]]"),
-    "gaussian_noise": (gaussian_noise, True, +1,
+    "gaussian_noise": DegradationType(gaussian_noise, True, +1,
                        lambda v: None if _num(v) and v > 0 else "sigma (0-255 scale) must be > 0"),
-    "downsample_upsample": (downsample_upsample, False, +1,
+    "downsample_upsample": DegradationType(downsample_upsample, False, +1,
                             lambda v: None if _num(v) and v >= 1 else "factor must be >= 1"),
-    "jpeg_compression": (jpeg_compression, False, -1,
+    "jpeg_compression": DegradationType(jpeg_compression, False, -1,
                          lambda v: None if isinstance(v, int) and 1 <= v <= 100
                          else "quality must be an integer in 1..100"),
-    "pixelation": (pixelation, False, +1,
+    "pixelation": DegradationType(pixelation, False, +1,
                    lambda v: None if _num(v) and v >= 1 else "factor must be >= 1"),
-    "black_rectangles": (black_rectangles, True, +1,
+    "black_rectangles": DegradationType(black_rectangles, True, +1,
                          lambda v: None if _num(v) and 0 < v < 1 else "size must be in (0, 1)"),
-    "salt_and_pepper": (salt_and_pepper, True, +1,
+    "salt_and_pepper": DegradationType(salt_and_pepper, True, +1,
                         lambda v: None if _num(v) and 0 < v < 1 else "amount must be in (0, 1)"),
-    "swirl": (swirl, True, +1, lambda v: None if _num(v) and v > 0 else "strength must be > 0"),
+    "swirl": DegradationType(swirl, True, +1, lambda v: None if _num(v) and v > 0 else "strength must be > 0"),
 }
 
 def _kadid_level(v):
@@ -157,7 +166,7 @@ def _kadid_level(v):
 
 
 for _t, (_fn, _rng) in kadid10k.KADID10K_TYPES.items():
-    DEGRADATIONS["kadid_" + _t] = (_fn, _rng, +1, _kadid_level)
+    DEGRADATIONS["kadid_" + _t] = DegradationType(_fn, _rng, +1, _kadid_level)
 
 # The degradation sets of --degradations; "seed" is config['degradations'] itself.
 # (levels mild to severe: the generator's values, ordered by kadid10k.severity)
@@ -203,7 +212,7 @@ def select_sets(sets, seed_degradations: dict) -> dict:
 def _severity(dtype: str, level) -> tuple:
     if dtype.startswith("kadid_"):
         return kadid10k.severity(dtype[len("kadid_"):], level)
-    direction = DEGRADATIONS[dtype][2]
+    direction = DEGRADATIONS[dtype].direction
     if dtype == "blur_plus_contrast":
         return (level[0], -level[1])
     return (direction * level,)
@@ -236,7 +245,7 @@ def validate_degradations(degradations: dict) -> None:
         levels = spec.get("levels")
         if not isinstance(levels, (list, tuple)) or len(levels) < 1:
             raise ConfigError(f"degradation {name!r}: 'levels' must be a non-empty list")
-        check = DEGRADATIONS[dtype][3]
+        check = DEGRADATIONS[dtype].check
         for v in levels:
             err = check(v)
             if err:
@@ -260,14 +269,14 @@ def apply_degradation(img: np.ndarray, dtype: str, level, seed: int, image_sha25
     """Degrade `img` ((H, W, 3) uint8) with `dtype` at `level`; level None = clean."""
     if level is None:
         return img
-    fn, needs_rng, _, _ = DEGRADATIONS[dtype]
-    if needs_rng:
+    kind = DEGRADATIONS[dtype]
+    if kind.needs_rng:
         # KADID-10k types draw the same random numbers at every level (one angle, one set of
         # block places, one noise field scaled by the level), so levels differ only by their
         # parameter; the seed's types keep their per-level draws (cached bytes unchanged)
         key = None if dtype.startswith("kadid_") or dtype in SAME_DRAW_AT_EVERY_LEVEL else level
-        return fn(img, level, degradation_rng(seed, image_sha256, dtype, key))
-    return fn(img, level)
+        return kind.fn(img, level, degradation_rng(seed, image_sha256, dtype, key))
+    return kind.fn(img, level)
 
 
 def preview_collage(images, degradations: dict, seed: int, tile: int = 128) -> Image.Image:

@@ -29,7 +29,7 @@ reports infeasible configurations from it (`model_feasibility`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import linalg
@@ -59,10 +59,26 @@ class ModelError(ValueError):
     """A model cannot be fitted or used as asked; the message says why and what to change."""
 
 
-def model_params(spec: dict) -> dict:
-    """The spec's parameters with the type's defaults filled in."""
-    return {**MODELS[spec["type"]]["params"], **{k: v for k, v in spec.items()
-                                                 if k not in ("name", "type")}}
+@dataclass(frozen=True)
+class ModelSpec:
+    """One config['distribution_models'] entry, validated: its name, its type (a key of
+    MODELS) and every parameter of the type, defaults filled in."""
+    name: str
+    type: str
+    params: dict = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def of(cls, entry, where: str = "a distribution model") -> "ModelSpec":
+        """The record of a config entry {"name", "type", key: value, ...}; ModelError when invalid."""
+        if isinstance(entry, ModelSpec):
+            return entry
+        validate_model(entry, where)
+        return cls(entry.get("name", entry["type"]), entry["type"], _params(entry))
+
+
+def _params(entry: dict) -> dict:
+    return {**MODELS[entry["type"]]["params"], **{k: v for k, v in entry.items()
+                                                  if k not in ("name", "type")}}
 
 
 def validate_model(spec: dict, where: str) -> None:
@@ -74,7 +90,7 @@ def validate_model(spec: dict, where: str) -> None:
     if extra:
         raise ModelError(f"{where}: unknown key(s) {sorted(extra)} for a {kind} model; valid keys: "
                          f"name, type, {', '.join(MODELS[kind]['params'])}")
-    p = model_params(spec)
+    p = _params(spec)
     if kind == "gaussian" and not (_number(p["reg"]) and p["reg"] >= 0):
         raise ModelError(f"{where}: reg = {p['reg']!r} must be a number >= 0")
     if kind == "gmm":
@@ -96,13 +112,15 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def model_feasibility(spec: dict, form: str, dim: int, n_ref: int) -> str | None:
-    """None when the model can be fitted on this space, else the rule that forbids it."""
-    kind = spec["type"]
+def model_feasibility(spec, form: str, dim: int, n_ref: int) -> str | None:
+    """None when the model `spec` (a ModelSpec or its config entry) can be fitted on this space,
+    else the rule that forbids it."""
+    spec = ModelSpec.of(spec)
+    kind = spec.type
     if form not in MODELS[kind]["forms"]:
         return f"a {kind} model needs explicit feature rows; this space is held as kernel blocks"
     if kind == "gmm":
-        p = model_params(spec)
+        p = spec.params
         if form == "kernel" and p["covariance_type"] in ("diag", "spherical"):
             return (f"a {p['covariance_type']}-covariance GMM is not rotation-invariant, so it needs "
                     f"explicit rows; this space ({dim} dims) is held as exact kernel blocks, its rows "
@@ -373,14 +391,12 @@ class KDEModel:
                          "not kde (a KDE has none of its own)")
 
 
-def fit_distribution(space, spec: dict, seed: int = 0, span: SpanCoordinates | None = None):
-    """Fit the model described by `spec` (a config['distribution_models'] entry) to the
+def fit_distribution(space, spec, seed: int = 0, span: SpanCoordinates | None = None):
+    """Fit the model `spec` (a ModelSpec or its config['distribution_models'] entry) to the
     reference side of a space: explicit rows (n, d) or a KernelRows. `span`, the space's
     SpanCoordinates when already computed, is shared by the models that use one."""
-    kind = spec.get("type")
-    if kind not in MODELS:
-        raise ModelError(f"unknown distribution model type {kind!r}; choose one of: {', '.join(MODELS)}")
-    p = model_params(spec)
+    spec = ModelSpec.of(spec)
+    kind, p = spec.type, spec.params
     if not isinstance(space, KernelRows):
         from distance_metrics import check_features
         space = check_features(space, "reference")

@@ -38,42 +38,54 @@ from scipy import stats
 
 import distance_metrics as dm
 import human_agreement as ha
-from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, SpanCoordinates,
-                                   fit_distribution, in_span, model_feasibility, model_params)
-from feature_spaces import FeatureSpace, Infeasible
+from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, ModelSpec,
+                                   SpanCoordinates, fit_distribution, in_span, model_feasibility)
+from feature_spaces import FeatureSpace, Infeasible, Transform
+from layer_registry import LayerConfig
 
 SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
 BASELINE = "baseline"       # the backbone of the full-reference baselines' rows (baseline:psnr)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Configuration:
+    """One row of the grid. Config-shaped dicts given for the layer config, transform or model
+    become their records (LayerConfig, Transform, ModelSpec)."""
     backbone: str
-    layer_config: dict          # {"name", "layers": [index|path], "paths": [...], "aggregate"}
-    transform: dict
-    model: dict | None
+    layer_config: LayerConfig
+    transform: Transform
+    model: ModelSpec | None
     metric: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "layer_config", LayerConfig.of(self.layer_config))
+        object.__setattr__(self, "transform", Transform.of(self.transform))
+        if self.model is not None:
+            object.__setattr__(self, "model", ModelSpec.of(self.model))
 
     @property
     def label(self) -> str:
         if self.backbone == BASELINE:
             return f"{BASELINE}:{self.metric}"
-        parts = [self.backbone, self.layer_config["name"], self.transform["name"]]
+        parts = [self.backbone, self.layer_config.name, self.transform.name]
         if self.model:
-            parts.append(self.model["name"])
+            parts.append(self.model.name)
         return " / ".join(parts + [self.metric])
 
 
-def pair_allowed(metric: str, model: dict | None) -> bool:
+def pair_allowed(metric: str, model: ModelSpec | None) -> bool:
     """Can this metric ever run with this model (declared needs only, no data)?"""
     need = dm.METRICS[metric]
     if not need["model"]:
         return model is None
-    return model is not None and (not need["covariance"] or MODELS[model["type"]]["covariance"])
+    return model is not None and (not need["covariance"] or MODELS[model.type]["covariance"])
 
 
 def build_grid(backbone, layer_configs, transforms, models, metrics) -> list[Configuration]:
-    """Every (layers, transform, [model,] metric) that can run in principle, in config order."""
+    """Every (layers, transform, [model,] metric) that can run in principle, in config order.
+    Transforms and models are records or their config entries."""
+    transforms = [Transform.of(t) for t in transforms]
+    models = [ModelSpec.of(m) for m in models]
     grid = []
     for lc in layer_configs:
         for t in transforms:
@@ -125,13 +137,13 @@ class ConfigResult:
     def fields(self) -> dict:
         """Every outcome, as plain data (the JSON record)."""
         c = self.conf
-        t = {k: v for k, v in c.transform.items() if k != "name"}
         return {"label": self.label, "rank": self.rank, "status": self.status, "reason": self.reason,
-                "backbone": c.backbone, "layer_config": c.layer_config["name"],
-                "layers": c.layer_config["layers"], "module_paths": c.layer_config["paths"],
-                "aggregate": c.layer_config.get("aggregate", "concat"), "transform": c.transform["name"],
-                "transform_params": t, "distribution": c.model["name"] if c.model else "",
-                "distribution_params": model_params(c.model) if c.model else None,
+                "backbone": c.backbone, "layer_config": c.layer_config.name,
+                "layers": c.layer_config.layers, "module_paths": c.layer_config.paths,
+                "aggregate": c.layer_config.aggregate, "transform": c.transform.name,
+                "transform_params": c.transform.params() if c.backbone != BASELINE else {},
+                "distribution": c.model.name if c.model else "",
+                "distribution_params": c.model.params if c.model else None,
                 "metric": c.metric, "mean_spearman": self.mean_spearman,
                 "mean_spearman_ci": self.mean_spearman_ci, "mean_kendall": self.mean_kendall,
                 "per_degradation": self.per_degradation, "n_resamples": self.n_resamples,
@@ -334,7 +346,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
                 s = unit
             model = None
             if c.model is not None:
-                mkey = json.dumps([c.model["type"], model_params(c.model)], sort_keys=True)
+                mkey = json.dumps([c.model.type, c.model.params], sort_keys=True)
                 if mkey not in models:
                     ref = KernelRows(s.kernel.rr, s.dim) if s.kernel is not None else s.ref
                     if id(s) not in spans and in_span(ref):

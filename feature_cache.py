@@ -102,11 +102,6 @@ def cache_key(fields: dict) -> str:
     return hashlib.sha256(_canonical({"format": CACHE_FORMAT_VERSION, **fields}).encode()).hexdigest()[:16]
 
 
-def weights_identity(provenance: dict) -> dict:
-    """What of a provenance identifies the weights' bytes (not where they lie on disk)."""
-    return {k: v for k, v in provenance.items() if k not in ("file", "path", "label")}
-
-
 def layer_dirname(index: int | None, path: str) -> str:
     """`single_layer_9` for registry layers (the original layout), `module_<path>` otherwise."""
     return f"single_layer_{index}" if index is not None else "module_" + path.replace("/", "_")

@@ -43,7 +43,7 @@ EXTRACTABLE_TYPES = ("Conv2d", "Linear", "LayerNorm", "BatchNorm2d", "GroupNorm"
 
 
 @dataclass(frozen=True)
-class Job:
+class ImageItem:
     """One image to run through the backbone: a record, optionally degraded."""
     record: ImageRecord
     degradation: str | None = None   # degradation *type*
@@ -58,27 +58,27 @@ def _decoded(source: str, working_size: int) -> np.ndarray:
     return load_rgb(source, working_size)
 
 
-class JobDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset):
     """Decodes and degrades images; runs inside DataLoader workers. With `on_device`, items are
     the (H, W, 3) uint8 working-size images, resized and normalised on the accelerator by
     `preprocess_batch` (a third of the bytes to move, and no resize on the CPU); otherwise
     the normalised (3, S, S) float32 input of `preprocess`."""
 
-    def __init__(self, jobs, working_size, input_size, mean, std, seed, interpolation="bicubic",
+    def __init__(self, items, working_size, input_size, mean, std, seed, interpolation="bicubic",
                  on_device: bool = False, antialias: bool = True):
-        self.jobs, self.working_size, self.input_size = list(jobs), working_size, input_size
+        self.items, self.working_size, self.input_size = list(items), working_size, input_size
         self.interpolation, self.antialias, self.on_device = interpolation, antialias, on_device
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.seed = seed
 
     def __len__(self):
-        return len(self.jobs)
+        return len(self.items)
 
     def __getitem__(self, i):
-        job = self.jobs[i]
-        img = _decoded(job.record.source, self.working_size)
-        img = apply_degradation(img, job.degradation, job.level, self.seed, job.record.sha256)
+        item = self.items[i]
+        img = _decoded(item.record.source, self.working_size)
+        img = apply_degradation(img, item.degradation, item.level, self.seed, item.record.sha256)
         if self.on_device:
             return torch.from_numpy(np.array(img, dtype=np.uint8))
         return preprocess(img, self.input_size, self.mean, self.std, self.interpolation,
@@ -207,8 +207,8 @@ def default_workers(setting, device_type: str = "cpu") -> int:
 
 
 def unit_batches(sizes, batch_size: int) -> list[list[int]]:
-    """Batches of job indices that never cross a unit (a cache file): jobs come unit after
-    unit with `sizes` jobs each. A unit is then always computed in the same batches whatever
+    """Batches of item indices that never cross a unit (a cache file): items come unit after
+    unit with `sizes` items each. A unit is then always computed in the same batches whatever
     else is extracted with it, so its bytes do not depend on what was missing (CPU kernels
     are not bitwise invariant to batch composition)."""
     out, start = [], 0
@@ -218,10 +218,10 @@ def unit_batches(sizes, batch_size: int) -> list[list[int]]:
     return out
 
 
-def extract(backbone, jobs, paths, batches, *, working_size, seed, device="auto",
+def extract(backbone, items, paths, batches, *, working_size, seed, device="auto",
             num_workers="auto", progress=True, precision="float32", threads="auto",
             store_dtype=None):
-    """Yield (job indices, {path: ndarray (b, ...)}) for each batch of `batches`: float32, or
+    """Yield (item indices, {path: ndarray (b, ...)}) for each batch of `batches`: float32, or
     on an accelerator `store_dtype` (the cache's dtype, converted there). Images are resized
     and normalised as `backbone.spec` says. On the CPU the forward runs on `threads` threads
     (config['extraction_threads'])."""
@@ -230,16 +230,16 @@ def extract(backbone, jobs, paths, batches, *, working_size, seed, device="auto"
         before = torch.get_num_threads()
         torch.set_num_threads(cpu_threads(threads))
         try:
-            yield from _extract(backbone, jobs, paths, batches, dev, working_size, seed,
+            yield from _extract(backbone, items, paths, batches, dev, working_size, seed,
                                 num_workers, progress, precision)
         finally:
             torch.set_num_threads(before)
         return
-    yield from _extract(backbone, jobs, paths, batches, dev, working_size, seed,
+    yield from _extract(backbone, items, paths, batches, dev, working_size, seed,
                         num_workers, progress, precision, store_dtype)
 
 
-def _extract(backbone, jobs, paths, batches, dev, working_size, seed, num_workers,
+def _extract(backbone, items, paths, batches, dev, working_size, seed, num_workers,
              progress, precision, store_dtype=None):
     """The extraction loop. On devices of STAGED_DEVICE_TYPES, images are resized and
     normalised on the device, layer outputs converted to `store_dtype` there and copied to
@@ -251,7 +251,7 @@ def _extract(backbone, jobs, paths, batches, dev, working_size, seed, num_worker
     if cuda:
         module = module.to(memory_format=torch.channels_last)
     spec = backbone.spec
-    data = JobDataset(jobs, working_size, backbone.input_size, spec.mean, spec.std, seed,
+    data = ImageDataset(items, working_size, backbone.input_size, spec.mean, spec.std, seed,
                       spec.interpolation, on_device=on_device, antialias=spec.antialias)
     workers = default_workers(num_workers, dev.type)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
@@ -306,7 +306,7 @@ def _extract(backbone, jobs, paths, batches, dev, working_size, seed, num_worker
 
 
 def _landed(idx, host, finite, done, paths):
-    """(job indices, {path: ndarray}) of a batch copied to the host, once the copy is done."""
+    """(item indices, {path: ndarray}) of a batch copied to the host, once the copy is done."""
     if done is not None:
         done.synchronize()
     for p in paths:
@@ -326,10 +326,10 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
                         provenance=provenance)
     n_units = {kind: sum(u.kind == kind for u in units) for kind in ("ref", "eval")}
     units = [u for u in units if u.id in todo]
-    jobs, owner = [], []
+    items, owner = [], []
     for ui, u in enumerate(units):
         for r in u.records:
-            jobs.append(Job(r, u.degradation, u.level))
+            items.append(ImageItem(r, u.degradation, u.level))
             owner.append(ui)
     paths = sorted({p for ps in todo.values() for p in ps})
     batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])
@@ -339,7 +339,7 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     # raised) before this returns
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, "cache-writer") as writers:
         pending = collections.deque()
-        for idx, batch in extract(bb, jobs, paths, batches, working_size=cfg["working_size"],
+        for idx, batch in extract(bb, items, paths, batches, working_size=cfg["working_size"],
                                   seed=cfg["seed"], device=cfg["device"], num_workers=cfg["num_workers"],
                                   progress=progress, precision=cfg["extraction_precision"],
                                   threads=cfg["extraction_threads"], store_dtype=cfg["cache_dtype"]):

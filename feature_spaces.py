@@ -35,6 +35,7 @@ import gram_engine as ge
 import representations as rp
 from distance_metrics import MetricInputError, unit_kernel, unit_rows
 from host import resolve_device
+from layer_registry import LayerConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def validate_transform(t: dict, where: str) -> None:
     if extra:
         raise TransformError(f"{where} has unknown key(s) {sorted(extra)}; valid keys: name, "
                              f"{', '.join(TRANSFORM_DEFAULTS)}")
-    p = transform_params(t)
+    p = {**TRANSFORM_DEFAULTS, **{k: v for k, v in t.items() if k != "name"}}
     for key in ("use_gram", "use_pca", "whiten", "standardize", "l2_normalize"):
         if not isinstance(p[key], bool):
             raise TransformError(f"{where}: {key} = {p[key]!r} must be True or False")
@@ -75,15 +76,43 @@ class Infeasible(Exception):
     """A configuration cannot run on this space at this data size; the message is the rule."""
 
 
-def transform_params(transform: dict) -> dict:
-    """The transform's parameters with defaults filled in (its content, without its name)."""
-    return {**TRANSFORM_DEFAULTS, **{k: v for k, v in transform.items() if k != "name"}}
+@dataclass(frozen=True)
+class Transform:
+    """One config['feature_transforms'] entry, validated, its defaults filled in
+    (TRANSFORM_DEFAULTS says what each key means)."""
+    name: str
+    use_gram: bool = False
+    use_pca: bool = False
+    pca_dim: int | None = None
+    whiten: bool = False
+    standardize: bool = False
+    l2_normalize: bool = False
+    vit_pool: str = "mean"
+
+    @classmethod
+    def of(cls, entry, where: str = "a feature transform") -> "Transform":
+        """The record of a config entry {"name", key: value, ...}; TransformError when invalid."""
+        if isinstance(entry, Transform):
+            return entry
+        validate_transform(entry, where)
+        return cls(**entry)
+
+    def params(self) -> dict:
+        """Every parameter, the name aside: what the features depend on."""
+        return {k: getattr(self, k) for k in TRANSFORM_DEFAULTS}
+
+    @property
+    def pca(self) -> int | None:
+        """The PCA dimension, None without PCA."""
+        return self.pca_dim if self.use_pca else None
 
 
-def feature_key(layer_config: dict, transform: dict) -> tuple:
-    """What the features of a configuration depend on: content, never names."""
-    return (tuple(layer_config["paths"]), layer_config.get("aggregate", "concat"),
-            tuple(sorted(transform_params(transform).items())))
+def feature_key(layer_config, transform) -> tuple:
+    """What the features of a configuration depend on: content, never names. Records or their
+    config entries (LayerConfig.of, Transform.of)."""
+    layer_config, transform = LayerConfig.of(layer_config), Transform.of(transform)
+    return (tuple(layer_config.paths), layer_config.aggregate,
+            tuple(sorted(transform.params().items())))
 
 
 @dataclass
@@ -153,29 +182,28 @@ def explicit_kernel(ref: np.ndarray, evals: dict) -> KernelBlocks:
                         {k: e @ e.T for k, e in evals.items()}, ref.shape[1])
 
 
-def postprocess(space: FeatureSpace, transform: dict) -> FeatureSpace:
+def postprocess(space: FeatureSpace, transform: Transform) -> FeatureSpace:
     """Fit L2 / z-score / PCA on the reference rows and apply them to every set: explicit
     rows through representations.PostProcess; kernel blocks by normalising the kernel and
     kernel PCA (exact). z-scores need per-dimension statistics, hence explicit rows."""
-    p = transform_params(transform)
-    pca_dim = p["pca_dim"] if p["use_pca"] else None
+    pca_dim = transform.pca
     if pca_dim is not None and pca_dim > min(space.n_ref - 1, space.dim):
         raise Infeasible(f"pca_dim = {pca_dim} needs at least pca_dim + 1 reference images and "
                          f"dimensions (here {space.n_ref} images, {space.dim} dims)")
     if space.kernel is not None:
-        if p["standardize"]:
+        if transform.standardize:
             raise Infeasible(f"standardize needs explicit rows; this Gram ({space.dim} dims) is held as "
                              "kernel blocks (raise config['max_representation_bytes'] or drop standardize)")
-        blocks = space.kernel.unit() if p["l2_normalize"] else space.kernel
+        blocks = space.kernel.unit() if transform.l2_normalize else space.kernel
         if pca_dim is None:
             return FeatureSpace.kernels(blocks, space.notes)
-        kp = rp.KernelPCA(blocks.rr, pca_dim, p["whiten"])
+        kp = rp.KernelPCA(blocks.rr, pca_dim, transform.whiten)
         return FeatureSpace.rows(kp.transform(blocks.rr), {k: kp.transform(v.T) for k, v in blocks.re.items()},
                                  space.notes + ["kernel PCA (exact PCA of the Gram rows)"])
-    if not (p["l2_normalize"] or p["standardize"] or pca_dim is not None):
+    if not (transform.l2_normalize or transform.standardize or pca_dim is not None):
         return space
-    pp = rp.PostProcess(space.ref, l2=p["l2_normalize"], standardize=p["standardize"],
-                        pca_dim=pca_dim, whiten=p["whiten"])
+    pp = rp.PostProcess(space.ref, l2=transform.l2_normalize, standardize=transform.standardize,
+                        pca_dim=pca_dim, whiten=transform.whiten)
     return FeatureSpace.rows(pp.apply(space.ref), {k: pp.apply(v) for k, v in space.evals.items()},
                              space.notes)
 
@@ -355,8 +383,10 @@ class FeatureAssembler:
         return arrays
 
     # -------------------------------------------------------------- a configuration
-    def space(self, layer_config: dict, transform: dict) -> FeatureSpace:
-        """The post-processed space of (layers, transform), memoised by content."""
+    def space(self, layer_config, transform) -> FeatureSpace:
+        """The post-processed space of (layers, transform), memoised by content. Records or
+        their config entries (LayerConfig.of, Transform.of)."""
+        layer_config, transform = LayerConfig.of(layer_config), Transform.of(transform)
         key = feature_key(layer_config, transform)
         if key not in self._spaces:
             try:
@@ -368,10 +398,9 @@ class FeatureAssembler:
         return self._spaces[key]
 
     def _aggregate(self, layer_config, transform) -> FeatureSpace:
-        p = transform_params(transform)
-        how = layer_config.get("aggregate", "concat")
-        parts = [self._gram(path) if p["use_gram"] else self._gap(path, p["vit_pool"])
-                 for path in layer_config["paths"]]
+        how = layer_config.aggregate
+        parts = [self._gram(path) if transform.use_gram else self._gap(path, transform.vit_pool)
+                 for path in layer_config.paths]
         if len(parts) == 1:
             return parts[0]
         if all(s.kernel is None for s in parts):

@@ -90,8 +90,8 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     prefix = prefix_tokens(act.shape[1:], bb.input_size, spec.patch)
     mu, sigma = gaussian_stats(gap(act, vit_pool, prefix))
     log.info("statistics of %d images in %s: %s %s (%d-d), weights %s", len(files), folder,
-             backbone, path, mu.size, prov["label"])
-    return Statistics(mu, sigma, len(files), backbone, path, prov["label"])
+             backbone, path, mu.size, prov.label)
+    return Statistics(mu, sigma, len(files), backbone, path, prov.label)
 
 
 def save_stats(cfg, folder: str, out: str, backbone: str = DEFAULT_BACKBONE, layer=None,

@@ -13,6 +13,7 @@ returns, so a Conv2d followed by an in-place ReLU is captured *before* the ReLU.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from errors import UserError
@@ -231,6 +232,34 @@ def resolve_layers(backbone: str, table, specs) -> list[tuple[int | None, str]]:
         else:
             out.append((None, s))
     return out
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One layer configuration of a run: its modules, each with its registry index (None for a
+    module path outside the table), and how several are aggregated ("concat" or "mean")."""
+    name: str
+    resolved: tuple              # ((index or None, module path), ...)
+    aggregate: str = "concat"
+
+    @property
+    def layers(self) -> list:
+        """As the user names them: registry indices, or module paths outside the table."""
+        return [i if i is not None else p for i, p in self.resolved]
+
+    @property
+    def paths(self) -> list:
+        return [p for _, p in self.resolved]
+
+    @classmethod
+    def of(cls, entry) -> "LayerConfig":
+        """A LayerConfig, or its record {"name", "paths"[, "layers"][, "aggregate"]} (without
+        "layers", every path is a module path outside the table)."""
+        if isinstance(entry, LayerConfig):
+            return entry
+        layers = entry.get("layers", entry["paths"])
+        resolved = tuple((i if isinstance(i, int) else None, p) for i, p in zip(layers, entry["paths"]))
+        return cls(entry["name"], resolved, entry.get("aggregate", "concat"))
 
 
 def output_form(shape: tuple) -> str:

@@ -121,7 +121,7 @@ class Experiment:
     mode: str
     out_dir: str
     results: list                 # evaluation.ConfigResult, ranked (scored, then not run, failed)
-    weights: dict                 # backbone -> provenance
+    weights: dict                 # backbone -> Provenance.as_dict()
     summary: str
     scoring_seconds: float = 0.0
     jobs: int = 1
@@ -161,7 +161,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
     ranks = Ranks.from_env()
     if ranks is not None:
         extract_on_ranks(cfg, ranks, [(b, sorted({str(i) if i is not None else p for lc in lcs
-                                                   for i, p in lc["resolved"]})) for b, lcs in plans],
+                                                   for i, p in lc.resolved})) for b, lcs in plans],
                           data, progress)
         if not ranks.leader:
             return None
@@ -225,8 +225,8 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
     results, weights, seconds, tasks = [], {}, 0.0, {}
     for backbone, lcs in plans:
         prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-        weights[backbone] = prov
-        layers = sorted({(i, p) for lc in lcs for i, p in lc["resolved"]}, key=str)
+        weights[backbone] = prov.as_dict()
+        layers = sorted({(i, p) for lc in lcs for i, p in lc.resolved}, key=str)
         caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
         ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, progress)
         t0 = time.perf_counter()

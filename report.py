@@ -20,6 +20,7 @@ PLOT_DPI = 80                      # 5 degradations x 4.2 in: 1680 px wide, rend
 
 
 def _weights_label(prov: dict) -> str:
+    """`prov`: a Provenance's as_dict() (as the results JSON holds it)."""
     if prov.get("source") == "random-init":
         return f"RANDOM-INIT weights (seed {prov['seed']}): not pretrained, not comparable to published scores"
     return prov.get("label", str(prov))

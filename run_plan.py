@@ -23,7 +23,7 @@ from evaluation import Configuration, build_grid
 from feature_cache import CACHE_DTYPES
 from feature_spaces import AGGREGATIONS, TransformError, validate_transform
 from host import resolve_device
-from layer_registry import resolve_layers
+from layer_registry import LayerConfig, resolve_layers
 from parallel import ParallelError, resolve_jobs
 
 # The keys config.py ships with: an edited CONFIG with another key is a mistake (a test checks
@@ -344,7 +344,7 @@ def backbones_of(cfg) -> list[str]:
 
 
 
-def layer_configs_for(user: UserConfig, cfg, mode, backbone, layer_specs) -> list[dict]:
+def layer_configs_for(user: UserConfig, cfg, mode, backbone, layer_specs) -> list[LayerConfig]:
     """The layer configurations of a run, each with its resolved module paths: one per entry
     of `layer_specs` (indices or module paths) when given, else config['layer_configs'],
     QUICK (quick mode) or ENABLED_LAYERS."""
@@ -370,7 +370,7 @@ def layer_configs_for(user: UserConfig, cfg, mode, backbone, layer_specs) -> lis
             raise ConfigError(f"ENABLED_LAYERS[{backbone!r}] enables no layer; set some to True")
     out, names = [], set()
     for s in specs:
-        resolved = layers_of(backbone, s["layers"])
+        resolved = tuple(layers_of(backbone, s["layers"]))
         aggregate = s.get("aggregate", "concat")
         ids = [str(i) if i is not None else p for i, p in resolved]
         name = s.get("name") or ("single_layer_" + ids[0] if len(ids) == 1
@@ -379,13 +379,11 @@ def layer_configs_for(user: UserConfig, cfg, mode, backbone, layer_specs) -> lis
             raise ConfigError(f"two layer configs are named {name!r}; give each entry of "
                                 "config['layer_configs'] a unique 'name' (edit config.py)")
         names.add(name)
-        out.append({"name": name, "layers": [i if i is not None else p for i, p in resolved],
-                    "paths": [p for _, p in resolved], "aggregate": aggregate,
-                    "resolved": resolved})
+        out.append(LayerConfig(name, resolved, aggregate))
     return out
 
 
-def plan_run(user: UserConfig, cfg, mode, layer_specs=None) -> list[tuple[str, list[dict]]]:
+def plan_run(user: UserConfig, cfg, mode, layer_specs=None) -> list[tuple[str, list[LayerConfig]]]:
     """[(backbone, layer configs)] of a run; user mistakes fail here, before anything is written."""
     if mode not in user.modes:
         raise UsageError(f"mode {mode!r} is not valid; choose one of {', '.join(user.modes)}")
@@ -395,7 +393,7 @@ def plan_run(user: UserConfig, cfg, mode, layer_specs=None) -> list[tuple[str, l
     for backbone in backbones_of(cfg):
         lcs = layer_configs_for(user, cfg, mode, backbone, layer_specs)
         # one model built for every module path of the run (a library model has only paths)
-        check_module_paths(backbone, sorted({x for lc in lcs for x in lc["resolved"]}, key=str),
+        check_module_paths(backbone, sorted({x for lc in lcs for x in lc.resolved}, key=str),
                            cfg["image_size"])
         plans.append((backbone, lcs))
     return plans

@@ -57,7 +57,7 @@ def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov
     """Every configuration of `grid` (one backbone's, from the plan) in grid order, scored
     through parallel.sweep_map; and {configuration id: its task}, to score a configuration
     again for the bootstrap."""
-    from feature_spaces import FeatureAssembler, feature_key, transform_params
+    from feature_spaces import FeatureAssembler, feature_key
     spec = spec_of(backbone)
     assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
                                  spec.patch, cfg["max_representation_bytes"],
@@ -70,18 +70,18 @@ def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov
     remote = (jobs > 1 and len(groups) > 1) or bool(cfg["dask_scheduler"])
     all_boot = cfg["bootstrap"]["scope"] == "all" and cfg["bootstrap"]["n_resamples"] > 0
     base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
-            "weights": prov["label"], "random_init": prov["source"] == "random-init"}
+            "weights": prov.label, "random_init": prov.random_init}
     tasks = [SweepTask(assembler, confs, cfg, base, keep_state=not remote, bootstrap=all_boot and remote,
                        capture_logs=remote, ratings=ratings) for confs in groups.values()]
     # The longest tasks first: GAP spaces (model fits on explicit rows of up to thousands of
     # dims), then Gram spaces (kernel blocks or explicit rows, read from the derived cache).
     transforms = [t["name"] for t in cfg["feature_transforms"]]
-    layer_pos = {lc["name"]: k for k, lc in enumerate(lcs)}
-    tasks.sort(key=lambda t: (transform_params(t.confs[0].transform)["use_gram"],
-                              transforms.index(t.confs[0].transform["name"]),
-                              layer_pos[t.confs[0].layer_config["name"]]))
-    grams = sorted({p for c in grid if transform_params(c.transform)["use_gram"]
-                    for p in c.layer_config["paths"]})
+    layer_pos = {lc.name: k for k, lc in enumerate(lcs)}
+    tasks.sort(key=lambda t: (t.confs[0].transform.use_gram,
+                              transforms.index(t.confs[0].transform.name),
+                              layer_pos[t.confs[0].layer_config.name]))
+    grams = sorted({p for c in grid if c.transform.use_gram
+                    for p in c.layer_config.paths})
     if grams:            # here, with every thread; the tasks then read them
         t0 = time.perf_counter()
         made = assembler.prepare_grams(grams)
@@ -115,8 +115,8 @@ def _gather(outcomes) -> list:
 
 def _conf_id(conf) -> tuple:
     """A configuration's identity that survives pickling (worker processes return copies)."""
-    return (conf.backbone, conf.layer_config["name"], conf.transform["name"],
-            conf.model["name"] if conf.model else None, conf.metric)
+    return (conf.backbone, conf.layer_config.name, conf.transform.name,
+            conf.model.name if conf.model else None, conf.metric)
 
 
 _WORKER_STATE: dict = {}

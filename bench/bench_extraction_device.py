@@ -62,18 +62,18 @@ def bare_forward(name, layers, device, batch, steps=20, image_size=None):
 
 
 def loader_only(name, n_inference, n_evaluation, batch, device, image_size=None):
-    """img/s of the pipeline's DataLoader alone over the same jobs (decode + degrade)."""
+    """img/s of the pipeline's DataLoader alone over the same items (decode + degrade)."""
     import torch
     from run_plan import default_config
     from dataset import select_images
     from feature_cache import evaluation_units, reference_units
-    from feature_extraction import Job, JobDataset, default_workers, unit_batches
+    from feature_extraction import ImageItem, ImageDataset, default_workers, unit_batches
     cfg = default_config()
     ev, ref = select_images("builtin", int(n_evaluation), int(n_inference), 0)
     units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])
-    jobs = [Job(r, u.degradation, u.level) for u in units for r in u.records]
+    items = [ImageItem(r, u.degradation, u.level) for u in units for r in u.records]
     spec = BACKBONES[name]
-    data = JobDataset(jobs, cfg["working_size"], image_size or spec.input_size, spec.mean, spec.std, 0,
+    data = ImageDataset(items, cfg["working_size"], image_size or spec.input_size, spec.mean, spec.std, 0,
                       spec.interpolation, on_device=device == "cuda", antialias=spec.antialias)
     batches = unit_batches([len(u.records) for u in units], batch)
     workers = default_workers("auto", device)

@@ -65,7 +65,7 @@ def test_hf_folder_loads_offline_with_its_weights(tmp_path, monkeypatch, capsys)
     bb = backbones.build_backbone(name, "auto")
     own = bb.module.state_dict()
     assert all(torch.equal(own[k], v) for k, v in model.state_dict().items())
-    assert bb.provenance["source"] == "pretrained"
+    assert bb.provenance.source == "pretrained"
     args = tiny_args(tmp_path, "--mode", "quick", "--backbone", name, "--layers", "layers.1",
                      "--n-inference", "6", "--n-evaluation", "4")
     args[args.index("--weights") + 1] = "auto"
@@ -99,7 +99,7 @@ def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):
     bb = backbones.build_backbone("torchvision:resnet18", "pretrained", allow_download=False)
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(),
                                                   bb.module.state_dict().values()))
-    assert bb.provenance["model_id"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert bb.provenance.model_id == "ResNet18_Weights.IMAGENET1K_V1"
     spec = backbones.get_spec("torchvision:resnet18")   # the weights' own transforms
     assert (spec.input_size, spec.interpolation) == (224, "bilinear")
 
@@ -121,7 +121,7 @@ def test_timm_pretrained_from_hf_cache_offline(tmp_path):
             f"sd = load_file(r'{snap / 'model.safetensors'}')\n"
             "own = bb.module.state_dict()\n"
             "assert all(torch.equal(own[k], v) for k, v in sd.items()), 'weights differ'\n"
-            "print(bb.provenance['label'])\n")
+            "print(bb.provenance.label)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf"),
            "HF_HOME": str(tmp_path / "home")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,

@@ -26,7 +26,7 @@ def _keys(name, tmp_path):
     cfg = {**default_config(), "cache_dir": str(tmp_path), "image_size": None}
     spec = backbones.get_spec(name)
     layers = pipeline.layers_of(name, [spec.layers[0].index, spec.layers[-1].index])
-    prov = {"source": "random-init", "seed": 0, "label": "random-init seed 0"}
+    prov = backbones.Provenance.of("random-init", seed=0)
     ev = [ImageRecord(f"/e/{i}", f"{i:064x}") for i in range(3)]
     ref = [ImageRecord(f"/r/{i}", f"{i + 100:064x}") for i in range(4)]
     caches = pipeline.open_caches(cfg, name, layers, prov, ref, ev)

@@ -80,7 +80,7 @@ def test_grid_has_no_redundant_rows_and_no_impossible_pairs():
     assert n_two == 13
     assert len(grid) == 2 * n_t * (n_two + n_cov + n_m)
     assert all(c.model is None for c in grid if not dm.METRICS[c.metric]["model"])
-    assert not any(c.metric == "mahalanobis" and c.model["type"] == "kde" for c in grid)
+    assert not any(c.metric == "mahalanobis" and c.model.type == "kde" for c in grid)
     assert len({c.label for c in grid}) == len(grid)
 
 
@@ -96,12 +96,14 @@ def test_rank_orders_by_mean_rho_then_not_run_then_failed():
 def test_two_configurations_with_identical_features_share_nothing_but_content():
     """Two layer configs with the same layers and different aggregates get different
     features, each equal to a direct computation (the memo is keyed by content)."""
-    from feature_spaces import feature_key
-    t = {"name": "raw"}
-    a = {"name": "same", "layers": [0, 1], "paths": ["p", "q"], "aggregate": "concat"}
-    b = {"name": "same", "layers": [0, 1], "paths": ["p", "q"], "aggregate": "mean"}
+    from feature_spaces import Transform, feature_key
+    from layer_registry import LayerConfig
+    t = Transform("raw")
+    a = LayerConfig("same", ((0, "p"), (1, "q")), "concat")
+    b = LayerConfig("same", ((0, "p"), (1, "q")), "mean")
     assert feature_key(a, t) != feature_key(b, t)
-    assert feature_key(a, t) == feature_key(dict(a, name="other"), {"name": "x"})
+    assert feature_key(a, t) == feature_key(LayerConfig("other", a.resolved), Transform("x"))
+    assert feature_key(a, t) != feature_key(a, Transform("raw", l2_normalize=True))
 
 
 # ---------------------------------------------------------------- ties with #1

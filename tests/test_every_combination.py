@@ -52,7 +52,7 @@ def run_grid(root, shape, patch=None, max_bytes=2 * 1024**3, transforms=None, fa
                          metrics or cfg["distance_metrics"])
     out = []
     for t in transforms:
-        confs = [c for c in grid if c.transform is t]
+        confs = [c for c in grid if c.transform.name == t["name"]]
         out += ev.score_group(confs, lambda t=t: asm.space(lc, t), DEGS, cfg, 0)
     for r in out:
         if r.scored:
@@ -80,14 +80,14 @@ def test_wide_gram_runs_as_kernel_blocks(tmp_path):
     transforms = [{"name": "gram_only", "use_gram": True},
                   {"name": "gram_pca", "use_gram": True, "use_pca": True, "pca_dim": 4}]
     out = run_grid(tmp_path, (2048, 2, 2), max_bytes=2**24, transforms=transforms)
-    by = {(r.conf.transform["name"], r.conf.model["name"] if r.conf.model else "", r.conf.metric): r for r in out}
+    by = {(r.conf.transform.name, r.conf.model.name if r.conf.model else "", r.conf.metric): r for r in out}
     for metric in ("fid", "kid", "cmmd", "mmd_rbf"):
         assert by[("gram_only", "", metric)].scored
     for key in (("gram_only", "gaussian", "mahalanobis"), ("gram_only", "gaussian", "neg_loglik"),
                 ("gram_only", "kde", "neg_loglik")):
         assert by[key].scored, by[key].reason
-    assert all(r.scored for r in out if r.conf.transform["name"] == "gram_pca"), \
-        [(r.label, r.reason) for r in out if r.conf.transform["name"] == "gram_pca" and not r.scored]
+    assert all(r.scored for r in out if r.conf.transform.name == "gram_pca"), \
+        [(r.label, r.reason) for r in out if r.conf.transform.name == "gram_pca" and not r.scored]
     not_run = [r for r in out if not r.scored]
     assert not_run and all(r.status == "not_run" and ("explicit" in r.reason or "kernel blocks" in r.reason)
                            for r in not_run)
@@ -106,7 +106,7 @@ def test_gaussian_model_metrics_through_the_grid_equal_scipy(tmp_path):
     from scipy.stats import multivariate_normal
     out = run_grid(tmp_path, FORMS["map"], transforms=[{"name": "raw"}], metrics=["mahalanobis", "neg_loglik"])
     got = {r.conf.metric: [s for d in r.per_degradation.values() for s in d["scores"]]
-           for r in out if r.scored and r.conf.model["name"] == "gaussian"}
+           for r in out if r.scored and r.conf.model.name == "gaussian"}
     cache = FakeCache(tmp_path, FORMS["map"])
 
     def gap(u):

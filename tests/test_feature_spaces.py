@@ -19,7 +19,7 @@ TWO_SAMPLE = ["fid", "kid", "cmmd", "mmd_rbf"]
 
 
 def _scores(results):
-    return {(r.conf.transform["name"], r.conf.metric): [s for d in r.per_degradation.values()
+    return {(r.conf.transform.name, r.conf.metric): [s for d in r.per_degradation.values()
                                                         for s in d["scores"]]
             for r in results if r.scored}
 

@@ -166,7 +166,7 @@ def test_the_bootstrap_resamples_references_with_all_their_images():
     n_ref = 7
     quality = rng.normal(size=(len(keys), n_ref))
     ratings = ha.Ratings(tuple(keys), quality)
-    r = ev.ConfigResult(ev.Configuration("x", {"name": "l"}, {"name": "t"}, None, "fid"),
+    r = ev.ConfigResult(ev.Configuration("x", {"name": "l", "paths": ["p"]}, {"name": "t"}, None, "fid"),
                         n_evaluation=n_ref)
     rec = _Recorder()
     r.scorer = rec
@@ -208,14 +208,14 @@ def test_ratings_that_follow_one_configurations_scores_rank_it_first_and_untied(
     seeing = _space(shifts, rng)
     blind = _space([0.0] * 5, np.random.default_rng(6))          # features equal at every level
     keys = tuple(("d", p) for p in range(1, 6))
-    conf = ev.Configuration("bb", {"name": "l"}, {"name": "t"}, None, "fid")
+    conf = ev.Configuration("bb", {"name": "l", "paths": ["p"]}, {"name": "t"}, None, "fid")
     probe = ev.score_group([conf], lambda: seeing, degs, cfg, 0)[0]
     fid = np.array(probe.per_degradation["d"]["scores"][1:])
     # opinions: a strictly decreasing function of this configuration's own set scores
     quality = np.repeat((10 - np.log1p(fid))[:, None], 20, axis=1)
     ratings = ha.Ratings(keys, quality)
     a = ev.score_group([conf], lambda: seeing, degs, cfg, 0, ratings=ratings)[0]
-    b = ev.score_group([ev.Configuration("bb", {"name": "blind"}, {"name": "t"}, None, "fid")],
+    b = ev.score_group([ev.Configuration("bb", {"name": "blind", "paths": ["p"]}, {"name": "t"}, None, "fid")],
                        lambda: blind, degs, cfg, 0, ratings=ratings)[0]
     assert a.mos["srcc"] == pytest.approx(1.0) and a.mos["krcc"] == pytest.approx(1.0)
     ranked = ev.rank([b, a], by="mos")

@@ -88,5 +88,5 @@ def test_quick_and_enabled_layers_come_from_the_user_config():
     quick = run_plan.make_plan(cfg, "quick", user=user)
     (_, (lc,)), = medium.backbones
     (_, (qlc,)), = quick.backbones
-    assert lc["paths"] == ["avgpool"] and qlc["paths"] == ["layer3.1"]
+    assert lc.paths == ["avgpool"] and qlc.paths == ["layer3.1"]
     assert medium.enabled_layers == user.enabled_layers

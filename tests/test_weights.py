@@ -28,9 +28,9 @@ def test_torchvision_pretrained_from_torch_home(tmp_path, monkeypatch):
     bb = backbones.build_backbone("resnet50", "pretrained", allow_download=False)
     for (k, a), b in zip(model.state_dict().items(), bb.module.state_dict().values()):
         assert torch.equal(a, b), k
-    assert bb.provenance["source"] == "pretrained"
-    assert bb.provenance["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert backbones.resolve_weights("resnet50", "auto", allow_download=False)["source"] == "pretrained"
+    assert bb.provenance.source == "pretrained"
+    assert bb.provenance.sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert backbones.resolve_weights("resnet50", "auto", allow_download=False).source == "pretrained"
 
 
 def test_lpips_trunk_from_torchvision_vgg16_checkpoint(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_pretrained_absent_offline_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(backbones.WeightsError, match="resnet50-0676ba61.pth"):
         backbones.resolve_weights("resnet50", "pretrained", allow_download=False)
     prov = backbones.resolve_weights("resnet50", "auto", seed=7, allow_download=False)
-    assert prov == {"source": "random-init", "seed": 7, "label": "random-init seed 7"}
+    assert prov.as_dict() == {"source": "random-init", "seed": 7, "label": "random-init seed 7"}
 
 
 def test_random_init_is_seeded_and_leaves_global_rng_alone():
@@ -80,7 +80,7 @@ def test_hf_cache_pretrained_timm_offline(tmp_path):
             f"sd = load_file(r'{snap / 'model.safetensors'}'); "
             "own = bb.module.state_dict(); "
             "assert all(torch.equal(own[k], sd[k]) for k in sd), 'weights differ'; "
-            "print(bb.provenance['source'], bb.provenance['model_id'])")
+            "print(bb.provenance.source, bb.provenance.model_id)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
