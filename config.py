@@ -94,14 +94,13 @@ CONFIG = {
     # and full mode: psnr, ssim, ms_ssim on the working-size pixels. [] or --no-baselines: none.
     "baselines": ["psnr", "ssim", "ms_ssim"],
 
-    "kid": {
-        "subsets": None,           # None = deterministic estimate over the full sets
-        "subset_size": 1000,       # torch-fidelity default
-        "degree": 3,
-        "gamma": None,             # None = 1 / dim
-        "coef0": 1.0,
-    },
-    "cmmd": {"sigma": 10.0, "scale": 1000.0},   # values of the CMMD reference
+    # Parameters of KID and CMMD that differ from the published ones (distance_metrics.py:
+    # KID subsets None = deterministic estimate over the full sets, subset_size 1000, degree 3,
+    # gamma None = 1/dim, coef0 1.0 (torch-fidelity); CMMD sigma 10, scale 1000 (its reference)).
+    # {} keeps them all; e.g. "kid": {"subsets": 100}. The resolved values are written beside
+    # every result (config_resolved.json).
+    "kid": {},
+    "cmmd": {},
 
     # ---------------------------------------------------------- degradations
     # Which sets run: "seed" (the `degradations` below), "kadid10k" (KADID-10k's 25 types x 5

@@ -250,25 +250,9 @@ def list_image_files(folder: str) -> tuple[list[str], list[str]]:
     return images, others
 
 
-def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Deterministically sample disjoint (evaluation, reference) sets.
-
-    The candidates are shuffled with `seed`; the evaluation set is taken first, so
-    changing n_ref never changes the evaluation images (and the reference set for a
-    smaller n_ref is a prefix of the one for a larger n_ref).
-    """
-    need = n_eval + n_ref
-    rng = np.random.default_rng(seed)
-    if dataset == "builtin":
-        sources = builtin_sources()
-        if need > len(sources):
-            raise DatasetError(f"the built-in dataset has {len(sources)} images but "
-                               f"{need} were requested ({n_ref} reference + {n_eval} evaluation); "
-                               "lower --n-inference/--n-evaluation or pass --dataset FOLDER")
-        order = rng.permutation(len(sources))[:need]
-        records = [ImageRecord(sources[i], builtin_identity(sources[i])) for i in order]
-        return records[:n_eval], records[n_eval:]
-
+def _candidates(dataset: str) -> tuple[list[str], list[str]]:
+    """The image files of folder `dataset` whose headers read within the pixel limit, in
+    listing order, and those that do not read; skipped files are warned about."""
     if not os.path.exists(dataset):
         raise DatasetError(f"dataset folder {dataset!r} does not exist; pass --dataset FOLDER "
                            "with images in it, or --dataset builtin")
@@ -291,6 +275,29 @@ def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[lis
     if not images:
         raise DatasetError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) found under "
                            f"{dataset!r}" + (f"; {len(bad)} unreadable file(s)" if bad else ""))
+    return images, bad
+
+
+def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Deterministically sample disjoint (evaluation, reference) sets.
+
+    The candidates are shuffled with `seed`; the evaluation set is taken first, so
+    changing n_ref never changes the evaluation images (and the reference set for a
+    smaller n_ref is a prefix of the one for a larger n_ref).
+    """
+    need = n_eval + n_ref
+    rng = np.random.default_rng(seed)
+    if dataset == "builtin":
+        sources = builtin_sources()
+        if need > len(sources):
+            raise DatasetError(f"the built-in dataset has {len(sources)} images but "
+                               f"{need} were requested ({n_ref} reference + {n_eval} evaluation); "
+                               "lower --n-inference/--n-evaluation or pass --dataset FOLDER")
+        order = rng.permutation(len(sources))[:need]
+        records = [ImageRecord(sources[i], builtin_identity(sources[i])) for i in order]
+        return records[:n_eval], records[n_eval:]
+
+    images, bad = _candidates(dataset)
     records, seen = [], set()
     for i in rng.permutation(len(images)):
         if len(records) == need:

@@ -28,10 +28,12 @@ SW_PROJECTIONS = 50         # POT's sliced_wasserstein_distance default
 FD_INF_POINTS = 15          # Chong & Forsyth 2020 (and dgm-eval's compute_FD_infinity)
 PRDC_K = {"precision": PRECISION_RECALL_K, "recall": PRECISION_RECALL_K,
           "density": DENSITY_COVERAGE_K, "coverage": DENSITY_COVERAGE_K}
-# The parameters of config['kid'] and config['cmmd'] (their values live in config.py only;
-# the constants above are the published ones, and a test checks that config.py's agree).
-METRIC_PARAMS = {"kid": ("subsets", "subset_size", "degree", "gamma", "coef0"),
-                 "cmmd": ("sigma", "scale")}
+# The parameters of config['kid'] and config['cmmd'] and their defaults, the published values
+# above; config.py's sections hold only what a user overrides (`metric_params`).
+METRIC_DEFAULTS = {"kid": {"subsets": None, "subset_size": KID_SUBSET_SIZE, "degree": KID_DEGREE,
+                           "gamma": None, "coef0": KID_COEF0},
+                   "cmmd": {"sigma": CMMD_SIGMA, "scale": CMMD_SCALE}}
+METRIC_PARAMS = {section: tuple(d) for section, d in METRIC_DEFAULTS.items()}
 
 
 class MetricInputError(ValueError):
@@ -102,13 +104,22 @@ def _positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
 
 
+def metric_params(section: str, overrides: dict) -> dict:
+    """config['kid'|'cmmd'] (the keys a user sets) over METRIC_DEFAULTS: every parameter."""
+    return {**METRIC_DEFAULTS[section], **overrides}
+
+
 def validate_metric_params(section: str, params: dict) -> None:
-    """Raise MetricInputError naming an unknown key or a bad value of config['kid'|'cmmd']."""
+    """Raise MetricInputError naming an unknown key or a bad value of config['kid'|'cmmd']
+    (defaults filled in for the keys it leaves out)."""
+    if not isinstance(params, dict):
+        raise MetricInputError(f"config['{section}'] = {params!r} must be a dict of parameters "
+                               f"({', '.join(METRIC_PARAMS[section])}); {{}} keeps the defaults")
     extra = set(params) - set(METRIC_PARAMS[section])
     if extra:
         raise MetricInputError(f"config['{section}'] has unknown key(s) {sorted(extra)}; valid keys: "
                                f"{', '.join(METRIC_PARAMS[section])}")
-    p = params
+    p = metric_params(section, params)
     if section == "kid":
         if p.get("subsets") is not None and (not isinstance(p["subsets"], int) or p["subsets"] < 1):
             raise MetricInputError(f"kid subsets = {p['subsets']!r} must be None or an integer >= 1")

@@ -11,6 +11,13 @@ fix; main.py maps the two to exit codes and prints the message as one line:
 Errors that a stage handles itself (a metric that cannot score a feature space becomes a
 "failed" result) are plain ValueErrors of that stage.
 """
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+KEPT = "completed cache files are kept and a rerun resumes"
 
 
 class UserError(ValueError):
@@ -43,3 +50,40 @@ def one_line(exc: BaseException) -> str:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return text
+
+
+def exit_status(exc: BaseException) -> tuple[int, str | None] | None:
+    """(exit code, the one line to print or None) of an exception that ended a command, or
+    None for one that is a bug (its traceback is the report)."""
+    if isinstance(exc, UserError):
+        return 2, f"error: {one_line(exc)}"
+    if isinstance(exc, RuntimeFailure):
+        return 1, f"error: {one_line(exc)}"
+    if isinstance(exc, BrokenPipeError):       # e.g. `--list-layers … | head`
+        return 0, None
+    if isinstance(exc, OSError):               # a disk full or a folder removed while writing
+        return 1, (f"error: {exc.strerror or exc} ({exc.filename or 'output'}); free space or fix "
+                   f"the folder and rerun: {KEPT}")
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, f"interrupted; {KEPT}"
+    if isinstance(exc, Terminated):
+        return 143, f"error: terminated (SIGTERM); {KEPT}"
+    return None
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises_terminated():
+    """Within the block SIGTERM raises Terminated (on the main thread; elsewhere Python cannot
+    install signal handlers and the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -272,7 +272,7 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
     """The metric's reference object, precomputed once; it then scores every evaluation set.
     CMMD scores L2-normalised rows (the CMMD reference's embedding), so `space` must already
     be unit rows for it (score_group does that)."""
-    k, c = cfg["kid"], cfg["cmmd"]
+    k, c = dm.metric_params("kid", cfg["kid"]), dm.metric_params("cmmd", cfg["cmmd"])
     if metric in dm.MODEL_METRICS:
         return dm.ModelMetricReference(model, metric)
     if dm.METRICS[metric]["paired"]:
@@ -321,7 +321,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     then applies to every configuration of the group). `base` holds fields common to every
     result (n_reference, weights, ...). With `ratings` (a rated database), each scored
     configuration also gets its agreement with the opinion scores (`agreement`). One function
-    (69 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
+    (71 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
     base = base or {}
     results = [ConfigResult(c, **base) for c in confs]
     try:

@@ -1,6 +1,6 @@
-"""Which deep-feature space gives an image-quality score that rises monotonically as images
-get worse? Command-line entry point: it translates flags into settings and calls the library
-(pipeline.build_caches, pipeline.run_experiment, fid_stats); README "Usage" has the examples.
+"""Which deep-feature space gives an image-quality score that rises monotonically as images get
+worse? The command line: flags become settings (run_plan), then the library runs (pipeline,
+fid_stats); README "Usage" has the examples.
 
     python main.py --mode quick|medium|full
     python main.py --build-cache --backbone B --layers 7 9 12
@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 import pipeline
 import report
 import run_plan
 from backbones import BACKBONE_NAMES
-from errors import RuntimeFailure, Terminated, UsageError, UserError, one_line
+from errors import UsageError, UserError, exit_status, sigterm_raises_terminated
 from parallel import Shard
 
 log = logging.getLogger("iqm")
 
-# flag (argparse attribute) -> the setting it overrides; 'section.key' is a key of a section
-SETTINGS = {"backbone": "backbone", "weights": "weights", "device": "device",
-            "batch_size": "batch_size", "image_size": "image_size", "dataset": "dataset",
-            "seed": "seed", "cache_dir": "cache_dir", "results_dir": "results_dir",
+# flag (argparse attribute) -> the setting it overrides ('section.key': a key of a section)
+SETTINGS = {**{f: f for f in ("backbone", "weights", "device", "batch_size", "image_size", "dataset",
+                              "seed", "cache_dir", "results_dir", "jobs", "dask_scheduler", "mos",
+                              "rank_by")},
             "n_inference": "n_images_inference", "n_evaluation": "n_images_evaluation",
-            "jobs": "jobs", "dask_scheduler": "dask_scheduler", "mos": "mos", "rank_by": "rank_by",
             "n_resamples": "bootstrap.n_resamples"}
 
 
@@ -42,39 +39,36 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 2 usage/configuration error, 1 runtime error.\n"
                "Layer tables: LAYER_GUIDE.md, or --list-layers BACKBONE.")
     a = p.add_argument_group("what to run").add_argument
-    a("--mode", choices=tuple(modes), default="quick",
-      help="quick: 50 reference images, one configuration; medium: ENABLED_LAYERS x transforms x "
-           "models x metrics; full: 1000 reference images, every configuration (default: quick)")
+    a("--mode", choices=tuple(modes), default="quick", help="quick: 50 reference images, one "
+      "configuration; medium: ENABLED_LAYERS x transforms x models x metrics; full: 1000 reference "
+      "images, every configuration (default: quick)")
     a("--build-cache", action="store_true", help="extract and cache --layers of --backbone, then stop")
     a("--list-layers", metavar="BACKBONE", help="print the layer table of a backbone, or the "
       "extractable modules of timm:NAME, torchvision:NAME or hf:MODEL_ID")
-    a("--save-stats", nargs=2, metavar=("FOLDER", "OUT.npz"),
-      help="write pytorch-fid's (mu, sigma) of FOLDER for --backbone and one of --layers "
-           "(default: inception_fid pool3, as `python -m pytorch_fid --save-stats`)")
-    a("--fid-stats", nargs=2, metavar=("A", "B"), help="print the FID between A and B, each a "
-      ".npz of --save-stats (or of pytorch-fid) or a folder of images (default: inception_fid pool3)")
+    a("--save-stats", nargs=2, metavar=("FOLDER", "OUT.npz"), help="write pytorch-fid's (mu, sigma) "
+      "of FOLDER for --backbone and one of --layers (default: inception_fid pool3)")
+    a("--fid-stats", nargs=2, metavar=("A", "B"), help="print the FID between A and B, each a .npz "
+      "of --save-stats (or pytorch-fid) or a folder of images (default: inception_fid pool3)")
     a("--cache-info", action="store_true", help="list cache entries with sizes and keys")
     a("--preview-degradations", action="store_true",
       help="write a PNG collage of a few images at every level of every degradation")
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
     a = p.add_argument_group("model and layers").add_argument
-    a("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONE_NAMES)}, all, or timm:NAME, "
-      "torchvision:NAME, hf:MODEL_ID (hub id in the Hugging Face cache or a save_pretrained "
-      f"folder) (default: {d['backbone']})")
+    a("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONE_NAMES)}, all, timm:NAME, torchvision:"
+      f"NAME or hf:MODEL_ID (hub id or save_pretrained folder) (default: {d['backbone']})")
     a("--layers", nargs="+", metavar="L",
       help="layer indices (see --list-layers) or module paths; required with --build-cache")
-    a("--weights", metavar="{auto,pretrained,random,PATH}",
-      help="auto: pretrained if found, else random-init with a warning; pretrained: fail if absent; "
-           f"random: seeded random init; PATH: a local checkpoint (default: {d['weights']})")
+    a("--weights", metavar="{auto,pretrained,random,PATH}", help="auto: pretrained if found, else "
+      "random-init with a warning; pretrained: fail if absent; random: seeded random init; PATH: "
+      f"a local checkpoint (default: {d['weights']})")
     a("--image-size", type=int, metavar="PX", help="override the backbone's input size, e.g. 112 on a CPU")
     a = p.add_argument_group("data").add_argument
     a("--dataset", metavar="{builtin,FOLDER}", help="'builtin' (no download) or a folder searched "
       "recursively for jpg/png/webp/bmp/tiff (default: builtin)")
-    a("--mos", metavar="FILE", help="a rated database (KADID-10k's dmos.csv, TID2013's "
-      "mos_with_names.txt, or a CSV image,reference,mos[,type,level]): rank by agreement with its "
-      "opinion scores (README: Agreement with human judgments)")
-    a("--rank-by", choices=("monotonicity", "mos"),
-      help="monotonicity against severity, or the set-level SRCC with the MOS (default: mos with --mos)")
+    a("--mos", metavar="FILE", help="a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names"
+      ".txt, or a CSV image,reference,mos[,type,level]): rank by agreement with its opinion scores")
+    a("--rank-by", choices=("monotonicity", "mos"), help="monotonicity against severity, or the "
+      "set-level SRCC with the MOS (default: mos with --mos)")
     a("--n-inference", type=int, metavar="N", help="reference images (default: the mode's)")
     a("--n-evaluation", type=int, metavar="N", help="evaluation images, disjoint from the reference")
     a("--degradations", metavar="SETS", help="comma-separated sets: seed (config['degradations']), "
@@ -84,18 +78,16 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--device", choices=run_plan.DEVICES, help="default: auto (cuda, mps, cpu)")
     a("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (files I, I+N, "
       "...); SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK")
-    a("--jobs", type=int, metavar="N",
-      help=f"scoring processes (default: config['jobs'] = {d['jobs']}); 1 = in this process")
+    a("--jobs", type=int, metavar="N", help=f"scoring processes (default: {d['jobs']}); 1 = in this process")
     a("--dask-scheduler", metavar="ADDRESS", help="score on the Dask cluster at ADDRESS (e.g. "
       "tcp://host:8786) through joblib's dask backend; its workers must see --cache-dir")
     a("--batch-size", type=int, help=f"default: {d['batch_size']}")
     a("--cache-dir", help=f"default: {d['cache_dir']}")
     a("--results-dir", help=f"default: {d['results_dir']}")
-    a("--n-resamples", type=int,
-      help=f"bootstrap resamples (default: {d['bootstrap']['n_resamples']}; 0 = none)")
+    a("--n-resamples", type=int, help=f"bootstrap resamples (default: {d['bootstrap']['n_resamples']})")
     a("--bootstrap-all", action="store_true", help="bootstrap every configuration, not only the top-N")
-    a("--no-baselines", action="store_true",
-      help=f"leave out the full-reference baselines (config['baselines'] = {', '.join(d['baselines'])})")
+    a("--no-baselines", action="store_true", help="leave out the full-reference baselines "
+      f"(config['baselines'] = {', '.join(d['baselines'])})")
     a("-v", "--verbose", action="store_true", help="debug logging")
     a("-q", "--quiet", action="store_true", help="warnings and the summary only")
     return p
@@ -118,28 +110,31 @@ def settings(args, user: run_plan.UserConfig) -> dict:
 
 
 def run(args, user) -> int:
-    """Every command but --list-layers and --write-layer-guide: settings, then the library."""
-    cfg = settings(args, user)
-    quiet = args.quiet
+    """The command of `args`: the settings (but for the two that need none), then the library."""
+    if args.list_layers:
+        print("\n".join(report.layer_table_lines(args.list_layers, pipeline.layer_table(args.list_layers))))
+        return 0
+    if args.write_layer_guide:
+        from layer_guide import write_guide
+        print(f"wrote {write_guide()}")
+        return 0
+    cfg, progress = settings(args, user), not args.quiet
     if args.cache_info:
-        from feature_cache import cache_info
-        run_plan.check_writable(cfg["cache_dir"], "--cache-dir")     # a file is not a cache
-        print("\n".join(report.cache_info_lines(cache_info(cfg["cache_dir"]), cfg["cache_dir"])))
+        print("\n".join(report.cache_info_lines(pipeline.cache_entries(cfg), cfg["cache_dir"])))
     elif args.preview_degradations:
         print(f"wrote {pipeline.preview_degradations(cfg)}")
     elif args.save_stats or args.fid_stats:
         import fid_stats
-        print(fid_stats.command(cfg, args.save_stats, args.fid_stats, args.backbone, args.layers,
-                                progress=not quiet))
+        print(fid_stats.command(cfg, args.save_stats, args.fid_stats, args.backbone, args.layers, progress))
     elif args.build_cache:
         shard = Shard.parse(args.shard) if args.shard is not None else None
-        for b in pipeline.build_caches(cfg, args.layers, shard, progress=not quiet):
+        for b in pipeline.build_caches(cfg, args.layers, shard, progress=progress):
             log.info("%s", report.cache_build_line(b, shard))
     else:
         if args.shard is not None:
             raise UsageError("--shard works with --build-cache (a sweep needs every file); run "
                              "--build-cache --shard I/N in each process, then the sweep once")
-        exp = pipeline.run_experiment(cfg, args.mode, args.layers, user=user, progress=not quiet)
+        exp = pipeline.run_experiment(cfg, args.mode, args.layers, user=user, progress=progress)
         if exp is None:                  # a torchrun rank other than 0: its share is extracted
             return 0
         print(f"{exp.summary}\n\nResults: {exp.out_dir}")
@@ -156,43 +151,16 @@ def main(argv=None, user: run_plan.UserConfig | None = None) -> int:
         return 2
     args = build_parser(user.config, user.modes).parse_args(argv)
     pipeline.setup_logging(args.verbose, args.quiet)
-    on_main = threading.current_thread() is threading.main_thread()     # signals: main thread only
-    previous = signal.signal(signal.SIGTERM, _terminated) if on_main else None
     try:
-        if args.list_layers:
-            print("\n".join(report.layer_table_lines(args.list_layers, pipeline.layer_table(args.list_layers))))
-            return 0
-        if args.write_layer_guide:
-            from layer_guide import write_guide
-            print(f"wrote {write_guide()}")
-            return 0
-        return run(args, user)
-    except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except RuntimeFailure as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:          # e.g. `--list-layers … | head`
-        return 0
-    except OSError as exc:           # a disk full or a folder removed while writing results
-        print(f"error: {exc.strerror or exc} ({exc.filename or 'output'}); free space or fix the "
-              "folder and rerun: completed cache files are kept", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; completed cache files are kept and a rerun resumes", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("error: terminated (SIGTERM); completed cache files are kept and a rerun resumes",
-              file=sys.stderr)
-        return 143
-    finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _terminated(signum, frame):
-    raise Terminated()
+        with sigterm_raises_terminated():
+            return run(args, user)
+    except BaseException as exc:             # noqa: B036 - mapped to exit codes, else re-raised
+        status = exit_status(exc)
+        if status is None:
+            raise
+        if status[1]:
+            print(status[1], file=sys.stderr)
+        return status[0]
 
 
 if __name__ == "__main__":

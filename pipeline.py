@@ -99,6 +99,13 @@ def layer_table(name: str) -> LayerTable:
     return LayerTable(spec, False, [(None, path, kind, shape, None) for _, path, kind, shape in rows])
 
 
+def cache_entries(cfg) -> list[dict]:
+    """`--cache-info`: the entries of config['cache_dir'] (feature_cache.cache_info)."""
+    from feature_cache import cache_info
+    check_writable(cfg["cache_dir"], "--cache-dir")     # a file is not a cache
+    return cache_info(cfg["cache_dir"])
+
+
 def preview_degradations(cfg) -> str:
     """`--preview-degradations`: a collage of every degradation level of the run on three
     images, written to config['results_dir']; returns its path."""

@@ -204,6 +204,8 @@ def _mos_lines(m: dict, level: str) -> list[str]:
 
 
 def summary(results, top_n: int, weights: dict, by: str = "monotonicity", versus: dict | None = None) -> str:
+    """summary.txt: the weights, the top-N blocks, ties with #1, the best feature space against the
+    best baseline, and why rows did not run."""
     lines = [RULE, "TOP PERFORMING CONFIGURATIONS"
              + (" (ranked by SRCC with the MOS)" if by == "mos" else ""), RULE, ""]
     for backbone, prov in weights.items():
@@ -211,38 +213,8 @@ def summary(results, top_n: int, weights: dict, by: str = "monotonicity", versus
     lines.append("")
     done = [r.fields() for r in results if r.scored]
     for i, r in enumerate(done[:top_n], start=1):
-        ci = r.get("mean_spearman_ci")
-        level = f"{r['confidence']:.0%}" if r.get("confidence") else "95%"
-        lines.append(f"{i}. Mean Monotonicity: {r['mean_spearman']:.4f}"
-                     + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
-        if r.get("mos"):
-            lines += _mos_lines(r["mos"], level)
-        d = r.get("delta_rho_top_ci")
-        if d and i > 1:
-            lines.append(f"   rho(#1) - rho: {r['delta_rho_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
-                         + ("tied with #1" if r["tied_with_top"] else "below #1"))
-        lines.append(f"   Backbone: {r['backbone']}")
-        lines.append(f"   Layers: {r['layer_config']} ({', '.join(r['module_paths'])})")
-        lines.append(f"   Transform: {r['transform']}")
-        lines.append(f"   Distribution: {r['distribution'] or '- (two-sample metric)'}")
-        lines.append(f"   Metric: {r['metric']}")
-        lines.append("   Per-degradation scores:")
-        for name, d in r["per_degradation"].items():
-            ci = d.get("spearman_ci")
-            lines.append(f"     - {name}: {d['spearman']:.4f}"
-                         + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
-        lines.append("")
-    key = (lambda r: r.get("tied_with_top")) if by == "monotonicity" else \
-        (lambda r: r["mos"].get("tied_with_top"))
-    tied = [i for i, r in enumerate(done, start=1) if key(r)]
-    tested = sum(key(r) is not None for r in done)
-    if tested > 1:                   # one configuration is tied with itself: nothing to say
-        what = "rho(#1) - rho" if by == "monotonicity" else "SRCC(#1) - SRCC (references resampled)"
-        lines.append(f"Statistically tied with #1 (the paired bootstrap interval of {what} "
-                     f"contains 0): {', '.join(f'#{i}' for i in tied)} of the {tested} bootstrapped"
-                     + ("; --bootstrap-all tests every configuration"
-                        if any(key(r) is None for r in done) else ""))
-        lines.append("")
+        lines += _top_lines(i, r)
+    lines += _tie_lines(done, by)
     if versus:
         what = "mean rho" if versus["criterion"] == "monotonicity" else "SRCC with the MOS"
         ci = versus["delta_ci"]
@@ -265,6 +237,50 @@ def summary(results, top_n: int, weights: dict, by: str = "monotonicity", versus
     if not done:
         lines.append("No configuration could be scored.")
     return "\n".join(lines)
+
+
+def _top_lines(i: int, r: dict) -> list[str]:
+    """The summary's block of the #i configuration (its JSON record `r`)."""
+    lines = []
+    ci = r.get("mean_spearman_ci")
+    level = f"{r['confidence']:.0%}" if r.get("confidence") else "95%"
+    lines.append(f"{i}. Mean Monotonicity: {r['mean_spearman']:.4f}"
+                 + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+    if r.get("mos"):
+        lines += _mos_lines(r["mos"], level)
+    d = r.get("delta_rho_top_ci")
+    if d and i > 1:
+        lines.append(f"   rho(#1) - rho: {r['delta_rho_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
+                     + ("tied with #1" if r["tied_with_top"] else "below #1"))
+    lines.append(f"   Backbone: {r['backbone']}")
+    lines.append(f"   Layers: {r['layer_config']} ({', '.join(r['module_paths'])})")
+    lines.append(f"   Transform: {r['transform']}")
+    lines.append(f"   Distribution: {r['distribution'] or '- (two-sample metric)'}")
+    lines.append(f"   Metric: {r['metric']}")
+    lines.append("   Per-degradation scores:")
+    for name, d in r["per_degradation"].items():
+        ci = d.get("spearman_ci")
+        lines.append(f"     - {name}: {d['spearman']:.4f}"
+                     + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
+    lines.append("")
+    return lines
+
+
+def _tie_lines(done: list, by: str) -> list[str]:
+    """Which of the scored records `done` are tied with #1, as the summary says it."""
+    lines = []
+    key = (lambda r: r.get("tied_with_top")) if by == "monotonicity" else \
+        (lambda r: r["mos"].get("tied_with_top"))
+    tied = [i for i, r in enumerate(done, start=1) if key(r)]
+    tested = sum(key(r) is not None for r in done)
+    if tested > 1:                   # one configuration is tied with itself: nothing to say
+        what = "rho(#1) - rho" if by == "monotonicity" else "SRCC(#1) - SRCC (references resampled)"
+        lines.append(f"Statistically tied with #1 (the paired bootstrap interval of {what} "
+                     f"contains 0): {', '.join(f'#{i}' for i in tied)} of the {tested} bootstrapped"
+                     + ("; --bootstrap-all tests every configuration"
+                        if any(key(r) is None for r in done) else ""))
+        lines.append("")
+    return lines
 
 
 def cache_info_lines(rows: list, cache_dir: str) -> list[str]:

@@ -481,6 +481,8 @@ def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict |
         if cfg[key] is None:
             cfg[key] = user.modes[mode][key]
     validate_config(cfg)
+    for section in dm.METRIC_DEFAULTS:         # every parameter, as the results record it
+        cfg[section] = dm.metric_params(section, cfg[section])
     if cfg["weights"] not in ("auto", "pretrained", "random") and not os.path.exists(cfg["weights"]):
         where = names.get("weights", "config['weights']")
         raise UsageError(f"{where} {cfg['weights']!r}: no such "
