@@ -1,21 +1,24 @@
 """Full-reference baselines in the same ranking as the feature spaces: does a deep-feature
-score beat PSNR, SSIM or MS-SSIM?
+score beat PSNR, SSIM, MS-SSIM, LPIPS or DISTS?
 
 Each evaluation image at each level is compared with its own clean version, on the pixels the
 backbones saw before their resize: the working-size image, decoded and degraded exactly as
 for extraction (a rated database's images are read as they are and compared with their
 reference). The per-image values go to evaluation.score_baseline, which ranks them like any
-configuration (rows `baseline:<name>`). The scores live in distance_metrics (PIXEL_FUNCTIONS);
-this module produces the images and caches the values: SSIM over a medium run's 1,350 images
+configuration (rows `baseline:<name>`). The scores live in distance_metrics (PIXEL_FUNCTIONS;
+LPIPS and DISTS over the layer outputs of their networks, which perceptual.py runs); this
+module produces the images and caches the values: SSIM over a medium run's 1,350 images
 costs about as much as extraction, so, like activations, the values are computed once per
 (images, degradation level, working size, seed) and read back by every later sweep, under
-<cache_dir>/baselines/<name>/<key>.npy with the key of feature_cache.cache_key.
+<cache_dir>/baselines/<name>/<key>.npy with the key of feature_cache.cache_key (for LPIPS and
+DISTS the key holds their trunk's weights identity and their head's digest too).
 """
 from __future__ import annotations
 
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from dataset import load_rgb
 from degradation_generator import DEGRADATION_VERSION, apply_degradation
 from feature_cache import BASELINES_DIR, cache_key, load_array, save_array
 from host import available_cores
+from perceptual import NETWORK_BASELINES, BaselineUnavailable, build
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +35,11 @@ BASELINES = dm.PIXEL_METRICS          # in distance_metrics' order
 BASELINE_VERSION = 1                  # bump when a pixel score changes its numbers
 
 
-def unit_images(unit, working_size: int, seed: int) -> np.ndarray:
-    """(n, S, S, 3) uint8: the images of a cache unit as extraction decodes and degrades them."""
+def unit_images(unit, working_size: int, seed: int, which=None) -> np.ndarray:
+    """(n, S, S, 3) uint8: the images of a cache unit (those at positions `which`, default all)
+    as extraction decodes and degrades them."""
     out = []
-    for record in unit.records:
+    for record in (unit.records if which is None else [unit.records[i] for i in which]):
         img = load_rgb(record.source, working_size)
         if unit.degradation is not None:
             img = apply_degradation(img, unit.degradation, unit.level, seed, record.sha256)
@@ -42,29 +47,51 @@ def unit_images(unit, working_size: int, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
-def value_key(name: str, unit, clean_unit, working_size: int, seed: int) -> str:
+def value_key(name: str, unit, clean_unit, working_size: int, seed: int,
+              network: dict | None = None) -> str:
     """The cache key of one baseline's values on one evaluation unit: the images' and their
-    clean versions' bytes, the degradation and level, the working size and the seed."""
-    return cache_key({"kind": "baseline", "name": name, "version": BASELINE_VERSION,
-                      "degradations": DEGRADATION_VERSION, "working_size": working_size,
-                      "seed": seed, "degradation": unit.degradation, "level": unit.level,
-                      "images": [r.sha256 for r in unit.records],
-                      "clean": [r.sha256 for r in clean_unit.records]})
+    clean versions' bytes, the degradation and level, the working size and the seed; and for
+    LPIPS and DISTS, `network` (perceptual.PerceptualNet.identity: trunk weights and head)."""
+    fields = {"kind": "baseline", "name": name, "version": BASELINE_VERSION,
+              "degradations": DEGRADATION_VERSION, "working_size": working_size,
+              "seed": seed, "degradation": unit.degradation, "level": unit.level,
+              "images": [r.sha256 for r in unit.records],
+              "clean": [r.sha256 for r in clean_unit.records]}
+    if network is not None:
+        fields["network"] = network
+    return cache_key(fields)
+
+
+class BaselineValues(NamedTuple):
+    values: dict          # name -> {(group, position): per-image values}
+    reasons: dict         # name -> why it cannot run
+    weights: dict         # name -> backbones.Provenance of its network's trunk (LPIPS, DISTS)
 
 
 def baseline_values(names, eval_units, working_size: int, seed: int,
-                    cache_dir: str | None = None) -> tuple[dict, dict]:
-    """({name: {(group, position): per-image values}}, {name: why it cannot run}) for the
-    baselines `names` over the evaluation units (the clean unit first). With `cache_dir`,
-    values computed before are read back and new ones are stored. Units missing from the cache
-    are computed in threads, one per core (the filters release the GIL)."""
+                    cache_dir: str | None = None, weights: str = "auto",
+                    device: str = "cpu") -> BaselineValues:
+    """The per-image values of the baselines `names` over the evaluation units (the clean unit
+    first), why any cannot run, and the trunk weights of LPIPS and DISTS (`weights`: the run's
+    setting, perceptual.build; they run on `device`). With `cache_dir`, values computed before
+    are read back and new ones are stored. Units missing from the cache are computed in
+    threads, one per core (the filters release the GIL); the networks' image by image
+    (_network_values; torch uses every core)."""
     clean_unit = next(u for u in eval_units if u.position == 0)
-    values, reasons, todo = {n: {} for n in names}, {}, []
+    values, reasons, todo, nets = {n: {} for n in names}, {}, [], {}
+    for name in names:
+        if name in NETWORK_BASELINES:
+            try:
+                nets[name] = build(name, weights, seed, device)
+            except BaselineUnavailable as exc:
+                reasons[name] = str(exc)
+    names = [n for n in names if n not in reasons]
     for unit in eval_units:
         missing = {}
         for name in names:
+            network = nets[name].identity if name in nets else None
             path = (os.path.join(cache_dir, BASELINES_DIR, name,
-                                 value_key(name, unit, clean_unit, working_size, seed) + ".npy")
+                                 value_key(name, unit, clean_unit, working_size, seed, network) + ".npy")
                     if cache_dir else None)
             cached = load_array(path, (len(unit.records),)) if path else None
             if cached is not None:
@@ -78,24 +105,52 @@ def baseline_values(names, eval_units, working_size: int, seed: int,
 
         def compute(item):
             unit, missing = item
+            todo_names = [n for n in missing if n not in nets]
+            if not todo_names:
+                return {}
             images = clean if unit is clean_unit else unit_images(unit, working_size, seed)
             out = {}
-            for name in missing:
+            for name in todo_names:
+                fn = dm.PIXEL_FUNCTIONS[name]
                 try:
-                    out[name] = np.asarray(dm.PIXEL_FUNCTIONS[name](images, clean), np.float64)
+                    out[name] = np.asarray(fn(images, clean), np.float64)
                 except dm.MetricInputError as exc:
                     out[name] = exc
             return out
 
         with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-            for (unit, missing), out in zip(todo, pool.map(compute, todo)):
-                for name, v in out.items():
-                    if isinstance(v, Exception):
-                        reasons.setdefault(name, str(v))
-                        continue
-                    values[name][(unit.group, unit.position)] = v
-                    if missing[name]:
-                        save_array(missing[name], v)
+            outs = list(pool.map(compute, todo))
+        for name, net in nets.items():
+            ks = [k for k, (_, m) in enumerate(todo) if name in m]
+            got = _network_values(net, [todo[k][0] for k in ks], clean_unit, working_size, seed)
+            for k, v in zip(ks, got):
+                outs[k][name] = v
+        for (unit, missing), out in zip(todo, outs):
+            for name, v in out.items():
+                if isinstance(v, Exception):
+                    reasons.setdefault(name, str(v))
+                    continue
+                values[name][(unit.group, unit.position)] = v
+                if missing[name]:
+                    save_array(missing[name], v)
     log.info("baselines %s: %d of %d evaluation set(s) computed, the rest read from the cache",
              ", ".join(names), len(todo), len(eval_units))
-    return {n: v for n, v in values.items() if n not in reasons}, reasons
+    return BaselineValues({n: v for n, v in values.items() if n not in reasons}, reasons,
+                          {n: net.provenance for n, net in nets.items()})
+
+
+def _network_values(net, units, clean_unit, working_size: int, seed: int) -> list[np.ndarray]:
+    """Per-image values of LPIPS or DISTS (`net`, a perceptual.PerceptualNet) on each of
+    `units`, image by image: a few clean images' layer outputs are computed once and compared
+    with the same images at every level, so no clean output is computed twice and no unit's
+    outputs are held whole (a VGG16's layers of one 256 px image are 32 MiB)."""
+    from perceptual import CHUNK
+    n = len(clean_unit.records)
+    out = [np.empty(n) for _ in units]
+    for s in range(0, n, CHUNK):
+        which = range(s, min(n, s + CHUNK))
+        fy = net.features(unit_images(clean_unit, working_size, seed, which))
+        for k, unit in enumerate(units):
+            fx = fy if unit is clean_unit else net.features(unit_images(unit, working_size, seed, which))
+            out[k][s:s + len(which)] = net.distance(fx, fy)
+    return out

@@ -91,7 +91,8 @@ CONFIG = {
                          "precision", "recall", "density", "coverage", "fd_inf", "energy",
                          "sliced_wasserstein", "paired_l2", "paired_cosine"],
     # Full-reference baselines ranked with the feature spaces (rows baseline:<name>) in medium
-    # and full mode: psnr, ssim, ms_ssim on the working-size pixels. [] or --no-baselines: none.
+    # and full mode: psnr, ssim, ms_ssim on the working-size pixels; also "lpips" and "dists"
+    # (a VGG16 forward per image and level: minutes on a CPU). [] or --no-baselines: none.
     "baselines": ["psnr", "ssim", "ms_ssim"],
 
     # Parameters of KID and CMMD that differ from the published ones (distance_metrics.py:

@@ -78,6 +78,9 @@ METRICS = {
     "psnr": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
     "ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
     "ms_ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
+    # with networks of their own (perceptual.py runs them; the distances are below)
+    "lpips": {**_PAIRED, "forms": ("pixels",)},
+    "dists": {**_PAIRED, "forms": ("pixels",)},
 }
 PIXEL_METRICS = tuple(m for m, r in METRICS.items() if r["forms"] == ("pixels",))
 FEATURE_METRICS = tuple(m for m in METRICS if m not in PIXEL_METRICS)
@@ -969,3 +972,61 @@ def ms_ssim(x, y, data_range: float = 255.0) -> np.ndarray:
 
 
 PIXEL_FUNCTIONS = {"psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}
+
+# ------------------------------------------------------- network baselines (LPIPS, DISTS)
+# The networks run in perceptual.py; these are the distances over their layer outputs,
+# each list a network's layers, float (n, C, h, w) per layer (DISTS's first is the image).
+
+LPIPS_EPS = 1e-10            # lpips.normalize_tensor
+DISTS_C1 = DISTS_C2 = 1e-6   # DISTS_pytorch.DISTS.forward
+
+
+def lpips_from_features(fx: list, fy: list, lin: list) -> np.ndarray:
+    """Per image: LPIPS (Zhang et al. 2018) as lpips.LPIPS.forward computes it: each position's
+    channel vector divided by its L2 norm (+1e-10), the squared difference weighted by the
+    layer's linear weights `lin[k]` (a 1x1 convolution without bias), averaged over positions,
+    summed over layers."""
+    total = 0.0
+    for a, b, w in zip(fx, fy, lin, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != len(w):
+            raise MetricInputError(f"lpips: layer outputs {a.shape} and {b.shape} do not match "
+                                   f"{len(w)} linear weights")
+        inv_a = 1.0 / (np.sqrt(np.einsum("nchw,nchw->nhw", a, a)) + LPIPS_EPS)
+        inv_b = 1.0 / (np.sqrt(np.einsum("nchw,nchw->nhw", b, b)) + LPIPS_EPS)
+        d = a * inv_a[:, None]              # one temporary, squared in place
+        d -= b * inv_b[:, None]
+        d *= d
+        total = total + np.einsum("nchw,c->n", d, np.asarray(w, np.float64)) / (a.shape[2] * a.shape[3])
+    return np.asarray(total, dtype=np.float64)
+
+
+def dists_from_features(fx: list, fy: list, alpha, beta) -> np.ndarray:
+    """Per image: DISTS (Ding et al. 2020) as DISTS_pytorch.DISTS.forward computes it: per layer
+    and channel, a structure term (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1) weighted by alpha
+    and a texture term (2 cov_xy + c2) / (var_x + var_y + c2) weighted by beta (population
+    moments over positions; alpha and beta divided by their joint sum); DISTS = 1 - the sum."""
+    alpha, beta = np.asarray(alpha, np.float64).ravel(), np.asarray(beta, np.float64).ravel()
+    w_sum = alpha.sum() + beta.sum()
+    dist1 = dist2 = 0.0
+    start = 0
+    for a, b in zip(fx, fy, strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        c = a.shape[1]
+        if a.shape != b.shape or a.ndim != 4 or start + c > alpha.size:
+            raise MetricInputError(f"dists: layer outputs {a.shape} and {b.shape} do not match "
+                                   f"{alpha.size} weights")
+        al, be = alpha[start:start + c] / w_sum, beta[start:start + c] / w_sum
+        start += c
+        xm, ym = a.mean(axis=(2, 3)), b.mean(axis=(2, 3))
+        s1 = (2 * xm * ym + DISTS_C1) / (xm ** 2 + ym ** 2 + DISTS_C1)
+        dist1 = dist1 + s1 @ al
+        xv = ((a - xm[:, :, None, None]) ** 2).mean(axis=(2, 3))
+        yv = ((b - ym[:, :, None, None]) ** 2).mean(axis=(2, 3))
+        cov = (a * b).mean(axis=(2, 3)) - xm * ym
+        s2 = (2 * cov + DISTS_C2) / (xv + yv + DISTS_C2)
+        dist2 = dist2 + s2 @ be
+    if start != alpha.size:
+        raise MetricInputError(f"dists: {start} channels for {alpha.size} weights")
+    return 1.0 - (dist1 + dist2)
+

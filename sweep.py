@@ -22,15 +22,24 @@ log = logging.getLogger("iqm")
 # ---------------------------------------------------------------------- scoring
 
 def score_baselines(cfg, data) -> list:
-    """config['baselines'] (PSNR, SSIM, MS-SSIM of each evaluation image against its clean
-    version) as ranked rows `baseline:<name>`; `data` is the run's cache_fill.RunData."""
+    """config['baselines'] (PSNR, SSIM, MS-SSIM, LPIPS, DISTS of each evaluation image against
+    its clean version) as ranked rows `baseline:<name>`; `data` is the run's cache_fill.RunData."""
     from baselines import baseline_values
     from evaluation import score_baseline
-    values, reasons = baseline_values(cfg["baselines"], data.eval_units, cfg["working_size"],
-                                      cfg["seed"], cfg["cache_dir"])
+    got = baseline_values(cfg["baselines"], data.eval_units, cfg["working_size"], cfg["seed"],
+                          cfg["cache_dir"], cfg["weights"], cfg["device"])
     base = {"n_reference": len(data.ref_records), "seed": cfg["seed"]}
-    return [score_baseline(n, values.get(n), cfg["degradations"], base, data.ratings, reasons.get(n, ""))
-            for n in cfg["baselines"]]
+    out = []
+    for n in cfg["baselines"]:
+        prov = got.weights.get(n)            # LPIPS and DISTS: their VGG16 trunk
+        trunk = {"weights": prov.label, "random_init": prov.random_init} if prov else {}
+        r = score_baseline(n, got.values.get(n), cfg["degradations"], {**base, **trunk},
+                           data.ratings, got.reasons.get(n, ""))
+        if prov is not None and prov.random_init:
+            r.notes.append(f"{n} with a RANDOM-INIT VGG16 trunk (no torchvision VGG16 weights in "
+                           "torch.hub's cache): not the published metric")
+        out.append(r)
+    return out
 
 
 @dataclass

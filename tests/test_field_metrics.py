@@ -310,20 +310,20 @@ def test_baseline_values_are_cached_and_a_bad_file_is_recomputed(tmp_path, monke
     ev_records, _ = select_images("builtin", 3, 2, 0)
     degs = {"blur": {"type": "gaussian_blur", "levels": [1.0, 2.0]}}
     units = evaluation_units(ev_records, degs)
-    first, reasons = baselines.baseline_values(["psnr", "ssim"], units, 48, 0, str(tmp_path))
+    first, reasons, _ = baselines.baseline_values(["psnr", "ssim"], units, 48, 0, str(tmp_path))
     assert not reasons and set(first["psnr"]) == {("clean", 0), ("blur", 1), ("blur", 2)}
     files = sorted((tmp_path / "baselines").rglob("*.npy"))
     assert len(files) == 2 * 3
     calls = []
     real = dict(dm.PIXEL_FUNCTIONS)
     monkeypatch.setitem(dm.PIXEL_FUNCTIONS, "psnr", lambda x, y: calls.append(1) or real["psnr"](x, y))
-    again, _ = baselines.baseline_values(["psnr", "ssim"], units, 48, 0, str(tmp_path))
+    again, _, _ = baselines.baseline_values(["psnr", "ssim"], units, 48, 0, str(tmp_path))
     assert calls == []                                      # every value read back
     for name in first:
         for key in first[name]:
             np.testing.assert_array_equal(again[name][key], first[name][key])
     files[0].write_bytes(files[0].read_bytes()[:-8])       # truncated: recomputed, equal
-    third, _ = baselines.baseline_values(["psnr", "ssim"], units, 48, 0, str(tmp_path))
+    third, _, _ = baselines.baseline_values(["psnr", "ssim"], units, 48, 0, str(tmp_path))
     for name in first:
         for key in first[name]:
             np.testing.assert_array_equal(third[name][key], first[name][key])

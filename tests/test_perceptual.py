@@ -1,0 +1,133 @@
+"""LPIPS and DISTS baselines against the authors' packages (lpips.LPIPS, DISTS_pytorch.DISTS),
+with the same stand-in VGG16 trunk: pretrained weights cannot be downloaded here, so a
+random VGG16 is written into a temporary torch.hub cache, where backbones.resolve_weights finds
+it as it would find torchvision's file; the peers get the same network. The heads (LPIPS's
+linear layers, DISTS's alpha and beta) are the ones the installed packages ship."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import distance_metrics as dm
+import perceptual
+from dataset import builtin_sources, load_rgb
+from degradation_generator import apply_degradation
+
+lpips = pytest.importorskip("lpips")
+DISTS_pt = pytest.importorskip("DISTS_pytorch.DISTS_pt")
+
+
+@pytest.fixture(scope="module")
+def stand_in_vgg(tmp_path_factory):
+    """A random VGG16 (seed 3) whose `features` are saved where torch.hub keeps torchvision's
+    VGG16 checkpoint; returns (TORCH_HOME, the model)."""
+    home = tmp_path_factory.mktemp("torch_home")
+    torch.manual_seed(3)
+    model = torchvision.models.vgg16(weights=None).eval()
+    ckpt = home / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in model.features.state_dict().items()}, ckpt)
+    return str(home), model
+
+
+@pytest.fixture
+def images():
+    """Three builtin images at 64 px, and each one blurred and noised (uint8 (n, 64, 64, 3))."""
+    clean, degraded = [], []
+    for i, src in enumerate(builtin_sources()[:3]):
+        img = load_rgb(src, 64)
+        clean += [img, img]
+        degraded += [apply_degradation(img, "gaussian_blur", 1.0 + i, 0, "x"),
+                     apply_degradation(img, "gaussian_noise", 5.0 + 5 * i, 0, f"{i:064x}")]
+    return np.stack(degraded), np.stack(clean)
+
+
+def _tensor(x):
+    return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+
+
+def test_lpips_equals_lpips_package(stand_in_vgg, images, monkeypatch):
+    home, model = stand_in_vgg
+    monkeypatch.setenv("TORCH_HOME", home)
+    monkeypatch.setattr(lpips.pretrained_networks.tv, "vgg16", lambda *a, **k: model)
+    net = perceptual.build("lpips", "auto", 0)
+    assert net.provenance.source == "pretrained" and not net.provenance.random_init
+    x, y = images
+    ours = net.score(x, y)
+    peer = lpips.LPIPS(net="vgg", version="0.1", verbose=False)(_tensor(x), _tensor(y), normalize=True)
+    peer = peer.detach().double().numpy().reshape(-1)
+    print("lpips max |ours - peer|", np.abs(ours - peer).max(), ours)
+    assert np.abs(ours - peer).max() < 1e-6, (ours, peer)
+    assert np.all(ours > 0)
+    assert np.allclose(net.score(y, y), 0.0, atol=1e-12)         # an image against itself
+
+
+def test_dists_equals_dists_package(stand_in_vgg, images, monkeypatch):
+    home, model = stand_in_vgg
+    monkeypatch.setenv("TORCH_HOME", home)
+    monkeypatch.setattr(DISTS_pt.models, "vgg16", lambda *a, **k: model)
+    net = perceptual.build("dists", "auto", 0)
+    x, y = images
+    ours = net.score(x, y)
+    peer = DISTS_pt.DISTS(load_weights=False)
+    shipped = torch.load(perceptual.dists_head_file(), map_location="cpu", weights_only=True)
+    peer.alpha.data, peer.beta.data = shipped["alpha"], shipped["beta"]
+    with torch.no_grad():
+        want = peer.eval()(_tensor(x), _tensor(y)).double().numpy().reshape(-1)
+    print("dists max |ours - peer|", np.abs(ours - want).max(), ours)
+    assert np.abs(ours - want).max() < 1e-6, (ours, want)
+    assert np.allclose(net.score(y, y), 0.0, atol=1e-9)
+
+
+def test_distances_are_zero_for_equal_features_and_grow_with_the_difference():
+    """Closed forms: LPIPS of a one-layer, one-position pair with unit weights is the squared
+    distance of the unit vectors; DISTS with equal features is 0."""
+    a = np.zeros((1, 2, 1, 1)); a[0, 0] = 3.0
+    b = np.zeros((1, 2, 1, 1)); b[0, 1] = 0.5
+    assert dm.lpips_from_features([a], [b], [np.ones(2)])[0] == pytest.approx(2.0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    f = [rng.random((2, 3, 4, 4)), rng.random((2, 5, 2, 2))]
+    w = rng.random(8)
+    assert np.allclose(dm.dists_from_features(f, f, w, w), 0.0, atol=1e-12)
+    g = [f[0], f[1] + rng.random((2, 5, 2, 2))]
+    assert np.all(dm.dists_from_features(f, g, w, w) > 0)
+    with pytest.raises(dm.MetricInputError):
+        dm.dists_from_features(f, f, w[:7], w[:7])
+
+
+def test_without_the_trunk_weights_the_baseline_is_random_init(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    net = perceptual.build("lpips", "auto", 5)
+    assert net.provenance.random_init and net.provenance.seed == 5
+    assert net.identity["trunk"] == {"source": "random-init", "seed": 5}
+    again = perceptual.build("lpips", "random", 5)
+    x = np.zeros((1, 32, 32, 3), np.uint8) + 100
+    assert np.array_equal(net.features(x)[2], again.features(x)[2])    # seeded
+
+
+def test_baseline_values_of_lpips_are_the_networks_scores_and_are_cached(tmp_path, monkeypatch,
+                                                                        stand_in_vgg):
+    """The pipeline's image-by-image loop (clean outputs computed once per few images) gives
+    each unit the values of scoring it whole against the clean unit, and a second call reads
+    them back from the cache; another trunk is another cache entry."""
+    import baselines
+    from dataset import ImageRecord, builtin_identity
+    from feature_cache import evaluation_units
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    records = [ImageRecord(s, builtin_identity(s)) for s in builtin_sources()[:3]]
+    units = evaluation_units(records, {"blur": {"type": "gaussian_blur", "levels": [1.0, 2.0]}})
+    got = baselines.baseline_values(["lpips", "psnr"], units, 32, 0, str(tmp_path / "cache"), "random")
+    assert got.reasons == {} and got.weights["lpips"].random_init
+    net = perceptual.build("lpips", "random", 0)
+    clean = baselines.unit_images(units[0], 32, 0)
+    for u in units:
+        want = net.score(baselines.unit_images(u, 32, 0), clean)
+        assert np.array_equal(got.values["lpips"][(u.group, u.position)], want)
+    calls = []
+    monkeypatch.setattr(perceptual.PerceptualNet, "features", lambda self, x: calls.append(1))
+    again = baselines.baseline_values(["lpips"], units, 32, 0, str(tmp_path / "cache"), "random")
+    assert calls == [] and all(np.array_equal(again.values["lpips"][k], v)
+                               for k, v in got.values["lpips"].items())
+    monkeypatch.setenv("TORCH_HOME", stand_in_vgg[0])     # another trunk, same seed: not a hit
+    with pytest.raises(TypeError):                         # (features called: None is no list)
+        baselines.baseline_values(["lpips"], units, 32, 0, str(tmp_path / "cache"), "auto")
