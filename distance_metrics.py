@@ -13,6 +13,8 @@ for features too large to hold explicitly (Gram matrices of wide layers, where
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import linalg
 from scipy.ndimage import correlate1d
@@ -57,7 +59,7 @@ _TWO = {"model": False, "covariance": False, "forms": ("explicit", "kernel"), "p
         "unit_rows": False, "paired": False, "higher_is_better": False}
 _MODEL = {**_TWO, "model": True, "per_image": True}
 _FIDELITY = {**_TWO, "higher_is_better": True}
-_PAIRED = {**_TWO, "forms": ("explicit",), "per_image": True, "paired": True}
+_PAIRED = {**_TWO, "per_image": True, "paired": True}
 METRICS = {
     "fid": _TWO,
     "kid": _TWO,
@@ -87,11 +89,6 @@ FEATURE_METRICS = tuple(m for m in METRICS if m not in PIXEL_METRICS)
 NEEDS_COORDINATES = {       # why a metric with forms ("explicit",) does not run on kernel blocks
     "sliced_wasserstein": "sliced_wasserstein projects rows on random directions and needs "
                           "coordinates; this space is held as kernel blocks",
-    "paired_l2": "paired_l2 needs each degraded image's kernel with its own clean version, which "
-                 "the Gram kernel route does not compute; this space is held as kernel blocks",
-    "paired_cosine": "paired_cosine needs each degraded image's kernel with its own clean version, "
-                     "which the Gram kernel route does not compute; this space is held as kernel "
-                     "blocks",
 }
 
 
@@ -816,12 +813,21 @@ class PerImage:
         return self.score_prepared(self.prepare(values))
 
 
+@dataclass
+class PairedKernel:
+    """The paired metrics' input on a space held as kernel blocks, per image: its row's squared
+    norm, its clean row's, and the inner product of the two."""
+    ev_sq: np.ndarray
+    clean_sq: np.ndarray
+    cross: np.ndarray
+
+
 class PairedReference(PerImage):
     """Full-reference distance of each evaluation image to its own clean version, in the
     feature space: `paired_l2` the Euclidean distance of the rows (on Gram rows the Frobenius
     distance of the Gram matrices, the style loss of Gatys et al.), `paired_cosine` one minus
     their cosine. Per-image values; the set's score is their mean. `prepare` takes (rows,
-    clean rows) of the same images in the same order."""
+    clean rows) of the same images in the same order, or a PairedKernel."""
 
     def __init__(self, metric: str):
         if metric not in ("paired_l2", "paired_cosine"):
@@ -829,6 +835,8 @@ class PairedReference(PerImage):
         self.metric = metric
 
     def prepare(self, pair):
+        if isinstance(pair, PairedKernel):
+            return self._from_kernel(pair)
         ev, clean = pair
         ev, clean = check_features(ev, "evaluation", 1), check_features(clean, "clean evaluation", 1)
         if ev.shape != clean.shape:
@@ -840,6 +848,18 @@ class PairedReference(PerImage):
         if np.any(norms == 0):
             raise MetricInputError("paired_cosine: some rows are all zeros")
         return 1.0 - np.sum(ev * clean, axis=1) / norms
+
+    def _from_kernel(self, k: PairedKernel) -> np.ndarray:
+        ev_sq, clean_sq, cross = (np.asarray(v, np.float64) for v in (k.ev_sq, k.clean_sq, k.cross))
+        if not (ev_sq.shape == clean_sq.shape == cross.shape) or ev_sq.ndim != 1:
+            raise MetricInputError(f"paired metrics need one value per image: {ev_sq.shape}, "
+                                   f"{clean_sq.shape}, {cross.shape}")
+        if self.metric == "paired_l2":    # |a - b|^2 = |a|^2 + |b|^2 - 2 <a, b>, >= 0 exactly
+            return np.sqrt(np.maximum(ev_sq + clean_sq - 2.0 * cross, 0.0))
+        norms = np.sqrt(ev_sq * clean_sq)
+        if np.any(norms == 0):
+            raise MetricInputError("paired_cosine: some rows are all zeros")
+        return 1.0 - cross / norms
 
 
 def paired_l2(ev, clean) -> float:

@@ -40,7 +40,7 @@ import distance_metrics as dm
 import human_agreement as ha
 from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, ModelSpec,
                                    SpanCoordinates, fit_distribution, in_span, model_feasibility)
-from feature_spaces import FeatureSpace, Infeasible, Transform
+from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible, Transform
 from layer_registry import LayerConfig
 
 SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
@@ -219,7 +219,7 @@ def csv_columns(degradations: dict, mos_types=()) -> list[str]:
 
 # ------------------------------------------------------------------ monotonicity
 
-CLEAN = ("clean", 0)       # the key of the clean evaluation set (level position 0)
+CLEAN = CLEAN_KEY          # the key of the clean evaluation set (level position 0)
 
 def spearman_monotonicity(scores) -> float:
     """Spearman rho between severity position (0..L) and score; 0 for a constant score
@@ -305,7 +305,10 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
 def _evaluation_input(metric: str, space: FeatureSpace, key):
     """What `scorer.prepare` takes for evaluation set `key` in this space."""
     if dm.METRICS[metric]["paired"]:
-        return space.evals[key], space.evals[CLEAN]
+        if space.kernel is None:
+            return space.evals[key], space.evals[CLEAN]
+        k = space.kernel
+        return dm.PairedKernel(np.diag(k.ee[key]).copy(), np.diag(k.ee[CLEAN]).copy(), k.pair[key])
     if space.kernel is None:
         return space.evals[key]
     if dm.METRICS[metric]["model"]:

@@ -34,6 +34,7 @@ import numpy as np
 import gram_engine as ge
 import representations as rp
 from distance_metrics import MetricInputError, unit_kernel, unit_rows
+from feature_cache import CLEAN
 from host import resolve_device
 from layer_registry import LayerConfig
 
@@ -46,6 +47,7 @@ VIT_POOLS = ("mean", "cls", "cls_mean")
 AGGREGATIONS = ("concat", "mean")
 GAP_CHUNK = 25                     # images pooled at a time (bounded float64 copies)
 GAP_VERSION = 1                    # bump when representations.gap changes its output
+CLEAN_KEY = (CLEAN, 0)             # the key of the clean evaluation set (level position 0)
 
 
 class TransformError(ValueError):
@@ -118,16 +120,21 @@ def feature_key(layer_config, transform) -> tuple:
 @dataclass
 class KernelBlocks:
     """Linear kernel blocks of rows of dimension `dim`: rr (n_ref, n_ref), and per evaluation
-    set key: re (n_ref, n_eval), ee (n_eval, n_eval)."""
+    set key: re (n_ref, n_eval), ee (n_eval, n_eval) and pair (n_eval,), the inner product of
+    each image's row with the same image's clean row (set CLEAN_KEY; the paired metrics)."""
     rr: np.ndarray
     re: dict
     ee: dict
     dim: int
+    pair: dict | None = None
 
     def combine(self, other: "KernelBlocks") -> "KernelBlocks":
         """Kernel of concatenated rows: inner products add up."""
+        pair = ({k: v + other.pair[k] for k, v in self.pair.items()}
+                if self.pair is not None and other.pair is not None else None)
         return KernelBlocks(self.rr + other.rr, {k: v + other.re[k] for k, v in self.re.items()},
-                            {k: v + other.ee[k] for k, v in self.ee.items()}, self.dim + other.dim)
+                            {k: v + other.ee[k] for k, v in self.ee.items()}, self.dim + other.dim,
+                            pair)
 
     def unit(self) -> "KernelBlocks":
         """The kernel of the L2-normalised rows."""
@@ -136,7 +143,12 @@ class KernelBlocks:
         for k in self.re:
             e_sq = np.diag(self.ee[k])
             re[k], ee[k] = unit_kernel(self.re[k], r_sq, e_sq), unit_kernel(self.ee[k], e_sq, e_sq)
-        return KernelBlocks(unit_kernel(self.rr, r_sq, r_sq), re, ee, self.dim)
+        pair = None
+        if self.pair is not None:
+            c_sq = np.diag(self.ee[CLEAN_KEY])
+            pair = {k: np.diag(unit_kernel(np.diag(v), np.diag(self.ee[k]), c_sq)).copy()
+                    for k, v in self.pair.items()}
+        return KernelBlocks(unit_kernel(self.rr, r_sq, r_sq), re, ee, self.dim, pair)
 
 
 @dataclass
@@ -178,8 +190,13 @@ class FeatureSpace:
 
 
 def explicit_kernel(ref: np.ndarray, evals: dict) -> KernelBlocks:
-    return KernelBlocks(ref @ ref.T, {k: ref @ e.T for k, e in evals.items()},
-                        {k: e @ e.T for k, e in evals.items()}, ref.shape[1])
+    clean = evals.get(CLEAN_KEY)
+    ee = {k: e @ e.T for k, e in evals.items()}
+    pair = None
+    if clean is not None:     # the clean set with itself: its norms, so its paired distance is 0
+        pair = {k: np.diag(ee[k]).copy() if k == CLEAN_KEY else np.einsum("ij,ij->i", e, clean)
+                for k, e in evals.items()}
+    return KernelBlocks(ref @ ref.T, {k: ref @ e.T for k, e in evals.items()}, ee, ref.shape[1], pair)
 
 
 def postprocess(space: FeatureSpace, transform: Transform) -> FeatureSpace:
@@ -351,7 +368,8 @@ class FeatureAssembler:
         n_e = self.n_eval
         blocks = KernelBlocks(arrays["k_rr"], {k: arrays["k_re"][:, i * n_e:(i + 1) * n_e]
                                                for i, k in enumerate(keys)},
-                              dict(zip(keys, arrays["k_ee"])), dim)
+                              dict(zip(keys, arrays["k_ee"])), dim,
+                              dict(zip(keys, arrays["k_pair"])) if CLEAN_KEY in keys else None)
         return FeatureSpace.kernels(blocks, [f"Gram as kernel blocks ({dim} dims, route {route})"])
 
     def _gram_rows(self, cache, derived, what, dim) -> dict:
@@ -373,10 +391,12 @@ class FeatureAssembler:
         log.info("%s: %d dims, held as kernel blocks; route '%s' on %s (estimated %s)", what, dim,
                  route, device, ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
         t0 = time.perf_counter()
-        kr, kre, kee = ge.gram_kernel_blocks([cache.load(u) for u in self.ref_units],
-                                             [cache.load(u) for u in self.eval_units],
-                                             route, self.precision, device, self.max_bytes)
-        arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee}
+        keys = [self.eval_key(u) for u in self.eval_units]
+        kr, kre, kee, kpair = ge.gram_kernel_blocks(
+            [cache.load(u) for u in self.ref_units], [cache.load(u) for u in self.eval_units],
+            route, self.precision, device, self.max_bytes,
+            keys.index(CLEAN_KEY) if CLEAN_KEY in keys else 0)
+        arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee, "k_pair": kpair}
         derived.save(arrays, {"route": route, "device": device})
         log.info("%s: kernel blocks in %.1fs on %s (%s)", what, time.perf_counter() - t0, device,
                  derived.dir)

@@ -40,7 +40,7 @@ DEVICE_RATES = {"cpu": {"gemm": 250.0, "gram_write": 3.0, "sample_reduce": 0.2},
 # Host side, either device: normalising the activations in float64 (GB/s of float64), and
 # reading them back from the scratch file when they exceed the budget (GB/s).
 NORMALISE_GBPS, SPILL_READ_GBPS = 1.0, 2.0
-GRAM_KERNEL_VERSION = 1    # bump when gram_kernel_blocks changes its numbers
+GRAM_KERNEL_VERSION = 2    # bump when gram_kernel_blocks changes its numbers (2: K_pair added)
 
 
 def gram_shape(shape: tuple) -> tuple[int, int]:
@@ -169,13 +169,15 @@ def _ranges(s: int, e: int, step: int) -> list[tuple[int, int]]:
 
 
 def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: str = "float32",
-                       device: str = "cpu", budget_bytes: int = 2 * 1024**3):
+                       device: str = "cpu", budget_bytes: int = 2 * 1024**3, pair_with: int = 0):
     """Linear kernel of the Gram rows, <G_a, G_b>_F with G = F F^T / (C P), for the pairs the
     metrics need. `ref` is a list of reference activation chunks and `evals` one array per
     evaluation set, each (m, C, H, W) or (m, T, D) (memory-mapped arrays are read chunk by
     chunk). Returns float64 (K_rr (n_ref, n_ref), K_re (n_ref, U * n_eval), K_ee (U, n_eval,
-    n_eval)). Peak memory stays near `budget_bytes`. One function (73 lines): both routes share
-    the block loops and the float64 accumulators, which split apart would be passed around."""
+    n_eval), K_pair (U, n_eval)): K_pair[u, i] pairs image i of set u with image i of set
+    `pair_with` (the clean set: the paired metrics). Peak memory stays near `budget_bytes`. One
+    function (84 lines): both routes share the block loops and the float64 accumulators, which
+    split apart would be passed around."""
     import torch
     images = _Images(ref, evals, torch.device(device), precision, budget_bytes)
     n_ref, n_units, n = images.n_ref, len(evals), images.n
@@ -184,7 +186,9 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
     kr = np.zeros((n_ref, n_ref))
     kre = np.zeros((n_ref, n_eval * n_units))
     kee = np.zeros((n_units, n_eval, n_eval))
+    kpair = np.zeros((n_units, n_eval))
     units = [(n_ref + u * n_eval, n_ref + (u + 1) * n_eval) for u in range(n_units)]
+    clean = units[pair_with] if units else None
     if route == "rows":
         bs = gram_block_size(n, c, budget_bytes // 4)
         chunk = max(1, min(64, (budget_bytes // 8) // max(1, bs * c * images.image_bytes // images.p)))
@@ -203,6 +207,7 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
             kre += (r @ buf[n_ref:].T).double().cpu().numpy()
             for u, (s, e) in enumerate(units):
                 kee[u] += (buf[s:e] @ buf[s:e].T).double().cpu().numpy()
+                kpair[u] += (buf[s:e] * buf[clean[0]:clean[1]]).sum(1, dtype=torch.float64).cpu().numpy()
         del store
     elif route == "samples":
         step = int(max(1, min(256, np.sqrt(budget_bytes / 16) // max(1, p))))
@@ -231,6 +236,8 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
                     k = pair(xa, x(s2, e2))
                     kee[u, s1 - s:e1 - s, s2 - s:e2 - s] = k
                     kee[u, s2 - s:e2 - s, s1 - s:e1 - s] = k.T
+            for i in range(n_eval):
+                kpair[u, i] = pair(x(s + i, s + i + 1), x(clean[0] + i, clean[0] + i + 1))[0, 0]
     else:
         raise ValueError(f"unknown Gram route {route!r}; choose 'rows' or 'samples'")
     images.close()
@@ -241,7 +248,10 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
     for u, (s, e) in enumerate(units):
         su = scale[s:e]
         kee[u] *= su[:, None] * su[None, :]
-    return kr, kre, kee
+        kpair[u] *= su * scale[clean[0]:clean[1]]
+    if units:                 # the clean set with itself: its norms, so its paired distance is 0
+        kpair[pair_with] = np.diag(kee[pair_with])
+    return kr, kre, kee, kpair
 
 
 def gram_rows(act: np.ndarray, precision: str = "float32", device: str = "cpu") -> np.ndarray:

@@ -29,17 +29,20 @@ def test_streamed_kernel_route_equals_explicit_float64_gram_rows(tmp_path, monke
     monkeypatch.setattr(ge, "choose_gram_route", lambda costs: route)
     shape = (16, 3, 3)
     transforms = [{"name": "gram_only", "use_gram": True},
-                  {"name": "gram_pca", "use_gram": True, "use_pca": True, "pca_dim": 4}]
+                  {"name": "gram_pca", "use_gram": True, "use_pca": True, "pca_dim": 4},
+                  {"name": "gram_unit", "use_gram": True, "l2_normalize": True}]
     # a 128 KiB budget: explicit rows (46 images x 136 dims x 8 B) exceed a quarter of it
-    out = run_grid(tmp_path, shape, max_bytes=2**17, transforms=transforms, metrics=TWO_SAMPLE,
-                   precision="float64")
+    out = run_grid(tmp_path, shape, max_bytes=2**17, transforms=transforms,
+                   metrics=TWO_SAMPLE + ["paired_l2", "paired_cosine"], precision="float64")
     assert all(r.scored and "kernel blocks" in " ".join(r.notes) for r in out), [(r.label, r.notes) for r in out]
     got = _scores(out)
     cache = FakeCache(tmp_path, shape)
     ref = np.concatenate([rp.gram_upper(cache.load(u)) for u in reference_units(RECORDS[8:])])
     cfg = default_config()
     pca = rp.PostProcess(ref, pca_dim=4)
-    for u in evaluation_units(RECORDS[:8], DEGS):
+    units = evaluation_units(RECORDS[:8], DEGS)
+    clean = rp.gram_upper(cache.load(next(u for u in units if u.group == "clean")))
+    for u in units:
         e = rp.gram_upper(cache.load(u))
         i = (["clean"] + [f"blur{p}" for p in (1, 2)]).index(u.group if u.group == "clean" else f"blur{u.position}")
         direct = {"fid": dm.fid(ref, e), "kid": dm.kid(ref, e, degree=3, coef0=1.0),
@@ -50,6 +53,11 @@ def test_streamed_kernel_route_equals_explicit_float64_gram_rows(tmp_path, monke
         pr, pe = pca.apply(ref), pca.apply(e)
         assert got[("gram_pca", "fid")][i] == pytest.approx(dm.fid(pr, pe), rel=1e-6)
         assert got[("gram_pca", "mmd_rbf")][i] == pytest.approx(dm.mmd_rbf(pr, pe), rel=1e-6)
+        assert got[("gram_only", "paired_l2")][i] == pytest.approx(dm.paired_l2(e, clean), rel=1e-6, abs=1e-12)
+        assert got[("gram_only", "paired_cosine")][i] == pytest.approx(dm.paired_cosine(e, clean), rel=1e-6, abs=1e-12)
+        ue, uc = dm.unit_rows(e), dm.unit_rows(clean)
+        assert got[("gram_unit", "paired_l2")][i] == pytest.approx(dm.paired_l2(ue, uc), rel=1e-6, abs=1e-12)
+        assert got[("gram_pca", "paired_l2")][i] == pytest.approx(dm.paired_l2(pe, pca.apply(clean)), rel=1e-6, abs=1e-12)
 
 
 def test_explicit_rows_score_with_the_published_constants(tmp_path):

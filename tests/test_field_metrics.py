@@ -180,6 +180,26 @@ def test_kernel_forms_equal_the_explicit_forms(metric):
     assert b.score_prepared(sb, idx) == pytest.approx(a.score_prepared(sa, idx), abs=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["paired_l2", "paired_cosine"])
+@pytest.mark.parametrize("unit", [False, True])
+def test_paired_kernel_forms_equal_the_explicit_forms(metric, unit):
+    """Each image against its own clean version from kernel blocks (norms and the paired inner
+    products), raw and L2-normalised, equals the explicit rows' values."""
+    ref, e = _random_sets(n_ref=12, n_ev=9, d=7)
+    d = e + np.random.default_rng(5).normal(scale=0.3, size=e.shape)
+    evals = {("clean", 0): e, ("d", 1): d}
+    space, kspace = FeatureSpace.rows(ref, evals), FeatureSpace.kernels(explicit_kernel(ref, evals))
+    if unit:
+        space, kspace = space.unit(), kspace.unit()
+    cfg = default_config()
+    a, b = ev.scorer_for(metric, space, None, cfg, 0), ev.scorer_for(metric, kspace, None, cfg, 0)
+    for key in evals:
+        va = a.prepare(ev._evaluation_input(metric, space, key))
+        vb = b.prepare(ev._evaluation_input(metric, kspace, key))
+        np.testing.assert_allclose(vb, va, rtol=1e-9, atol=1e-7)
+    assert np.all(va > 0)
+
+
 def test_resampled_scores_equal_the_scores_of_the_resampled_rows():
     ref, e = _random_sets(n_ref=40, n_ev=25, d=9)
     idx = np.random.default_rng(2).integers(0, 25, 25)

@@ -33,21 +33,23 @@ def test_kernel_blocks_equal_float64_grams_with_many_evaluation_images(route):
     ranges of 3 images, so the off-diagonal (transposed) blocks of K_ee are exercised, and the
     rows route splits the channels into several row blocks."""
     ref, evals = _data(0, 11, 37, 2, (6, 3, 3))
-    kr, kre, kee = ge.gram_kernel_blocks(ref, evals, route=route, precision="float64",
-                                         budget_bytes=2**14)
+    kr, kre, kee, kpair = ge.gram_kernel_blocks(ref, evals, route=route, precision="float64",
+                                                budget_bytes=2**14, pair_with=1)
     r = np.concatenate(ref)
     np.testing.assert_allclose(kr, _kernel(r, r), rtol=1e-12)
     np.testing.assert_allclose(kre, _kernel(r, np.concatenate(evals)), rtol=1e-12)
     for u, e in enumerate(evals):
         np.testing.assert_allclose(kee[u], _kernel(e, e), rtol=1e-12)
         assert not np.allclose(kee[u][:3, 3:6], kee[u][:3, 3:6].T)   # the blocks are not symmetric
+        # each image with the same image of set 1 (the paired metrics' clean set)
+        np.testing.assert_allclose(kpair[u], np.diag(_kernel(e, evals[1])), rtol=1e-12)
 
 
 def test_tokens_layout_equals_float64_grams():
     """(n, T, D) token activations: the Gram is over the D channels, positions are the tokens."""
     rng = np.random.default_rng(1)
     ref, ev = [rng.normal(size=(7, 5, 4))], [rng.normal(size=(9, 5, 4))]
-    kr, kre, kee = ge.gram_kernel_blocks(ref, ev, route="samples", precision="float64", budget_bytes=2**12)
+    kr, kre, kee, _ = ge.gram_kernel_blocks(ref, ev, route="samples", precision="float64", budget_bytes=2**12)
     as_chw = [a.transpose(0, 2, 1) for a in (ref[0], ev[0])]
     np.testing.assert_allclose(kre, _kernel(*as_chw), rtol=1e-12)
     np.testing.assert_allclose(kee[0], _kernel(as_chw[1], as_chw[1]), rtol=1e-12)
@@ -58,7 +60,7 @@ def test_samples_route_accumulates_in_float64():
     in float64, is within 3e-8 of the float64 kernel (8.7e-9 measured); summed in float32 it is
     off by ~5e-7."""
     ref, evals = _data(2, 5, 4, 1, (8, 16, 16), dtype=np.float32)
-    kr, kre, _ = ge.gram_kernel_blocks(ref, evals, route="samples", precision="float32")
+    kr, kre, _, _ = ge.gram_kernel_blocks(ref, evals, route="samples", precision="float32")
     r = np.concatenate(ref)
     np.testing.assert_allclose(kr, _kernel(r, r), rtol=3e-8)
     np.testing.assert_allclose(kre, _kernel(r, evals[0]), rtol=3e-8)
