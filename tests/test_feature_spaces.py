@@ -38,7 +38,6 @@ def test_streamed_kernel_route_equals_explicit_float64_gram_rows(tmp_path, monke
     got = _scores(out)
     cache = FakeCache(tmp_path, shape)
     ref = np.concatenate([rp.gram_upper(cache.load(u)) for u in reference_units(RECORDS[8:])])
-    cfg = default_config()
     pca = rp.PostProcess(ref, pca_dim=4)
     units = evaluation_units(RECORDS[:8], DEGS)
     clean = rp.gram_upper(cache.load(next(u for u in units if u.group == "clean")))
