@@ -278,6 +278,25 @@ def _candidates(dataset: str) -> tuple[list[str], list[str]]:
     return images, bad
 
 
+def folder_records(folder: str) -> list[ImageRecord]:
+    """Every readable image under `folder` (recursively), in sorted path order, with its digest:
+    the REF and EVAL folders of --apply. Unreadable and oversized files are skipped with a warning."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"{folder!r} is not a folder; pass a folder of images")
+    images, bad = _candidates(folder)
+    records = []
+    for path in images:
+        if not _decodes(path):
+            bad.append(path)
+            continue
+        with open(path, "rb") as f:
+            records.append(ImageRecord(os.path.abspath(path), _sha256_bytes(f.read())))
+    if bad:
+        log.warning("skipped %d unreadable image file(s) in %s: %s%s", len(bad), folder,
+                    ", ".join(bad[:5]), " …" if len(bad) > 5 else "")
+    return records
+
+
 def select_images(dataset: str, n_eval: int, n_ref: int, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Deterministically sample disjoint (evaluation, reference) sets.
 

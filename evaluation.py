@@ -143,6 +143,7 @@ class ConfigResult:
                 "aggregate": c.layer_config.aggregate, "transform": c.transform.name,
                 "transform_params": c.transform.params() if c.backbone != BASELINE else {},
                 "distribution": c.model.name if c.model else "",
+                "distribution_type": c.model.type if c.model else None,
                 "distribution_params": c.model.params if c.model else None,
                 "metric": c.metric, "mean_spearman": self.mean_spearman,
                 "mean_spearman_ci": self.mean_spearman_ci, "mean_kendall": self.mean_kendall,
@@ -427,6 +428,9 @@ def _set(r: ConfigResult, status: str, reason: str) -> ConfigResult:
 
 
 def _monotonicity(r: ConfigResult, degradations: dict, n_eval: int) -> None:
+    r.n_evaluation = n_eval
+    if not degradations:          # sets scored on their own (feature_metric.apply)
+        return
     per_deg = {}
     try:
         for name, spec in degradations.items():

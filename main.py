@@ -53,6 +53,10 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--preview-degradations", action="store_true",
       help="write a PNG collage of a few images at every level of every degradation")
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
+    a("--apply", nargs="+", metavar="ARG", help="CONFIG REF EVAL [EVAL ...]: score each EVAL folder "
+      "against REF with CONFIG, a results folder[#rank], its JSON or a spec string (README: Using "
+      "a configuration as a metric)")
+    a("--out", metavar="FILE.csv", help="with --apply: also write the scores to this CSV")
     a = p.add_argument_group("model and layers").add_argument
     a("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONE_NAMES)}, all, timm:NAME, torchvision:"
       f"NAME or hf:MODEL_ID (hub id or save_pretrained folder) (default: {d['backbone']})")
@@ -126,6 +130,10 @@ def run(args, user) -> int:
     elif args.save_stats or args.fid_stats:
         import fid_stats
         print(fid_stats.command(cfg, args.save_stats, args.fid_stats, args.backbone, args.layers, progress))
+    elif args.apply:
+        import feature_metric
+        given = {key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
+        print("\n".join(feature_metric.command(cfg, args.apply, args.out, given, progress)))
     elif args.build_cache:
         shard = Shard.parse(args.shard) if args.shard is not None else None
         for b in pipeline.build_caches(cfg, args.layers, shard, progress=progress):
