@@ -236,8 +236,13 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
                     k = pair(xa, x(s2, e2))
                     kee[u, s1 - s:e1 - s, s2 - s:e2 - s] = k
                     kee[u, s2 - s:e2 - s, s1 - s:e1 - s] = k.T
-            for i in range(n_eval):
-                kpair[u, i] = pair(x(s + i, s + i + 1), x(clean[0] + i, clean[0] + i + 1))[0, 0]
+            if u == pair_with:
+                continue      # its own norms (below)
+            for s1, e1 in ur:  # image i of set u with image i of the clean set, a range at a time
+                fa = images.get(s1, e1).transpose(1, 2)
+                fb = images.get(clean[0] + s1 - s, clean[0] + e1 - s)
+                m = torch.bmm(fa, fb)
+                kpair[u, s1 - s:e1 - s] = (m * m).sum(dim=(1, 2), dtype=torch.float64).cpu().numpy()
     else:
         raise ValueError(f"unknown Gram route {route!r}; choose 'rows' or 'samples'")
     images.close()

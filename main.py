@@ -34,64 +34,51 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     """The flags, defaults shown from `d` (config.py's CONFIG). One table of flags: long by nature."""
     p = argparse.ArgumentParser(
         prog="main.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Rank deep-feature spaces by how monotonically an image-quality score rises "
-                    "with degradation severity (Spearman rho). Defaults come from config.py.",
-        epilog="Exit codes: 0 success, 2 usage/configuration error, 1 runtime error.\n"
-               "Layer tables: LAYER_GUIDE.md, or --list-layers BACKBONE.")
+        description="Rank deep-feature spaces by how monotonically an image-quality score rises with\n"
+                    "degradation severity (Spearman rho). Defaults come from config.py; README has more.",
+        epilog="Exit codes: 0 success, 2 usage/configuration error, 1 runtime error.")
     a = p.add_argument_group("what to run").add_argument
-    a("--mode", choices=tuple(modes), default="quick", help="quick: 50 reference images, one "
-      "configuration; medium: ENABLED_LAYERS x transforms x models x metrics; full: 1000 reference "
-      "images, every configuration (default: quick)")
+    a("--mode", choices=tuple(modes), default="quick", help="quick: 50 reference images, one configuration; "
+      "medium: ENABLED_LAYERS x transforms x models x metrics; full: 1000 images, every configuration")
     a("--build-cache", action="store_true", help="extract and cache --layers of --backbone, then stop")
-    a("--list-layers", metavar="BACKBONE", help="print the layer table of a backbone, or the "
-      "extractable modules of timm:NAME, torchvision:NAME or hf:MODEL_ID")
-    a("--save-stats", nargs=2, metavar=("FOLDER", "OUT.npz"), help="write pytorch-fid's (mu, sigma) "
-      "of FOLDER for --backbone and one of --layers (default: inception_fid pool3)")
-    a("--fid-stats", nargs=2, metavar=("A", "B"), help="print the FID between A and B, each a .npz "
-      "of --save-stats (or pytorch-fid) or a folder of images (default: inception_fid pool3)")
+    a("--list-layers", metavar="BACKBONE", help="the layer table of a backbone, or a library model's modules")
+    a("--save-stats", nargs=2, metavar=("FOLDER", "OUT.npz"), help="pytorch-fid's (mu, sigma) of FOLDER")
+    a("--fid-stats", nargs=2, metavar=("A", "B"), help="the FID between A and B (.npz or folders)")
+    a("--apply", nargs="+", metavar="ARG", help="CONFIG REF EVAL [EVAL ...]: score each EVAL folder against "
+      "REF with CONFIG, a results folder[#rank], its JSON or a spec string")
+    a("--out", metavar="FILE.csv", help="with --apply: write the scores to this CSV too")
     a("--cache-info", action="store_true", help="list cache entries with sizes and keys")
-    a("--preview-degradations", action="store_true",
-      help="write a PNG collage of a few images at every level of every degradation")
+    a("--preview-degradations", action="store_true", help="a PNG of every level of every degradation")
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
-    a("--apply", nargs="+", metavar="ARG", help="CONFIG REF EVAL [EVAL ...]: score each EVAL folder "
-      "against REF with CONFIG, a results folder[#rank], its JSON or a spec string (README: Using "
-      "a configuration as a metric)")
-    a("--out", metavar="FILE.csv", help="with --apply: also write the scores to this CSV")
     a = p.add_argument_group("model and layers").add_argument
     a("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONE_NAMES)}, all, timm:NAME, torchvision:"
       f"NAME or hf:MODEL_ID (hub id or save_pretrained folder) (default: {d['backbone']})")
-    a("--layers", nargs="+", metavar="L",
-      help="layer indices (see --list-layers) or module paths; required with --build-cache")
-    a("--weights", metavar="{auto,pretrained,random,PATH}", help="auto: pretrained if found, else "
-      "random-init with a warning; pretrained: fail if absent; random: seeded random init; PATH: "
-      f"a local checkpoint (default: {d['weights']})")
+    a("--layers", nargs="+", metavar="L", help="layer indices (--list-layers) or module paths")
+    a("--weights", metavar="{auto,pretrained,random,PATH}", help="auto: pretrained if found, else random-init "
+      f"with a warning; random: seeded; PATH: a local checkpoint (default: {d['weights']})")
     a("--image-size", type=int, metavar="PX", help="override the backbone's input size, e.g. 112 on a CPU")
     a = p.add_argument_group("data").add_argument
-    a("--dataset", metavar="{builtin,FOLDER}", help="'builtin' (no download) or a folder searched "
-      "recursively for jpg/png/webp/bmp/tiff (default: builtin)")
-    a("--mos", metavar="FILE", help="a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names"
-      ".txt, or a CSV image,reference,mos[,type,level]): rank by agreement with its opinion scores")
-    a("--rank-by", choices=("monotonicity", "mos"), help="monotonicity against severity, or the "
-      "set-level SRCC with the MOS (default: mos with --mos)")
+    a("--dataset", metavar="{builtin,FOLDER}", help="'builtin' (no download) or a folder of images")
+    a("--mos", metavar="FILE", help="a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names.txt "
+      "or a CSV image,reference,mos[,type,level]): rank by agreement with its opinion scores")
+    a("--rank-by", choices=("monotonicity", "mos"), help="default: mos with --mos, else monotonicity")
     a("--n-inference", type=int, metavar="N", help="reference images (default: the mode's)")
     a("--n-evaluation", type=int, metavar="N", help="evaluation images, disjoint from the reference")
-    a("--degradations", metavar="SETS", help="comma-separated sets: seed (config['degradations']), "
-      f"kadid10k (25 types x 5 levels), fid (the FID paper's) (default: {','.join(d['degradation_sets'])})")
+    a("--degradations", metavar="SETS", help="comma-separated: seed (config['degradations']), kadid10k, "
+      f"fid (default: {','.join(d['degradation_sets'])})")
     a("--seed", type=int, help=f"seed of every random choice (default: {d['seed']})")
     a = p.add_argument_group("execution (README: Scaling out)").add_argument
     a("--device", choices=run_plan.DEVICES, help="default: auto (cuda, mps, cpu)")
-    a("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (files I, I+N, "
-      "...); SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK")
-    a("--jobs", type=int, metavar="N", help=f"scoring processes (default: {d['jobs']}); 1 = in this process")
-    a("--dask-scheduler", metavar="ADDRESS", help="score on the Dask cluster at ADDRESS (e.g. "
-      "tcp://host:8786) through joblib's dask backend; its workers must see --cache-dir")
+    a("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (SLURM: "
+      "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK)")
+    a("--jobs", type=int, metavar="N", help=f"scoring processes (default: {d['jobs']}; 1 = in this one)")
+    a("--dask-scheduler", metavar="ADDRESS", help="score on this Dask cluster (tcp://host:8786)")
     a("--batch-size", type=int, help=f"default: {d['batch_size']}")
     a("--cache-dir", help=f"default: {d['cache_dir']}")
     a("--results-dir", help=f"default: {d['results_dir']}")
     a("--n-resamples", type=int, help=f"bootstrap resamples (default: {d['bootstrap']['n_resamples']})")
     a("--bootstrap-all", action="store_true", help="bootstrap every configuration, not only the top-N")
-    a("--no-baselines", action="store_true", help="leave out the full-reference baselines "
-      f"(config['baselines'] = {', '.join(d['baselines'])})")
+    a("--no-baselines", action="store_true", help=f"leave out {', '.join(d['baselines'])}")
     a("-v", "--verbose", action="store_true", help="debug logging")
     a("-q", "--quiet", action="store_true", help="warnings and the summary only")
     return p
