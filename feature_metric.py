@@ -36,7 +36,7 @@ from evaluation import BASELINE, SCORED, Configuration, pair_allowed, score_grou
 from feature_cache import CLEAN, Unit, reference_units
 from feature_spaces import AGGREGATIONS, VIT_POOLS, FeatureAssembler, Transform, TransformError
 from layer_registry import LayerConfig
-from run_plan import check_writable, layers_of, spec_of, validate_config
+from run_plan import check_output_file, layers_of, spec_of, validate_config
 
 log = logging.getLogger("iqm")
 
@@ -246,19 +246,6 @@ def configuration_from(source: str, rank: int | None = None, label: str | None =
 
 # ---------------------------------------------------------------------- scoring folders
 
-def check_out(path: str | None) -> None:
-    """`--out` is a CSV path whose folder exists and can be written, checked before any work."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise UsageError(f"--out {path!r} is a folder; give a file path such as scores.csv")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {path!r}: the folder {parent!r} does not exist; create it or give "
-                         "another path")
-    check_writable(parent, "--out folder")
-
-
 def _records(folder: str, what: str) -> list:
     records = folder_records(folder)
     if len(records) < 2:
@@ -333,7 +320,8 @@ def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = T
     if len(args) < 3:
         raise UsageError(f"--apply needs CONFIG REF EVAL [EVAL ...]; got {len(args)} argument(s) "
                          "(README: Using a configuration as a metric)")
-    check_out(out)
+    if out is not None:
+        check_output_file(out, "--out", ".csv")
     applied = configuration_from(args[0])
     cfg = {**cfg, **{k: v for k, v in applied.settings.items() if k not in given}}
     validate_config(cfg)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import UsageError
-from run_plan import backbones_of, check_module_paths, check_writable, layers_of, spec_of
+from run_plan import backbones_of, check_module_paths, check_output_file, layers_of, spec_of
 
 log = logging.getLogger("iqm")
 
@@ -97,15 +97,7 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
 def save_stats(cfg, folder: str, out: str, backbone: str = DEFAULT_BACKBONE, layer=None,
                progress: bool = True) -> Statistics:
     """Write pytorch-fid's `.npz` (mu, sigma) of `folder` to `out`."""
-    if not out.endswith(".npz"):
-        raise UsageError(f"--save-stats output {out!r} must end in .npz (numpy adds it otherwise)")
-    if os.path.isdir(out):
-        raise UsageError(f"--save-stats output {out!r} is a folder; give a file path ending in .npz")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--save-stats output {out!r}: the folder {parent!r} does not exist; create "
-                         "it or give another path")
-    check_writable(parent, "--save-stats output folder")
+    check_output_file(out, "--save-stats output", ".npz")    # numpy would add .npz otherwise
     stats = folder_statistics(cfg, folder, backbone, layer, progress)
     tmp = out[:-4] + ".tmp.npz"
     np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma)

@@ -291,6 +291,20 @@ def check_writable(path: str, flag: str) -> None:
                          "you can write to")
 
 
+def check_output_file(path: str, flag: str, suffix: str) -> None:
+    """An output file path (`flag` names it) that ends in `suffix`, is not a folder, and whose
+    folder exists and can be written: checked before any work, so no work is lost to it."""
+    if not path.endswith(suffix):
+        raise UsageError(f"{flag} {path!r} must end in {suffix}")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder; give a file path ending in {suffix}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path!r}: the folder {parent!r} does not exist; create it or give "
+                         "another path")
+    check_writable(parent, f"{flag} folder")
+
+
 def check_module_paths(backbone: str, layers, image_size, module=None) -> None:
     """Unknown module paths fail now, with close matches, before any extraction. `module` is
     the built backbone when the caller has it (else a random-init one is built)."""
