@@ -41,7 +41,7 @@ from run_plan import check_output_file, layers_of, spec_of, validate_config
 log = logging.getLogger("iqm")
 
 # The settings a configuration's numbers depend on, taken from the run that ranked it.
-REPRODUCED = ("working_size", "image_size", "seed", "weights", "cache_dtype",
+REPRODUCED = ("working_size", "image_size", "seed", "weights", "cache_dtype", "batch_size",
               "extraction_precision", "kid", "cmmd", "max_representation_bytes", "gram_precision")
 SPEC_FORM = "BACKBONE:LAYERS/AGGREGATE/TRANSFORM/[MODEL/]METRIC"
 TRANSFORM_FLAGS = {"whiten": "whiten", "standardize": "standardize", "l2": "l2_normalize"}
@@ -314,18 +314,64 @@ def write_scores(path: str, scores: list, applied: Applied, weights: str) -> Non
     os.replace(tmp, path)
 
 
-def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = True) -> list[str]:
-    """`--apply CONFIG REF EVAL [EVAL ...] [--out FILE.csv]`: the lines main.py prints. The
-    settings of a results row replace cfg's, but for those in `given` (set by a flag)."""
-    if len(args) < 3:
-        raise UsageError(f"--apply needs CONFIG REF EVAL [EVAL ...]; got {len(args)} argument(s) "
-                         "(README: Using a configuration as a metric)")
+def load_generator(spec: str):
+    """`module:function` (importable from the current folder or PYTHONPATH) -> the function."""
+    import importlib
+    import sys
+    name, sep, attr = spec.partition(":")
+    if not sep or not name or not attr:
+        raise UsageError(f"--generator {spec!r} must be MODULE:FUNCTION, e.g. my_gan:sample")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--generator {spec!r}: {exc}; give MODULE:FUNCTION importable from here") from None
+    if not callable(fn):
+        raise UsageError(f"--generator {spec!r} is not a function")
+    return fn
+
+
+def generated_score(cfg: dict, applied: Applied, ref: str, generator: str, n: int) -> AppliedScore:
+    """The score of `n` images from `generator(batch_size)` (a function returning a batch of
+    (B, 3, H, W) images, uint8 or float in [0, 1], as clean-fid's `gen=`) against REF, through
+    FeatureMetric: nothing is written to disk."""
+    import torch
+    if n is None or n < 2:
+        raise UsageError(f"--generator needs --n N (at least 2 images); got {n}")
+    fn = load_generator(generator)
+    m = FeatureMetric(Applied(applied.conf, cfg, applied.source), reference=ref)
+    got = 0
+    while got < n:
+        batch = torch.as_tensor(fn(min(cfg["batch_size"], n - got)))[: n - got]
+        if batch.ndim != 4 or len(batch) == 0:
+            raise UsageError(f"--generator {generator!r} returned {tuple(batch.shape)}; it must return "
+                             "a batch of (B, 3, H, W) images")
+        m.update(batch)
+        got += len(batch)
+    return AppliedScore(f"{generator} ({n} images)", n, applied.conf.metric, m.compute(), None, 0,
+                        cfg["bootstrap"]["confidence"])
+
+
+def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = True,
+            generator: str | None = None, n: int | None = None) -> list[str]:
+    """`--apply CONFIG REF EVAL [EVAL ...] [--out FILE.csv]`, or `--apply CONFIG REF --generator
+    MODULE:FUNCTION --n N`: the lines main.py prints. The settings of a results row replace
+    cfg's, but for those in `given` (set by a flag)."""
+    if len(args) < (2 if generator else 3):
+        raise UsageError(f"--apply needs CONFIG REF EVAL [EVAL ...] (or CONFIG REF with --generator); "
+                         f"got {len(args)} argument(s) (README: Using a configuration as a metric)")
     if out is not None:
         check_output_file(out, "--out", ".csv")
     applied = configuration_from(args[0])
     cfg = {**cfg, **{k: v for k, v in applied.settings.items() if k not in given}}
     validate_config(cfg)
-    scores, prov = apply(cfg, applied.conf, args[1], args[2:], progress)
+    if generator:
+        from backbones import resolve_weights
+        scores = [generated_score(cfg, applied, args[1], generator, n)]
+        prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
+    else:
+        scores, prov = apply(cfg, applied.conf, args[1], args[2:], progress)
     lines = [f"configuration {spec_string(applied.conf)} ({applied.source}); weights {prov.label}"]
     for s in scores:
         ci = f"  [{s.confidence:.0%} CI {s.ci[0]:.6g}, {s.ci[1]:.6g}]" if s.ci else ""
@@ -334,3 +380,256 @@ def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = T
         write_scores(out, scores, applied, prov.label)
         lines.append(f"wrote {out}")
     return lines
+
+
+# ---------------------------------------------------------------------- in a training loop
+
+class FeatureMetric:
+    """A configuration as a metric inside a training loop, in the style of torchmetrics:
+
+        m = FeatureMetric("results/medium_20261201_120000#1", reference="real_images/")
+        for batch in loader:
+            m.update(batch)            # (B, 3, H, W) uint8, or float in [0, 1]
+        score = m.compute()
+        m.reset()
+
+    `config` is what --apply takes (a results folder[#rank], its JSON, a spec string) or an
+    Applied. `reference` is a folder (read at the working size, as --apply reads it) or a
+    (N, 3, H, W) tensor; `reference_features` gives the reference rows directly. The backbone
+    runs on the images' device in batches of config['batch_size'] taken from the stream of
+    images, whatever sizes update() receives (CPU convolutions round differently in other
+    batch compositions; so the extraction's batches are reproduced); its layer outputs are rounded to
+    the cache's storage dtype and pooled (GAP) or turned into Gram rows by the sweep's own
+    functions, so the score equals --apply's on the same images. Only the rows are kept, or, for
+    FID on a space without post-processing, the running mean and scatter matrix (O(d^2) for any
+    number of images). The cache is never written. Under torch.distributed, compute() gathers
+    every rank's rows (or merges their sums) in rank order: each rank gets the score of all the
+    images. `settings` overrides the run's settings (run_plan.default_config keys)."""
+
+    def __init__(self, config, reference=None, *, reference_features=None,
+                 settings: dict | None = None):
+        from backbones import build_backbone
+        from run_plan import default_config
+        self.applied = config if isinstance(config, Applied) else configuration_from(config)
+        self.conf = self.applied.conf
+        self.cfg = {**default_config(), **self.applied.settings, **(settings or {})}
+        validate_config(self.cfg)
+        self.spec = spec_of(self.conf.backbone)
+        self.backbone = build_backbone(self.conf.backbone, self.cfg["weights"], self.cfg["seed"],
+                                       self.cfg["image_size"], allow_download=False)
+        self.batch_size = self.cfg["batch_size"]
+        t, metric = self.conf.transform, self.conf.metric
+        self.running = metric == "fid" and not (t.use_gram or t.use_pca or t.standardize or t.l2_normalize)
+        if reference_features is not None:
+            self.reference = dm.check_features(reference_features, "reference_features")
+        elif reference is not None:
+            self.reference = self._reference_rows(reference)
+        else:
+            raise UsageError("FeatureMetric needs a reference: a folder, a tensor of images, or "
+                             "reference_features")
+        self.reset()
+
+    # -- state
+    def reset(self) -> None:
+        """Forget every image given to update()."""
+        self._rows, self._n, self._mean, self._scatter, self._pending = [], 0, None, None, []
+
+    def state_bytes(self) -> int:
+        """Bytes held for the images given so far (rows, or mean and scatter)."""
+        pending = sum(x.nelement() * x.element_size() for x in self._pending)
+        rows = sum(r.nbytes for r in self._rows)
+        if self.running and self._mean is not None:
+            return pending + rows + self._mean.nbytes + self._scatter.nbytes
+        return pending + rows
+
+    def update(self, images=None, *, features=None) -> None:
+        """Add a batch: (B, 3, H, W) images (uint8, or float in [0, 1]), or feature rows (B, d)."""
+        if features is not None:
+            self._add(dm.check_features(features, "features", 1))
+            return
+        import torch
+        x = torch.as_tensor(images)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise UsageError(f"FeatureMetric.update takes (B, 3, H, W) images; got shape {tuple(x.shape)}")
+        self._pending.extend(x.float().div(255.0) if x.dtype == torch.uint8 else x.float())
+        while len(self._pending) >= self.batch_size:
+            self._flush(self.batch_size)
+
+    def _flush(self, n: int) -> None:
+        import torch
+        batch, self._pending = torch.stack(self._pending[:n]), self._pending[n:]
+        self._add(self.features(batch))
+
+    def _add(self, rows: np.ndarray) -> None:
+        self._rows.append(rows)
+        # FID: rows are merged into the mean and scatter once as many as their dimension wait
+        # (so the state stays under twice d + d^2 numbers, and merging costs O(d^2) per d rows)
+        if self.running and sum(len(r) for r in self._rows) >= rows.shape[1]:
+            self._merge_rows()
+
+    def _merge_rows(self) -> None:
+        if self._rows:
+            rows, self._rows = np.concatenate(self._rows), []
+            self._n, self._mean, self._scatter = _merge(self._n, self._mean, self._scatter,
+                                                        *_moments(rows))
+
+    def compute(self) -> float:
+        """The score of every image given so far (on every rank) against the reference."""
+        if self._pending:
+            self._flush(len(self._pending))
+        if self.running:
+            self._merge_rows()
+            n, mean, scatter = _gather_moments(self._n, self._mean, self._scatter)
+            if n < 2:
+                raise UsageError(f"FeatureMetric.compute needs at least two images; got {n}")
+            mu_r, sigma_r = dm.gaussian_stats(self.reference)
+            return float(dm.frechet_distance(mu_r, sigma_r, mean, scatter / (n - 1)))
+        rows = _gather_rows(np.concatenate(self._rows) if self._rows else np.empty((0, 0)))
+        if len(rows) < 1:
+            raise UsageError("FeatureMetric.compute: no images were given to update()")
+        from feature_spaces import CLEAN_KEY, FeatureSpace, postprocess
+        evals = {APPLY_KEY: rows}
+        if dm.METRICS[self.conf.metric]["paired"]:
+            if len(rows) != len(self.reference):
+                raise UsageError(f"{self.conf.metric} pairs image i with reference image i: "
+                                 f"{len(rows)} images for {len(self.reference)} references")
+            evals[CLEAN_KEY] = self.reference
+        space = FeatureSpace.rows(self.reference, evals)
+        (r,) = score_group([self.conf], lambda: postprocess(space, self.conf.transform), {},
+                           self.cfg, self.cfg["seed"])
+        if r.status != SCORED:
+            raise RuntimeFailure(f"{self.conf.label} cannot score these images: {r.reason}")
+        return float(r.scorer.score_prepared(r.prepared[APPLY_KEY]))
+
+    # -- features
+    def features(self, images) -> np.ndarray:
+        """The configuration's rows (n, d) of (B, 3, H, W) images (uint8, or float in [0, 1]),
+        before post-processing, computed in batches of `batch_size` as given."""
+        import torch
+        from feature_extraction import capture_layers, resize, run_captured
+        import gram_engine as ge
+        import representations as rp
+        from feature_extraction import cpu_threads
+        x = torch.as_tensor(images)
+        # a contiguous NCHW batch, as the extraction's DataLoader collates one: convolutions on
+        # a channels-last view round differently
+        x = (x.float().div(255.0) if x.dtype == torch.uint8 else x.float()).contiguous()
+        module = self.backbone.module.to(x.device)
+        threads = torch.get_num_threads()
+        if x.device.type == "cpu":      # the extraction's thread count: CPU sums depend on it
+            torch.set_num_threads(cpu_threads(self.cfg["extraction_threads"]))
+        size = self.backbone.input_size
+        mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1)
+        store_dtype = getattr(np, self.cfg["cache_dtype"])
+        lc, t = self.conf.layer_config, self.conf.transform
+        per_path = {p: [] for p in lc.paths}
+        try:
+            with capture_layers(module, lc.paths) as store, torch.inference_mode():
+                for chunk in x.split(self.batch_size):
+                    xin = ((resize(chunk, size, self.spec.interpolation, self.spec.antialias) - mean)
+                           / std).contiguous()
+                    for p, act in run_captured(self.backbone.forward, xin, store).items():
+                        if p in per_path:
+                            per_path[p].append(act.float().cpu().numpy().astype(store_dtype))
+        finally:
+            torch.set_num_threads(threads)
+        parts = []
+        for p in lc.paths:
+            act = np.ascontiguousarray(np.concatenate(per_path[p]))
+            if t.use_gram:
+                parts.append(ge.gram_rows(act, self.cfg["gram_precision"], "cpu"))
+            else:
+                prefix = rp.prefix_tokens(act.shape[1:], size, self.spec.patch)
+                parts.append(rp.gap(act, t.vit_pool, prefix))
+        return rp.aggregate(parts, lc.aggregate)
+
+    def _reference_rows(self, reference) -> np.ndarray:
+        if isinstance(reference, (str, os.PathLike)):
+            from dataset import load_rgb
+            from feature_cache import CHUNK_SIZE
+            import torch
+            records = _records(str(reference), "reference")
+            out = []
+            for c in range(0, len(records), CHUNK_SIZE):      # the cache's chunks, then batches
+                chunk = records[c:c + CHUNK_SIZE]
+                images = np.stack([load_rgb(r.source, self.cfg["working_size"]) for r in chunk])
+                out.append(self.features(torch.from_numpy(images).permute(0, 3, 1, 2)))
+            return np.concatenate(out)
+        return self.features(reference)
+
+
+def _moments(rows: np.ndarray):
+    """(n, mean, scatter) of rows: scatter = sum of (x - mean)(x - mean)^T."""
+    mean = rows.mean(axis=0)
+    c = rows - mean
+    return len(rows), mean, c.T @ c
+
+
+def _merge(n_a, mean_a, scatter_a, n_b, mean_b, scatter_b):
+    """Chan et al.'s pairwise update: the moments of two sets joined (exact, one pass)."""
+    if n_a == 0:
+        return n_b, mean_b, scatter_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), scatter_a + scatter_b + np.outer(delta, delta) * (n_a * n_b / n)
+
+
+def _distributed():
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def _comm_device(dist):
+    import torch
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
+def _gather_rows(rows: np.ndarray) -> np.ndarray:
+    """Every rank's rows, in rank order (this rank's alone outside torch.distributed)."""
+    dist = _distributed()
+    if dist is None:
+        return rows
+    import torch
+    dev = _comm_device(dist)
+    world = dist.get_world_size()
+    shape = torch.tensor([rows.shape[0], rows.shape[1] if rows.ndim == 2 else 0], device=dev)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    n_max, d = max(int(s[0]) for s in shapes), max(int(s[1]) for s in shapes)
+    padded = torch.zeros((n_max, d), dtype=torch.float64, device=dev)
+    if len(rows):
+        padded[:len(rows)] = torch.as_tensor(rows, dtype=torch.float64, device=dev)
+    out = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return np.concatenate([o[:int(s[0])].cpu().numpy() for o, s in zip(out, shapes)])
+
+
+def _gather_moments(n, mean, scatter):
+    """Every rank's (n, mean, scatter) merged in rank order."""
+    dist = _distributed()
+    if dist is None:
+        return n, mean, scatter
+    import torch
+    dev = _comm_device(dist)
+    world = dist.get_world_size()
+    d = torch.tensor([0 if mean is None else mean.size], device=dev)
+    ds = [torch.zeros_like(d) for _ in range(world)]
+    dist.all_gather(ds, d)
+    dim = max(int(x) for x in ds)
+    flat = torch.zeros(1 + dim + dim * dim, dtype=torch.float64, device=dev)
+    if n:
+        flat[0] = n
+        flat[1:1 + dim] = torch.as_tensor(mean, dtype=torch.float64, device=dev)
+        flat[1 + dim:] = torch.as_tensor(scatter, dtype=torch.float64, device=dev).reshape(-1)
+    out = [torch.zeros_like(flat) for _ in range(world)]
+    dist.all_gather(out, flat)
+    total = (0, None, None)
+    for o in out:
+        o = o.cpu().numpy()
+        if o[0]:
+            total = _merge(*total, int(o[0]), o[1:1 + dim], o[1 + dim:].reshape(dim, dim))
+    return total

@@ -47,6 +47,9 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--apply", nargs="+", metavar="ARG", help="CONFIG REF EVAL [EVAL ...]: score each EVAL folder against "
       "REF with CONFIG, a results folder[#rank], its JSON or a spec string")
     a("--out", metavar="FILE.csv", help="with --apply: write the scores to this CSV too")
+    a("--generator", metavar="MODULE:FUNCTION", help="with --apply CONFIG REF: score --n images of "
+      "FUNCTION(batch_size), a batch of (B, 3, H, W) images, written nowhere")
+    a("--n", type=int, metavar="N", help="with --generator: how many images")
     a("--cache-info", action="store_true", help="list cache entries with sizes and keys")
     a("--preview-degradations", action="store_true", help="a PNG of every level of every degradation")
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
@@ -120,7 +123,8 @@ def run(args, user) -> int:
     elif args.apply:
         import feature_metric
         given = {key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
-        print("\n".join(feature_metric.command(cfg, args.apply, args.out, given, progress)))
+        print("\n".join(feature_metric.command(cfg, args.apply, args.out, given, progress,
+                                                args.generator, args.n)))
     elif args.build_cache:
         shard = Shard.parse(args.shard) if args.shard is not None else None
         for b in pipeline.build_caches(cfg, args.layers, shard, progress=progress):

@@ -175,3 +175,143 @@ def test_the_interval_is_a_bootstrap_over_the_eval_images():
     idx = rng.integers(0, 12, 12)
     import distance_metrics as dm
     assert scorer.score_prepared(state, idx) == pytest.approx(dm.fid(ref, e[idx]), rel=1e-9)
+
+
+def _images(folder):
+    import torch
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _apply_score(tmp, user, config, ref, ev_folder, name):
+    out = tmp / f"{name}.csv"
+    assert main.main(tiny_args(tmp, "--apply", config, str(ref), str(ev_folder), "--out", str(out),
+                               "--n-resamples", "0"), user=user) == 0
+    return float(next(csv.DictReader(open(out)))["score"])
+
+
+def test_feature_metric_in_batches_of_1_7_and_64_equals_apply(sweep):
+    """FID (running mean and scatter), KID on Gram rows, a GMM on Gram-PCA rows and a paired
+    metric: FeatureMetric fed the degraded images as tensors gives --apply's score."""
+    tmp, user, results, _, folders = sweep
+    resdir = glob.glob(str(tmp / "results" / "*"))[0]
+    rows = results["results"]
+    wanted = [next(r for r in rows if r["metric"] == "fid" and r["transform"] == "raw"),
+              next(r for r in rows if r["metric"] == "kid" and r["transform"] == "gram_only"),
+              next(r for r in rows if r["distribution"] and r["transform"] == "gram_pca" and r["status"] == "scored"),
+              next(r for r in rows if r["metric"] == "paired_cosine")]
+    images = _images(folders["degraded"])
+    for r in wanted:
+        config = f"{resdir}#{r['rank']}"
+        ref = folders["clean"] if r["metric"].startswith("paired") else folders["ref"]
+        want = _apply_score(tmp, user, config, ref, folders["degraded"], f"fm{r['rank']}")
+        m = fm.FeatureMetric(config, reference=str(ref))
+        assert m.running == (r["metric"] == "fid")
+        for batch in (1, 7, 64):
+            m.reset()
+            for s in range(0, len(images), batch):
+                m.update(images[s:s + batch])
+            assert m.compute() == pytest.approx(want, rel=1e-6, abs=1e-9), (r["label"], batch)
+        m.reset()
+        m.update(images.float() / 255.0)          # float input in [0, 1]
+        assert m.compute() == pytest.approx(want, rel=1e-6, abs=1e-9), r["label"]
+
+
+def test_feature_metric_for_fid_holds_d_squared_state_not_the_rows():
+    """5,000 updates of random 2048-d features: the state is the mean and the scatter matrix
+    (d + d^2 float64) and fewer than d waiting rows, the same after 2,500 updates as after
+    5,000, and the FID equals the FID of all the rows at once."""
+    import distance_metrics as dm
+    rng = np.random.default_rng(0)
+    d = 2048
+    ref = rng.normal(size=(300, d))
+    m = fm.FeatureMetric("resnet50:8/concat/gap/fid", reference_features=ref,
+                         settings={"weights": "random", "image_size": 32})
+    rows = rng.normal(0.1, 1.0, size=(5000, d))
+    sizes = []
+    for i in range(5000):
+        m.update(features=rows[i:i + 1])
+        if i + 1 in (2500, 5000):
+            sizes.append(m.state_bytes())
+    assert all((d + d * d) * 8 <= b < (d + 2 * d * d) * 8 for b in sizes), sizes   # not 5000 x d
+    assert m.compute() == pytest.approx(dm.fid(ref, rows), rel=1e-6)
+
+
+TORCHRUN_SCRIPT = '''
+import os, sys
+import numpy as np
+import torch.distributed as dist
+sys.path.insert(0, {root!r})
+import feature_metric as fm
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+rng = np.random.default_rng(0)
+ref, rows = rng.normal(size=(40, 64)), rng.normal(0.2, 1.0, size=(30, 64))
+out = []
+for spec in ("resnet50:8/concat/gap/fid", "resnet50:8/concat/gap/kid",
+             "resnet50:8/concat/gap,pca=8/gaussian/mahalanobis"):
+    m = fm.FeatureMetric(spec, reference_features=ref, settings={{"weights": "random", "image_size": 32}})
+    half = np.array_split(rows, world)[rank]
+    for s in range(0, len(half), 4):
+        m.update(features=half[s:s + 4])
+    out.append(m.compute())
+if rank == 0:
+    np.save({out!r}, np.array(out))
+dist.destroy_process_group()
+'''
+
+
+def test_feature_metric_under_torchrun_equals_one_process(tmp_path):
+    """Two gloo ranks on the CPU, each with half of the images' rows: compute() on rank 0 gives
+    the single-process score (FID merged from moments; KID and a PCA-Gaussian from rows)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "ranks.py"
+    script.write_text(TORCHRUN_SCRIPT.format(root=root, out=str(tmp_path / "out.npy")))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(script)],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.load(tmp_path / "out.npy")
+    rng = np.random.default_rng(0)
+    ref, rows = rng.normal(size=(40, 64)), rng.normal(0.2, 1.0, size=(30, 64))
+    for value, spec in zip(got, ("resnet50:8/concat/gap/fid", "resnet50:8/concat/gap/kid",
+                                 "resnet50:8/concat/gap,pca=8/gaussian/mahalanobis")):
+        m = fm.FeatureMetric(spec, reference_features=ref, settings={"weights": "random", "image_size": 32})
+        m.update(features=rows)
+        assert value == pytest.approx(m.compute(), rel=1e-6), spec
+
+
+GENERATOR = '''
+import numpy as np
+from PIL import Image
+import glob
+FILES = sorted(glob.glob({folder!r} + "/*.png"))
+_next = [0]
+
+
+def sample(batch_size):
+    """The folder's images, in order, batch after batch (a stand-in for a generator)."""
+    files = FILES[_next[0]:_next[0] + batch_size]
+    _next[0] += len(files)
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]).transpose(0, 3, 1, 2)
+'''
+
+
+def test_generator_gives_the_folders_score(sweep, capsys, monkeypatch):
+    tmp, user, results, _, folders = sweep
+    resdir = glob.glob(str(tmp / "results" / "*"))[0]
+    (tmp / "gen_mod").mkdir(exist_ok=True)
+    (tmp / "gen_mod" / "my_gan.py").write_text(GENERATOR.format(folder=str(folders["degraded"])))
+    monkeypatch.chdir(tmp / "gen_mod")
+    want = _apply_score(tmp, user, f"{resdir}#1", folders["ref"], folders["degraded"], "gen_folder")
+    capsys.readouterr()
+    assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
+                               "my_gan:sample", "--n", "8"), user=user) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "my_gan:sample" in ln][0]
+    got = float(line.split(" = ")[1].split()[0])
+    assert got == pytest.approx(want, rel=1e-5)          # printed to 6 significant digits
+    assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
+                               "no_such_module:f", "--n", "8"), user=user) == 2
