@@ -254,16 +254,56 @@ def _records(folder: str, what: str) -> list:
     return records
 
 
+def reference_record(cfg: dict, conf: Configuration, prov) -> dict:
+    """What a saved reference was made for: the configuration, the settings and the weights."""
+    return {"configuration": spec_string(conf), "weights": prov.identity(),
+            "settings": {k: cfg[k] for k in REPRODUCED if k != "batch_size"}}
+
+
+def save_reference(cfg: dict, applied: Applied, ref: str, out: str) -> tuple[int, object]:
+    """`--save-reference CONFIG REF OUT.npz`: REF's rows under the configuration (before the
+    transform's post-processing, which is fitted on them when scoring) and the record of what
+    they were made for. Returns (images, Provenance)."""
+    from backbones import resolve_weights
+    check_output_file(out, "--save-reference output", ".npz")
+    prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
+    m = FeatureMetric(Applied(applied.conf, cfg, applied.source), reference=ref, keep_rows=True)
+    tmp = out[:-4] + ".tmp.npz"
+    np.savez_compressed(tmp, rows=m.reference,
+                        record=np.array(json.dumps(reference_record(cfg, applied.conf, prov), sort_keys=True)))
+    os.replace(tmp, out)
+    return len(m.reference), prov
+
+
+def load_reference(path: str, cfg: dict, conf: Configuration, prov) -> np.ndarray:
+    """The rows of a --save-reference file, refused (UsageError) unless its record is this
+    configuration's, with these settings and weights."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            rows, record = f["rows"], json.loads(str(f["record"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{path!r} is not a reference saved by --save-reference ({exc}); save one "
+                         "with python main.py --save-reference CONFIG REF OUT.npz") from None
+    want = json.loads(json.dumps(reference_record(cfg, conf, prov), sort_keys=True))
+    for key in ("configuration", "weights", "settings"):
+        if record.get(key) != want[key]:
+            raise UsageError(f"{path!r} was saved for {key} {record.get(key)!r}, not {want[key]!r}; save "
+                             f"it again: python main.py --save-reference '{want['configuration']}' REF {path}")
+    return dm.check_features(rows, path)
+
+
 def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool = True):
     """([AppliedScore] of each EVAL folder against the REF folder under `conf`, the weights'
     Provenance), with cfg's settings (cache, weights, working size, bootstrap)."""
     from backbones import resolve_weights
     spec = spec_of(conf.backbone)
-    ref_records = _records(ref, "REF")
-    paired = dm.METRICS[conf.metric]["paired"]
     prov = resolve_weights(conf.backbone, cfg["weights"], cfg["seed"])
     if prov.random_init:
         log.warning("%s has RANDOM-INIT weights here: the scores are not the ranked metric's", conf.backbone)
+    if ref.endswith(".npz"):
+        return _apply_saved(cfg, conf, load_reference(ref, cfg, conf, prov), evals), prov
+    ref_records = _records(ref, "REF")
+    paired = dm.METRICS[conf.metric]["paired"]
     out = []
     for folder in evals:
         ev = _records(folder, "EVAL")
@@ -285,6 +325,21 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
             raise RuntimeFailure(f"{conf.label} cannot score {folder!r}: {r.reason}")
         out.append(_with_interval(r, folder, len(ev), cfg))
     return out, prov
+
+
+def _apply_saved(cfg: dict, conf: Configuration, rows: np.ndarray, evals: list) -> list:
+    """--apply with a saved reference: each EVAL folder through FeatureMetric (no cache)."""
+    import torch
+    from dataset import load_rgb
+    out = []
+    for folder in evals:
+        records = _records(folder, "EVAL")
+        m = FeatureMetric(Applied(conf, cfg, ""), reference_features=rows, keep_rows=True)
+        for s in range(0, len(records), cfg["batch_size"]):
+            batch = [load_rgb(r.source, cfg["working_size"]) for r in records[s:s + cfg["batch_size"]]]
+            m.update(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2))
+        out.append(_with_interval(m.result(), folder, len(records), cfg))
+    return out
 
 
 def _with_interval(r, folder: str, n: int, cfg: dict) -> AppliedScore:
@@ -407,7 +462,7 @@ class FeatureMetric:
     images. `settings` overrides the run's settings (run_plan.default_config keys)."""
 
     def __init__(self, config, reference=None, *, reference_features=None,
-                 settings: dict | None = None):
+                 settings: dict | None = None, keep_rows: bool = False):
         from backbones import build_backbone
         from run_plan import default_config
         self.applied = config if isinstance(config, Applied) else configuration_from(config)
@@ -419,7 +474,8 @@ class FeatureMetric:
                                        self.cfg["image_size"], allow_download=False)
         self.batch_size = self.cfg["batch_size"]
         t, metric = self.conf.transform, self.conf.metric
-        self.running = metric == "fid" and not (t.use_gram or t.use_pca or t.standardize or t.l2_normalize)
+        self.running = not keep_rows and metric == "fid" and not (
+            t.use_gram or t.use_pca or t.standardize or t.l2_normalize)
         if reference_features is not None:
             self.reference = dm.check_features(reference_features, "reference_features")
         elif reference is not None:
@@ -484,6 +540,14 @@ class FeatureMetric:
                 raise UsageError(f"FeatureMetric.compute needs at least two images; got {n}")
             mu_r, sigma_r = dm.gaussian_stats(self.reference)
             return float(dm.frechet_distance(mu_r, sigma_r, mean, scatter / (n - 1)))
+        r = self.result()
+        return float(r.scorer.score_prepared(r.prepared[APPLY_KEY]))
+
+    def result(self):
+        """The evaluation.ConfigResult of the rows given so far (not for the running FID): its
+        scorer and prepared state also give resampled scores."""
+        if self._pending:
+            self._flush(len(self._pending))
         rows = _gather_rows(np.concatenate(self._rows) if self._rows else np.empty((0, 0)))
         if len(rows) < 1:
             raise UsageError("FeatureMetric.compute: no images were given to update()")
@@ -499,7 +563,7 @@ class FeatureMetric:
                            self.cfg, self.cfg["seed"])
         if r.status != SCORED:
             raise RuntimeFailure(f"{self.conf.label} cannot score these images: {r.reason}")
-        return float(r.scorer.score_prepared(r.prepared[APPLY_KEY]))
+        return r
 
     # -- features
     def features(self, images) -> np.ndarray:
@@ -633,3 +697,12 @@ def _gather_moments(n, mean, scatter):
         if o[0]:
             total = _merge(*total, int(o[0]), o[1:1 + dim], o[1 + dim:].reshape(dim, dim))
     return total
+
+
+def save_command(cfg: dict, args: list, given=()) -> str:
+    """`--save-reference CONFIG REF OUT.npz`: the line main.py prints."""
+    applied = configuration_from(args[0])
+    cfg = {**cfg, **{k: v for k, v in applied.settings.items() if k not in given}}
+    validate_config(cfg)
+    n, prov = save_reference(cfg, applied, args[1], args[2])
+    return f"wrote {args[2]}: {n} reference rows for {spec_string(applied.conf)} (weights {prov.label})"

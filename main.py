@@ -46,6 +46,8 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--fid-stats", nargs=2, metavar=("A", "B"), help="the FID between A and B (.npz or folders)")
     a("--apply", nargs="+", metavar="ARG", help="CONFIG REF EVAL [EVAL ...]: score each EVAL folder against "
       "REF with CONFIG, a results folder[#rank], its JSON or a spec string")
+    a("--save-reference", nargs=3, metavar=("CONFIG", "REF", "OUT.npz"), help="what CONFIG needs of "
+      "REF, for --apply CONFIG OUT.npz EVAL")
     a("--out", metavar="FILE.csv", help="with --apply: write the scores to this CSV too")
     a("--generator", metavar="MODULE:FUNCTION", help="with --apply CONFIG REF: score --n images of "
       "FUNCTION(batch_size), a batch of (B, 3, H, W) images, written nowhere")
@@ -113,6 +115,7 @@ def run(args, user) -> int:
         print(f"wrote {write_guide()}")
         return 0
     cfg, progress = settings(args, user), not args.quiet
+    given = {key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
     if args.cache_info:
         print("\n".join(report.cache_info_lines(pipeline.cache_entries(cfg), cfg["cache_dir"])))
     elif args.preview_degradations:
@@ -120,9 +123,11 @@ def run(args, user) -> int:
     elif args.save_stats or args.fid_stats:
         import fid_stats
         print(fid_stats.command(cfg, args.save_stats, args.fid_stats, args.backbone, args.layers, progress))
+    elif args.save_reference:
+        import feature_metric
+        print(feature_metric.save_command(cfg, args.save_reference, given))
     elif args.apply:
         import feature_metric
-        given = {key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
         print("\n".join(feature_metric.command(cfg, args.apply, args.out, given, progress,
                                                 args.generator, args.n)))
     elif args.build_cache:

@@ -255,6 +255,12 @@ for spec in ("resnet50:8/concat/gap/fid", "resnet50:8/concat/gap/kid",
     for s in range(0, len(half), 4):
         m.update(features=half[s:s + 4])
     out.append(m.compute())
+images = (rng.random((16, 3, 32, 32)) * 255).astype(np.uint8)      # and images: half on each rank
+for spec in ("resnet50:8/concat/gap/fid", "resnet50:7/concat/gram/kid"):
+    m = fm.FeatureMetric(spec, reference=images[8:] // 2 + 60,
+                         settings={{"weights": "random", "image_size": 32, "batch_size": 8}})
+    m.update(images[:8] if rank == 0 else images[8:])
+    out.append(m.compute())
 if rank == 0:
     np.save({out!r}, np.array(out))
 dist.destroy_process_group()
@@ -262,8 +268,9 @@ dist.destroy_process_group()
 
 
 def test_feature_metric_under_torchrun_equals_one_process(tmp_path):
-    """Two gloo ranks on the CPU, each with half of the images' rows: compute() on rank 0 gives
-    the single-process score (FID merged from moments; KID and a PCA-Gaussian from rows)."""
+    """Two gloo ranks on the CPU, each with half of the images (or of their rows): compute() on
+    rank 0 gives the single-process score (FID merged from moments; KID, Gram KID and a
+    PCA-Gaussian from gathered rows)."""
     import os
     import subprocess
     import sys
@@ -282,6 +289,13 @@ def test_feature_metric_under_torchrun_equals_one_process(tmp_path):
         m = fm.FeatureMetric(spec, reference_features=ref, settings={"weights": "random", "image_size": 32})
         m.update(features=rows)
         assert value == pytest.approx(m.compute(), rel=1e-6), spec
+    images = (rng.random((16, 3, 32, 32)) * 255).astype(np.uint8)
+    for value, spec in zip(got[3:], ("resnet50:8/concat/gap/fid", "resnet50:7/concat/gram/kid")):
+        m = fm.FeatureMetric(spec, reference=images[8:] // 2 + 60,
+                             settings={"weights": "random", "image_size": 32, "batch_size": 8})
+        m.update(images)
+        assert value == pytest.approx(m.compute(), rel=1e-6), spec
+    assert len(got) == 5
 
 
 GENERATOR = '''
@@ -315,3 +329,24 @@ def test_generator_gives_the_folders_score(sweep, capsys, monkeypatch):
     assert got == pytest.approx(want, rel=1e-5)          # printed to 6 significant digits
     assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
                                "no_such_module:f", "--n", "8"), user=user) == 2
+
+
+def test_a_saved_reference_gives_the_folders_score_and_refuses_another_configuration(sweep, capsys):
+    tmp, user, results, _, folders = sweep
+    resdir = glob.glob(str(tmp / "results" / "*"))[0]
+    rows = results["results"]
+    for r in (rows[0], next(x for x in rows if x["transform"] == "gram_pca" and x["distribution"]
+                            and x["status"] == "scored")):
+        config, saved = f"{resdir}#{r['rank']}", tmp / f"ref_{r['rank']}.npz"
+        assert main.main(tiny_args(tmp, "--save-reference", config, str(folders["ref"]), str(saved)),
+                         user=user) == 0
+        want = _apply_score(tmp, user, config, folders["ref"], folders["degraded"], f"f{r['rank']}")
+        got = _apply_score(tmp, user, config, saved, folders["degraded"], f"s{r['rank']}")
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), r["label"]
+    capsys.readouterr()
+    other = "resnet50:8/concat/gap/fid"
+    assert main.main(tiny_args(tmp, "--apply", other, str(saved), str(folders["degraded"])), user=user) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "was saved for configuration" in errors[0]
+    assert main.main(tiny_args(tmp, "--apply", config, str(saved), str(folders["degraded"]),
+                               "--seed", "5"), user=user) == 2        # other settings: refused too
