@@ -16,6 +16,11 @@ sweep scores an evaluation set against its reference set: the images are read at
 size, extracted through the cache (a folder already extracted is a CACHE HIT), and the same
 feature space, model and metric score them. Paired metrics compare each EVAL image with the REF
 image at the same sorted position. The interval is a percentile bootstrap over EVAL's images.
+A REF saved by `save_reference` (--save-reference) holds REF's rows and the record of what they
+were made for; `--generator MODULE:FUNCTION --n N` scores generated images without writing them.
+
+`FeatureMetric` is the same metric in a training loop (update / compute / reset), on the
+images' device, equal to --apply on the same images, and correct under torch.distributed.
 """
 from __future__ import annotations
 
@@ -389,13 +394,20 @@ def load_generator(spec: str):
 
 def generated_score(cfg: dict, applied: Applied, ref: str, generator: str, n: int) -> AppliedScore:
     """The score of `n` images from `generator(batch_size)` (a function returning a batch of
-    (B, 3, H, W) images, uint8 or float in [0, 1], as clean-fid's `gen=`) against REF, through
-    FeatureMetric: nothing is written to disk."""
+    (B, 3, H, W) images, uint8 or float in [0, 1], as clean-fid's `gen=`) against REF (a
+    folder or a saved reference), with its bootstrap interval, through FeatureMetric: nothing is written to disk."""
     import torch
     if n is None or n < 2:
         raise UsageError(f"--generator needs --n N (at least 2 images); got {n}")
     fn = load_generator(generator)
-    m = FeatureMetric(Applied(applied.conf, cfg, applied.source), reference=ref)
+    given = Applied(applied.conf, cfg, applied.source)
+    if ref.endswith(".npz"):
+        from backbones import resolve_weights
+        prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
+        m = FeatureMetric(given, reference_features=load_reference(ref, cfg, applied.conf, prov),
+                          keep_rows=True)
+    else:
+        m = FeatureMetric(given, reference=ref, keep_rows=True)
     got = 0
     while got < n:
         batch = torch.as_tensor(fn(min(cfg["batch_size"], n - got)))[: n - got]
@@ -404,8 +416,7 @@ def generated_score(cfg: dict, applied: Applied, ref: str, generator: str, n: in
                              "a batch of (B, 3, H, W) images")
         m.update(batch)
         got += len(batch)
-    return AppliedScore(f"{generator} ({n} images)", n, applied.conf.metric, m.compute(), None, 0,
-                        cfg["bootstrap"]["confidence"])
+    return _with_interval(m.result(), f"{generator} ({n} images)", n, cfg)
 
 
 def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = True,

@@ -327,6 +327,16 @@ def test_generator_gives_the_folders_score(sweep, capsys, monkeypatch):
     line = [ln for ln in capsys.readouterr().out.splitlines() if "my_gan:sample" in ln][0]
     got = float(line.split(" = ")[1].split()[0])
     assert got == pytest.approx(want, rel=1e-5)          # printed to 6 significant digits
+    saved = tmp / "gen_ref.npz"                          # and from a saved reference
+    assert main.main(tiny_args(tmp, "--save-reference", f"{resdir}#1", str(folders["ref"]), str(saved)),
+                     user=user) == 0
+    capsys.readouterr()
+    import sys
+    sys.modules.pop("my_gan")                            # the stand-in generator starts again
+    assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(saved), "--generator",
+                               "my_gan:sample", "--n", "8"), user=user) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "my_gan:sample" in ln][0]
+    assert float(line.split(" = ")[1].split()[0]) == pytest.approx(want, rel=1e-5)
     assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
                                "no_such_module:f", "--n", "8"), user=user) == 2
 
