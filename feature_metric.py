@@ -301,13 +301,18 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
     """([AppliedScore] of each EVAL folder against the REF folder under `conf`, the weights'
     Provenance), with cfg's settings (cache, weights, working size, bootstrap)."""
     from backbones import resolve_weights
+    from dataset import DatasetError
     spec = spec_of(conf.backbone)
+    saved = ref.endswith(".npz")
+    ref_records = None if saved else _records(ref, "REF")      # bad folders fail before any work
+    for folder in evals:
+        if not os.path.isdir(folder):
+            raise DatasetError(f"EVAL {folder!r} is not a folder; pass folders of images")
     prov = resolve_weights(conf.backbone, cfg["weights"], cfg["seed"])
     if prov.random_init:
         log.warning("%s has RANDOM-INIT weights here: the scores are not the ranked metric's", conf.backbone)
-    if ref.endswith(".npz"):
+    if saved:
         return _apply_saved(cfg, conf, load_reference(ref, cfg, conf, prov), evals), prov
-    ref_records = _records(ref, "REF")
     paired = dm.METRICS[conf.metric]["paired"]
     out = []
     for folder in evals:
