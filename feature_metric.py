@@ -339,17 +339,23 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
 
 def _apply_saved(cfg: dict, conf: Configuration, rows: np.ndarray, evals: list) -> list:
     """--apply with a saved reference: each EVAL folder through FeatureMetric (no cache)."""
-    import torch
-    from dataset import load_rgb
     out = []
     for folder in evals:
         records = _records(folder, "EVAL")
         m = FeatureMetric(Applied(conf, cfg, ""), reference_features=rows, keep_rows=True)
-        for s in range(0, len(records), cfg["batch_size"]):
-            batch = [load_rgb(r.source, cfg["working_size"]) for r in records[s:s + cfg["batch_size"]]]
-            m.update(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2))
+        for batch in _image_batches(records, cfg["working_size"], cfg["batch_size"]):
+            m.update(batch)
         out.append(_with_interval(m.result(), folder, len(records), cfg))
     return out
+
+
+def _image_batches(records, working_size: int, size: int):
+    """(B, 3, S, S) uint8 tensors of `records` read at the working size, `size` at a time."""
+    import torch
+    from dataset import load_rgb
+    for s in range(0, len(records), size):
+        images = np.stack([load_rgb(r.source, working_size) for r in records[s:s + size]])
+        yield torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
 def _with_interval(r, folder: str, n: int, cfg: dict) -> AppliedScore:
@@ -434,9 +440,7 @@ def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = T
                          f"got {len(args)} argument(s) (README: Using a configuration as a metric)")
     if out is not None:
         check_output_file(out, "--out", ".csv")
-    applied = configuration_from(args[0])
-    cfg = {**cfg, **{k: v for k, v in applied.settings.items() if k not in given}}
-    validate_config(cfg)
+    applied, cfg = _with_settings(args[0], cfg, given)
     if generator:
         from backbones import resolve_weights
         scores = [generated_score(cfg, applied, args[1], generator, n)]
@@ -626,16 +630,11 @@ class FeatureMetric:
 
     def _reference_rows(self, reference) -> np.ndarray:
         if isinstance(reference, (str, os.PathLike)):
-            from dataset import load_rgb
             from feature_cache import CHUNK_SIZE
-            import torch
             records = _records(str(reference), "reference")
-            out = []
-            for c in range(0, len(records), CHUNK_SIZE):      # the cache's chunks, then batches
-                chunk = records[c:c + CHUNK_SIZE]
-                images = np.stack([load_rgb(r.source, self.cfg["working_size"]) for r in chunk])
-                out.append(self.features(torch.from_numpy(images).permute(0, 3, 1, 2)))
-            return np.concatenate(out)
+            # the cache's chunks, each in batches of batch_size (self.features splits them)
+            return np.concatenate([self.features(chunk) for chunk in _image_batches(
+                records, self.cfg["working_size"], CHUNK_SIZE)])
         return self.features(reference)
 
 
@@ -715,10 +714,17 @@ def _gather_moments(n, mean, scatter):
     return total
 
 
-def save_command(cfg: dict, args: list, given=()) -> str:
-    """`--save-reference CONFIG REF OUT.npz`: the line main.py prints."""
-    applied = configuration_from(args[0])
+def _with_settings(config: str, cfg: dict, given) -> tuple[Applied, dict]:
+    """The configuration named by `config`, and cfg with the settings of its results row
+    (but for those in `given`, set by a flag), validated."""
+    applied = configuration_from(config)
     cfg = {**cfg, **{k: v for k, v in applied.settings.items() if k not in given}}
     validate_config(cfg)
+    return applied, cfg
+
+
+def save_command(cfg: dict, args: list, given=()) -> str:
+    """`--save-reference CONFIG REF OUT.npz`: the line main.py prints."""
+    applied, cfg = _with_settings(args[0], cfg, given)
     n, prov = save_reference(cfg, applied, args[1], args[2])
     return f"wrote {args[2]}: {n} reference rows for {spec_string(applied.conf)} (weights {prov.label})"

@@ -89,8 +89,9 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     return p
 
 
-def settings(args, user: run_plan.UserConfig) -> dict:
-    """The flags as settings (run_plan.resolve_settings), errors named by the flag typed."""
+def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
+    """The flags as settings (run_plan.resolve_settings), errors named by the flag typed; and
+    the settings a flag set."""
     given = {attr: key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
     overrides = {key: getattr(args, attr) for attr, key in given.items()}
     if args.mos is not None and args.dataset is not None:
@@ -102,7 +103,7 @@ def settings(args, user: run_plan.UserConfig) -> dict:
     if args.no_baselines:
         overrides["baselines"] = []
     names = {key: "--" + attr.replace("_", "-") for attr, key in given.items()}
-    return run_plan.resolve_settings(user, overrides, args.mode, names)
+    return run_plan.resolve_settings(user, overrides, args.mode, names), set(given.values())
 
 
 def run(args, user) -> int:
@@ -114,8 +115,7 @@ def run(args, user) -> int:
         from layer_guide import write_guide
         print(f"wrote {write_guide()}")
         return 0
-    cfg, progress = settings(args, user), not args.quiet
-    given = {key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
+    (cfg, given), progress = settings(args, user), not args.quiet
     if args.cache_info:
         print("\n".join(report.cache_info_lines(pipeline.cache_entries(cfg), cfg["cache_dir"])))
     elif args.preview_degradations:

@@ -26,13 +26,12 @@ import numpy as np
 
 from backbones import Provenance, WeightsError, resolve_weights
 from host import file_sha256, resolve_device
+from layer_registry import IMAGENET_MEAN, IMAGENET_STD     # DISTS normalises [0, 1] images with these
 
 NETWORK_BASELINES = ("lpips", "dists")
 TRUNK = "lpips_vgg"                   # the backbone whose VGG16 weights both trunks load
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # lpips.ScalingLayer: (x - shift) / scale, x in [-1, 1]
 LPIPS_SCALE = (0.458, 0.448, 0.450)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)   # DISTS normalises [0, 1] images with these
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGE_ENDS = (4, 9, 16, 23, 30)         # VGG16 features[:4] -> relu1_2, [4:9] -> relu2_2, ...
 POOLS = (4, 9, 16, 23)                  # the max-pools DISTS replaces by L2 pooling
 CHUNK = 2                               # images per forward (bounded float64 copies)
