@@ -71,6 +71,16 @@ def run_data(cfg) -> RunData:
                    Ratings(tuple(db.group_keys()), db.quality()))
 
 
+def feature_assembler(cfg, backbone, caches, ref_units, eval_units):
+    """The FeatureAssembler of one backbone's `caches` ({module path: LayerCache}) for a run's
+    units: what the sweep and the report's feature maps read their spaces from."""
+    from feature_spaces import FeatureAssembler
+    spec = spec_of(backbone)
+    return FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
+                            spec.patch, cfg["max_representation_bytes"], cfg["gram_precision"],
+                            cfg["device"])
+
+
 # ---------------------------------------------------------------------- cache fill
 
 def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:

@@ -129,6 +129,9 @@ CONFIG = {
         "confidence": 0.95,
     },
     "top_n": 5,
+    # report.html in the results folder (the ranking, its uncertainty, the feature spaces):
+    # "auto" = in medium and full mode, True = in every mode, False = never (--report/--no-report)
+    "report": "auto",
     # Memory for one layer's representation. A Gram whose explicit rows (every image, float64)
     # exceed a quarter of it is held as exact kernel blocks, computed within this budget;
     # only models that need explicit rows (gmm) and standardize are then not run.

@@ -282,20 +282,25 @@ def apply_degradation(img: np.ndarray, dtype: str, level, seed: int, image_sha25
 def preview_collage(images, degradations: dict, seed: int, tile: int = 128) -> Image.Image:
     """A PIL image: one row per degradation (on the images in turn), the clean image then every
     level. `images` are (sha256, (H, W, 3) uint8) pairs."""
-    from PIL import ImageDraw
     rows = []
     for i, (name, spec) in enumerate(degradations.items()):
         sha, img = images[i % len(images)]
-        tiles = [img] + [apply_degradation(img, spec["type"], lv, seed, sha) for lv in spec["levels"]]
-        rows.append((name, spec, [Image.fromarray(t).resize((tile, tile)) for t in tiles]))
-    width = max(len(t) for _, _, t in rows) * tile + 170
+        rows.append((name, ["clean"] + [str(lv) for lv in spec["levels"]],
+                     [img] + [apply_degradation(img, spec["type"], lv, seed, sha) for lv in spec["levels"]]))
+    return collage(rows, tile)
+
+
+def collage(rows, tile: int = 128) -> Image.Image:
+    """A PIL image of `rows`, (name, tile captions, (H, W, 3) uint8 images): each row's name,
+    then its images as `tile`-pixel squares, each under its caption."""
+    from PIL import ImageDraw
+    width = max(len(images) for _, _, images in rows) * tile + 170
     canvas = Image.new("RGB", (width, len(rows) * (tile + 14) + 4), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, (name, spec, tiles) in enumerate(rows):
+    for r, (name, captions, images) in enumerate(rows):
         y = r * (tile + 14) + 14
         draw.text((4, y + tile // 2), name, fill="black")
-        for c, t in enumerate(tiles):
-            canvas.paste(t, (170 + c * tile, y))
-            draw.text((170 + c * tile + 2, y - 12), "clean" if c == 0 else str(spec["levels"][c - 1]),
-                      fill="black")
+        for c, (caption, image) in enumerate(zip(captions, images)):
+            canvas.paste(Image.fromarray(image).resize((tile, tile)), (170 + c * tile, y))
+            draw.text((170 + c * tile + 2, y - 12), caption, fill="black")
     return canvas

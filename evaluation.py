@@ -40,6 +40,7 @@ import distance_metrics as dm
 import human_agreement as ha
 from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, ModelSpec,
                                    SpanCoordinates, fit_distribution, in_span, model_feasibility)
+from errors import UsageError
 from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible, Transform
 from layer_registry import LayerConfig
 
@@ -71,6 +72,24 @@ class Configuration:
         if self.model:
             parts.append(self.model.name)
         return " / ".join(parts + [self.metric])
+
+
+def configuration_of_row(row: dict) -> Configuration:
+    """The Configuration of one row of a results JSON."""
+    if row.get("backbone") == BASELINE:
+        raise UsageError(f"{row.get('label')} is a pixel baseline, not a feature space; choose a "
+                         "feature-space row")
+    resolved = tuple((i if isinstance(i, int) else None, p)
+                     for i, p in zip(row["layers"], row["module_paths"]))
+    lc = LayerConfig(row["layer_config"], resolved, row.get("aggregate", "concat"))
+    transform = Transform.of({"name": row["transform"], **(row.get("transform_params") or {})})
+    model = None
+    if row.get("distribution"):
+        params = row.get("distribution_params") or {}
+        kind = row.get("distribution_type") or next(   # older results: the type's parameters
+            k for k, d in MODELS.items() if set(d["params"]) == set(params))
+        model = ModelSpec.of({"name": row["distribution"], "type": kind, **params})
+    return Configuration(row["backbone"], lc, transform, model, row["metric"])
 
 
 def pair_allowed(metric: str, model: ModelSpec | None) -> bool:

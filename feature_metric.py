@@ -33,13 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 
 import distance_metrics as dm
-from cache_fill import ensure_cached, open_caches
+from cache_fill import ensure_cached, feature_assembler, open_caches
 from dataset import folder_records
 from distribution_modeling import MODELS, ModelError, ModelSpec
 from errors import RuntimeFailure, UsageError
-from evaluation import BASELINE, SCORED, Configuration, pair_allowed, score_group
+from evaluation import (SCORED, Configuration, configuration_of_row, pair_allowed,
+                        score_group)
 from feature_cache import CLEAN, Unit, reference_units
-from feature_spaces import AGGREGATIONS, VIT_POOLS, FeatureAssembler, Transform, TransformError
+from feature_spaces import AGGREGATIONS, VIT_POOLS, Transform, TransformError
 from layer_registry import LayerConfig
 from run_plan import check_output_file, layers_of, spec_of, validate_config
 
@@ -189,24 +190,6 @@ def _results_json(path: str) -> str:
     return path
 
 
-def configuration_of_row(row: dict) -> Configuration:
-    """The Configuration of one row of a results JSON."""
-    if row.get("backbone") == BASELINE:
-        raise UsageError(f"{row.get('label')} is a pixel baseline, not a feature space; choose a "
-                         "feature-space row")
-    resolved = tuple((i if isinstance(i, int) else None, p)
-                     for i, p in zip(row["layers"], row["module_paths"]))
-    lc = LayerConfig(row["layer_config"], resolved, row.get("aggregate", "concat"))
-    transform = Transform.of({"name": row["transform"], **(row.get("transform_params") or {})})
-    model = None
-    if row.get("distribution"):
-        params = row.get("distribution_params") or {}
-        kind = row.get("distribution_type") or next(   # older results: the type's parameters
-            k for k, d in MODELS.items() if set(d["params"]) == set(params))
-        model = ModelSpec.of({"name": row["distribution"], "type": kind, **params})
-    return Configuration(row["backbone"], lc, transform, model, row["metric"])
-
-
 def configuration_from(source: str, rank: int | None = None, label: str | None = None) -> Applied:
     """A configuration from `RESULTS_DIR[#rank]`, a results JSON `[#rank]` (with `rank` or
     `label` as arguments too; default #1), or a spec string."""
@@ -302,7 +285,6 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
     Provenance), with cfg's settings (cache, weights, working size, bootstrap)."""
     from backbones import resolve_weights
     from dataset import DatasetError
-    spec = spec_of(conf.backbone)
     saved = ref.endswith(".npz")
     ref_records = None if saved else _records(ref, "REF")      # bad folders fail before any work
     for folder in evals:
@@ -326,9 +308,7 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
         caches = open_caches(cfg, conf.backbone, list(conf.layer_config.resolved), prov,
                              ref_records, list(ev) + (list(ref_records) if paired else []))
         ensure_cached(cfg, conf.backbone, caches, ref_units + units, prov, progress)
-        assembler = FeatureAssembler(caches, ref_units, units, cfg["image_size"] or spec.input_size,
-                                     spec.patch, cfg["max_representation_bytes"],
-                                     cfg["gram_precision"], cfg["device"])
+        assembler = feature_assembler(cfg, conf.backbone, caches, ref_units, units)
         (r,) = score_group([conf], lambda: assembler.space(conf.layer_config, conf.transform), {},
                            cfg, cfg["seed"])
         if r.status != SCORED:

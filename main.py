@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 import pipeline
@@ -54,6 +55,9 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--n", type=int, metavar="N", help="with --generator: how many images")
     a("--cache-info", action="store_true", help="list cache entries with sizes and keys")
     a("--preview-degradations", action="store_true", help="a PNG of every level of every degradation")
+    a("--report", nargs="?", const=True, metavar="RESULTS_DIR", help="write report.html (default in "
+      "medium and full); with a results folder: rebuild its report from the run's JSON")
+    a("--no-report", dest="report", action="store_false", help="no report.html")
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
     a = p.add_argument_group("model and layers").add_argument
     a("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONE_NAMES)}, all, timm:NAME, torchvision:"
@@ -102,6 +106,8 @@ def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
         overrides["bootstrap.scope"] = "all"
     if args.no_baselines:
         overrides["baselines"] = []
+    if isinstance(args.report, bool):
+        overrides["report"] = args.report
     names = {key: "--" + attr.replace("_", "-") for attr, key in given.items()}
     return run_plan.resolve_settings(user, overrides, args.mode, names), set(given.values())
 
@@ -114,6 +120,9 @@ def run(args, user) -> int:
     if args.write_layer_guide:
         from layer_guide import write_guide
         print(f"wrote {write_guide()}")
+        return 0
+    if isinstance(args.report, str):
+        print(f"wrote {pipeline.rebuild_report(args.report)}")
         return 0
     (cfg, given), progress = settings(args, user), not args.quiet
     if args.cache_info:
@@ -138,7 +147,8 @@ def run(args, user) -> int:
         if args.shard is not None:
             raise UsageError("--shard works with --build-cache (a sweep needs every file); run "
                              "--build-cache --shard I/N in each process, then the sweep once")
-        exp = pipeline.run_experiment(cfg, args.mode, args.layers, user=user, progress=progress)
+        exp = pipeline.run_experiment(cfg, args.mode, args.layers, user=user, progress=progress,
+                                      command=shlex.join(["python", "main.py", *args.argv]))
         if exp is None:                  # a torchrun rank other than 0: its share is extracted
             return 0
         print(f"{exp.summary}\n\nResults: {exp.out_dir}")
@@ -153,7 +163,9 @@ def main(argv=None, user: run_plan.UserConfig | None = None) -> int:
     except UserError as exc:                 # config.py itself does not run
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(user.config, user.modes).parse_args(argv)
+    args.argv = argv
     pipeline.setup_logging(args.verbose, args.quiet)
     try:
         with sigterm_raises_terminated():

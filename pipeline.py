@@ -35,10 +35,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-
 from cache_fill import (CacheBuild, RunData, build_cache, build_caches, ensure_cached,
                         open_caches, run_data, extract_on_ranks)
-from errors import RuntimeFailure, UsageError
+import report
+from errors import RuntimeFailure, UsageError, UserError
 from parallel import ParallelError, Ranks, dask_session, prestart, resolve_jobs
 from run_plan import (RunPlan, UserConfig, check_writable, layers_of, make_plan, spec_of,
                       with_degradation_sets)
@@ -48,7 +48,7 @@ log = logging.getLogger("iqm")
 
 # The library API (README "Library API"): the cache fill, the experiment, and the small commands.
 __all__ = ["build_cache", "build_caches", "run_experiment", "layer_table", "preview_degradations",
-           "setup_logging", "layers_of", "open_caches", "run_data", "CacheBuild", "Experiment",
+           "setup_logging", "layers_of", "open_caches", "run_data", "rebuild_report", "CacheBuild", "Experiment",
            "RunData", "LayerTable"]
 
 
@@ -120,6 +120,26 @@ def preview_degradations(cfg) -> str:
     return path
 
 
+def degradation_strip(cfg, data: RunData, path: str) -> None:
+    """The report's strip: every level of every degradation of the run on its first evaluation
+    image (as extracted), or for a rated database each type's images of its first reference."""
+    from dataset import load_rgb
+    from degradation_generator import collage, preview_collage
+    size = cfg["working_size"]
+    if data.database is None:
+        first = data.eval_records[0]
+        image = preview_collage([(first.sha256, load_rgb(first.source, size))], data.degradations,
+                                cfg["seed"], tile=112)
+    else:
+        db = data.database        # a group holds one image per reference, in references' order
+        ref = db.references[0]
+        rows = [(t, ["reference"] + [f"{lv:g}" for lv in db.levels(t)],
+                 [load_rgb(ref.source, size)] + [load_rgb(db.groups[(t, lv)][0].image, size)
+                                                 for lv in db.levels(t)]) for t in db.types]
+        image = collage(rows, tile=112)
+    image.save(path, optimize=False, compress_level=6)
+
+
 # ---------------------------------------------------------------------- experiment
 
 @dataclass
@@ -152,12 +172,13 @@ def new_results_dir(cfg, mode) -> tuple[str, str]:
 
 
 def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None = None,
-                   progress: bool = True) -> Experiment | None:
+                   progress: bool = True, command: str | None = None) -> Experiment | None:
     """Extract what is missing, score every configuration of `mode` and write the report into
     a new folder under config['results_dir']. `layer_specs` (indices or module paths, one layer
     config each) replaces the mode's layers; QUICK and ENABLED_LAYERS come from `user` (default:
     config.py's). Under torchrun, extraction is split over the ranks and rank 0 alone scores;
-    the other ranks return None."""
+    the other ranks return None. `command` is recorded in the results (main.py passes the
+    command line)."""
     plan = make_plan(cfg, mode, layer_specs, user=user)
     cfg, plans = plan.cfg, plan.backbones
     jobs = resolve_jobs(cfg["jobs"])
@@ -184,7 +205,8 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)           # experiment.log always gets INFO
         try:
-            return _experiment(cfg, plan, data, out_dir, stamp, jobs, progress)
+            return _experiment(cfg, plan, data, out_dir, stamp, jobs, progress,
+                               command or f"pipeline.run_experiment(cfg, {mode!r}, {layer_specs!r})")
         except BaseException as exc:   # the folder says the run failed, and why; never a silent half
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.error("run failed: %s", text)
@@ -213,13 +235,13 @@ def rank_by(cfg) -> str:
     return cfg["rank_by"]
 
 
-def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progress) -> Experiment:
+def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progress,
+                command: str) -> Experiment:
     """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log.
     `cfg` is the plan's, with the run data's degradations."""
     mode, plans = plan.mode, plan.backbones
     from backbones import resolve_weights
     from evaluation import rank, release, ties_with_top, ties_with_top_mos, versus_baseline
-    import report
 
     ref_records, eval_records = data.ref_records, data.eval_records
     by = rank_by(cfg)
@@ -229,9 +251,9 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
                       {"mode": mode, "config": cfg, "enabled_layers": plan.enabled_layers})
 
     ref_units, eval_units = data.ref_units, data.eval_units
-    results, weights, seconds, tasks = [], {}, 0.0, {}
+    results, weights, seconds, tasks, provenances = [], {}, 0.0, {}, {}
     for backbone, lcs in plans:
-        prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+        prov = provenances[backbone] = resolve_weights(backbone, cfg["weights"], cfg["seed"])
         weights[backbone] = prov.as_dict()
         layers = sorted({(i, p) for lc in lcs for i, p in lc.resolved}, key=str)
         caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
@@ -265,7 +287,44 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
 
     files, text = report.write_run(out_dir, f"results_{mode}_{stamp}", ranked, {
         "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": cfg,
-        "versus_baseline": versus},
-        data.database, data.ratings, [r.source for r in ref_records],
-        [r.source for r in eval_records])
+        "versus_baseline": versus, "command": command},
+        data.database, [r.source for r in ref_records], [r.source for r in eval_records])
+    if cfg["report"] is True or (cfg["report"] == "auto" and mode != "quick"):
+        files["report"] = _write_report(out_dir, cfg, data, [r.fields() for r in ranked], provenances)
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
+
+
+def _write_report(out_dir, cfg, data: RunData, rows: list, provenances: dict,
+                  check_cache: bool = False) -> str:
+    """report.html of a finished run, after its strip and feature maps (when missing)."""
+    from feature_maps import write_maps
+    from html_report import write_report
+    t0 = time.perf_counter()
+    strip = os.path.join(out_dir, report.STRIP_FILE)
+    if not os.path.isfile(strip):
+        degradation_strip(cfg, data, strip)
+    if not os.path.isfile(os.path.join(out_dir, report.MAPS_FILE)):
+        write_maps(out_dir, rows, cfg, data, provenances, check_cache)
+    path = write_report(out_dir)
+    log.info("report written in %.1fs: %s", time.perf_counter() - t0, path)
+    return path
+
+
+def rebuild_report(out_dir: str) -> str:
+    """`--report RESULTS_DIR`: report.html of a finished run, from its results JSON (nothing is
+    scored again). The strip and the feature maps the run wrote are reused; a run that had the
+    report off gets them from its images and cache (nothing is extracted), when those are still
+    there. Returns the report's path."""
+    from html_report import load_results, write_report
+    _, results = load_results(out_dir)
+    check_writable(out_dir, "--report")
+    if all(os.path.isfile(os.path.join(out_dir, f)) for f in (report.STRIP_FILE, report.MAPS_FILE)):
+        return write_report(out_dir)
+    cfg = results["config"]
+    try:
+        data = run_data(cfg)
+    except UserError as exc:
+        log.warning("the report of %s has no degradation strip or feature maps: the run's images "
+                    "cannot be read (%s)", out_dir, exc)
+        return write_report(out_dir)
+    return _write_report(out_dir, cfg, data, results["results"], {}, check_cache=True)

@@ -17,6 +17,8 @@ from evaluation import BASELINE
 RULE = "=" * 80
 PNG_FAST = {"compress_level": 1}   # larger files, encoded several times faster
 PLOT_DPI = 80                      # 5 degradations x 4.2 in: 1680 px wide, rendered in half the time
+# The report's files in a results folder (html_report.py renders report.html from the others)
+REPORT_FILE, STRIP_FILE, MAPS_FILE = "report.html", "degradation_strip.png", "feature_maps.json"
 
 
 def _weights_label(prov: dict) -> str:
@@ -82,11 +84,12 @@ def _level_label(level) -> str:
     return f"{level:g}"
 
 
-def plot_monotonicity(path: str, result, position: int) -> None:
+def plot_monotonicity(target, row: dict, position: int) -> None:
+    """Score vs level of each degradation, with the bootstrap band, of one results row (its
+    JSON record, ConfigResult.fields()), into `target` (a path or a binary file)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    row = result.fields()
     degs = row["per_degradation"]
     fig, axes = plt.subplots(1, len(degs), figsize=(4.2 * len(degs), 3.8), squeeze=False)
     for ax, (name, d) in zip(axes[0], degs.items()):
@@ -108,49 +111,77 @@ def plot_monotonicity(path: str, result, position: int) -> None:
     fig.suptitle(title, fontsize=9)
     # fixed margins: tight_layout would draw the figure twice
     fig.subplots_adjust(left=0.06 / max(1, len(degs) / 3), right=0.99, bottom=0.28, top=0.85, wspace=0.3)
-    fig.savefig(path, dpi=PLOT_DPI, pil_kwargs=PNG_FAST)
+    fig.savefig(target, format="png", dpi=PLOT_DPI, pil_kwargs=PNG_FAST)
     plt.close(fig)
 
 
-def plot_heatmap(path: str, results, by: str = "monotonicity") -> bool:
-    """The ranking criterion per (layer config, metric), the best over transforms and models:
-    mean rho, or with `by` = "mos" the set-level SRCC with the MOS."""
+def layer_label(row: dict, with_backbone: bool = True) -> str:
+    """A results row's layers as the network names them: module paths (`layer3`, `blocks.5`),
+    joined by + (or mean(...) for the mean aggregate), after the backbone."""
+    paths = row["module_paths"]
+    text = " + ".join(paths) if len(paths) == 1 or row.get("aggregate", "concat") == "concat" \
+        else f"mean({', '.join(paths)})"
+    return f"{row['backbone']} {text}" if with_backbone else text
+
+
+def criterion(row: dict, by: str):
+    """A scored row's ranking value and whether it is tied with #1: mean rho, or with `by` =
+    "mos" the set-level SRCC with the MOS."""
+    if by == "monotonicity":
+        return row["mean_spearman"], row.get("tied_with_top")
+    return row["mos"]["srcc"], row["mos"].get("tied_with_top")
+
+
+def heatmap_cells(rows: list, by: str = "monotonicity") -> tuple[list, list, dict]:
+    """(layers, metrics, {(layer, metric): the winning row}): per layer configuration (named by
+    layer_label, in network order) and metric, the scored row with the best criterion over
+    transforms and models. Baselines have no layer: they are left out."""
+    from distance_metrics import METRICS
+    done = [r for r in rows if r["status"] == "scored" and r["backbone"] != BASELINE]
+    first = {}
+    for r in done:   # layer configurations in network order, metrics in config order
+        first.setdefault(layer_label(r), (r["backbone"], str(r["layers"][0]).zfill(4)))
+    layers = sorted(first, key=first.get)
+    metrics = [m for m in METRICS if any(r["metric"] == m for r in done)]
+    best = {}
+    for r in done:
+        key = (layer_label(r), r["metric"])
+        if key not in best or criterion(r, by)[0] > criterion(best[key], by)[0]:
+            best[key] = r
+    return layers, metrics, best
+
+
+def plot_heatmap(path: str, rows: list, by: str = "monotonicity") -> bool:
+    """The ranking criterion per (layers, metric), the best over transforms and models (mean
+    rho, or with `by` = "mos" the SRCC with the MOS) of results rows (JSON records); rows are
+    named by module path, each cell by its winning transform and model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    done = [r.fields() for r in results if r.scored and r.conf.backbone != BASELINE]
-    if not done:                         # baselines have no layer: they are in the summary
+    layers, metrics, best = heatmap_cells(rows, by)
+    if not layers:                       # baselines have no layer: they are in the summary
         return False
-    from distance_metrics import METRICS
-    first = {}
-    for r in done:   # layer configurations in network order, metrics in config order
-        first.setdefault(f"{r['backbone']}:{r['layer_config']}", (r["backbone"], str(r["layers"][0]).zfill(4)))
-    layers = sorted(first, key=first.get)
-    metrics = [m for m in METRICS if any(r["metric"] == m for r in done)]
     grid = np.full((len(layers), len(metrics)), np.nan)
     tied = np.zeros(grid.shape, bool)
-    for r in done:
-        i, j = layers.index(f"{r['backbone']}:{r['layer_config']}"), metrics.index(r["metric"])
-        value = r["mean_spearman"] if by == "monotonicity" else r["mos"]["srcc"]
-        grid[i, j] = np.nanmax([grid[i, j], value])
-        tied[i, j] |= bool(r.get("tied_with_top") if by == "monotonicity"
-                           else r["mos"].get("tied_with_top"))
-    fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 3, 0.45 * len(layers) + 2))
+    fig, ax = plt.subplots(figsize=(1.9 * len(metrics) + 3, 0.55 * len(layers) + 2))
+    for (layer, metric), r in best.items():
+        i, j = layers.index(layer), metrics.index(metric)
+        value, tie = criterion(r, by)
+        grid[i, j], tied[i, j] = value, bool(tie)
+        ax.text(j, i, f"{value:.2f}" + ("*" if tie else "") + f"\n{r['transform']}"
+                + (f"\n{r['distribution']}" if r["distribution"] else ""), ha="center",
+                va="center", fontsize=6, fontweight="bold" if tie else "normal")
+        if tie:
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
     im = ax.imshow(np.ma.masked_invalid(grid), vmin=-1, vmax=1, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(metrics)), metrics, rotation=30)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
-    for i in range(len(layers)):
-        for j in range(len(metrics)):
-            if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}" + ("*" if tied[i, j] else ""), ha="center",
-                        va="center", fontsize=7, fontweight="bold" if tied[i, j] else "normal")
-            if tied[i, j]:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
     ax.set_xlabel("metric")
-    ax.set_ylabel("layer configuration")
+    ax.set_ylabel("layers (module path)")
     what = "mean Spearman rho" if by == "monotonicity" else "SRCC with the MOS"
-    ax.set_title(f"{what} (best over transforms and models)"
-                 + ("\n* boxed: a configuration statistically tied with #1" if tied.any() else ""))
+    ax.set_title(f"{what}, the best over transforms and models (each cell: value, transform, model)"
+                 + ("\n* boxed: a configuration statistically tied with #1" if tied.any() else ""),
+                 fontsize=9)
     fig.colorbar(im, ax=ax, label="mean rho" if by == "monotonicity" else "SRCC (MOS)")
     fig.tight_layout()
     fig.savefig(path, dpi=110, pil_kwargs=PNG_FAST)
@@ -158,34 +189,38 @@ def plot_heatmap(path: str, results, by: str = "monotonicity") -> bool:
     return True
 
 
-def plot_mos_scatter(path: str, results, ratings) -> None:
-    """Set score vs group MOS for each of `results`, with the fitted VQEG logistic."""
+def plot_mos_scatter(target, rows: list, rated: dict) -> None:
+    """Set score vs group MOS of each results row (JSON records of a --mos run), with the
+    fitted VQEG logistic; `rated` is the results JSON's rated_database (its groups in the
+    order of the rows' group scores). Into `target`, a path or a binary file."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from human_agreement import logistic4
     from distance_metrics import orientation
-    mos = ratings.group_mos
-    types = ratings.types()
-    fig, axes = plt.subplots(1, len(results), figsize=(4.4 * len(results), 4), squeeze=False)
-    for k, (ax, r) in enumerate(zip(axes[0], results), start=1):
-        m = r.mos
+    sign = 1.0 if rated["higher_is_better"] else -1.0
+    mos = np.array([sign * g["mos"] for g in rated["groups"]])
+    kinds = [g["type"] for g in rated["groups"]]
+    types = list(dict.fromkeys(kinds))
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.4 * len(rows), 4), squeeze=False)
+    for k, (ax, r) in enumerate(zip(axes[0], rows), start=1):
+        m = r["mos"]
         x = np.asarray(m["group_scores"])
         for j, t in enumerate(types):
-            sel = [i for i, key in enumerate(ratings.keys) if key[0] == t]
+            sel = [i for i, kind in enumerate(kinds) if kind == t]
             ax.scatter(x[sel], mos[sel], s=14, color=f"C{j % 10}", label=t if len(types) <= 10 else None)
         if m.get("logistic"):
             xs = np.linspace(x.min(), x.max(), 200)
-            sign = orientation(r.conf.metric)       # the logistic was fitted on oriented scores
-            ax.plot(xs, logistic4(sign * xs, *m["logistic"]), "k-", lw=1, label="4-parameter logistic")
-        ax.set_xlabel(f"{r.conf.metric} score (set)")
+            o = orientation(r["metric"])        # the logistic was fitted on oriented scores
+            ax.plot(xs, logistic4(o * xs, *m["logistic"]), "k-", lw=1, label="4-parameter logistic")
+        ax.set_xlabel(f"{r['metric']} score (set)")
         ax.set_ylabel("MOS (higher = better)")
-        ax.set_title(f"#{k} {r.label}\nSRCC {m['srcc']:.3f}  PLCC {m['plcc']:.3f} ({m['plcc_fit']})",
+        ax.set_title(f"#{k} {r['label']}\nSRCC {m['srcc']:.3f}  PLCC {m['plcc']:.3f} ({m['plcc_fit']})",
                      fontsize=7)
         if len(types) <= 10:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI, pil_kwargs=PNG_FAST)
+    fig.savefig(target, format="png", dpi=PLOT_DPI, pil_kwargs=PNG_FAST)
     plt.close(fig)
 
 
@@ -334,7 +369,7 @@ def cache_build_line(build, shard=None) -> str:
     return f"cache ready for {build.backbone} layers {layers} in {build.cache_dir} (weights: {build.weights})"
 
 
-def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None, ratings=None,
+def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
               reference=(), evaluation=()) -> tuple[dict, str]:
     """Every file of a finished run in out_dir: `base`.csv and `base`.json (the JSON opens with
     `head`: mode, timestamp, weights, rank_by, config), summary.txt, the top-N monotonicity plots,
@@ -348,25 +383,42 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None, 
     if database is not None:
         files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
         write_mos_groups(files["mos_groups"], ranked, database)
-        rated = {"path": database.path, "format": database.format,
+        rated = {"path": database.path, "format": database.format,     # groups in group_keys order
                  "higher_is_better": database.higher_is_better, "groups": [
-                     {"type": t, "level": lv, "n_images": len(g),
-                      "mos": float(np.mean([im.score for im in g]))}
-                     for (t, lv), g in database.groups.items()]}
+                     {"type": t, "level": lv, "n_images": len(database.groups[(t, lv)]),
+                      "mos": float(np.mean([im.score for im in database.groups[(t, lv)]]))}
+                     for t in database.types for lv in database.levels(t)]}
+    rows = [r.fields() for r in ranked]
     write_json(files["json"], {"mode": head["mode"], "timestamp": head["timestamp"],
                                "weights": head["weights"], "rank_by": by, "rated_database": rated,
                                "dataset": {"source": cfg["dataset"], "reference": list(reference),
                                            "evaluation": list(evaluation)},
                                "counts": counts(ranked), "versus_baseline": head.get("versus_baseline"),
-                               "config": cfg,
-                               "results": [r.fields() for r in ranked]})
-    done = [r for r in ranked if r.scored]
+                               "command": head.get("command"), "versions": library_versions(),
+                               "config": cfg, "results": rows})
+    done = [r for r in rows if r["status"] == "scored"]
     for k, r in enumerate(done[:cfg["top_n"]], start=1):
         plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
-    plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), ranked, by)
-    if ratings is not None and done:
-        plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])], ratings)
+    plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), rows, by)
+    if rated is not None and done:
+        plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])], rated)
     text = summary(ranked, cfg["top_n"], head["weights"], by, head.get("versus_baseline"))
     with open(files["summary"], "w") as f:
         f.write(text + "\n")
     return files, text
+
+
+VERSIONED = ("numpy", "scipy", "torch", "torchvision", "timm", "scikit-learn", "matplotlib")
+
+
+def library_versions() -> dict:
+    """The versions of Python and the libraries the numbers depend on, for the results JSON."""
+    import platform
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -181,7 +181,9 @@ class KernelPCA:
     Fitted on the reference block K_rr; `transform(K_xr)` projects other rows given
     their kernel with the reference rows."""
 
-    def __init__(self, k_rr: np.ndarray, pca_dim: int, whiten: bool = False):
+    def __init__(self, k_rr: np.ndarray, pca_dim: int, whiten: bool = False, at_most: bool = False):
+        """`at_most`: keep the non-zero components among the first `pca_dim` (a display
+        projection) instead of failing when there are fewer."""
         n = k_rr.shape[0]
         if pca_dim > n - 1:
             raise MetricInputError(f"pca_dim={pca_dim} exceeds n_ref - 1 = {n - 1}")
@@ -191,8 +193,10 @@ class KernelPCA:
         w, v = linalg.eigh(kc)
         order = np.argsort(w)[::-1][:pca_dim]
         w, v = np.clip(w[order], 0, None), v[:, order]
-        if np.any(w <= 1e-12 * max(w[0], 1e-300)):
+        null = w <= 1e-12 * max(w[0], 1e-300)
+        if np.any(null) and not at_most:
             raise MetricInputError("kernel PCA: fewer non-zero components than pca_dim; lower it")
+        w, v, pca_dim = w[~null], v[:, ~null], int((~null).sum())
         # projection of x onto component j: (kc_x . v_j) / sqrt(w_j)
         self.proj = v / np.sqrt(w)
         self.scale = np.sqrt(w / (n - 1)) if whiten else np.ones(pca_dim)

@@ -34,7 +34,7 @@ CONFIG_KEYS = (
     "num_workers", "cache_dir", "results_dir", "cache_dtype", "jobs", "dask_scheduler",
     "extraction_precision", "extraction_threads", "verify_checksums", "layer_configs",
     "feature_transforms", "distribution_models", "distance_metrics", "baselines", "kid", "cmmd",
-    "degradation_sets", "degradations", "bootstrap", "top_n", "max_representation_bytes",
+    "degradation_sets", "degradations", "bootstrap", "top_n", "report", "max_representation_bytes",
     "gram_precision")
 METRICS = dm.FEATURE_METRICS          # in distance_metrics' order; the pixel ones are baselines
 # Valid choices of the extraction settings (feature_extraction imports torch, so they live here).
@@ -258,6 +258,9 @@ def _validate_evaluation(cfg: dict) -> None:
         raise ConfigError(f"bootstrap confidence = {c!r} must be a number in (0, 1), e.g. 0.95")
     if not _is_int(cfg["top_n"]) or cfg["top_n"] < 1:
         raise ConfigError(f"config['top_n'] = {cfg['top_n']!r} must be an integer >= 1")
+    if not (cfg["report"] is True or cfg["report"] is False or cfg["report"] == "auto"):
+        raise ConfigError(f"config['report'] = {cfg['report']!r} is not valid; choose \"auto\" "
+                          "(medium and full), True or False (edit config.py)")
 
 
 def validate_user_config(user: UserConfig, backbones: tuple[str, ...] = BACKBONE_NAMES) -> None:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from parallel import sweep_map
-from run_plan import spec_of
+from cache_fill import feature_assembler
 
 # what a scoring worker imports (started ahead of the sweep by parallel.prestart): the task
 # function and what it unpickles
@@ -66,11 +66,8 @@ def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov
     """Every configuration of `grid` (one backbone's, from the plan) in grid order, scored
     through parallel.sweep_map; and {configuration id: its task}, to score a configuration
     again for the bootstrap."""
-    from feature_spaces import FeatureAssembler, feature_key
-    spec = spec_of(backbone)
-    assembler = FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
-                                 spec.patch, cfg["max_representation_bytes"],
-                                 cfg["gram_precision"], cfg["device"])
+    from feature_spaces import feature_key
+    assembler = feature_assembler(cfg, backbone, caches, ref_units, eval_units)
     groups = {}
     for conf in grid:            # configurations that share features are scored together
         groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)

@@ -156,7 +156,7 @@ def test_summary_and_heatmap_name_the_tied_set(tmp_path):
     text = report.summary(same, 5, {})
     assert "Statistically tied with #1" in text and "#1, #2 of the 3 bootstrapped" in text
     assert "below #1" in text and "tied with #1" in text
-    assert report.plot_heatmap(str(tmp_path / "h.png"), same)
+    assert report.plot_heatmap(str(tmp_path / "h.png"), [r.fields() for r in same])
 
 
 def test_bootstrap_equals_the_percentile_bootstrap_written_out():

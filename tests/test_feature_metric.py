@@ -50,7 +50,7 @@ def test_spec_strings_and_results_rows_round_trip_for_every_configuration():
         assert _content(back) == _content(conf), spec
         assert fm.spec_string(back) == spec
         row = json.loads(json.dumps(ev.ConfigResult(conf).fields()))      # as the JSON holds it
-        assert _content(fm.configuration_of_row(row)) == _content(conf), spec
+        assert _content(ev.configuration_of_row(row)) == _content(conf), spec
     assert fm.spec_string(fm.parse_spec("resnet50:7+8/concat/gram,pca=64/gaussian/mahalanobis")) == \
         "resnet50:7+8/concat/gram,pca=64/gaussian/mahalanobis"
     c = fm.parse_spec("resnet50:layer3+8/mean/gap,l2/gmm,covariance_type=diag,n_components=3/neg_loglik")
