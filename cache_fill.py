@@ -98,6 +98,14 @@ def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) ->
             for index, path in layers}
 
 
+def shard_units(shard: Shard, units: list) -> list:
+    """`shard`'s units: its positions among the reference chunks, and among the evaluation files
+    on their own, so that shards started with different --n-inference (another reference set,
+    the same evaluation set) still share the evaluation files out instead of repeating them."""
+    return (shard.share([u for u in units if u.kind == "ref"])
+            + shard.share([u for u in units if u.kind != "ref"]))
+
+
 def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
                   shard: Shard | None = None) -> int:
     """Extract whatever the caches miss (only `shard`'s files when given); on a full hit
@@ -105,7 +113,7 @@ def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
     from feature_cache import plan_extraction
     todo = plan_extraction(backbone, caches, units)
     if todo and shard is not None:
-        mine = {u.id for u in shard.share(units)}
+        mine = {u.id for u in shard_units(shard, units)}
         n_all = len(todo)
         todo = {uid: paths for uid, paths in todo.items() if uid in mine}
         log.info("shard %s: %d of the %d missing file(s) are this shard's; the other shards "

@@ -26,7 +26,6 @@ import numpy as np
 from backbones import resolve_weights
 from cache_fill import RunData, feature_assembler, open_caches
 from evaluation import BASELINE, SCORED, configuration_of_row
-from feature_cache import plan_extraction
 from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible
 from report import MAPS_FILE
 from representations import KernelPCA
@@ -99,7 +98,8 @@ def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: 
         prov = provenances.get(conf.backbone) or resolve_weights(conf.backbone, cfg["weights"], cfg["seed"])
         caches = open_caches(cfg, conf.backbone, list(conf.layer_config.resolved), prov,
                              data.ref_records, data.eval_records)
-        if check_cache and plan_extraction(conf.backbone, caches, data.ref_units + data.eval_units):
+        if check_cache and any(cache.check(u, full=False) for cache in caches.values()
+                               for u in data.ref_units + data.eval_units):   # present, not hashed
             out.append({**entry, "missing": f"the cache in {cfg['cache_dir']} no longer holds these "
                                             "features; rerun the experiment to draw this map"})
             continue

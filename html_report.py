@@ -179,8 +179,9 @@ def _header(results: dict, json_path: str) -> tuple[dict, list]:
     versions = results.get("versions") or {}
     head = {"mode": results["mode"], "timestamp": results["timestamp"], "data": data,
             "images": f"{n_ref} reference, {n_eval} evaluation (disjoint)", "seed": cfg["seed"],
-            "degradations": "; ".join(f"{name} ({spec['type']}, {len(spec['levels'])} levels)"
-                                      for name, spec in cfg["degradations"].items()),
+            "degradations": "; ".join(f"{name} ({cfg['degradations'][name]['type']}, "
+                                      f"{len(cfg['degradations'][name]['levels'])} levels)"
+                                      for name in results.get("degradation_order") or cfg["degradations"]),
             "weights": weights,
             "counts": f"{c['total']}: {c['scored']} scored, {c['not_run']} not run, {c['failed']} failed",
             "versus": (f"best feature space {versus['feature']} minus best baseline {versus['baseline']}: "
@@ -191,7 +192,9 @@ def _header(results: dict, json_path: str) -> tuple[dict, list]:
     return head, banners
 
 
-def _top(rows: list, n: int, degradations: list, confidence: str) -> list[dict]:
+def _top(out_dir: str, rows: list, n: int, degradations: list) -> list[dict]:
+    """The top-n rows' rho matrix and curves: the run's monotonicity_top<k>.png (the same
+    function drew them from the same rows), drawn again when missing."""
     out = []
     for k, r in enumerate([r for r in rows if r["status"] == "scored"][:n], start=1):
         rho = []
@@ -202,8 +205,9 @@ def _top(rows: list, n: int, degradations: list, confidence: str) -> list[dict]:
                 continue
             rho.append({"text": f"{pd['spearman']:.3f} {_interval(pd.get('spearman_ci'))}".strip(),
                         "colour": _colour(pd["spearman"])})
+        png = _file_b64(os.path.join(out_dir, f"monotonicity_top{k}.png"))
         out.append({"position": k, "label": r["label"], "rho": rho,
-                    "png": _png(lambda f, r=r, k=k: plot_monotonicity(f, r, k))})
+                    "png": png or _png(lambda f, r=r, k=k: plot_monotonicity(f, r, k))})
     return out
 
 
@@ -269,7 +273,8 @@ def render(out_dir: str, generated: str | None = None) -> str:
     json_path, results = load_results(out_dir)
     rows, cfg = results["results"], results["config"]
     by = results.get("rank_by", "monotonicity")
-    degradations = sorted({d for r in rows for d in r.get("per_degradation") or {}})
+    seen = {d for r in rows for d in r.get("per_degradation") or {}}      # in the run's order
+    degradations = [d for d in results.get("degradation_order") or sorted(seen) if d in seen]
     rated = results.get("rated_database")
     has_mos = rated is not None
     confidence = f"{cfg['bootstrap']['confidence']:.0%}"
@@ -283,7 +288,7 @@ def render(out_dir: str, generated: str | None = None) -> str:
         values = sorted({dict(t["attrs"])[key] for t in table})
         filters.append({"title": title, "key": key, "options": values})
     scored = [r for r in rows if r["status"] == "scored"]
-    mos_rows = [r for r in scored if r.get("mos")][:3]
+    mos_rows = [r for r in scored if r.get("mos")][:min(3, cfg["top_n"])]     # as mos_scatter.png
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.dirname(TEMPLATE)),
                              autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
     return env.get_template(os.path.basename(TEMPLATE)).render(
@@ -294,14 +299,15 @@ def render(out_dir: str, generated: str | None = None) -> str:
         delta_text="SRCC(#1) − SRCC" if by == "mos" else "ρ(#1) − ρ",
         banners=banners, head=head, generated=generated or datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         has_mos=has_mos, filters=filters, columns=columns, rows=table, heat=_heatmap(rows, by),
-        top=_top(rows, cfg["top_n"], degradations, confidence), degradation_names=degradations,
+        top=_top(out_dir, rows, cfg["top_n"], degradations), degradation_names=degradations,
         confidence=confidence, strip=strip,
         strip_caption=("Each distortion type of the rated database on its first reference, at every "
                        "level" if has_mos else "Every degradation of the run at every level, on the "
                        "first evaluation image, as the backbones saw it (before their resize)"),
         strip_missing=f"No {STRIP_FILE} in this folder.", maps=maps, maps_caption=maps_caption,
         maps_missing=maps_missing,
-        mos_png=_png(lambda f: plot_mos_scatter(f, mos_rows, rated)) if has_mos and mos_rows else None,
+        mos_png=(_file_b64(os.path.join(out_dir, "mos_scatter.png"))
+                 or _png(lambda f: plot_mos_scatter(f, mos_rows, rated))) if has_mos and mos_rows else None,
         mos_caption="The set score of the top configurations against each group's mean opinion score "
                     "(higher = better), with the fitted 4-parameter logistic (VQEG).")
 

@@ -3,8 +3,8 @@
 Nothing here schedules work of its own; it hands work to the engines researchers already use.
 
 * **Extraction** is split by cache file. `Shard(index, count)` owns the files at positions
-  index, index + count, ... of the run's unit list (reference chunks, then evaluation levels),
-  whatever is already cached, so processes started at different times agree on who does what
+  index, index + count, ... of the run's reference chunks, and the same positions of its
+  evaluation files (cache_fill.shard_units), whatever is already cached, so processes started at different times agree on who does what
   and N shards together write exactly the files one process writes, each once. A batch never
   crosses a file (feature_extraction.unit_batches), so a file's bytes do not depend on which
   process computed it. The shard comes from `--shard I/N` (SLURM arrays, background processes)

@@ -320,7 +320,9 @@ def rebuild_report(out_dir: str) -> str:
     check_writable(out_dir, "--report")
     if all(os.path.isfile(os.path.join(out_dir, f)) for f in (report.STRIP_FILE, report.MAPS_FILE)):
         return write_report(out_dir)
-    cfg = results["config"]
+    cfg = results["config"]        # the run's order of the degradations: its derived cache keys
+    order = results.get("degradation_order") or list(cfg["degradations"])
+    cfg = {**cfg, "degradations": {name: cfg["degradations"][name] for name in order}}
     try:
         data = run_data(cfg)
     except UserError as exc:

@@ -395,6 +395,8 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
                                            "evaluation": list(evaluation)},
                                "counts": counts(ranked), "versus_baseline": head.get("versus_baseline"),
                                "command": head.get("command"), "versions": library_versions(),
+                               # the JSON's keys are sorted: the run's order of the degradations
+                               "degradation_order": list(cfg["degradations"]),
                                "config": cfg, "results": rows})
     done = [r for r in rows if r["status"] == "scored"]
     for k, r in enumerate(done[:cfg["top_n"]], start=1):

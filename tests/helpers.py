@@ -11,12 +11,12 @@ TINY_DEGRADATIONS = {
 
 
 def tiny_config(**overrides) -> run_plan.UserConfig:
-    """config.py's tables with a CONFIG for a fast run: 32-px working images, two degradations;
-    pass it as main.main(argv, user=...)."""
+    """config.py's tables with a CONFIG for a fast run: 32-px working images, two degradations,
+    no report.html (the tests of the report ask for it); pass it as main.main(argv, user=...)."""
     return run_plan.UserConfig.load(**{
         "working_size": 32, "degradations": copy.deepcopy(TINY_DEGRADATIONS), "batch_size": 8,
         "num_workers": 0, "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95},
-        **overrides})
+        "report": False, **overrides})
 
 
 def tiny_args(tmp_path, *extra):

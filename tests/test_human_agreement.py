@@ -3,6 +3,7 @@ the criteria equal independent scipy computations, the bootstrap resamples refer
 truth is found, and bad ratings files are one-line usage errors."""
 import csv
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,7 @@ def _key(df):
 @pytest.mark.slow
 def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeypatch):
     files = make_databases(tmp_path)
-    runs = [_run(tmp_path, f) for f in files]
+    runs = [_run(tmp_path, f, *(["--report"] if f == files[0] else [])) for f in files]
     frames = [_key(df) for _, df, _ in runs]
     scored = frames[0][frames[0].status == "scored"]
     assert len(scored) > 10 and scored.srcc_mos.notna().all()
@@ -125,6 +126,20 @@ def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeyp
         assert row.srcc_mos == pytest.approx(expected, abs=1e-6)
     for name in ("mos_scatter.png", "heatmap_mean_rho.png", "monotonicity_top1.png"):
         assert (run_dir / name).stat().st_size > 1000
+    # report.html ranks by SRCC: its agreement columns hold the CSV's values, the MOS scatter and
+    # the database's strip are there, and the maps show one distortion type
+    text = (run_dir / "report.html").read_text()
+    head = text[text.index('<table id="ranking">'):text.index("</thead>")]
+    titles = re.findall(r'<th class="[^"]*" data-col="\d+" title="[^"]*">([^<]+)</th>', head)
+    assert {"SRCC", "SRCC interval", "ΔSRCC to #1", "tied (MOS)", "KRCC", "PLCC"} <= set(titles)
+    body = text[text.index("<tbody>"):text.index("</tbody>")]
+    first = re.findall(r'data-v="([^"]*)"', body.split("</tr>")[0])
+    top = next(r for r in runs[0][2]["results"] if r["rank"] == 1)
+    assert float(first[titles.index("SRCC")]) == top["mos"]["srcc"]
+    assert "Heatmap: SRCC with the MOS" in text and 'alt="set score against MOS"' in text
+    assert "Each distortion type of the rated database" in text
+    maps = json.loads((run_dir / "feature_maps.json").read_text())["maps"]
+    assert len(maps) == 3 and all(m["degradation"] in set(groups.type) for m in maps)
 
 
 def test_plcc_equals_an_independent_logistic_fit():

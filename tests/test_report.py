@@ -21,10 +21,10 @@ GENERATED = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A small medium run on the built-in data, with its report (on by default in medium)."""
+    """A small medium run on the built-in data, with its report (config.py's "auto": on in medium)."""
     tmp = tmp_path_factory.mktemp("report")
     assert main.main(tiny_args(tmp, "--mode", "medium", "--n-inference", "12", "--n-evaluation", "5"),
-                     user=tiny_config()) == 0
+                     user=tiny_config(report="auto")) == 0
     (out,) = (tmp / "results").iterdir()
     return out
 
@@ -197,13 +197,20 @@ def test_a_map_is_the_same_twice_and_names_every_set():
 @pytest.mark.slow
 def test_report_on_off_and_rebuilt_for_a_run_without_one(tmp_path, capsys):
     """quick mode writes no report unless asked; --report on a run that had none computes its
-    strip and maps from the run's cache; without that cache the report says so and still opens."""
-    user = tiny_config()
+    strip and maps from the run's cache (the run's own derived entries: the degradations keep the
+    run's order, not the JSON's sorted one); without that cache the report says so and opens."""
+    user = tiny_config(degradations={"noise": {"type": "gaussian_noise", "levels": [10, 40]},
+                                     "blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]}})
     args = tiny_args(tmp_path, "--mode", "quick", "--n-inference", "10", "--n-evaluation", "4")
     assert main.main(args, user=user) == 0
     (first,) = (tmp_path / "results").iterdir()
     assert not (first / "report.html").exists()
+    derived = sorted(p.name for p in (tmp_path / "cache").rglob("derived_*"))
+    assert derived
     assert main.main(["--report", str(first)], user=user) == 0
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("derived_*")) == derived
+    text = (first / "report.html").read_text()
+    assert text.index("noise (gaussian_noise") < text.index("blur (gaussian_blur")
     maps = json.loads((first / "feature_maps.json").read_text())
     assert [m["rank"] for m in maps["maps"]] == [1] and "sets" in maps["maps"][0]
     assert (first / "degradation_strip.png").stat().st_size > 1000
@@ -233,3 +240,11 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main.main(["--report", str(tmp_path / "empty")], user=tiny_config()) == 2
     assert "not a results JSON" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["results_medium_x.json"]
+
+
+@pytest.mark.parametrize("value", [1, "yes", None, "True"])
+def test_report_setting_must_be_auto_or_a_bool(tmp_path, capsys, value):
+    rc = main.main(tiny_args(tmp_path, "--mode", "quick"), user=tiny_config(report=value))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "config['report']" in err and repr(value) in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()

@@ -189,6 +189,22 @@ def test_shares_are_disjoint_and_cover_everything():
     assert Shard.parse(" 3 / 4 ") == Shard(3, 4)
 
 
+def test_shards_with_different_reference_sets_share_the_evaluation_files_out():
+    """Shard 0/2 started with 5 reference images and shard 1/2 with 150 (one reference chunk
+    against two; the evaluation set is drawn first, so it is the same): between them they
+    extract every evaluation file once."""
+    from cache_fill import shard_units
+    from dataset import select_images
+    from feature_cache import evaluation_units, reference_units
+    shares = []
+    for shard, n_ref in ((Shard(0, 2), 5), (Shard(1, 2), 150)):
+        ev, ref = select_images("builtin", 3, n_ref, 0)
+        units = reference_units(ref) + evaluation_units(ev, TINY_DEGRADATIONS)
+        shares.append({u.id for u in shard_units(shard, units) if u.kind == "eval"})
+        every = {u.id for u in units if u.kind == "eval"}
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == every
+
+
 def test_torchrun_environment():
     assert Ranks.from_env({}) is None
     assert Ranks.from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
