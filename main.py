@@ -113,7 +113,7 @@ def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
 
 
 def run(args, user) -> int:
-    """The command of `args`: the settings (but for the two that need none), then the library."""
+    """The command of `args`: the settings (but for the three that need none), then the library."""
     if args.list_layers:
         print("\n".join(report.layer_table_lines(args.list_layers, pipeline.layer_table(args.list_layers))))
         return 0
