@@ -42,6 +42,7 @@ from evaluation import (SCORED, Configuration, configuration_of_row, pair_allowe
 from feature_cache import CLEAN, Unit, reference_units
 from feature_spaces import AGGREGATIONS, VIT_POOLS, Transform, TransformError
 from layer_registry import LayerConfig
+from report import results_json
 from run_plan import check_output_file, layers_of, spec_of, validate_config
 
 log = logging.getLogger("iqm")
@@ -182,11 +183,11 @@ def parse_spec(spec: str) -> Configuration:
 
 def _results_json(path: str) -> str:
     if os.path.isdir(path):
-        found = sorted(n for n in os.listdir(path) if n.startswith("results_") and n.endswith(".json"))
-        if not found:
+        found = results_json(path)
+        if found is None:
             raise UsageError(f"{path!r} holds no results_*.json; give a results folder of a finished "
                              "run, its JSON, or a spec string")
-        return os.path.join(path, found[-1])
+        return found
     return path
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import glob
 import html
 import io
 import json
@@ -26,27 +25,22 @@ import numpy as np
 
 from errors import UsageError
 from report import (BASELINE, MAPS_FILE, REPORT_FILE, STRIP_FILE, criterion, heatmap_cells,
-                    layer_label, plot_monotonicity, plot_mos_scatter)
+                    layer_label, plot_monotonicity, plot_mos_scatter, results_json)
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "report.html")
 FILTERS = (("backbone", "backbone"), ("layers", "layer"), ("transform", "transform"),
            ("model", "model"), ("metric", "metric"), ("status", "status"))
 
 
-def results_json(out_dir: str) -> str:
-    """The results JSON of a results folder (results_<mode>_<stamp>.json)."""
+def load_results(out_dir: str) -> tuple[str, dict]:
+    """(path, content) of the results JSON in `out_dir`, a results folder a run wrote."""
     if not os.path.isdir(out_dir):
         raise UsageError(f"--report {out_dir!r} is not a folder; give a results folder a run wrote "
                          "(results/medium_<timestamp>)")
-    found = sorted(glob.glob(os.path.join(glob.escape(out_dir), "results_*.json")))
-    if not found:
+    path = results_json(out_dir)
+    if path is None:
         raise UsageError(f"--report {out_dir!r} holds no results_*.json; give a results folder a "
                          "finished run wrote (results/medium_<timestamp>)")
-    return found[-1]
-
-
-def load_results(out_dir: str) -> tuple[str, dict]:
-    path = results_json(out_dir)
     try:
         with open(path) as f:
             results = json.load(f)
@@ -186,7 +180,8 @@ def _header(results: dict, json_path: str) -> tuple[dict, list]:
             "counts": f"{c['total']}: {c['scored']} scored, {c['not_run']} not run, {c['failed']} failed",
             "versus": (f"best feature space {versus['feature']} minus best baseline {versus['baseline']}: "
                        f"{versus['delta']:+.4f} {_interval(versus.get('delta_ci'))}") if versus else "",
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded",
+            "versions": ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items())
+                        or "not recorded",
             "command": results.get("command") or "not recorded",
             "json": os.path.basename(json_path)}
     return head, banners

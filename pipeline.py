@@ -285,12 +285,12 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
     for r in ranked:
         r.confidence = cfg["bootstrap"]["confidence"]
 
-    files, text = report.write_run(out_dir, f"results_{mode}_{stamp}", ranked, {
+    files, text, rows = report.write_run(out_dir, f"results_{mode}_{stamp}", ranked, {
         "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": cfg,
         "versus_baseline": versus, "command": command},
         data.database, [r.source for r in ref_records], [r.source for r in eval_records])
     if cfg["report"] is True or (cfg["report"] == "auto" and mode != "quick"):
-        files["report"] = _write_report(out_dir, cfg, data, [r.fields() for r in ranked], provenances)
+        files["report"] = _write_report(out_dir, cfg, data, rows, provenances)
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
 
 

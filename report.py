@@ -374,7 +374,7 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
     """Every file of a finished run in out_dir: `base`.csv and `base`.json (the JSON opens with
     `head`: mode, timestamp, weights, rank_by, config), summary.txt, the top-N monotonicity plots,
     the heatmap, and with a rated `database` mos_groups.csv and the MOS scatter. Returns (the
-    files by kind, the summary text)."""
+    files by kind, the summary text, the results' JSON records)."""
     cfg, by = head["config"], head["rank_by"]
     files = {"csv": os.path.join(out_dir, base + ".csv"), "json": os.path.join(out_dir, base + ".json"),
              "summary": os.path.join(out_dir, "summary.txt")}
@@ -407,20 +407,22 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
     text = summary(ranked, cfg["top_n"], head["weights"], by, head.get("versus_baseline"))
     with open(files["summary"], "w") as f:
         f.write(text + "\n")
-    return files, text
+    return files, text, rows
 
 
 VERSIONED = ("numpy", "scipy", "torch", "torchvision", "timm", "scikit-learn", "matplotlib")
 
 
 def library_versions() -> dict:
-    """The versions of Python and the libraries the numbers depend on, for the results JSON."""
+    """The versions of Python and the libraries the numbers depend on, for the results JSON
+    (None: not installed)."""
     import platform
-    from importlib import metadata
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    from feature_cache import library_versions as installed
+    return {"python": platform.python_version(), **installed(VERSIONED)}
+
+
+def results_json(folder: str) -> str | None:
+    """The results JSON a run wrote in `folder` (results_<mode>_<stamp>.json; the newest if
+    several), or None."""
+    found = sorted(n for n in os.listdir(folder) if n.startswith("results_") and n.endswith(".json"))
+    return os.path.join(folder, found[-1]) if found else None
