@@ -1,11 +1,9 @@
 """Which deep-feature space gives an image-quality score that rises monotonically as images get
 worse? The command line: flags become settings (run_plan), then the library runs (pipeline,
-fid_stats); README "Usage" has the examples.
+fid_stats, feature_metric). Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
 
     python main.py --mode quick|medium|full
     python main.py --build-cache --backbone B --layers 7 9 12
-
-Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
 """
 from __future__ import annotations
 
@@ -14,25 +12,21 @@ import logging
 import shlex
 import sys
 
+import feature_metric
+import fid_stats
 import pipeline
 import report
 import run_plan
-from backbones import BACKBONE_NAMES
-from errors import UsageError, UserError, exit_status, sigterm_raises_terminated
+from errors import UsageError, exit_status, sigterm_raises_terminated
+from layer_guide import write_guide
 from parallel import Shard
 
 log = logging.getLogger("iqm")
 
-# flag (argparse attribute) -> the setting it overrides ('section.key': a key of a section)
-SETTINGS = {**{f: f for f in ("backbone", "weights", "device", "batch_size", "image_size", "dataset",
-                              "seed", "cache_dir", "results_dir", "jobs", "dask_scheduler", "mos",
-                              "rank_by")},
-            "n_inference": "n_images_inference", "n_evaluation": "n_images_evaluation",
-            "n_resamples": "bootstrap.n_resamples"}
-
 
 def build_parser(d: dict, modes) -> argparse.ArgumentParser:
-    """The flags, defaults shown from `d` (config.py's CONFIG). One table of flags: long by nature."""
+    """The flags: the commands here, the settings' from run_plan.SETTING_FLAGS (defaults shown from
+    `d`, config.py's CONFIG)."""
     p = argparse.ArgumentParser(
         prog="main.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Rank deep-feature spaces by how monotonically an image-quality score rises with\n"
@@ -59,57 +53,29 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
       "medium and full); with a results folder: rebuild its report from the run's JSON")
     a("--no-report", dest="report", action="store_false", help="no report.html")
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
-    a = p.add_argument_group("model and layers").add_argument
-    a("--backbone", metavar="NAME", help=f"one of {', '.join(BACKBONE_NAMES)}, all, timm:NAME, torchvision:"
-      f"NAME or hf:MODEL_ID (hub id or save_pretrained folder) (default: {d['backbone']})")
-    a("--layers", nargs="+", metavar="L", help="layer indices (--list-layers) or module paths")
-    a("--weights", metavar="{auto,pretrained,random,PATH}", help="auto: pretrained if found, else random-init "
-      f"with a warning; random: seeded; PATH: a local checkpoint (default: {d['weights']})")
-    a("--image-size", type=int, metavar="PX", help="override the backbone's input size, e.g. 112 on a CPU")
-    a = p.add_argument_group("data").add_argument
-    a("--dataset", metavar="{builtin,FOLDER}", help="'builtin' (no download) or a folder of images")
-    a("--mos", metavar="FILE", help="a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names.txt "
-      "or a CSV image,reference,mos[,type,level]): rank by agreement with its opinion scores")
-    a("--rank-by", choices=("monotonicity", "mos"), help="default: mos with --mos, else monotonicity")
-    a("--n-inference", type=int, metavar="N", help="reference images (default: the mode's)")
-    a("--n-evaluation", type=int, metavar="N", help="evaluation images, disjoint from the reference")
-    a("--degradations", metavar="SETS", help="comma-separated: seed (config['degradations']), kadid10k, "
-      f"fid (default: {','.join(d['degradation_sets'])})")
-    a("--seed", type=int, help=f"seed of every random choice (default: {d['seed']})")
-    a = p.add_argument_group("execution (README: Scaling out)").add_argument
-    a("--device", choices=run_plan.DEVICES, help="default: auto (cuda, mps, cpu)")
-    a("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (SLURM: "
-      "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK)")
-    a("--jobs", type=int, metavar="N", help=f"scoring processes (default: {d['jobs']}; 1 = in this one)")
-    a("--dask-scheduler", metavar="ADDRESS", help="score on this Dask cluster (tcp://host:8786)")
-    a("--batch-size", type=int, help=f"default: {d['batch_size']}")
-    a("--cache-dir", help=f"default: {d['cache_dir']}")
-    a("--results-dir", help=f"default: {d['results_dir']}")
-    a("--n-resamples", type=int, help=f"bootstrap resamples (default: {d['bootstrap']['n_resamples']})")
-    a("--bootstrap-all", action="store_true", help="bootstrap every configuration, not only the top-N")
-    a("--no-baselines", action="store_true", help=f"leave out {', '.join(d['baselines'])}")
-    a("-v", "--verbose", action="store_true", help="debug logging")
-    a("-q", "--quiet", action="store_true", help="warnings and the summary only")
+    groups = {g: p.add_argument_group(g) for g in (run_plan.MODEL, run_plan.DATA, run_plan.EXECUTION)}
+    model, execution = groups[run_plan.MODEL].add_argument, groups[run_plan.EXECUTION].add_argument
+    model("--layers", nargs="+", metavar="L", help="layer indices (--list-layers) or module paths")
+    for f in run_plan.SETTING_FLAGS:                  # the flags that set one setting of CONFIG each
+        groups[f.group].add_argument(f.flag, help=f.help_for(d), **f.options)
+    execution("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (SLURM: "
+              "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK)")
+    execution("-v", "--verbose", action="store_true", help="debug logging")
+    execution("-q", "--quiet", action="store_true", help="warnings and the summary only")
     return p
 
 
 def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
     """The flags as settings (run_plan.resolve_settings), errors named by the flag typed; and
     the settings a flag set."""
-    given = {attr: key for attr, key in SETTINGS.items() if getattr(args, attr) is not None}
-    overrides = {key: getattr(args, attr) for attr, key in given.items()}
+    typed = [f for f in run_plan.SETTING_FLAGS if getattr(args, f.dest) is not None]
+    overrides = {f.setting: getattr(args, f.dest) for f in typed}
     if args.mos is not None and args.dataset is not None:
         overrides["mos_reference"] = args.dataset   # --dataset names the references of a --mos run
-    if args.degradations is not None:
-        overrides["degradation_sets"] = [s.strip() for s in args.degradations.split(",") if s.strip()]
-    if args.bootstrap_all:
-        overrides["bootstrap.scope"] = "all"
-    if args.no_baselines:
-        overrides["baselines"] = []
     if isinstance(args.report, bool):
         overrides["report"] = args.report
-    names = {key: "--" + attr.replace("_", "-") for attr, key in given.items()}
-    return run_plan.resolve_settings(user, overrides, args.mode, names), set(given.values())
+    names = {f.setting: f.flag for f in typed}
+    return run_plan.resolve_settings(user, overrides, args.mode, names), set(names)
 
 
 def run(args, user) -> int:
@@ -118,7 +84,6 @@ def run(args, user) -> int:
         print("\n".join(report.layer_table_lines(args.list_layers, pipeline.layer_table(args.list_layers))))
         return 0
     if args.write_layer_guide:
-        from layer_guide import write_guide
         print(f"wrote {write_guide()}")
         return 0
     if isinstance(args.report, str):
@@ -130,13 +95,10 @@ def run(args, user) -> int:
     elif args.preview_degradations:
         print(f"wrote {pipeline.preview_degradations(cfg)}")
     elif args.save_stats or args.fid_stats:
-        import fid_stats
         print(fid_stats.command(cfg, args.save_stats, args.fid_stats, args.backbone, args.layers, progress))
     elif args.save_reference:
-        import feature_metric
         print(feature_metric.save_command(cfg, args.save_reference, given))
     elif args.apply:
-        import feature_metric
         print("\n".join(feature_metric.command(cfg, args.apply, args.out, given, progress,
                                                 args.generator, args.n)))
     elif args.build_cache:
@@ -158,16 +120,12 @@ def run(args, user) -> int:
 
 def main(argv=None, user: run_plan.UserConfig | None = None) -> int:
     """Run the command line `argv` with config.py's tables, or with `user`'s."""
-    try:
-        user = user or run_plan.UserConfig.load()
-    except UserError as exc:                 # config.py itself does not run
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(user.config, user.modes).parse_args(argv)
-    args.argv = argv
-    pipeline.setup_logging(args.verbose, args.quiet)
     try:
+        user = user or run_plan.UserConfig.load()        # a config.py that does not run: exit 2
+        args = build_parser(user.config, user.modes).parse_args(argv)
+        args.argv = argv
+        pipeline.setup_logging(args.verbose, args.quiet)
         with sigterm_raises_terminated():
             return run(args, user)
     except BaseException as exc:             # noqa: B036 - mapped to exit codes, else re-raised

@@ -460,17 +460,81 @@ def make_plan(cfg: dict, mode: str, layer_specs=None, *, user: UserConfig | None
 
 MAX_IMAGE_SIZE = 4096        # a larger input would not fit a batch in memory on any device
 
-# setting -> (check, what it must be) for the values a flag sets; reported under the flag's name
-RANGES = {
-    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "n_images_inference": (lambda v: v >= 2, "an integer >= 2 (statistics need two images)"),
-    "n_images_evaluation": (lambda v: v >= 2, "an integer >= 2 (statistics need two images)"),
-    "seed": (lambda v: 0 <= v < 2**32, "an integer in 0 .. 2**32 - 1"),
-    "image_size": (lambda v: 16 <= v <= MAX_IMAGE_SIZE, f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
-    "bootstrap.n_resamples": (lambda v: v >= 0, "an integer >= 0 (0 disables intervals)"),
-    "jobs": (lambda v: v >= 1, "an integer >= 1 (1 scores in this process)"),
-    "dask_scheduler": (lambda v: bool(v.strip()), "a scheduler address such as tcp://host:8786"),
-}
+
+def comma_list(text: str) -> list[str]:
+    """'seed, kadid10k' -> ['seed', 'kadid10k'] (a flag's list of names)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """A flag that overrides one setting ('section.key': a key of a section) of config.py's CONFIG:
+    argparse's `options`, the help ('{default}' is the setting's value in CONFIG) and, where a
+    flag's value has a range, the check and what the value must be (named under the flag)."""
+    flag: str
+    setting: str
+    group: str
+    help: str
+    options: dict = dataclasses.field(default_factory=dict)
+    check: object = None
+    must_be: str = ""
+
+    @property
+    def dest(self) -> str:
+        """The argparse attribute ('--n-inference' -> 'n_inference')."""
+        return self.flag[2:].replace("-", "_")
+
+    def help_for(self, config: dict) -> str:
+        section, _, key = self.setting.partition(".")
+        value = config[section][key] if key else config.get(section)
+        return self.help.format(default=",".join(value) if isinstance(value, list) else value)
+
+
+MODEL, DATA, EXECUTION = "model and layers", "data", "execution (README: Scaling out)"
+STATS = "an integer >= 2 (statistics need two images)"
+SETTING_FLAGS = (
+    SettingFlag("--backbone", "backbone", MODEL, f"one of {', '.join(BACKBONE_NAMES)}, all, timm:NAME, "
+                "torchvision:NAME or hf:MODEL_ID (hub id or save_pretrained folder) (default: {default})",
+                {"metavar": "NAME"}),
+    SettingFlag("--weights", "weights", MODEL, "auto: pretrained if found, else random-init with a warning; "
+                "random: seeded; PATH: a local checkpoint (default: {default})",
+                {"metavar": "{auto,pretrained,random,PATH}"}),
+    SettingFlag("--image-size", "image_size", MODEL, "override the backbone's input size, e.g. 112 on a CPU",
+                {"type": int, "metavar": "PX"},
+                lambda v: 16 <= v <= MAX_IMAGE_SIZE, f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
+    SettingFlag("--dataset", "dataset", DATA, "'builtin' (no download) or a folder of images",
+                {"metavar": "{builtin,FOLDER}"}),
+    SettingFlag("--mos", "mos", DATA, "a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names.txt "
+                "or a CSV image,reference,mos[,type,level]): rank by agreement with its opinion scores",
+                {"metavar": "FILE"}),
+    SettingFlag("--rank-by", "rank_by", DATA, "default: mos with --mos, else monotonicity",
+                {"choices": ("monotonicity", "mos")}),
+    SettingFlag("--n-inference", "n_images_inference", DATA, "reference images (default: the mode's)",
+                {"type": int, "metavar": "N"}, lambda v: v >= 2, STATS),
+    SettingFlag("--n-evaluation", "n_images_evaluation", DATA, "evaluation images, disjoint from the "
+                "reference", {"type": int, "metavar": "N"}, lambda v: v >= 2, STATS),
+    SettingFlag("--degradations", "degradation_sets", DATA, "comma-separated: seed (config['degradations']), "
+                "kadid10k, fid (default: {default})", {"metavar": "SETS", "type": comma_list}),
+    SettingFlag("--seed", "seed", DATA, "seed of every random choice (default: {default})", {"type": int},
+                lambda v: 0 <= v < 2**32, "an integer in 0 .. 2**32 - 1"),
+    SettingFlag("--device", "device", EXECUTION, "default: auto (cuda, mps, cpu)", {"choices": DEVICES}),
+    SettingFlag("--jobs", "jobs", EXECUTION, "scoring processes (default: {default}; 1 = in this one)",
+                {"type": int, "metavar": "N"}, lambda v: v >= 1, "an integer >= 1 (1 scores in this process)"),
+    SettingFlag("--dask-scheduler", "dask_scheduler", EXECUTION, "score on this Dask cluster "
+                "(tcp://host:8786)", {"metavar": "ADDRESS"},
+                lambda v: bool(v.strip()), "a scheduler address such as tcp://host:8786"),
+    SettingFlag("--batch-size", "batch_size", EXECUTION, "default: {default}", {"type": int},
+                lambda v: v >= 1, "an integer >= 1"),
+    SettingFlag("--cache-dir", "cache_dir", EXECUTION, "default: {default}"),
+    SettingFlag("--results-dir", "results_dir", EXECUTION, "default: {default}"),
+    SettingFlag("--n-resamples", "bootstrap.n_resamples", EXECUTION, "bootstrap resamples (default: "
+                "{default})", {"type": int}, lambda v: v >= 0, "an integer >= 0 (0 disables intervals)"),
+    SettingFlag("--bootstrap-all", "bootstrap.scope", EXECUTION, "bootstrap every configuration, not only "
+                "the top-N", {"action": "store_const", "const": "all"}),
+    SettingFlag("--no-baselines", "baselines", EXECUTION, "leave out {default}",
+                {"action": "store_const", "const": []}),
+)
+_FLAG_OF = {f.setting: f for f in SETTING_FLAGS}
 
 
 def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict | None = None) -> dict:
@@ -479,10 +543,10 @@ def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict |
     under names[setting] (the flag the user typed), a bad config value under its config key."""
     names = names or {}
     for key, value in overrides.items():
-        ok, what = RANGES.get(key, (None, None))
-        if ok is not None and value is not None and not ok(value):
+        flag = _FLAG_OF.get(key)
+        if flag is not None and flag.check is not None and value is not None and not flag.check(value):
             shown = repr(value) if isinstance(value, str) else value
-            raise UsageError(f"{names.get(key, key)} {shown} is not valid: it must be {what}")
+            raise UsageError(f"{names.get(key, key)} {shown} is not valid: it must be {flag.must_be}")
     if overrides.get("backbone") not in (None, "all"):
         spec_of(overrides["backbone"])       # close matches and the valid forms
     cfg = copy.deepcopy(user.config)

@@ -90,3 +90,45 @@ def test_quick_and_enabled_layers_come_from_the_user_config():
     (_, (qlc,)), = quick.backbones
     assert lc.paths == ["avgpool"] and qlc.paths == ["layer3.1"]
     assert medium.enabled_layers == user.enabled_layers
+
+
+# Every flag of run_plan.SETTING_FLAGS: a value typed, the setting it must set and the value it
+# must become there. A flag added to the table without a row here fails the first assert.
+FLAG_SAMPLES = {
+    "--backbone": ("vgg19", "backbone", "vgg19"), "--weights": ("random", "weights", "random"),
+    "--image-size": ("64", "image_size", 64), "--dataset": ("photos", "dataset", "photos"),
+    "--mos": ("ratings.csv", "mos", "ratings.csv"), "--rank-by": ("mos", "rank_by", "mos"),
+    "--n-inference": ("9", "n_images_inference", 9), "--n-evaluation": ("7", "n_images_evaluation", 7),
+    "--degradations": ("seed, fid", "degradation_sets", ["seed", "fid"]), "--seed": ("5", "seed", 5),
+    "--device": ("cpu", "device", "cpu"), "--jobs": ("2", "jobs", 2),
+    "--dask-scheduler": ("tcp://h:8786", "dask_scheduler", "tcp://h:8786"),
+    "--batch-size": ("3", "batch_size", 3), "--cache-dir": ("c", "cache_dir", "c"),
+    "--results-dir": ("r", "results_dir", "r"), "--n-resamples": ("11", "bootstrap.n_resamples", 11),
+    "--bootstrap-all": (None, "bootstrap.scope", "all"), "--no-baselines": (None, "baselines", []),
+}
+
+
+def test_every_setting_flag_sets_its_setting_and_only_it():
+    """Each flag, parsed by main.py's parser, changes its own setting of the resolved CONFIG to
+    the value typed and no other setting, and reports that setting as set by a flag."""
+    assert {f.flag for f in run_plan.SETTING_FLAGS} == set(FLAG_SAMPLES)
+    user = tiny_config()
+    base = main.settings(main.build_parser(user.config, user.modes).parse_args([]), user)[0]
+    for flag, (typed, setting, want) in FLAG_SAMPLES.items():
+        argv = [flag] if typed is None else [flag, typed]
+        cfg, given = main.settings(main.build_parser(user.config, user.modes).parse_args(argv), user)
+        section, _, key = setting.partition(".")
+        assert (cfg[section][key] if key else cfg[section]) == want and given == {setting}, flag
+        assert {k for k in cfg if cfg[k] != base[k]} == {section}, flag
+        if key:
+            assert {k for k in cfg[section] if cfg[section][k] != base[section][k]} == {key}, flag
+
+
+def test_a_flag_out_of_range_is_named_as_typed():
+    user = tiny_config()
+    for flag, value in (("--n-inference", "1"), ("--seed", "-1"), ("--jobs", "0"),
+                        ("--image-size", "8"), ("--dask-scheduler", " ")):
+        args = main.build_parser(user.config, user.modes).parse_args([flag, value])
+        with pytest.raises(UsageError, match=rf"^{flag} .* is not valid: it must be "):
+            main.settings(args, user)
+
