@@ -78,7 +78,7 @@ def baseline_values(names, eval_units, working_size: int, seed: int,
     threads, one per core (the filters release the GIL); the networks' image by image
     (_network_values; torch uses every core)."""
     clean_unit = next(u for u in eval_units if u.position == 0)
-    values, reasons, todo, nets = {n: {} for n in names}, {}, [], {}
+    reasons, nets = {}, {}
     for name in names:
         if name in NETWORK_BASELINES:
             try:
@@ -86,40 +86,9 @@ def baseline_values(names, eval_units, working_size: int, seed: int,
             except BaselineUnavailable as exc:
                 reasons[name] = str(exc)
     names = [n for n in names if n not in reasons]
-    for unit in eval_units:
-        missing = {}
-        for name in names:
-            network = nets[name].identity if name in nets else None
-            path = (os.path.join(cache_dir, BASELINES_DIR, name,
-                                 value_key(name, unit, clean_unit, working_size, seed, network) + ".npy")
-                    if cache_dir else None)
-            cached = load_array(path, (len(unit.records),)) if path else None
-            if cached is not None:
-                values[name][(unit.group, unit.position)] = cached
-            else:
-                missing[name] = path
-        if missing:
-            todo.append((unit, missing))
+    values, todo = _cached_values(names, nets, eval_units, clean_unit, working_size, seed, cache_dir)
     if todo:
-        clean = unit_images(clean_unit, working_size, seed)
-
-        def compute(item):
-            unit, missing = item
-            todo_names = [n for n in missing if n not in nets]
-            if not todo_names:
-                return {}
-            images = clean if unit is clean_unit else unit_images(unit, working_size, seed)
-            out = {}
-            for name in todo_names:
-                fn = dm.PIXEL_FUNCTIONS[name]
-                try:
-                    out[name] = np.asarray(fn(images, clean), np.float64)
-                except dm.MetricInputError as exc:
-                    out[name] = exc
-            return out
-
-        with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-            outs = list(pool.map(compute, todo))
+        outs = _pixel_values(todo, nets, clean_unit, working_size, seed)
         for name, net in nets.items():
             ks = [k for k, (_, m) in enumerate(todo) if name in m]
             got = _network_values(net, [todo[k][0] for k in ks], clean_unit, working_size, seed)
@@ -137,6 +106,51 @@ def baseline_values(names, eval_units, working_size: int, seed: int,
              ", ".join(names), len(todo), len(eval_units))
     return BaselineValues({n: v for n, v in values.items() if n not in reasons}, reasons,
                           {n: net.provenance for n, net in nets.items()})
+
+
+def _cached_values(names, nets, eval_units, clean_unit, working_size: int, seed: int,
+                   cache_dir: str | None) -> tuple[dict, list]:
+    """The values of `names` found in the cache (name -> {(group, position): values}), and the
+    units to compute with, for each, name -> its cache path (None without a cache)."""
+    values, todo = {n: {} for n in names}, []
+    for unit in eval_units:
+        missing = {}
+        for name in names:
+            network = nets[name].identity if name in nets else None
+            path = (os.path.join(cache_dir, BASELINES_DIR, name,
+                                 value_key(name, unit, clean_unit, working_size, seed, network) + ".npy")
+                    if cache_dir else None)
+            cached = load_array(path, (len(unit.records),)) if path else None
+            if cached is not None:
+                values[name][(unit.group, unit.position)] = cached
+            else:
+                missing[name] = path
+        if missing:
+            todo.append((unit, missing))
+    return values, todo
+
+
+def _pixel_values(todo, nets, clean_unit, working_size: int, seed: int) -> list[dict]:
+    """For each (unit, missing) of `todo`, name -> the per-image values of the pixel baselines
+    missing there (or the MetricInputError that says why one cannot run), in threads."""
+    clean = unit_images(clean_unit, working_size, seed)
+
+    def compute(item):
+        unit, missing = item
+        todo_names = [n for n in missing if n not in nets]
+        if not todo_names:
+            return {}
+        images = clean if unit is clean_unit else unit_images(unit, working_size, seed)
+        out = {}
+        for name in todo_names:
+            try:
+                out[name] = np.asarray(dm.PIXEL_FUNCTIONS[name](images, clean), np.float64)
+            except dm.MetricInputError as exc:
+                out[name] = exc
+        return out
+
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
+        return list(pool.map(compute, todo))
 
 
 def _network_values(net, units, clean_unit, working_size: int, seed: int) -> list[np.ndarray]:

@@ -241,7 +241,7 @@ def extract(backbone, items, paths, batches, *, working_size, seed, device="auto
 
 def _extract(backbone, items, paths, batches, dev, working_size, seed, num_workers,
              progress, precision, store_dtype=None):
-    """The extraction loop (one function, 64 lines: the prefetch, the forward and the one-batch-behind
+    """The extraction loop (one function, 65 lines: the prefetch, the forward and the one-batch-behind
     copy share their state). On devices of STAGED_DEVICE_TYPES, images are resized and
     normalised on the device, layer outputs converted to `store_dtype` there and copied to
     (pinned) host memory asynchronously, one batch behind the forward passes; elsewhere the

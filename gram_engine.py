@@ -176,7 +176,7 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
     chunk). Returns float64 (K_rr (n_ref, n_ref), K_re (n_ref, U * n_eval), K_ee (U, n_eval,
     n_eval), K_pair (U, n_eval)): K_pair[u, i] pairs image i of set u with image i of set
     `pair_with` (the clean set: the paired metrics). Peak memory stays near `budget_bytes`. One
-    function (84 lines): both routes share the block loops and the float64 accumulators, which
+    function (89 lines): both routes share the block loops and the float64 accumulators, which
     split apart would be passed around."""
     import torch
     images = _Images(ref, evals, torch.device(device), precision, budget_bytes)

@@ -132,3 +132,15 @@ def test_a_flag_out_of_range_is_named_as_typed():
         with pytest.raises(UsageError, match=rf"^{flag} .* is not valid: it must be "):
             main.settings(args, user)
 
+
+def test_a_function_over_60_lines_says_why_and_how_long():
+    """Every function of the top-level modules is at most 60 lines, or its docstring gives the
+    reason with its length ('N lines'), kept true as the function changes."""
+    too_long = {}
+    for path in glob.glob(os.path.join(ROOT, "*.py")):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60 and f"{length} lines" not in (ast.get_docstring(node) or ""):
+                    too_long[f"{os.path.basename(path)}:{node.name}"] = length
+    assert too_long == {}
