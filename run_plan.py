@@ -5,6 +5,8 @@ globals (CONFIG, QUICK, ENABLED_LAYERS, MODES), once, into a `UserConfig` value;
 tests pass their own `UserConfig` instead of editing config.py's globals. Each stage keeps its own validator (of
 degradations, transforms, models, metric parameters, job counts); `validate_config` runs them
 all at start-up, before any image is read, and raises ConfigError naming the key and the fix.
+`SETTING_FLAGS` declares the flag of each setting a flag may override (help, range); main.py
+builds its parser from it and names a bad value by the flag typed.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import copy
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Callable
 from backbones import (BACKBONE_NAMES, LIBRARY_PREFIXES, BackboneError, get_spec,
                        is_library_model)
 from degradation_generator import select_sets, validate_degradations, validate_sets
@@ -476,7 +479,7 @@ class SettingFlag:
     group: str
     help: str
     options: dict = dataclasses.field(default_factory=dict)
-    check: object = None
+    check: Callable[[object], bool] | None = None
     must_be: str = ""
 
     @property
@@ -485,6 +488,7 @@ class SettingFlag:
         return self.flag[2:].replace("-", "_")
 
     def help_for(self, config: dict) -> str:
+        """The help with `config`'s value of the setting for '{default}' (a list comma-joined)."""
         section, _, key = self.setting.partition(".")
         value = config[section][key] if key else config.get(section)
         return self.help.format(default=",".join(value) if isinstance(value, list) else value)
