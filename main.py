@@ -25,7 +25,7 @@ log = logging.getLogger("iqm")
 
 
 def build_parser(d: dict, modes) -> argparse.ArgumentParser:
-    """The flags: the commands here, the settings' from run_plan.SETTING_FLAGS (defaults shown from
+    """The flags: the commands' here, the settings' from run_plan.SETTING_FLAGS (defaults shown from
     `d`, config.py's CONFIG)."""
     p = argparse.ArgumentParser(
         prog="main.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
