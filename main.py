@@ -57,7 +57,7 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     model, execution = groups[run_plan.MODEL].add_argument, groups[run_plan.EXECUTION].add_argument
     model("--layers", nargs="+", metavar="L", help="layer indices (--list-layers) or module paths")
     for f in run_plan.SETTING_FLAGS:                  # the flags that set one setting of CONFIG each
-        groups[f.group].add_argument(f.flag, help=f.help_for(d), **f.options)
+        groups[f.group].add_argument(f.flag, dest=f.dest, help=f.help_for(d), **f.options)
     execution("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (SLURM: "
               "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK)")
     execution("-v", "--verbose", action="store_true", help="debug logging")

@@ -490,7 +490,7 @@ class SettingFlag:
     def help_for(self, config: dict) -> str:
         """The help with `config`'s value of the setting for '{default}' (a list comma-joined)."""
         section, _, key = self.setting.partition(".")
-        value = config[section][key] if key else config.get(section)
+        value = (config.get(section) or {}).get(key) if key else config.get(section)
         return self.help.format(default=",".join(value) if isinstance(value, list) else value)
 
 

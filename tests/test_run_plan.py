@@ -29,6 +29,16 @@ def test_a_key_added_to_config_is_unknown(tmp_path, capsys):
         run_plan.validate_config({k: v for k, v in tiny_config().config.items() if k != "seed"})
 
 
+
+def test_a_section_missing_from_config_is_one_line_not_a_traceback(tmp_path, capsys):
+    """The parser's help shows CONFIG's defaults; a section the user deleted from config.py
+    (here 'bootstrap', whose n_resamples --n-resamples shows) is reported, not a KeyError."""
+    user = tiny_config()
+    del user.config["bootstrap"]
+    assert main.main(tiny_args(tmp_path), user=user) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bootstrap" in err and "missing" in err and len(err.splitlines()) == 1
+
 def _identifiers(path):
     names = set()
     for node in ast.walk(ast.parse(open(path).read())):
