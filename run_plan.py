@@ -277,6 +277,9 @@ def validate_user_config(user: UserConfig, backbones: tuple[str, ...] = BACKBONE
             raise ConfigError(f"{name} has no entry for backbone(s) {missing}; add one per backbone "
                               "in config.py (layer indices from LAYER_GUIDE.md)")
     _choice(user.quick["metric"], METRICS, "QUICK['metric']")
+    qb = user.quick.get("backbone")
+    if qb is not None and not (isinstance(qb, str) and qb.startswith(LIBRARY_PREFIXES)):
+        _choice(qb, backbones, "QUICK['backbone'] (or None: config['backbone'])")
 
 
 # ---------------------------------------------------------------------- checks
@@ -541,10 +544,13 @@ SETTING_FLAGS = (
 _FLAG_OF = {f.setting: f for f in SETTING_FLAGS}
 
 
-def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict | None = None) -> dict:
+def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict | None = None,
+                     sweep: bool = True) -> dict:
     """CONFIG of `user` with `overrides` applied (setting -> value; 'section.key' sets a key of a
     section), image counts defaulted from the mode, and validated. A bad override is reported
-    under names[setting] (the flag the user typed), a bad config value under its config key."""
+    under names[setting] (the flag the user typed), a bad config value under its config key.
+    A quick-mode `sweep` (not another command such as --build-cache) runs QUICK's backbone
+    unless `overrides` name one."""
     names = names or {}
     for key, value in overrides.items():
         flag = _FLAG_OF.get(key)
@@ -566,6 +572,9 @@ def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict |
         if cfg[key] is None:
             cfg[key] = user.modes[mode][key]
     validate_config(cfg)
+    if sweep and mode == "quick" and user.quick.get("backbone") and "backbone" not in overrides:
+        cfg["backbone"] = user.quick["backbone"]          # quick mode's own, unless --backbone
+        spec_of(cfg["backbone"])
     for section in dm.METRIC_DEFAULTS:         # every parameter, as the results record it
         cfg[section] = dm.metric_params(section, cfg[section])
     if cfg["weights"] not in ("auto", "pretrained", "random") and not os.path.exists(cfg["weights"]):

