@@ -80,6 +80,8 @@ METRICS = {
     "psnr": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
     "ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
     "ms_ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
+    "ssim_rgb": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
+    "ms_ssim_rgb": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
     # with networks of their own (perceptual.py runs them; the distances are below)
     "lpips": {**_PAIRED, "forms": ("pixels",)},
     "dists": {**_PAIRED, "forms": ("pixels",)},
@@ -913,8 +915,9 @@ def _pixels(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def psnr(x, y, data_range: float = 255.0) -> np.ndarray:
-    """Per image: 10 log10(data_range^2 / MSE) over every pixel and channel, in dB; identical
-    images score PSNR_MAX_DB."""
+    """Per image: 10 log10(data_range^2 / MSE) over every pixel of R, G and B together, in dB
+    (pyiqa's `psnr`, test_y_channel False; its `psnry` is PSNR on luminance); identical images
+    score PSNR_MAX_DB."""
     x, y = _pixels(x, y)
     mse = np.mean((x - y) ** 2, axis=(1, 2, 3))
     floor = data_range ** 2 * 10 ** (-PSNR_MAX_DB / 10)
@@ -940,21 +943,25 @@ def _filter(a: np.ndarray, win: np.ndarray) -> np.ndarray:
     return a
 
 
-def _ssim_cs(x, y, data_range, win):
+def _ssim_cs(x, y, data_range, win, clamp_cs: bool = False):
+    """Per image and channel: the mean SSIM map and the mean contrast-structure map
+    (`clamp_cs`: that map clamped at 0 first, as pyiqa's ssim does)."""
     c1, c2 = (SSIM_K[0] * data_range) ** 2, (SSIM_K[1] * data_range) ** 2
     mu1, mu2 = _filter(x, win), _filter(y, win)
     s11 = _filter(x * x, win) - mu1 ** 2
     s22 = _filter(y * y, win) - mu2 ** 2
     s12 = _filter(x * y, win) - mu1 * mu2
     cs_map = (2 * s12 + c2) / (s11 + s22 + c2)
+    if clamp_cs:
+        cs_map = np.maximum(cs_map, 0.0)
     ssim_map = ((2 * mu1 * mu2 + c1) / (mu1 ** 2 + mu2 ** 2 + c1)) * cs_map
     n, c = x.shape[:2]
     return ssim_map.reshape(n, c, -1).mean(-1), cs_map.reshape(n, c, -1).mean(-1)
 
 
-def ssim(x, y, data_range: float = 255.0) -> np.ndarray:
-    """Per image: SSIM, the mean over channels of the mean SSIM map (pytorch_msssim.ssim with
-    size_average=False)."""
+def ssim_rgb(x, y, data_range: float = 255.0) -> np.ndarray:
+    """Per image: SSIM on R, G and B, the mean over channels of the mean SSIM map
+    (pytorch_msssim.ssim with size_average=False). Not the IQA literature's SSIM (`ssim`)."""
     x, y = _pixels(x, y)
     return _ssim_cs(x, y, data_range, _gauss_window())[0].mean(axis=1)
 
@@ -973,11 +980,12 @@ def ms_ssim_min_size(win: int = SSIM_WIN) -> int:
     return (win - 1) * 2 ** 4 + 1
 
 
-def ms_ssim(x, y, data_range: float = 255.0) -> np.ndarray:
-    """Per image: multi-scale SSIM (pytorch_msssim.ms_ssim with size_average=False)."""
+def ms_ssim_rgb(x, y, data_range: float = 255.0) -> np.ndarray:
+    """Per image: multi-scale SSIM on R, G and B (pytorch_msssim.ms_ssim with
+    size_average=False). Not the IQA literature's MS-SSIM (`ms_ssim`)."""
     x, y = _pixels(x, y)
     if min(x.shape[-2:]) < ms_ssim_min_size():
-        raise MetricInputError(f"ms_ssim needs images of at least {ms_ssim_min_size()} px a side "
+        raise MetricInputError(f"ms_ssim_rgb needs images of at least {ms_ssim_min_size()} px a side "
                                f"(four downsamplings of an 11-px window); these are "
                                f"{x.shape[-1]} px: raise config['working_size']")
     win, mcs = _gauss_window(), []
@@ -991,7 +999,91 @@ def ms_ssim(x, y, data_range: float = 255.0) -> np.ndarray:
     return np.prod(stack ** w, axis=0).mean(axis=1)
 
 
-PIXEL_FUNCTIONS = {"psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim}
+
+# The IQA literature's SSIM and MS-SSIM: Wang et al.'s MATLAB code (ssim.m and msssim.m) as
+# pyiqa ports it and calibrates it against the MATLAB outputs (pyiqa/archs/ssim_arch.py,
+# ResultsCalibra: SSIM within 4e-4 of ssim.m on TID2013 images). pyiqa's `ssim` and `ms_ssim`:
+# * luminance only: Y = 0.299 R + 0.587 G + 0.114 B (YIQ's Y), rounded to an integer as
+#   MATLAB's uint8 rgb2gray is; data range 255;
+# * ssim.m's automatic downsampling, f = max(1, round(min(H, W) / 256)), as pyiqa's
+#   SSIM(downsample=True) does it: an f x f average pool. For f = 2 (the databases' 384-639 px
+#   images, even sides) that is exactly ssim.m's imfilter(ones(f)/f^2, 'symmetric') and
+#   every f-th pixel; for f >= 3 ssim.m centres the box, and at exact halves (a 640 px side)
+#   Python's round gives f = 2 where MATLAB's gives 3;
+# * fspecial('gaussian', 11, 1.5), filter2(..., 'valid'), K = (0.01, 0.03), the mean of the
+#   map; pyiqa clamps the contrast-structure map at 0 (ssim.m does not: on heavy noise or
+#   strong blur the two differ by up to 1e-3);
+# * MS-SSIM (msssim.m, no automatic downsampling): 5 scales, weights (0.0448, 0.2856, 0.3001,
+#   0.2363, 0.1333), prod(mcs(1:4) .^ w(1:4)) * ssim(5) ^ w(5), a 2 x 2 average pool between
+#   scales, as msssim.m on even sides; on an odd side pyiqa pads a zero on both ends (counted
+#   in the mean) where msssim.m mirrors the last pixel (up to 7e-3 apart on a 341 px side).
+LUMA = (0.299, 0.587, 0.114)
+MS_SSIM_MIN_SIDE = SSIM_WIN * 2 ** (len(MS_SSIM_WEIGHTS) - 1)   # msssim.m: min(M, N) / 16 >= 11
+
+
+def luminance(x) -> np.ndarray:
+    """(n, 1, H, W) float64 integer-valued luma of an (n, H, W, 3) stack of 0-255 pixels."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise MetricInputError(f"luminance needs (n, H, W, 3) images; got {x.shape}")
+    return np.round(x @ np.asarray(LUMA))[:, None]
+
+
+def ssim_downsampling(height: int, width: int) -> int:
+    """ssim.m's factor max(1, round(min(H, W) / 256)), with Python's round as pyiqa has it."""
+    return max(1, round(min(height, width) / 256))
+
+
+def _avg_pool(a: np.ndarray, f: int) -> np.ndarray:
+    """torch's avg_pool2d(kernel f, stride f), no padding, over the last two axes."""
+    if f == 1:
+        return a
+    h, w = a.shape[-2] // f * f, a.shape[-1] // f * f
+    a = a[..., :h, :w]
+    return a.reshape(*a.shape[:-2], h // f, f, w // f, f).mean(axis=(-3, -1))
+
+
+def _check_pixels(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
+        raise MetricInputError(f"pixel baselines compare (n, H, W, 3) images of one shape; got "
+                               f"{x.shape} and {y.shape}")
+    return luminance(x), luminance(y)
+
+
+def ssim(x, y) -> np.ndarray:
+    """Per image: the IQA literature's SSIM (Wang et al.'s ssim.m on luminance, with its
+    automatic downsampling, as pyiqa's `ssim` computes it; see the notes above) of
+    (n, H, W, 3) 0-255 images."""
+    x, y = _check_pixels(x, y)
+    f = ssim_downsampling(*x.shape[-2:])
+    x, y = _avg_pool(x, f), _avg_pool(y, f)
+    if min(x.shape[-2:]) < SSIM_WIN:
+        raise MetricInputError(f"ssim needs images of at least {SSIM_WIN} px a side after its "
+                               f"downsampling; these are {x.shape[-1]} px: raise config['working_size']")
+    return _ssim_cs(x, y, 255.0, _gauss_window(), clamp_cs=True)[0][:, 0]
+
+
+def ms_ssim(x, y) -> np.ndarray:
+    """Per image: the IQA literature's MS-SSIM (Wang et al.'s msssim.m on luminance, as pyiqa's
+    `ms_ssim` computes it; see the notes above) of (n, H, W, 3) 0-255 images."""
+    x, y = _check_pixels(x, y)
+    if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
+        raise MetricInputError(f"ms_ssim needs images of at least {MS_SSIM_MIN_SIDE} px a side "
+                               f"(msssim.m: 5 scales of an 11-px window); these are "
+                               f"{x.shape[-1]} px: raise config['working_size']")
+    win, mcs = _gauss_window(), []
+    for i in range(len(MS_SSIM_WEIGHTS)):
+        s, cs = _ssim_cs(x, y, 255.0, win, clamp_cs=True)
+        if i < len(MS_SSIM_WEIGHTS) - 1:
+            mcs.append(cs[:, 0])
+            x, y = _avg_pool2(x), _avg_pool2(y)
+    w = np.asarray(MS_SSIM_WEIGHTS)
+    return np.prod(np.stack(mcs) ** w[:-1, None], axis=0) * s[:, 0] ** w[-1]
+
+
+PIXEL_FUNCTIONS = {"psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim, "ssim_rgb": ssim_rgb,
+                   "ms_ssim_rgb": ms_ssim_rgb}
 
 # ------------------------------------------------------- network baselines (LPIPS, DISTS)
 # The networks run in perceptual.py; these are the distances over their layer outputs,

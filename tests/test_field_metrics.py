@@ -271,20 +271,92 @@ def _torch_pixels(a):
     return torch.from_numpy(a.astype(np.float64)).permute(0, 3, 1, 2)
 
 
-def test_ssim_and_ms_ssim_equal_pytorch_msssim():
+def test_rgb_ssim_and_ms_ssim_equal_pytorch_msssim():
+    """ssim_rgb and ms_ssim_rgb are pytorch_msssim's (on R, G, B)."""
     pm = pytest.importorskip("pytorch_msssim")
     for seed, shape in ((0, (3, 190, 170, 3)), (1, (2, 161, 200, 3))):   # odd sides: padded pooling
         x, y = _image_pairs(seed, shape)
         want = pm.ssim(_torch_pixels(x), _torch_pixels(y), data_range=255, size_average=False).numpy()
-        np.testing.assert_allclose(dm.ssim(x, y), want, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(dm.ssim_rgb(x, y), want, rtol=0, atol=1e-6)
         want = pm.ms_ssim(_torch_pixels(x), _torch_pixels(y), data_range=255, size_average=False).numpy()
-        np.testing.assert_allclose(dm.ms_ssim(x, y), want, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(dm.ms_ssim_rgb(x, y), want, rtol=0, atol=1e-6)
     small = _image_pairs(shape=(1, 40, 40, 3))
     want = pm.ssim(_torch_pixels(small[0]), _torch_pixels(small[1]), data_range=255, size_average=False)
-    np.testing.assert_allclose(dm.ssim(*small), want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(dm.ssim_rgb(*small), want.numpy(), atol=1e-6)
     with pytest.raises(dm.MetricInputError, match="161 px"):
-        dm.ms_ssim(*small)
-    assert dm.ssim(small[0], small[0]) == pytest.approx([1.0])
+        dm.ms_ssim_rgb(*small)
+    assert dm.ssim_rgb(small[0], small[0]) == pytest.approx([1.0])
+
+
+def _photographs():
+    """The built-in source photographs and two of scikit-image's, at sizes where ssim.m
+    downsamples by 1 and by 2, odd sides included."""
+    import skimage.data
+    from PIL import Image
+    from dataset import _photo_paths
+    sizes = ((256, 256), (300, 451), (384, 512))
+    for path, (h, w) in zip(_photo_paths(), sizes):
+        img = Image.open(path).convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+        yield np.asarray(img)
+    yield skimage.data.chelsea()                   # 300 x 451, as published
+    yield skimage.data.coffee()                    # 400 x 600: f = 2
+
+
+DISTORTIONS = [("gaussian_blur", 1.0), ("gaussian_blur", 3.0), ("gaussian_noise", 10),
+               ("gaussian_noise", 50), ("jpeg_compression", 10), ("jpeg_compression", 50),
+               ("downsample_upsample", 3), ("blur_plus_contrast", [2.0, 0.6])]
+
+
+def test_ssim_and_ms_ssim_are_the_literatures_as_pyiqa_computes_them():
+    """`ssim` and `ms_ssim` (Wang et al.'s ssim.m and msssim.m on luminance, ssim.m's automatic
+    downsampling) equal pyiqa's SSIM(downsample=True) and MS_SSIM, the port pyiqa calibrates
+    against the MATLAB code, on photographs and their distortions; the RGB reading differs."""
+    import torch
+    pyiqa_ssim = pytest.importorskip("pyiqa.archs.ssim_arch")
+    from pyiqa.archs.func_util import preprocess_rgb
+    from degradation_generator import apply_degradation
+
+    def t(a):      # SSIM.forward's preprocessing; float32, as its float64 conv2d takes 20 s here
+        x = torch.from_numpy(np.array(a, np.float32)).permute(0, 3, 1, 2) / 255
+        return preprocess_rgb(x, test_y_channel=True, data_range=255, color_space="yiq")
+
+    def ref_ssim(x, y):
+        return pyiqa_ssim.ssim(x, y, data_range=255, downsample=True)
+
+    def ref_ms(x, y):
+        return pyiqa_ssim.ms_ssim(x, y, data_range=255, downsample=False, is_prod=True)
+    worst, rgb_gap = 0.0, 0.0
+    for ref in _photographs():
+        dist = np.stack([apply_degradation(ref, d, lv, 0, "x") for d, lv in DISTORTIONS])
+        refs = np.repeat(ref[None], len(dist), axis=0)
+        with torch.no_grad():
+            want_s = ref_ssim(t(dist), t(refs)).numpy()
+            want_m = ref_ms(t(dist), t(refs)).numpy()
+        got_s, got_m = dm.ssim(dist, refs), dm.ms_ssim(dist, refs)
+        worst = max(worst, np.abs(got_s - want_s).max(), np.abs(got_m - want_m).max())
+        if rgb_gap == 0.0:
+            rgb_gap = np.abs(dm.ssim_rgb(dist, refs) - got_s).max()
+    assert worst < 1e-4, worst
+    assert rgb_gap > 1e-3                       # the RGB reading is another number
+
+
+def test_ssim_downsamples_as_ssim_m_and_reads_luminance():
+    """Hand-built cases: a 2x2-block image at 512 px equals its 256 px version (f = 2 box
+    average then every second pixel); only luminance counts (a colour change that keeps
+    0.299 R + 0.587 G + 0.114 B leaves SSIM at 1); the factor is max(1, round(min side/256))."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (2, 256, 256, 3)).astype(np.uint8)
+    big = small.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_allclose(dm.ssim(big[:1], big[1:]), dm.ssim(small[:1], small[1:]), atol=1e-12)
+    assert [dm.ssim_downsampling(h, 999) for h in (100, 383, 384, 639, 767, 768)] == [1, 1, 2, 2, 3, 3]
+    grey = np.full((1, 64, 64, 3), 100, np.uint8)
+    tinted = grey.copy()
+    tinted[..., 0], tinted[..., 2] = 100 + 38, 100 - 100       # +0.299*38 - 0.114*100 = 0 in Y
+    assert dm.luminance(tinted)[0, 0, 0, 0] == dm.luminance(grey)[0, 0, 0, 0] == 100
+    assert dm.ssim(tinted, grey) == pytest.approx([1.0])
+    assert dm.ssim_rgb(tinted, grey)[0] < 0.9
+    with pytest.raises(dm.MetricInputError, match="176 px"):
+        dm.ms_ssim(small[:1, :170, :170], small[1:, :170, :170])
 
 
 def test_psnr_in_closed_form():
@@ -304,7 +376,7 @@ def test_baselines_are_ranked_rows_and_psnr_follows_the_seed_degradations(tmp_pa
     import main
     import pandas as pd
     from helpers import tiny_args, tiny_config
-    user = tiny_config(working_size=168, degradations=default_config()["degradations"],
+    user = tiny_config(working_size=176, degradations=default_config()["degradations"],
                        distance_metrics=["fid", "paired_l2"])
     args = tiny_args(tmp_path, "--mode", "medium", "--layers", "8", "--n-inference", "6",
                      "--n-evaluation", "5")
