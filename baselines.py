@@ -48,6 +48,12 @@ def unit_images(unit, working_size: int, seed: int, which=None) -> np.ndarray:
     return np.stack(out)
 
 
+def clean_positions(unit, clean_unit) -> list:
+    """The clean unit's row of each of `unit`'s rows: its own position, or the reference a
+    rated image of an incomplete design pairs with (`unit.pairs`)."""
+    return list(unit.pairs) if unit.pairs is not None else list(range(len(clean_unit.records)))
+
+
 def value_key(name: str, unit, clean_unit, working_size: int, seed: int,
               network: dict | None = None) -> str:
     """The cache key of one baseline's values on one evaluation unit: the images' and their
@@ -57,7 +63,7 @@ def value_key(name: str, unit, clean_unit, working_size: int, seed: int,
               "degradations": DEGRADATION_VERSION, "working_size": working_size,
               "seed": seed, "degradation": unit.degradation, "level": unit.level,
               "images": [r.sha256 for r in unit.records],
-              "clean": [r.sha256 for r in clean_unit.records]}
+              "clean": [clean_unit.records[i].sha256 for i in clean_positions(unit, clean_unit)]}
     if network is not None:
         fields["network"] = network
     return cache_key(fields)
@@ -142,10 +148,11 @@ def _pixel_values(todo, nets, clean_unit, working_size: int, seed: int) -> list[
         if not todo_names:
             return {}
         images = clean if unit is clean_unit else unit_images(unit, working_size, seed)
+        paired = clean if unit.pairs is None else clean[list(unit.pairs)]
         out = {}
         for name in todo_names:
             try:
-                out[name] = np.asarray(dm.PIXEL_FUNCTIONS[name](images, clean), np.float64)
+                out[name] = np.asarray(dm.PIXEL_FUNCTIONS[name](images, paired), np.float64)
             except dm.MetricInputError as exc:
                 out[name] = exc
         return out
@@ -161,11 +168,20 @@ def _network_values(net, units, clean_unit, working_size: int, seed: int) -> lis
     outputs are held whole (a VGG16's layers of one 256 px image are 32 MiB)."""
     from perceptual import CHUNK
     n = len(clean_unit.records)
-    out = [np.empty(n) for _ in units]
+    out = [np.empty(len(u.records)) for u in units]
+    for k, unit in enumerate(units):         # an incomplete design's groups, image by image
+        if unit.pairs is not None:
+            for s in range(0, len(unit.records), CHUNK):
+                which = range(s, min(len(unit.records), s + CHUNK))
+                fy = net.features(unit_images(clean_unit, working_size, seed,
+                                              [unit.pairs[i] for i in which]))
+                out[k][s:s + len(which)] = net.distance(net.features(
+                    unit_images(unit, working_size, seed, which)), fy)
+    units_aligned = [(k, u) for k, u in enumerate(units) if u.pairs is None]
     for s in range(0, n, CHUNK):
         which = range(s, min(n, s + CHUNK))
         fy = net.features(unit_images(clean_unit, working_size, seed, which))
-        for k, unit in enumerate(units):
+        for k, unit in units_aligned:
             fx = fy if unit is clean_unit else net.features(unit_images(unit, working_size, seed, which))
             out[k][s:s + len(which)] = net.distance(fx, fy)
     return out

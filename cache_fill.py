@@ -45,30 +45,47 @@ class RunData:
 
 def run_data(cfg) -> RunData:
     """The images of cfg's run. With config['mos'], the evaluation sets are the rated
-    database's (type, level) groups and its references are the clean level; the reference set
-    is the database's references, or `mos_reference` (a folder or "builtin") when set."""
+    database's groups: (type, level) of a full-reference database, whose references are the
+    clean level and, unless `mos_reference` (a folder or "builtin") names others, the reference
+    set; or the MOS bins of a no-reference set, whose reference set (and clean level) is
+    `mos_reference`, required there."""
     from feature_cache import evaluation_units, rated_units
     if not cfg["mos"]:
         eval_records, ref_records = select(cfg)
         return RunData(ref_records, eval_records, cfg["degradations"],
                        evaluation_units(eval_records, cfg["degradations"]))
     from dataset import select_images
-    from human_agreement import Ratings
-    from rated_database import read_ratings
-    db = read_ratings(cfg["mos"])
-    refs = list(db.references)
+    from rated_database import NO_REFERENCE, read_ratings
+    refs = None
     if cfg["mos_reference"] != "database":
         refs = select_images(cfg["mos_reference"], 0, cfg["n_images_inference"], cfg["seed"])[1]
-    groups = [db.groups[(t, lv)] for t in db.types for lv in db.levels(t)]
-    units = rated_units(list(db.references), db.group_keys(),
-                        [[db.records[im.image] for im in g] for g in groups])
-    log.info("rated database %s (%s, %s is better): %d images in %d groups of %d references; "
-             "reference set: %s (%d images)", db.path, db.format,
-             "higher" if db.higher_is_better else "lower", db.n_images, len(groups),
+    db = read_ratings(cfg["mos"], bins=cfg["mos_bins"], orientation=cfg["mos_orientation"],
+                      exclude=frozenset(r.sha256 for r in refs or ()))
+    if db.kind == NO_REFERENCE and refs is None:
+        raise UsageError(f"--mos {cfg['mos']}: a no-reference rated set (realism ratings, no "
+                         "reference per image) is compared with real photographs: give --dataset "
+                         "FOLDER (or config['mos_reference'])")
+    refs = refs if refs is not None else list(db.references)
+    clean = list(db.references) if db.kind != NO_REFERENCE else refs
+    groups = db.all_groups()
+    units = rated_units(clean, [k for k, _, _ in groups],
+                        [[db.records[im.image] for im in ims] for _, _, ims in groups],
+                        None if db.complete else [db.pairs(ims) for _, _, ims in groups])
+    log.info("rated database %s (%s, %s, %s is better): %d images in %d groups (%d scored) of "
+             "%d references; reference set: %s (%d images)", db.path, db.format, db.kind,
+             "higher" if db.higher_is_better else "lower", db.n_images, len(groups), len(db.groups),
              len(db.references), "the database's references" if cfg["mos_reference"] == "database"
              else cfg["mos_reference"], len(refs))
-    return RunData(refs, list(db.references), db.degradations(), units, db,
-                   Ratings(tuple(db.group_keys()), db.quality()))
+    if db.excluded:
+        log.warning("%d rated image(s) equal to a reference image (same sha256) left out of the "
+                 "evaluation", db.excluded)
+    if db.binned:
+        log.info("MOS-quantile bins (%d) instead of levels for: %s", cfg["mos_bins"],
+                 ", ".join(db.binned))
+    for row in db.group_rows():
+        if not row["scored"]:
+            log.info("group %s level %g not scored as a set: %s", row["type"], row["level"], row["reason"])
+    return RunData(refs, clean, db.degradations(), units, db, db.ratings(len(clean)))
 
 
 def feature_assembler(cfg, backbone, caches, ref_units, eval_units):

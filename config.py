@@ -19,6 +19,13 @@ CONFIG = {
     # references are the reference set unless mos_reference names a folder (or "builtin").
     "mos": None,
     "mos_reference": "database",
+    # A no-reference rated set (RAISE, a CSV image,mos) is grouped into this many MOS-quantile
+    # bins, each scored as an evaluation set against --dataset's photographs (also the bins of a
+    # unified CSV's types whose file names carry no level, as LIVE's). At least 3.
+    "mos_bins": 6,
+    # The unified CSV (dis_img_path,dis_type,ref_img_path,score) does not say which way its
+    # score goes: "higher-better" (MOS) or "lower-better" (DMOS, as CSIQ's); None = not given.
+    "mos_orientation": None,
     "rank_by": "auto",             # auto (mos with a rated database, else monotonicity) | monotonicity | mos
     "seed": 0,                     # every random choice derives from this seed
     # Images are resized (shorter side) and centre-cropped to this square size,
@@ -85,11 +92,12 @@ CONFIG = {
     # Two-sample metrics (fid, kid, cmmd, mmd_rbf) need no distribution model;
     # model-based metrics (mahalanobis, neg_loglik) are crossed with every model.
     # fidelity and diversity apart (precision, recall: k = 3; density, coverage: k = 5), FD-infinity,
-    # energy distance, sliced Wasserstein-2, and each image against its own clean version
-    # (paired_l2: on Gram rows the style loss; paired_cosine): README "Metrics"
+    # energy distance, sliced Wasserstein-2, each image against its own clean version
+    # (paired_l2: on Gram rows the style loss; paired_cosine), and each image's realism score
+    # (Kynkaanniemi et al. 2019; higher = more real): README "Metrics"
     "distance_metrics": ["fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik",
                          "precision", "recall", "density", "coverage", "fd_inf", "energy",
-                         "sliced_wasserstein", "paired_l2", "paired_cosine"],
+                         "sliced_wasserstein", "paired_l2", "paired_cosine", "realism"],
     # Full-reference baselines ranked with the feature spaces (rows baseline:<name>) in medium
     # and full mode, on the working-size pixels: psnr (over R, G and B), ssim and ms_ssim (the
     # IQA literature's: Wang et al.'s MATLAB code on luminance, as pyiqa computes them),

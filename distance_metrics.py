@@ -28,8 +28,11 @@ PRECISION_RECALL_K = 3      # Kynkaanniemi et al. 2019
 DENSITY_COVERAGE_K = 5      # Naeem et al. 2020 (the prdc package's recommended k)
 SW_PROJECTIONS = 50         # POT's sliced_wasserstein_distance default
 FD_INF_POINTS = 15          # Chong & Forsyth 2020 (and dgm-eval's compute_FD_infinity)
+REALISM_K = 3               # Kynkaanniemi et al. 2019's realism score: nhood_sizes=[3]
+REALISM_PERCENTILE = 50     # its reference balls above this percentile of radii are pruned
+REALISM_EPS = 1e-5          # ManifoldEstimator's eps
 PRDC_K = {"precision": PRECISION_RECALL_K, "recall": PRECISION_RECALL_K,
-          "density": DENSITY_COVERAGE_K, "coverage": DENSITY_COVERAGE_K}
+          "density": DENSITY_COVERAGE_K, "coverage": DENSITY_COVERAGE_K, "realism": REALISM_K}
 # The parameters of config['kid'] and config['cmmd'] and their defaults, the published values
 # above; config.py's sections hold only what a user overrides (`metric_params`).
 METRIC_DEFAULTS = {"kid": {"subsets": None, "subset_size": KID_SUBSET_SIZE, "degree": KID_DEGREE,
@@ -76,6 +79,7 @@ METRICS = {
     "sliced_wasserstein": {**_TWO, "forms": ("explicit",)},
     "paired_l2": _PAIRED,
     "paired_cosine": _PAIRED,
+    "realism": {**_TWO, "per_image": True, "higher_is_better": True},
     # full-reference baselines on the pixels (baselines.py computes them; config['baselines'])
     "psnr": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
     "ssim": {**_PAIRED, "forms": ("pixels",), "higher_is_better": True},
@@ -621,6 +625,13 @@ class _Geometry:
             yield s, (_dists(self.k_rr[s:e], self.r_sq[s:e], self.r_sq) if self.k_rr is not None
                       else cdist(self.ref[s:e], self.ref))
 
+    def cross(self, ev):
+        """D_re of an evaluation set: rows (n, d), or kernel blocks (K_re, K_ee)."""
+        if self.k_rr is not None:
+            k_re, k_ee = (np.asarray(b, np.float64) for b in ev)
+            return _dists(k_re, self.r_sq, np.diag(k_ee).copy())
+        return cdist(self.ref, _check_dim(ev, self.ref.shape[1]))
+
     def blocks(self, ev):
         """(D_re, D_ee) of an evaluation set: rows (n, d), or kernel blocks (K_re, K_ee)."""
         if self.k_rr is not None:
@@ -671,6 +682,43 @@ class PRDCReference:
 
     def score(self, ev) -> float:
         return self.score_prepared(self.prepare(ev))
+
+
+class RealismReference:
+    """The realism score of each evaluation image (Kynkaanniemi et al. 2019, section 5), as the
+    authors' code computes it (kynkaat/improved-precision-and-recall-metric:
+    ManifoldEstimator(real, nhood_sizes=[3], clamp_to_percentile=50).evaluate(x,
+    return_realism=True)): D_r, the squared distance from each reference row r to its k-th
+    nearest reference row, set to 0 where above the 50th percentile of all D_r (pruned balls);
+    then R(x) = max_r D_r / (|x - r|^2 + 1e-5). Higher is more real (R >= 1 inside an unpruned
+    ball). The set's score is the mean R; the per-image values are its prepared state. `ref`
+    rows, or `k_rr` kernel blocks (then `prepare` takes (K_re, K_ee))."""
+
+    def __init__(self, ref=None, k: int = REALISM_K, k_rr=None):
+        self.k = k
+        self.geo = _Geometry(ref, k_rr)
+        radii = np.empty(self.geo.n)
+        for s, d in self.geo.ref_blocks():
+            radii[s:s + len(d)] = kth_neighbour(d, k)
+        sq = radii ** 2
+        sq[sq > np.percentile(sq, REALISM_PERCENTILE)] = 0.0
+        self.radii_sq = sq
+
+    def prepare(self, ev) -> np.ndarray:
+        d_re = self.geo.cross(ev)
+        return np.max(self.radii_sq[:, None] / (d_re ** 2 + REALISM_EPS), axis=0)
+
+    def score_prepared(self, state, idx=None) -> float:
+        return float(np.mean(state if idx is None else state[idx]))
+
+    def score(self, ev) -> float:
+        return self.score_prepared(self.prepare(ev))
+
+
+def realism_scores(ref, ev, k: int = REALISM_K) -> np.ndarray:
+    """The realism score of every row of `ev` (n2, d) against `ref` (n1, d); see RealismReference."""
+    ref, ev = _check_pair(ref, ev)
+    return RealismReference(ref, k).prepare(ev)
 
 
 def precision_recall(ref, ev, k: int = PRECISION_RECALL_K) -> tuple[float, float]:

@@ -41,7 +41,7 @@ import human_agreement as ha
 from distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, ModelSpec,
                                    SpanCoordinates, fit_distribution, in_span, model_feasibility)
 from errors import UsageError
-from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible, Transform
+from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible, Transform, clean_rows
 from layer_registry import LayerConfig
 
 SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
@@ -144,6 +144,9 @@ class ConfigResult:
     prepared: dict | None = field(default=None, repr=False, compare=False)
     boot_mean: object = field(default=None, repr=False, compare=False)   # mean rho per resample
     boot_mos: object = field(default=None, repr=False, compare=False)    # set SRCC per resample
+    # a --mos run's per-image scores of a per-image metric, one array per rated group
+    # (Ratings.image_keys): mos_images.csv; not in the JSON record
+    image_scores: list | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -259,7 +262,11 @@ def kendall_monotonicity(scores) -> float:
 
 
 def _spearman_rows(scores: np.ndarray) -> np.ndarray:
-    """Spearman rho of each row of (B, L+1) scores against 0..L, vectorised (ties averaged)."""
+    """Spearman rho of each row of (B, L+1) scores against 0..L, vectorised (ties averaged). A
+    NaN score (a rated group a resample left empty) is left out of its row."""
+    if np.isnan(scores).any():
+        pos = np.arange(scores.shape[1], dtype=np.float64)
+        return ha.spearman_rows(np.where(np.isnan(scores), np.nan, pos[None, :]), scores)
     ranks = stats.rankdata(scores, axis=1)
     pos = np.arange(scores.shape[1], dtype=np.float64)
     pos -= pos.mean()
@@ -301,6 +308,8 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
     rows = space.ref if k_rr is None else None
     if metric in ("precision", "recall", "density", "coverage"):
         return dm.PRDCReference(metric, rows, k_rr=k_rr)
+    if metric == "realism":
+        return dm.RealismReference(rows, k_rr=k_rr)
     if metric == "energy":
         return dm.EnergyReference(rows, k_rr=k_rr)
     if metric == "sliced_wasserstein":
@@ -326,9 +335,10 @@ def _evaluation_input(metric: str, space: FeatureSpace, key):
     """What `scorer.prepare` takes for evaluation set `key` in this space."""
     if dm.METRICS[metric]["paired"]:
         if space.kernel is None:
-            return space.evals[key], space.evals[CLEAN]
+            return space.evals[key], clean_rows(space.evals[CLEAN], space.pairs, key)
         k = space.kernel
-        return dm.PairedKernel(np.diag(k.ee[key]).copy(), np.diag(k.ee[CLEAN]).copy(), k.pair[key])
+        return dm.PairedKernel(np.diag(k.ee[key]).copy(),
+                               clean_rows(np.diag(k.ee[CLEAN]), space.pairs, key).copy(), k.pair[key])
     if space.kernel is None:
         return space.evals[key]
     if dm.METRICS[metric]["model"]:
@@ -344,7 +354,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     then applies to every configuration of the group). `base` holds fields common to every
     result (n_reference, weights, ...). With `ratings` (a rated database), each scored
     configuration also gets its agreement with the opinion scores (`agreement`). One function
-    (71 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
+    (78 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
     base = base or {}
     results = [ConfigResult(c, **base) for c in confs]
     try:
@@ -359,6 +369,9 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     for r in results:
         c = r.conf
         rule = feasibility(c, space)
+        if not rule and ratings is not None and not ratings.paired and dm.METRICS[c.metric]["paired"]:
+            rule = (f"{c.metric} compares each image with its clean version; a no-reference rated "
+                    "set has none")
         if rule:
             _set(r, NOT_RUN, rule)
             continue
@@ -388,11 +401,15 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
             work.append((r, s))
         except (dm.MetricInputError, ModelError, ArithmeticError) as exc:
             _set(r, FAILED, str(exc))
+    set_keys = {CLEAN_KEY} | {(name, p) for name, spec in degradations.items()
+                              for p in range(1, len(spec["levels"]) + 1)}
     for key in space.keys:                 # each evaluation set visited once for the group
         inputs = {}                        # one input object per (space, form): models share it
         for r, s in work:
             if r.status != SCORED:
                 continue
+            if degradations and key not in set_keys and not dm.METRICS[r.conf.metric]["per_image"]:
+                continue                   # a rated group too small to score as a set
             try:
                 need = dm.METRICS[r.conf.metric]
                 ik = (id(s), need["model"], need["paired"])
@@ -430,14 +447,16 @@ def score_baseline(name: str, values: dict | None, degradations: dict, base: dic
 
 
 def agreement(r: ConfigResult, ratings: ha.Ratings) -> None:
-    """Set-level criteria from the groups' scores; image-level ones for per-image metrics."""
+    """Set-level criteria from the groups' scores; image-level ones for per-image metrics, over
+    every rated image (their values stay in `image_scores` for mos_images.csv)."""
     sign = dm.orientation(r.conf.metric)        # SRCC with the MOS of "worsens" scores
     scores = [r.per_degradation[t]["scores"][p] for t, p in ratings.keys]
     m = ha.set_level(sign * np.asarray(scores), ratings)
     m.update(group_scores=[float(v) for v in scores], srcc_ci=None, delta_top=None,
              delta_top_ci=None, tied_with_top=None, image=None)
     if dm.METRICS[r.conf.metric]["per_image"]:
-        m["image"] = ha.image_level(sign * np.stack([r.prepared[k] for k in ratings.keys]), ratings)
+        r.image_scores = [np.asarray(r.prepared[k], np.float64) for k in ratings.image_keys]
+        m["image"] = ha.image_level([sign * v for v in r.image_scores], ratings)
     r.mos = m
 
 
@@ -479,25 +498,34 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     in every group) a resample is a bootstrap over references (ha.cluster_indices)."""
     scorer, prepared, n = result.scorer, result.prepared, result.n_evaluation
     rng = np.random.default_rng([seed, 0xB007])
-    idx = ha.cluster_indices(n, n_resamples, rng)
+    if ratings is not None and not ratings.complete:     # groups of their own sizes
+        idx = ha.resamples(ratings, n_resamples, rng)
+
+        def score(k, b):
+            return _resampled_score(scorer, prepared[k], idx[b][k])
+    else:
+        idx = ha.cluster_indices(n, n_resamples, rng)
+
+        def score(k, b):
+            return scorer.score_prepared(prepared[k], idx[b])
     alpha = (1 - confidence) / 2
     rhos, columns = [], {}
     for name, spec in degradations.items():
         keys = [CLEAN] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
-        boot = np.array([[scorer.score_prepared(prepared[k], i) for k in keys] for i in idx])
+        boot = np.array([[score(k, b) for k in keys] for b in range(n_resamples)])
         columns.update({k: boot[:, j] for j, k in enumerate(keys)})
         rho = _spearman_rows(dm.orientation(result.conf.metric) * boot)
         rhos.append(rho)
         d = result.per_degradation[name]
-        d["spearman_ci"] = [float(np.quantile(rho, alpha)), float(np.quantile(rho, 1 - alpha))]
-        d["scores_ci"] = [[float(np.quantile(boot[:, j], alpha)) for j in range(len(keys))],
-                          [float(np.quantile(boot[:, j], 1 - alpha)) for j in range(len(keys))]]
+        d["spearman_ci"] = ha.interval(rho, confidence)
+        d["scores_ci"] = [list(v) for v in zip(*(ha.interval(boot[:, j], confidence)
+                                                 for j in range(len(keys))))]
         diff = boot[:, 1] - boot[:, 0]
-        sd = diff.std(ddof=1)
+        sd = np.nanstd(diff, ddof=1) if np.isfinite(diff).sum() > 1 else 0.0
         d["sensitivity"] = (float(dm.orientation(result.conf.metric) * (d["scores"][1] - d["scores"][0])
                                   / sd) if sd > 0 else None)
     mean = np.mean(rhos, axis=0)
-    result.mean_spearman_ci = [float(np.quantile(mean, alpha)), float(np.quantile(mean, 1 - alpha))]
+    result.mean_spearman_ci = ha.interval(mean, confidence)
     result.n_resamples = n_resamples
     result.boot_mean = mean
     if ratings is not None and result.mos is not None:
@@ -505,6 +533,18 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
                                  * np.stack([columns[k] for k in ratings.keys], axis=1), ratings, idx)
         result.mos["srcc_ci"] = ha.interval(boot, confidence)
         result.boot_mos = boot
+
+
+def _resampled_score(scorer, state, rows: np.ndarray) -> float:
+    """The score of a resample's rows of one set; NaN when it leaves fewer than 2 images or the
+    score is undefined there."""
+    if len(rows) < 2:
+        return float("nan")
+    try:
+        v = float(scorer.score_prepared(state, rows))
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+        return float("nan")
+    return v if np.isfinite(v) else float("nan")
 
 
 def ties_with_top_mos(ranked: list[ConfigResult], confidence: float) -> list[ConfigResult]:

@@ -116,6 +116,9 @@ class Unit:
     degradation: str | None   # degradation type (None for ref and clean)
     level: object        # level value (None for ref and clean)
     records: tuple       # the ImageRecords, in row order
+    # a rated database's group whose rows are not aligned with the clean unit (an incomplete
+    # design): the clean unit's row of each row's reference. None: row i pairs with row i.
+    pairs: tuple | None = None
 
     @property
     def id(self) -> tuple:
@@ -141,12 +144,16 @@ def evaluation_units(records, degradations: dict) -> list[Unit]:
     return units
 
 
-def rated_units(references, keys, groups) -> list[Unit]:
-    """The evaluation units of a rated database: its references as the clean level, then each
-    group (type, level position) of image files, read as they are (no degradation applied).
-    `keys` and `groups` (lists of ImageRecords, in reference order) are aligned."""
+def rated_units(references, keys, groups, pairs=None) -> list[Unit]:
+    """The evaluation units of a rated database: its references (or a no-reference set's
+    reference images) as the clean level, then each group (type, level position) of image files,
+    read as they are (no degradation applied). `keys` and `groups` (lists of ImageRecords) are
+    aligned; `pairs` (one per group, or None) gives each row's reference position when a group
+    is not one image of every reference in reference order."""
+    pairs = pairs or [None] * len(keys)
     return [Unit("eval", CLEAN, 0, None, None, tuple(references))] + [
-        Unit("eval", t, pos, None, None, tuple(records)) for (t, pos), records in zip(keys, groups)]
+        Unit("eval", t, pos, None, None, tuple(records), None if p is None else tuple(p))
+        for (t, pos), records, p in zip(keys, groups, pairs)]
 
 
 class LayerCache:

@@ -121,7 +121,8 @@ def feature_key(layer_config, transform) -> tuple:
 class KernelBlocks:
     """Linear kernel blocks of rows of dimension `dim`: rr (n_ref, n_ref), and per evaluation
     set key: re (n_ref, n_eval), ee (n_eval, n_eval) and pair (n_eval,), the inner product of
-    each image's row with the same image's clean row (set CLEAN_KEY; the paired metrics)."""
+    each image's row with its clean row (set CLEAN_KEY, the same position unless the space's
+    `pairs` say which; the paired metrics). Sets may differ in size."""
     rr: np.ndarray
     re: dict
     ee: dict
@@ -136,8 +137,8 @@ class KernelBlocks:
                             {k: v + other.ee[k] for k, v in self.ee.items()}, self.dim + other.dim,
                             pair)
 
-    def unit(self) -> "KernelBlocks":
-        """The kernel of the L2-normalised rows."""
+    def unit(self, pairs: dict | None = None) -> "KernelBlocks":
+        """The kernel of the L2-normalised rows (`pairs`: FeatureSpace.pairs)."""
         r_sq = np.diag(self.rr)
         re, ee = {}, {}
         for k in self.re:
@@ -146,20 +147,38 @@ class KernelBlocks:
         pair = None
         if self.pair is not None:
             c_sq = np.diag(self.ee[CLEAN_KEY])
-            pair = {k: np.diag(unit_kernel(np.diag(v), np.diag(self.ee[k]), c_sq)).copy()
+            pair = {k: _unit_pair(v, np.diag(self.ee[k]), c_sq, pairs, k)
                     for k, v in self.pair.items()}
         return KernelBlocks(unit_kernel(self.rr, r_sq, r_sq), re, ee, self.dim, pair)
 
 
+def _unit_pair(v, e_sq, c_sq, pairs, key) -> np.ndarray:
+    """Each row's inner product with its clean row, after both are L2-normalised (0 where a set
+    has no pairing)."""
+    if len(v) != len(c_sq) and not (pairs and key in pairs):
+        return np.zeros(len(v))
+    return np.diag(unit_kernel(np.diag(v), e_sq, clean_rows(c_sq, pairs, key))).copy()
+
+
+def clean_rows(clean, pairs: dict | None, key):
+    """The rows (or values) of the clean set that pair with evaluation set `key`'s rows: the
+    same positions, or those `pairs[key]` names (a rated group of an incomplete design)."""
+    p = None if pairs is None else pairs.get(key)
+    return clean if p is None else clean[np.asarray(p)]
+
+
 @dataclass
 class FeatureSpace:
-    """One configuration's features: explicit rows or kernel blocks (see the module doc)."""
+    """One configuration's features: explicit rows or kernel blocks (see the module doc).
+    `n_eval` is the smallest evaluation set's size; `pairs` maps the key of a set whose rows
+    do not pair with the clean set's rows position by position to the clean row of each."""
     ref: np.ndarray | None
     evals: dict | None                 # (degradation, position) -> rows; position 0 = clean
     kernel: KernelBlocks | None
     n_eval: int
     dim: int
     notes: list = field(default_factory=list)
+    pairs: dict | None = None
 
     @property
     def form(self) -> str:
@@ -174,27 +193,32 @@ class FeatureSpace:
         return list(self.kernel.re) if self.kernel is not None else list(self.evals)
 
     @classmethod
-    def rows(cls, ref, evals, notes=()):
-        return cls(ref, evals, None, len(next(iter(evals.values()))), ref.shape[1], list(notes))
+    def rows(cls, ref, evals, notes=(), pairs=None):
+        return cls(ref, evals, None, min(len(v) for v in evals.values()), ref.shape[1], list(notes),
+                   pairs)
 
     @classmethod
-    def kernels(cls, blocks: KernelBlocks, notes=()):
-        return cls(None, None, blocks, len(next(iter(blocks.ee.values()))), blocks.dim, list(notes))
+    def kernels(cls, blocks: KernelBlocks, notes=(), pairs=None):
+        return cls(None, None, blocks, min(len(v) for v in blocks.ee.values()), blocks.dim,
+                   list(notes), pairs)
 
     def unit(self) -> "FeatureSpace":
         """The same space with every row L2-normalised (CMMD's embedding sphere)."""
         if self.kernel is not None:
-            return FeatureSpace.kernels(self.kernel.unit(), self.notes + ["L2-normalised rows"])
+            return FeatureSpace.kernels(self.kernel.unit(self.pairs),
+                                        self.notes + ["L2-normalised rows"], self.pairs)
         return FeatureSpace.rows(unit_rows(self.ref), {k: unit_rows(v) for k, v in self.evals.items()},
-                                 self.notes + ["L2-normalised rows"])
+                                 self.notes + ["L2-normalised rows"], self.pairs)
 
 
-def explicit_kernel(ref: np.ndarray, evals: dict) -> KernelBlocks:
+def explicit_kernel(ref: np.ndarray, evals: dict, pairs: dict | None = None) -> KernelBlocks:
     clean = evals.get(CLEAN_KEY)
     ee = {k: e @ e.T for k, e in evals.items()}
     pair = None
     if clean is not None:     # the clean set with itself: its norms, so its paired distance is 0
-        pair = {k: np.diag(ee[k]).copy() if k == CLEAN_KEY else np.einsum("ij,ij->i", e, clean)
+        pair = {k: np.diag(ee[k]).copy() if k == CLEAN_KEY
+                else np.einsum("ij,ij->i", e, clean_rows(clean, pairs, k))
+                if len(e) == len(clean) or (pairs and k in pairs) else np.zeros(len(e))
                 for k, e in evals.items()}
     return KernelBlocks(ref @ ref.T, {k: ref @ e.T for k, e in evals.items()}, ee, ref.shape[1], pair)
 
@@ -211,18 +235,18 @@ def postprocess(space: FeatureSpace, transform: Transform) -> FeatureSpace:
         if transform.standardize:
             raise Infeasible(f"standardize needs explicit rows; this Gram ({space.dim} dims) is held as "
                              "kernel blocks (raise config['max_representation_bytes'] or drop standardize)")
-        blocks = space.kernel.unit() if transform.l2_normalize else space.kernel
+        blocks = space.kernel.unit(space.pairs) if transform.l2_normalize else space.kernel
         if pca_dim is None:
-            return FeatureSpace.kernels(blocks, space.notes)
+            return FeatureSpace.kernels(blocks, space.notes, space.pairs)
         kp = rp.KernelPCA(blocks.rr, pca_dim, transform.whiten)
         return FeatureSpace.rows(kp.transform(blocks.rr), {k: kp.transform(v.T) for k, v in blocks.re.items()},
-                                 space.notes + ["kernel PCA (exact PCA of the Gram rows)"])
+                                 space.notes + ["kernel PCA (exact PCA of the Gram rows)"], space.pairs)
     if not (transform.l2_normalize or transform.standardize or pca_dim is not None):
         return space
     pp = rp.PostProcess(space.ref, l2=transform.l2_normalize, standardize=transform.standardize,
                         pca_dim=pca_dim, whiten=transform.whiten)
     return FeatureSpace.rows(pp.apply(space.ref), {k: pp.apply(v) for k, v in space.evals.items()},
-                             space.notes)
+                             space.notes, space.pairs)
 
 
 def gemm_device(device: str) -> str:
@@ -247,7 +271,9 @@ class FeatureAssembler:
         self.input_size, self.patch = input_size, patch
         self.max_bytes, self.precision, self.device = max_bytes, precision, device
         self.n_ref = sum(len(u.records) for u in ref_units)
-        self.n_eval = len(eval_units[0].records)
+        self.sizes = [len(u.records) for u in eval_units]     # sets may differ (rated groups)
+        self.n_eval = min(self.sizes)
+        self.pairs = {self.eval_key(u): u.pairs for u in eval_units if u.pairs is not None} or None
         self._layers, self._spaces = {}, {}
         self.token = uuid.uuid4().hex   # one sweep's assembler: worker processes keep theirs by it
 
@@ -261,6 +287,17 @@ class FeatureAssembler:
 
     def _shape(self, path):
         return self.caches[path].load(self.ref_units[0]).shape[1:]
+
+    def _stack(self, arrays: list) -> np.ndarray:
+        """Every evaluation set's rows in one array: stacked (U, n, ...) when the sets are of one
+        size (the layout derived caches have always had), else concatenated (sum n, ...)."""
+        return np.stack(arrays) if len(set(self.sizes)) == 1 else np.concatenate(arrays)
+
+    def _split(self, a: np.ndarray) -> list:
+        """The per-set arrays of `_stack`'s result."""
+        if len(set(self.sizes)) == 1:
+            return list(a)
+        return np.split(a, np.cumsum(self.sizes)[:-1])
 
     # -------------------------------------------------------------- one layer
     def _gap(self, path, vit_pool):
@@ -278,7 +315,8 @@ class FeatureAssembler:
                     arrays = self._gap_rows(cache, path, vit_pool, prefix)
                     derived.save(arrays)
             keys = [self.eval_key(u) for u in self.eval_units]
-            self._layers[key] = FeatureSpace.rows(arrays["ref"], dict(zip(keys, arrays["eval"])))
+            self._layers[key] = FeatureSpace.rows(arrays["ref"], dict(zip(keys, self._split(arrays["eval"]))),
+                                                  pairs=self.pairs)
         return self._layers[key]
 
     def _gap_rows(self, cache, path, vit_pool, prefix) -> dict:
@@ -290,7 +328,7 @@ class FeatureAssembler:
                 raise MetricInputError(f"layer {path}: NaN or inf in the features of {unit.relpath}")
             return out
         return {"ref": np.concatenate([rows(u) for u in self.ref_units]),
-                "eval": np.stack([rows(u) for u in self.eval_units])}
+                "eval": self._stack([rows(u) for u in self.eval_units])}
 
     def _gram(self, path):
         key = (path, "gram")
@@ -309,13 +347,16 @@ class FeatureAssembler:
                              "spatial positions or tokens")
         c, p = ge.gram_shape(shape)
         dim = rp.gram_dim(c)
-        n_total = self.n_ref + self.n_eval * len(self.eval_units)
+        n_total = self.n_ref + sum(self.sizes)
         explicit = n_total * dim * 8 <= self.max_bytes // 4
         # both kernel routes are exact: the route is recorded with the artefact, not part of its
-        # key, so a warm sweep finds it without choosing a device
+        # key, so a warm sweep finds it without choosing a device. K_pair follows the pairing of
+        # an incomplete rated design, so that is part of the kernels' key (when there is one)
+        params = {"precision": self.precision, "version": ge.GRAM_KERNEL_VERSION}
+        if self.pairs and not explicit:
+            params["pairs"] = {f"{g}/{p}": list(v) for (g, p), v in self.pairs.items()}
         derived = DerivedCache(self.caches[path], self.ref_units + self.eval_units,
-                               "gram_rows" if explicit else "gram_kernel",
-                               {"precision": self.precision, "version": ge.GRAM_KERNEL_VERSION})
+                               "gram_rows" if explicit else "gram_kernel", params)
         return derived, explicit, c, p, dim
 
     def prepare_grams(self, paths) -> list:
@@ -344,7 +385,7 @@ class FeatureAssembler:
         except Infeasible as exc:
             return exc
         n_units = len(self.eval_units)
-        n_total = self.n_ref + self.n_eval * n_units
+        n_total = self.n_ref + sum(self.sizes)
         cache = self.caches[path]
         keys = [self.eval_key(u) for u in self.eval_units]
         what = f"Gram of {path} ({c} channels x {p} positions, {n_total} images)"
@@ -355,8 +396,8 @@ class FeatureAssembler:
                     arrays = self._gram_rows(cache, derived, what, dim)
                 else:
                     log.info("%s: explicit rows from the derived cache", what)
-            return FeatureSpace.rows(arrays["ref"], dict(zip(keys, arrays["eval"])),
-                                     [f"Gram as explicit rows ({dim} dims)"])
+            return FeatureSpace.rows(arrays["ref"], dict(zip(keys, self._split(arrays["eval"]))),
+                                     [f"Gram as explicit rows ({dim} dims)"], self.pairs)
         with derived.computing():      # one process computes; the others wait, then read it
             arrays = derived.load()
             if arrays is None:
@@ -365,20 +406,26 @@ class FeatureAssembler:
             else:
                 route = derived.info.get("route", "?")
                 log.info("%s: kernel blocks from the derived cache (route %s)", what, route)
-        n_e = self.n_eval
-        blocks = KernelBlocks(arrays["k_rr"], {k: arrays["k_re"][:, i * n_e:(i + 1) * n_e]
+        starts = np.cumsum([0] + self.sizes)
+        k_ee, k_pair = arrays["k_ee"], arrays["k_pair"]
+        if len(set(self.sizes)) > 1:         # ragged sets: flattened blocks, concatenated rows
+            ends = np.cumsum([0] + [n * n for n in self.sizes])
+            k_ee = [k_ee[ends[i]:ends[i + 1]].reshape(n, n) for i, n in enumerate(self.sizes)]
+            k_pair = np.split(k_pair, starts[1:-1])
+        blocks = KernelBlocks(arrays["k_rr"], {k: arrays["k_re"][:, starts[i]:starts[i + 1]]
                                                for i, k in enumerate(keys)},
-                              dict(zip(keys, arrays["k_ee"])), dim,
-                              dict(zip(keys, arrays["k_pair"])) if CLEAN_KEY in keys else None)
-        return FeatureSpace.kernels(blocks, [f"Gram as kernel blocks ({dim} dims, route {route})"])
+                              dict(zip(keys, k_ee)), dim,
+                              dict(zip(keys, k_pair)) if CLEAN_KEY in keys else None)
+        return FeatureSpace.kernels(blocks, [f"Gram as kernel blocks ({dim} dims, route {route})"],
+                                    self.pairs)
 
     def _gram_rows(self, cache, derived, what, dim) -> dict:
         t0 = time.perf_counter()
         device = gemm_device(self.device)
         arrays = {"ref": np.concatenate([ge.gram_rows(cache.load(u), self.precision, device)
                                          for u in self.ref_units]),
-                  "eval": np.stack([ge.gram_rows(cache.load(u), self.precision, device)
-                                    for u in self.eval_units])}
+                  "eval": self._stack([ge.gram_rows(cache.load(u), self.precision, device)
+                                       for u in self.eval_units])}
         derived.save(arrays)
         log.info("%s: explicit rows (%d dims) in %.1fs on %s", what, dim, time.perf_counter() - t0,
                  device)
@@ -386,7 +433,8 @@ class FeatureAssembler:
 
     def _gram_kernel(self, cache, derived, what, dim, c, p, n_units) -> dict:
         device = gemm_device(self.device)
-        costs = ge.gram_route_costs(c, p, self.n_ref, self.n_eval, n_units, self.max_bytes, device)
+        costs = ge.gram_route_costs(c, p, self.n_ref, round(sum(self.sizes) / n_units), n_units,
+                                    self.max_bytes, device)
         route = ge.choose_gram_route(costs)
         log.info("%s: %d dims, held as kernel blocks; route '%s' on %s (estimated %s)", what, dim,
                  route, device, ", ".join(f"{k} {v:.1f}s" for k, v in costs.items()))
@@ -395,7 +443,7 @@ class FeatureAssembler:
         kr, kre, kee, kpair = ge.gram_kernel_blocks(
             [cache.load(u) for u in self.ref_units], [cache.load(u) for u in self.eval_units],
             route, self.precision, device, self.max_bytes,
-            keys.index(CLEAN_KEY) if CLEAN_KEY in keys else 0)
+            keys.index(CLEAN_KEY) if CLEAN_KEY in keys else 0, [u.pairs for u in self.eval_units])
         arrays = {"k_rr": kr, "k_re": kre, "k_ee": kee, "k_pair": kpair}
         derived.save(arrays, {"route": route, "device": device})
         log.info("%s: kernel blocks in %.1fs on %s (%s)", what, time.perf_counter() - t0, device,
@@ -426,12 +474,12 @@ class FeatureAssembler:
         if all(s.kernel is None for s in parts):
             ref = rp.aggregate([s.ref for s in parts], how)
             return FeatureSpace.rows(ref, {k: rp.aggregate([s.evals[k] for s in parts], how)
-                                           for k in parts[0].evals})
+                                           for k in parts[0].evals}, pairs=self.pairs)
         if how != "concat":
             raise Infeasible("aggregate 'mean' of Gram matrices held as kernel blocks needs the "
                              "kernels between layers; use aggregate 'concat'")
         total = None
         for s in parts:
-            blocks = s.kernel if s.kernel is not None else explicit_kernel(s.ref, s.evals)
+            blocks = s.kernel if s.kernel is not None else explicit_kernel(s.ref, s.evals, self.pairs)
             total = blocks if total is None else total.combine(blocks)
-        return FeatureSpace.kernels(total, ["concatenated layers as kernel blocks"])
+        return FeatureSpace.kernels(total, ["concatenated layers as kernel blocks"], self.pairs)

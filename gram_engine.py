@@ -168,31 +168,53 @@ def _ranges(s: int, e: int, step: int) -> list[tuple[int, int]]:
     return [(i, min(e, i + step)) for i in range(s, e, step)]
 
 
+def _pair_rows(units: list, clean, pairs) -> list:
+    """For each evaluation set, the index (into the whole image space) of each row's clean
+    version, or None when the set has no pairing (another size than the clean set, no pairs)."""
+    out = []
+    for u, (s, e) in enumerate(units):
+        p = pairs[u] if pairs is not None else None
+        if p is not None:
+            out.append(clean[0] + np.asarray(p, dtype=np.int64))
+        elif e - s == clean[1] - clean[0]:
+            out.append(np.arange(clean[0], clean[1]))
+        else:
+            out.append(None)
+    return out
+
+
 def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: str = "float32",
-                       device: str = "cpu", budget_bytes: int = 2 * 1024**3, pair_with: int = 0):
+                       device: str = "cpu", budget_bytes: int = 2 * 1024**3, pair_with: int = 0,
+                       pairs: list | None = None):
     """Linear kernel of the Gram rows, <G_a, G_b>_F with G = F F^T / (C P), for the pairs the
     metrics need. `ref` is a list of reference activation chunks and `evals` one array per
     evaluation set, each (m, C, H, W) or (m, T, D) (memory-mapped arrays are read chunk by
-    chunk). Returns float64 (K_rr (n_ref, n_ref), K_re (n_ref, U * n_eval), K_ee (U, n_eval,
-    n_eval), K_pair (U, n_eval)): K_pair[u, i] pairs image i of set u with image i of set
-    `pair_with` (the clean set: the paired metrics). Peak memory stays near `budget_bytes`. One
-    function (89 lines): both routes share the block loops and the float64 accumulators, which
-    split apart would be passed around."""
+    chunk; sets may differ in size). Returns float64 (K_rr (n_ref, n_ref), K_re (n_ref, sum of
+    the set sizes), K_ee, K_pair): with sets of one size K_ee is (U, n, n) and K_pair (U, n),
+    else K_ee is every set's block flattened and concatenated and K_pair the sets' rows
+    concatenated. K_pair pairs row i of set u with row pairs[u][i] of set `pair_with` (the
+    clean set: the paired metrics), row i when `pairs` is None and the sizes agree, and is 0
+    for a set with no pairing. Peak memory stays near `budget_bytes`. One function (104 lines):
+    both routes share the block loops and the float64 accumulators, which split apart would
+    be passed around."""
     import torch
     images = _Images(ref, evals, torch.device(device), precision, budget_bytes)
-    n_ref, n_units, n = images.n_ref, len(evals), images.n
-    n_eval = len(evals[0]) if evals else 0
+    n_ref, n = images.n_ref, images.n
     c, p = images.c, images.p
-    kr = np.zeros((n_ref, n_ref))
-    kre = np.zeros((n_ref, n_eval * n_units))
-    kee = np.zeros((n_units, n_eval, n_eval))
-    kpair = np.zeros((n_units, n_eval))
-    units = [(n_ref + u * n_eval, n_ref + (u + 1) * n_eval) for u in range(n_units)]
+    sizes = [len(a) for a in evals]
+    starts = n_ref + np.cumsum([0] + sizes)
+    units = [(int(starts[u]), int(starts[u + 1])) for u in range(len(evals))]
     clean = units[pair_with] if units else None
+    partner = _pair_rows(units, clean, pairs) if units else []
+    kr = np.zeros((n_ref, n_ref))
+    kre = np.zeros((n_ref, n - n_ref))
+    kee = [np.zeros((e - s, e - s)) for s, e in units]
+    kpair = [np.zeros(e - s) for s, e in units]
     if route == "rows":
         bs = gram_block_size(n, c, budget_bytes // 4)
         chunk = max(1, min(64, (budget_bytes // 8) // max(1, bs * c * images.image_bytes // images.p)))
         store = torch.empty(n * bs * c, dtype=images.dtype, device=images.device)
+        gather = [None if q is None else torch.from_numpy(q).to(images.device) for q in partner]
         for a0 in range(0, c, bs):
             a1 = min(c, a0 + bs)
             k = (a1 - a0) * (c - a0)                  # entries of this row block, per image
@@ -207,7 +229,8 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
             kre += (r @ buf[n_ref:].T).double().cpu().numpy()
             for u, (s, e) in enumerate(units):
                 kee[u] += (buf[s:e] @ buf[s:e].T).double().cpu().numpy()
-                kpair[u] += (buf[s:e] * buf[clean[0]:clean[1]]).sum(1, dtype=torch.float64).cpu().numpy()
+                if gather[u] is not None:
+                    kpair[u] += (buf[s:e] * buf[gather[u]]).sum(1, dtype=torch.float64).cpu().numpy()
         del store
     elif route == "samples":
         step = int(max(1, min(256, np.sqrt(budget_bytes / 16) // max(1, p))))
@@ -234,15 +257,18 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
                 xa = x(s1, e1)
                 for s2, e2 in ur[i:]:
                     k = pair(xa, x(s2, e2))
-                    kee[u, s1 - s:e1 - s, s2 - s:e2 - s] = k
-                    kee[u, s2 - s:e2 - s, s1 - s:e1 - s] = k.T
-            if u == pair_with:
-                continue      # its own norms (below)
-            for s1, e1 in ur:  # image i of set u with image i of the clean set, a range at a time
+                    kee[u][s1 - s:e1 - s, s2 - s:e2 - s] = k
+                    kee[u][s2 - s:e2 - s, s1 - s:e1 - s] = k.T
+            if u == pair_with or partner[u] is None:
+                continue      # the clean set: its own norms (below); no pairing: 0
+            for s1, e1 in ur:  # row i of set u with its clean row, a range at a time
                 fa = images.get(s1, e1).transpose(1, 2)
-                fb = images.get(clean[0] + s1 - s, clean[0] + e1 - s)
+                rows = partner[u][s1 - s:e1 - s]
+                contiguous = bool(np.all(np.diff(rows) == 1))
+                fb = (images.get(int(rows[0]), int(rows[-1]) + 1) if contiguous
+                      else torch.cat([images.get(int(j), int(j) + 1) for j in rows]))
                 m = torch.bmm(fa, fb)
-                kpair[u, s1 - s:e1 - s] = (m * m).sum(dim=(1, 2), dtype=torch.float64).cpu().numpy()
+                kpair[u][s1 - s:e1 - s] = (m * m).sum(dim=(1, 2), dtype=torch.float64).cpu().numpy()
     else:
         raise ValueError(f"unknown Gram route {route!r}; choose 'rows' or 'samples'")
     images.close()
@@ -253,10 +279,14 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
     for u, (s, e) in enumerate(units):
         su = scale[s:e]
         kee[u] *= su[:, None] * su[None, :]
-        kpair[u] *= su * scale[clean[0]:clean[1]]
+        if partner[u] is not None:
+            kpair[u] *= su * scale[partner[u]]
     if units:                 # the clean set with itself: its norms, so its paired distance is 0
-        kpair[pair_with] = np.diag(kee[pair_with])
-    return kr, kre, kee, kpair
+        kpair[pair_with] = np.diag(kee[pair_with]).copy()
+    if len(set(sizes)) <= 1:
+        return kr, kre, np.stack(kee) if kee else np.zeros((0, 0, 0)), \
+            np.stack(kpair) if kpair else np.zeros((0, 0))
+    return kr, kre, np.concatenate([k.ravel() for k in kee]), np.concatenate(kpair)
 
 
 def gram_rows(act: np.ndarray, precision: str = "float32", device: str = "cpu") -> np.ndarray:

@@ -51,24 +51,54 @@ def write_csv(path: str, results, degradations: dict, mos_types=()) -> None:
             w.writerow({k: _cell(v) for k, v in r.csv_row(degradations, mos_types).items()})
 
 
-MOS_GROUP_COLUMNS = ["config", "type", "level", "n_images", "mos", "score"]
+MOS_GROUP_COLUMNS = ["config", "type", "level", "n_images", "mos", "score", "mos_min", "mos_max",
+                     "reason"]
+MOS_IMAGE_COLUMNS = ["config", "image", "type", "level", "mos", "score"]
 
 
 def write_mos_groups(path: str, results, database) -> None:
     """One row per scored configuration x group of the rated database: `config` is the
-    configuration's label (the results CSV's `label`), `mos` the group's mean opinion oriented
-    higher = better (negated for a database where higher is worse), `score` its set score."""
-    mos = database.quality().mean(axis=1)
-    groups = [(t, lv, len(database.groups[(t, lv)])) for t in database.types for lv in database.levels(t)]
+    configuration's label (the results CSV's `label`), `mos` the group's mean opinion and
+    `mos_min`/`mos_max` its range (a MOS bin's bounds), oriented higher = better (negated for a
+    database where higher is worse), `score` its set score; a group too small to be scored as a
+    set has no score and says why (`reason`). `level` is a bin's position (1 = best) where the
+    groups are MOS bins."""
+    groups = database.group_rows()
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MOS_GROUP_COLUMNS)
         w.writeheader()
         for r in results:
             if not r.scored or r.mos is None:
                 continue
-            for (t, lv, n), m, score in zip(groups, mos, r.mos["group_scores"]):
-                w.writerow({"config": r.label, "type": t, "level": f"{lv:g}", "n_images": n,
-                            "mos": repr(float(m)), "score": repr(float(score))})
+            scores = iter(r.mos["group_scores"])
+            for g in groups:
+                sign = 1.0 if database.higher_is_better else -1.0
+                lo, hi = sorted((sign * g["mos_min"], sign * g["mos_max"]))
+                w.writerow({"config": r.label, "type": g["type"], "level": f"{g['level']:g}",
+                            "n_images": g["n_images"], "mos": repr(g["mos"]),
+                            "score": repr(float(next(scores))) if g["scored"] else "",
+                            "mos_min": repr(float(lo)), "mos_max": repr(float(hi)),
+                            "reason": g["reason"]})
+
+
+def write_mos_images(path: str, results, database) -> bool:
+    """One row per configuration with a score per image x rated image (every group, scored as
+    a set or not): `mos` the image's opinion oriented higher = better, `score` the metric's own
+    value for it. The image-level SRCC of the results CSV is Spearman's rho between `score`
+    (negated for a higher-is-better metric) and -`mos`. False when no configuration has one."""
+    groups = database.all_groups()
+    rows = [r for r in results if r.scored and r.image_scores is not None]
+    if not rows:
+        return False
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MOS_IMAGE_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            for ((t, _), (_, lv), ims), values in zip(groups, r.image_scores):
+                for im, m, v in zip(ims, database.oriented(ims), values):
+                    w.writerow({"config": r.label, "image": im.image, "type": t, "level": f"{lv:g}",
+                                "mos": repr(float(m)), "score": repr(float(v))})
+    return True
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -309,7 +339,8 @@ def _tie_lines(done: list, by: str) -> list[str]:
     tied = [i for i, r in enumerate(done, start=1) if key(r)]
     tested = sum(key(r) is not None for r in done)
     if tested > 1:                   # one configuration is tied with itself: nothing to say
-        what = "rho(#1) - rho" if by == "monotonicity" else "SRCC(#1) - SRCC (references resampled)"
+        what = ("rho(#1) - rho" if by == "monotonicity" else
+                "SRCC(#1) - SRCC (resampled by reference, or within each MOS bin)")
         lines.append(f"Statistically tied with #1 (the paired bootstrap interval of {what} "
                      f"contains 0): {', '.join(f'#{i}' for i in tied)} of the {tested} bootstrapped"
                      + ("; --bootstrap-all tests every configuration"
@@ -383,11 +414,17 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
     if database is not None:
         files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
         write_mos_groups(files["mos_groups"], ranked, database)
-        rated = {"path": database.path, "format": database.format,     # groups in group_keys order
-                 "higher_is_better": database.higher_is_better, "groups": [
-                     {"type": t, "level": lv, "n_images": len(database.groups[(t, lv)]),
-                      "mos": float(np.mean([im.score for im in database.groups[(t, lv)]]))}
-                     for t in database.types for lv in database.levels(t)]}
+        if write_mos_images(os.path.join(out_dir, "mos_images.csv"), ranked, database):
+            files["mos_images"] = os.path.join(out_dir, "mos_images.csv")
+        every = database.group_rows()
+        rated = {"path": database.path, "format": database.format, "kind": database.kind,
+                 "higher_is_better": database.higher_is_better, "binned": list(database.binned),
+                 "excluded_equal_to_a_reference": database.excluded,
+                 # the scored groups in group_keys order (the rows' group_scores), mos as written
+                 "groups": [{"type": t, "level": lv, "n_images": len(database.groups[(t, lv)]),
+                             "mos": float(np.mean([im.score for im in database.groups[(t, lv)]]))}
+                            for t in database.types for lv in database.levels(t)],
+                 "not_scored": [g for g in every if not g["scored"]]}
     rows = [r.fields() for r in ranked]
     write_json(files["json"], {"mode": head["mode"], "timestamp": head["timestamp"],
                                "weights": head["weights"], "rank_by": by, "rated_database": rated,

@@ -28,11 +28,13 @@ from feature_spaces import AGGREGATIONS, TransformError, validate_transform
 from host import resolve_device
 from layer_registry import LayerConfig, resolve_layers
 from parallel import ParallelError, resolve_jobs
+from rated_database import MIN_BINS, ORIENTATIONS
 
 # The keys config.py ships with: an edited CONFIG with another key is a mistake (a test checks
 # that config.py's CONFIG has exactly these).
 CONFIG_KEYS = (
-    "dataset", "mos", "mos_reference", "rank_by", "seed", "working_size", "n_images_inference",
+    "dataset", "mos", "mos_reference", "mos_bins", "mos_orientation", "rank_by", "seed",
+    "working_size", "n_images_inference",
     "n_images_evaluation", "backbone", "weights", "device", "batch_size", "image_size",
     "num_workers", "cache_dir", "results_dir", "cache_dtype", "jobs", "dask_scheduler",
     "extraction_precision", "extraction_threads", "verify_checksums", "layer_configs",
@@ -126,6 +128,11 @@ def _validate_data(cfg: dict) -> None:
         if cfg[key] is not None and not (isinstance(cfg[key], str) and cfg[key]):
             raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a path (a string)"
                               + (" or None" if key == "mos" else ", 'database' or 'builtin'"))
+    if not _is_int(cfg["mos_bins"]) or cfg["mos_bins"] < MIN_BINS:
+        raise ConfigError(f"config['mos_bins'] = {cfg['mos_bins']!r} must be an integer >= {MIN_BINS} "
+                          "(the set-level criteria need 3 groups); --mos-bins")
+    if cfg["mos_orientation"] is not None:
+        _choice(cfg["mos_orientation"], ORIENTATIONS, "config['mos_orientation'] (--mos-orientation)")
     if not isinstance(cfg["dataset"], str) or not cfg["dataset"]:
         raise ConfigError(f"config['dataset'] = {cfg['dataset']!r} must be 'builtin' or a folder path")
     if not _is_int(cfg["working_size"]) or cfg["working_size"] < 1:
@@ -511,9 +518,15 @@ SETTING_FLAGS = (
                 lambda v: 16 <= v <= MAX_IMAGE_SIZE, f"an integer in 16 .. {MAX_IMAGE_SIZE} (pixels)"),
     SettingFlag("--dataset", "dataset", DATA, "'builtin' (no download) or a folder of images",
                 {"metavar": "{builtin,FOLDER}"}),
-    SettingFlag("--mos", "mos", DATA, "a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names.txt "
-                "or a CSV image,reference,mos[,type,level]): rank by agreement with its opinion scores",
+    SettingFlag("--mos", "mos", DATA, "a rated database (KADID-10k's dmos.csv, TID2013's mos_with_names.txt, "
+                "a CSV image,reference,mos[,type,level] or image,mos, the unified dis_img_path,dis_type,"
+                "ref_img_path,score, RAISE's dataset/ folder): rank by agreement with its opinion scores",
                 {"metavar": "FILE"}),
+    SettingFlag("--mos-bins", "mos_bins", DATA, "MOS-quantile bins of a no-reference rated set (and of a "
+                "unified CSV's types without levels) (default: {default})", {"type": int, "metavar": "K"},
+                lambda v: v >= MIN_BINS, f"an integer >= {MIN_BINS} (the set-level criteria need 3 groups)"),
+    SettingFlag("--mos-orientation", "mos_orientation", DATA, "a unified CSV's score: higher-better "
+                "(MOS) or lower-better (DMOS); required for that format", {"choices": ORIENTATIONS}),
     SettingFlag("--rank-by", "rank_by", DATA, "default: mos with --mos, else monotonicity",
                 {"choices": ("monotonicity", "mos")}),
     SettingFlag("--n-inference", "n_images_inference", DATA, "reference images (default: the mode's)",

@@ -26,6 +26,11 @@ def score_baselines(cfg, data) -> list:
     its clean version) as ranked rows `baseline:<name>`; `data` is the run's cache_fill.RunData."""
     from baselines import baseline_values
     from evaluation import score_baseline
+    if data.ratings is not None and not data.ratings.paired:
+        why = "a full-reference baseline needs each image's clean version; a no-reference rated set has none"
+        return [score_baseline(n, None, cfg["degradations"], {"n_reference": len(data.ref_records),
+                                                              "seed": cfg["seed"]}, data.ratings, why)
+                for n in cfg["baselines"]]
     got = baseline_values(cfg["baselines"], data.eval_units, cfg["working_size"], cfg["seed"],
                           cfg["cache_dir"], cfg["weights"], cfg["device"])
     base = {"n_reference": len(data.ref_records), "seed": cfg["seed"]}

@@ -1,4 +1,6 @@
-"""A medium run on a 1,000-image rated database: is its time dominated by extraction?
+"""A medium run on a rated database: is its time dominated by extraction?
+
+Full-reference (default):
 
 Writes a KADID-10k-format folder (dmos.csv + images/) of R references from the built-in
 photographs and R x T x L distorted images made by the KADID generator's types (default
@@ -13,6 +15,15 @@ ratio extraction / wall time (target: > 0.5, extraction dominates). Fails loudly
 lacks either line.
 
     .venv/bin/python bench/bench_mos.py [--references 40] [--types 5] [--image-size 224]
+
+No-reference (issue #34): `--no-reference 600` writes a RAISE-layout set (dataset/ratings/
+{train,test}.csv, dataset/images/{train,test}_images/) of 600 rated images (built-in crops, a
+sixth as they are, the rest blurred, noised or JPEG-compressed; opinions falling with the
+strength) and a folder of 200 other built-in photographs as the reference set, then runs
+
+    python main.py --mode medium --mos FOLDER/dataset --dataset REFS --backbone efficientnet_lite0
+
+    .venv/bin/python bench/bench_mos.py --no-reference 600 [--backbone efficientnet_lite0]
 """
 import argparse
 import csv
@@ -57,16 +68,57 @@ def write_database(folder, n_ref, n_types, size=256):
     return os.path.join(folder, "dmos.csv"), len(rows)
 
 
+def write_no_reference(folder, n_rated, n_refs=200, size=256):
+    """A RAISE-layout no-reference set and a reference folder; returns (dataset dir, refs dir)."""
+    import numpy as np
+    from PIL import Image
+    import degradation_generator as dg
+    from dataset import builtin_sources, load_rgb
+    src = builtin_sources()
+    refs = os.path.join(folder, "refs")
+    os.makedirs(refs)
+    for i in range(n_refs):
+        Image.fromarray(np.array(load_rgb(src[i], size))).save(os.path.join(refs, f"r{i}.png"))
+    ds = os.path.join(folder, "RAISE", "dataset")
+    kinds = ((None, 0), ("gaussian_blur", 1.5), ("gaussian_blur", 3.0), ("gaussian_noise", 15),
+             ("gaussian_noise", 35), ("jpeg_compression", 10))
+    rows = {"train": [], "test": []}
+    for j in range(n_rated):
+        img = np.array(load_rgb(src[n_refs + j], size))
+        k = j % len(kinds)
+        out = img if kinds[k][0] is None else dg.apply_degradation(img, kinds[k][0], kinds[k][1], 0, f"x{j}")
+        split = "train" if j % 5 else "test"
+        name = f"{'r' if k == 0 else 'f'}{j}.png"
+        os.makedirs(os.path.join(ds, "images", f"{split}_images"), exist_ok=True)
+        Image.fromarray(out).save(os.path.join(ds, "images", f"{split}_images", name))
+        rows[split].append([name, round(85 - 9 * k + (j % 7), 3), 0.0])
+    os.makedirs(os.path.join(ds, "ratings"))
+    for split, rs in rows.items():
+        with open(os.path.join(ds, "ratings", f"{split}.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["filename", "MOS_Rating", "MOS_ZScore"])
+            w.writerows(rs)
+    return ds, refs
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--references", type=int, default=40)
     p.add_argument("--types", type=int, default=5, choices=range(1, len(TYPES) + 1))
+    p.add_argument("--no-reference", type=int, metavar="N", help="a no-reference set of N rated images")
+    p.add_argument("--backbone", default=None, help="--backbone of the run (no-reference: efficientnet_lite0)")
     p.add_argument("--image-size", default=None, help="--image-size of the run (default: the backbone's)")
     p.add_argument("--keep", metavar="DIR", help="use (and keep) this work folder")
     a = p.parse_args()
     work = a.keep or tempfile.mkdtemp(prefix="bench_mos_")
-    ratings, n_images = write_database(os.path.join(work, "kadid"), a.references, a.types)
-    cmd = [sys.executable, "main.py", "--mode", "medium", "--mos", ratings,
+    if a.no_reference:
+        ratings, refs = write_no_reference(os.path.join(work, "nr"), a.no_reference)
+        n_images = a.no_reference
+        extra = ["--dataset", refs, "--backbone", a.backbone or "efficientnet_lite0"]
+    else:
+        ratings, n_images = write_database(os.path.join(work, "kadid"), a.references, a.types)
+        extra = ["--backbone", a.backbone] if a.backbone else []
+    cmd = [sys.executable, "main.py", "--mode", "medium", "--mos", ratings, *extra,
            "--cache-dir", os.path.join(work, "cache"), "--results-dir", os.path.join(work, "results"), "-q"]
     if a.image_size:
         cmd += ["--image-size", a.image_size]
@@ -86,7 +138,8 @@ def main():
     scoring = float(scored.group(2))
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"rated database: {a.references} references x {a.types} types x 5 levels = {n_images} "
+    print(f"no-reference set of {n_images} rated images, 200 reference images" if a.no_reference else
+          f"rated database: {a.references} references x {a.types} types x 5 levels = {n_images} "
           f"distorted images; medium mode, {os.cpu_count()} cores")
     print(f"wall time {wall:.1f}s: extraction {extraction:.1f}s ({n_extracted} images, "
           f"{n_extracted / extraction:.1f} img/s), scoring {scored.group(1)} configurations "

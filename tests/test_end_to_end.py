@@ -31,8 +31,8 @@ def test_medium_run_writes_every_output_and_is_reproducible(tmp_path, monkeypatc
     assert "TOP PERFORMING CONFIGURATIONS" in out and "RANDOM-INIT" in out and "95% CI" in out
 
     df = pd.read_csv(run_dir / f"results_medium_{stamp}.csv")
-    n_t, n_m, n_field = 3, 4, 9
-    # layers x transforms x (fid kid cmmd mmd_rbf + the field's 9 other two-sample and paired
+    n_t, n_m, n_field = 3, 4, 10
+    # layers x transforms x (fid kid cmmd mmd_rbf + the field's 10 other two-sample, paired and per-image (realism)
     # metrics + mahalanobis x 3 models with a covariance + neg_loglik x 4), and 3 baselines
     assert len(df) == 3 * n_t * (4 + n_field + (n_m - 1) + n_m) + 3
     assert set(df[df.backbone == "baseline"].label) == {"baseline:psnr", "baseline:ssim", "baseline:ms_ssim"}

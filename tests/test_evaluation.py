@@ -77,7 +77,7 @@ def test_grid_has_no_redundant_rows_and_no_impossible_pairs():
     n_t, n_m = len(cfg["feature_transforms"]), len(cfg["distribution_models"])
     n_cov = sum(m["type"] != "kde" for m in cfg["distribution_models"])   # a KDE has no covariance
     n_two = sum(not dm.METRICS[m]["model"] for m in cfg["distance_metrics"])     # fid … paired_cosine
-    assert n_two == 13
+    assert n_two == 14                     # fid … paired_cosine, realism
     assert len(grid) == 2 * n_t * (n_two + n_cov + n_m)
     assert all(c.model is None for c in grid if not dm.METRICS[c.metric]["model"])
     assert not any(c.metric == "mahalanobis" and c.model.type == "kde" for c in grid)

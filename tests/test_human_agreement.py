@@ -282,10 +282,11 @@ def test_bad_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, caps
     rows = [r for r in original.splitlines()[1:] if r.endswith(",t1,1") or r.endswith(",t1,2")]
     two.write_text("image,reference,mos,type,level\n" + "\n".join(rows) + "\n")
     assert "2 group(s)" in _bad(tmp_path, capsys, two)
-    # an incomplete design names the group and the missing reference
+    # the same reference twice in one group names the line
     gen.write_text(original)
-    _edit(gen, lambda ls: ls[:1] + ls[2:])
-    assert "no image of reference" in _bad(tmp_path, capsys, gen)
+    _edit(gen, lambda ls: ls + [ls[1].replace("d1_", "x1_", 1)])
+    (gen.parent / "img" / "x1_1_1.png").write_bytes((gen.parent / "img" / "d1_1_1.png").read_bytes())
+    assert "two images of reference 'ref1.png'" in _bad(tmp_path, capsys, gen)
 
 
 def test_blank_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):

@@ -108,6 +108,8 @@ FLAG_SAMPLES = {
     "--backbone": ("vgg19", "backbone", "vgg19"), "--weights": ("random", "weights", "random"),
     "--image-size": ("64", "image_size", 64), "--dataset": ("photos", "dataset", "photos"),
     "--mos": ("ratings.csv", "mos", "ratings.csv"), "--rank-by": ("mos", "rank_by", "mos"),
+    "--mos-bins": ("5", "mos_bins", 5),
+    "--mos-orientation": ("lower-better", "mos_orientation", "lower-better"),
     "--n-inference": ("9", "n_images_inference", 9), "--n-evaluation": ("7", "n_images_evaluation", 7),
     "--degradations": ("seed, fid", "degradation_sets", ["seed", "fid"]), "--seed": ("5", "seed", 5),
     "--device": ("cpu", "device", "cpu"), "--jobs": ("2", "jobs", 2),
