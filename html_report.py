@@ -171,8 +171,14 @@ def _header(results: dict, json_path: str) -> tuple[dict, list]:
     c = results["counts"]
     versus = results.get("versus_baseline")
     versions = results.get("versions") or {}
+    images = f"{n_ref} reference, {n_eval} evaluation (disjoint)"
+    if rated:
+        n_rated = sum(g.get("n_images", 0) for g in rated.get("groups", []) + rated.get("not_scored", []))
+        images = (f"{n_ref} reference, {n_rated} rated ({rated.get('kind', 'full-reference')}"
+                  + (f"; {rated['excluded_equal_to_a_reference']} equal to a reference left out"
+                     if rated.get("excluded_equal_to_a_reference") else "") + ")")
     head = {"mode": results["mode"], "timestamp": results["timestamp"], "data": data,
-            "images": f"{n_ref} reference, {n_eval} evaluation (disjoint)", "seed": cfg["seed"],
+            "images": images, "seed": cfg["seed"],
             "degradations": "; ".join(f"{name} ({cfg['degradations'][name]['type']}, "
                                       f"{len(cfg['degradations'][name]['levels'])} levels)"
                                       for name in results.get("degradation_order") or cfg["degradations"]),

@@ -122,7 +122,8 @@ def preview_degradations(cfg) -> str:
 
 def degradation_strip(cfg, data: RunData, path: str) -> None:
     """The report's strip: every level of every degradation of the run on its first evaluation
-    image (as extracted), or for a rated database each type's images of its first reference."""
+    image (as extracted), or for a rated database each type's images of its first reference
+    (a no-reference set: a reference image, then one image of each MOS bin)."""
     from dataset import load_rgb
     from degradation_generator import collage, preview_collage
     size = cfg["working_size"]
@@ -131,10 +132,13 @@ def degradation_strip(cfg, data: RunData, path: str) -> None:
         image = preview_collage([(first.sha256, load_rgb(first.source, size))], data.degradations,
                                 cfg["seed"], tile=112)
     else:
-        db = data.database        # a group holds one image per reference, in references' order
-        ref = db.references[0]
+        db = data.database        # the first reference's image in each group (else its first)
+        ref = db.references[0] if db.references else data.ref_records[0]
+
+        def shown(group):
+            return next((im for im in group if im.reference == ref.source), group[0]).image
         rows = [(t, ["reference"] + [f"{lv:g}" for lv in db.levels(t)],
-                 [load_rgb(ref.source, size)] + [load_rgb(db.groups[(t, lv)][0].image, size)
+                 [load_rgb(ref.source, size)] + [load_rgb(shown(db.groups[(t, lv)]), size)
                                                  for lv in db.levels(t)]) for t in db.types]
         image = collage(rows, tile=112)
     image.save(path, optimize=False, compress_level=6)
