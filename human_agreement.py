@@ -157,7 +157,9 @@ def plcc(score, mos) -> tuple[float, str, np.ndarray | None]:
         fitted = logistic4(x, *params)
         if not _constant(fitted):
             falling = (params[0] - params[1]) / params[3] < 0
-            r = float(stats.pearsonr(fitted, y).statistic)
+            with warnings.catch_warnings():        # a nearly flat fit is still a correlation
+                warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+                r = float(stats.pearsonr(fitted, y).statistic)
             return (r if falling else -r), "logistic4", params
     return float(stats.pearsonr(x, -y).statistic), "linear", None
 
