@@ -108,7 +108,7 @@ def baseline_values(names, eval_units, working_size: int, seed: int,
                     continue
                 values[name][(unit.group, unit.position)] = v
                 if missing[name]:
-                    save_array(missing[name], v)
+                    save_array(missing[name], v, os.path.basename(missing[name])[:-4])
     log.info("baselines %s: %d of %d evaluation set(s) computed, the rest read from the cache",
              ", ".join(names), len(todo), len(eval_units))
     return BaselineValues({n: v for n, v in values.items() if n not in reasons}, reasons,
@@ -127,7 +127,7 @@ def _cached_values(names, nets, eval_units, clean_unit, working_size: int, seed:
             path = (os.path.join(cache_dir, BASELINES_DIR, name,
                                  value_key(name, unit, clean_unit, working_size, seed, network) + ".npy")
                     if cache_dir else None)
-            cached = load_array(path, (len(unit.records),)) if path else None
+            cached = load_array(path, (len(unit.records),), os.path.basename(path)[:-4]) if path else None
             if cached is not None:
                 values[name][(unit.group, unit.position)] = cached
             else:

@@ -71,7 +71,12 @@ def exit_status(exc: BaseException) -> tuple[int, str | None] | None:
     return None
 
 
+RECEIVED = {"SIGTERM": False}      # a SIGTERM arrived (a caller of main() that goes on, as a
+                                   # test suite does, can stop too: tests/conftest.py)
+
+
 def _terminated(signum, frame):
+    RECEIVED["SIGTERM"] = True
     raise Terminated()
 
 

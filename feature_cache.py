@@ -588,20 +588,42 @@ def _atomic_save_npy(path: str, array: np.ndarray) -> str:
     return box["sha256"]
 
 
-def save_array(path: str, array: np.ndarray) -> str:
-    """np.save `array` to `path` atomically (folders made as needed); returns its sha256."""
+def save_array(path: str, array: np.ndarray, key: str | None = None) -> str:
+    """np.save `array` to `path` atomically (folders made as needed), then its record
+    `<path>.record.json` (key, shape, dtype, bytes, sha256) as for activations; returns its
+    sha256."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return _atomic_save_npy(path, array)
+    digest = _atomic_save_npy(path, array)
+    info = {"key": key, "shape": list(np.shape(array)), "dtype": str(np.asarray(array).dtype),
+            "bytes": os.path.getsize(path), "sha256": digest}
+    _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True).encode())
+    return digest
 
 
-def load_array(path: str, shape: tuple) -> np.ndarray | None:
-    """A float64 array of `shape`, all finite, saved by save_array; None when it is absent or
-    is anything else (a truncated or foreign file is recomputed, never trusted)."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+def load_array(path: str, shape: tuple, key: str | None = None) -> np.ndarray | None:
+    """A float64 array of `shape`, all finite, saved by save_array under `key` and matching its
+    record (size, shape, dtype, sha256); None when it is absent or anything else: a file
+    without its record, changed after it was written, truncated or foreign is recomputed,
+    never trusted (a warning names a file that is there but does not match)."""
+    if not os.path.exists(path):
         return None
-    if a.dtype != np.float64 or a.shape != tuple(shape) or not np.isfinite(a).all():
+    try:
+        with open(path + RECORD_SUFFIX, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = None
+    problem = ("it has no record" if not valid_file_info(info) else
+               f"its record is for key {info.get('key')!r}" if info.get("key") != key else
+               _verify_file(path, info, full=True))
+    if problem is None:
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            a = None
+        if a is None or a.dtype != np.float64 or a.shape != tuple(shape) or not np.isfinite(a).all():
+            problem = "not a finite float64 array of the expected shape"
+    if problem is not None:
+        log.warning("cached values %s cannot be used (%s); they are computed again", path, problem)
         return None
     return a
 

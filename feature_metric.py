@@ -28,6 +28,8 @@ import csv
 import json
 import logging
 import os
+import re
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,14 +38,14 @@ import distance_metrics as dm
 from cache_fill import ensure_cached, feature_assembler, open_caches
 from dataset import folder_records
 from distribution_modeling import MODELS, ModelError, ModelSpec
-from errors import RuntimeFailure, UsageError
+from errors import RuntimeFailure, UsageError, UserError
 from evaluation import (SCORED, Configuration, configuration_of_row, pair_allowed,
                         score_group)
 from feature_cache import CLEAN, Unit, reference_units
 from feature_spaces import AGGREGATIONS, VIT_POOLS, Transform, TransformError
 from layer_registry import LayerConfig
 from report import results_json
-from run_plan import check_output_file, layers_of, spec_of, validate_config
+from run_plan import check_output_file, check_writable, layers_of, spec_of, validate_config
 
 log = logging.getLogger("iqm")
 
@@ -111,6 +113,8 @@ def _bad(spec: str, what: str) -> UsageError:
 
 def _transform(spec: str, text: str) -> Transform:
     tokens = text.split(",")
+    if any(not t for t in tokens):
+        raise _bad(spec, f"transform {text!r} has an empty part between commas")
     if tokens[0] not in ("gap", "gram"):
         raise _bad(spec, f"transform {text!r} must start with gap or gram")
     entry = {"name": text, "use_gram": tokens[0] == "gram"}
@@ -133,6 +137,8 @@ def _transform(spec: str, text: str) -> Transform:
 
 def _model(spec: str, text: str) -> ModelSpec:
     kind, *rest = text.split(",")
+    if any(not t for t in rest):
+        raise _bad(spec, f"model {text!r} has an empty part between commas")
     if kind not in MODELS:
         raise _bad(spec, f"model {kind!r} is not one of: {', '.join(MODELS)}")
     entry = {"name": text, "type": kind}
@@ -149,8 +155,11 @@ def _model(spec: str, text: str) -> ModelSpec:
 
 
 def parse_spec(spec: str) -> Configuration:
-    """The Configuration a spec string names; a bad part is a UsageError naming it and the choices."""
+    """The Configuration a spec string names; a bad part is a UsageError naming it and the
+    choices. Every part, and every layer of BACKBONE:LAYERS, must be given (no empty one)."""
     parts = spec.split("/")
+    if any(not p.strip() for p in parts):
+        raise _bad(spec, "a part between two '/' is empty")
     metric = parts[-1]
     if metric not in dm.FEATURE_METRICS:
         raise _bad(spec, f"metric {metric!r} is not one of: {', '.join(dm.FEATURE_METRICS)}")
@@ -163,9 +172,12 @@ def parse_spec(spec: str) -> Configuration:
         raise _bad(spec, f"{metric} is a two-sample metric and takes no model: drop "
                          f"'{parts[-2]}/'")
     backbone, sep, layers = "/".join(parts[:-tail]).rpartition(":")
-    if not sep or not backbone or not layers:
+    if not sep or not backbone:
         raise _bad(spec, "it must start with BACKBONE:LAYERS (indices or module paths joined by +)")
     spec_of(backbone)
+    if any(not x.strip() for x in layers.split("+")):
+        raise _bad(spec, f"layers {layers!r} have an empty part: name each layer (an index or a module "
+                         "path), joined by +")
     resolved = tuple(layers_of(backbone, layers.split("+")))
     aggregate = parts[-tail]
     if aggregate not in AGGREGATIONS:
@@ -203,17 +215,21 @@ def configuration_from(source: str, rank: int | None = None, label: str | None =
                              "a row of one")
         return Applied(parse_spec(source), {}, source)
     if given:
-        if not given.isdigit() or int(given) < 1:
+        if not re.fullmatch(r"[0-9]+", given) or int(given) < 1:
             raise UsageError(f"{source!r}: #{given} is not a rank; write RESULTS_DIR#1 for the top row")
         rank = int(given)
     file = _results_json(path)
     try:
-        with open(file) as f:
+        with open(file, encoding="utf-8") as f:
             results = json.load(f)
         rows, settings = results["results"], results.get("config", {})
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{file!r} is not a results JSON of this tool ({exc}); give a results "
-                         "folder, its results_*.json, or a spec string") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows) \
+                or not isinstance(settings, dict):
+            raise TypeError("its results are not a list of rows")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{file!r} is not a results JSON of this tool ({type(exc).__name__}: "
+                         f"{str(exc)[:80]}); give a results folder, its results_*.json, or a spec "
+                         "string") from None
     if label is not None:
         match = [r for r in rows if r.get("label") == label]
         if not match:
@@ -223,12 +239,17 @@ def configuration_from(source: str, rank: int | None = None, label: str | None =
         rank = rank or 1
         match = [r for r in rows if r.get("rank") == rank]
         if not match:
-            top = max((r["rank"] for r in rows if r.get("rank")), default=0)
+            top = max((r["rank"] for r in rows if isinstance(r.get("rank"), int)), default=0)
             raise UsageError(f"{file} has no row ranked #{rank} (ranks 1..{top})")
         row = match[0]
+    try:
+        conf = configuration_of_row(row)
+    except (KeyError, TypeError, ValueError, AttributeError, UserError) as exc:
+        raise UsageError(f"{file}: row #{row.get('rank')} is not a configuration of this tool "
+                         f"({type(exc).__name__}: {str(exc)[:80]}); give a results JSON this tool "
+                         "wrote, or a spec string") from None
     if row.get("status") != SCORED:
         log.warning("%s was %s in that run: %s", row.get("label"), row.get("status"), row.get("reason"))
-    conf = configuration_of_row(row)
     return Applied(conf, {k: settings[k] for k in REPRODUCED if k in settings},
                    f"{file}#{row.get('rank') or row.get('label')}")
 
@@ -267,12 +288,22 @@ def save_reference(cfg: dict, applied: Applied, ref: str, out: str) -> tuple[int
 def load_reference(path: str, cfg: dict, conf: Configuration, prov) -> np.ndarray:
     """The rows of a --save-reference file, refused (UsageError) unless its record is this
     configuration's, with these settings and weights."""
+    how = "save one with python main.py --save-reference CONFIG REF OUT.npz"
     try:
         with np.load(path, allow_pickle=False) as f:
-            rows, record = f["rows"], json.loads(str(f["record"]))
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{path!r} is not a reference saved by --save-reference ({exc}); save one "
-                         "with python main.py --save-reference CONFIG REF OUT.npz") from None
+            rows, record = np.asarray(f["rows"]), json.loads(str(f["record"]))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy's own text may advise allow_pickle=True, which would run the file's code: never
+        raise UsageError(f"{path!r} is not a reference saved by --save-reference "
+                         f"({type(exc).__name__}); {how}") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path!r}: its record is a {type(record).__name__}, not the record "
+                         f"--save-reference writes; {how}")
+    if rows.dtype.kind != "f" or rows.ndim != 2 or len(rows) < 2 or rows.shape[1] < 1:
+        raise UsageError(f"{path!r}: its rows are {rows.dtype} {rows.shape}, not real feature rows "
+                         f"(n >= 2, d) of floats; {how}")
+    if not np.isfinite(rows).all():
+        raise UsageError(f"{path!r}: its rows hold NaN or inf; {how}")
     want = json.loads(json.dumps(reference_record(cfg, conf, prov), sort_keys=True))
     for key in ("configuration", "weights", "settings"):
         if record.get(key) != want[key]:
@@ -290,12 +321,15 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
     ref_records = None if saved else _records(ref, "REF")      # bad folders fail before any work
     for folder in evals:
         if not os.path.isdir(folder):
-            raise DatasetError(f"EVAL {folder!r} is not a folder; pass folders of images")
+            raise DatasetError(f"EVAL {shown(folder)!r} is not a folder; pass folders of images")
+    if not saved:              # the images go through the cache: it must take them
+        check_writable(cfg["cache_dir"], "--cache-dir")
     prov = resolve_weights(conf.backbone, cfg["weights"], cfg["seed"])
+    rows = load_reference(ref, cfg, conf, prov) if saved else None     # a bad file: before any word
     if prov.random_init:
         log.warning("%s has RANDOM-INIT weights here: the scores are not the ranked metric's", conf.backbone)
     if saved:
-        return _apply_saved(cfg, conf, load_reference(ref, cfg, conf, prov), evals), prov
+        return _apply_saved(cfg, conf, rows, evals), prov
     paired = dm.METRICS[conf.metric]["paired"]
     out = []
     for folder in evals:
@@ -352,18 +386,30 @@ def _with_interval(r, folder: str, n: int, cfg: dict) -> AppliedScore:
     return AppliedScore(folder, n, r.conf.metric, score, ci, b, conf_level)
 
 
+def shown(path: str) -> str:
+    """A path as text that any UTF-8 output takes: bytes of a name that is not UTF-8 (kept by
+    Python as surrogates) are written as backslash escapes."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_scores(path: str, scores: list, applied: Applied, weights: str) -> None:
-    """The scores as a small CSV (one row per EVAL folder)."""
+    """The scores as a small CSV (one row per EVAL folder; names shown as `shown` writes them),
+    written to a temporary file renamed into place; nothing is left behind on a failure."""
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["eval", "n_images", "metric", "score", "ci_low", "ci_high", "n_resamples",
-                    "confidence", "configuration", "source", "weights"])
-        for s in scores:
-            lo, hi = s.ci if s.ci else ("", "")
-            w.writerow([s.eval, s.n_images, s.metric, repr(s.score), lo, hi, s.n_resamples,
-                        s.confidence, spec_string(applied.conf), applied.source, weights])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["eval", "n_images", "metric", "score", "ci_low", "ci_high", "n_resamples",
+                        "confidence", "configuration", "source", "weights"])
+            for s in scores:
+                lo, hi = s.ci if s.ci else ("", "")
+                w.writerow([shown(s.eval), s.n_images, s.metric, repr(s.score), lo, hi, s.n_resamples,
+                            s.confidence, spec_string(applied.conf), shown(applied.source), weights])
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def load_generator(spec: str):
@@ -402,10 +448,11 @@ def generated_score(cfg: dict, applied: Applied, ref: str, generator: str, n: in
         m = FeatureMetric(given, reference=ref, keep_rows=True)
     got = 0
     while got < n:
-        batch = torch.as_tensor(fn(min(cfg["batch_size"], n - got)))[: n - got]
-        if batch.ndim != 4 or len(batch) == 0:
-            raise UsageError(f"--generator {generator!r} returned {tuple(batch.shape)}; it must return "
-                             "a batch of (B, 3, H, W) images")
+        out = fn(min(cfg["batch_size"], n - got))
+        if out is None or isinstance(out, (list, tuple, dict, str)) or hasattr(out, "__next__"):
+            raise UsageError(f"--generator {generator!r} returned {type(out).__name__}; it must return "
+                             "one batch of (B, 3, H, W) images (a tensor or array) per call")
+        batch = check_images(out, f"--generator {generator!r}")[: n - got]
         m.update(batch)
         got += len(batch)
     return _with_interval(m.result(), f"{generator} ({n} images)", n, cfg)
@@ -419,6 +466,13 @@ def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = T
     if len(args) < (2 if generator else 3):
         raise UsageError(f"--apply needs CONFIG REF EVAL [EVAL ...] (or CONFIG REF with --generator); "
                          f"got {len(args)} argument(s) (README: Using a configuration as a metric)")
+    if generator and len(args) > 2:
+        raise UsageError(f"--apply CONFIG REF with --generator scores generated images: the EVAL "
+                         f"folder(s) {', '.join(map(shown, args[2:]))} would do nothing; drop them or "
+                         "drop --generator")
+    if n is not None and not generator:
+        raise UsageError("--n counts generated images: give --generator MODULE:FUNCTION with it, "
+                         "or drop --n")
     if out is not None:
         check_output_file(out, "--out", ".csv")
     applied, cfg = _with_settings(args[0], cfg, given)
@@ -428,17 +482,57 @@ def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = T
         prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
     else:
         scores, prov = apply(cfg, applied.conf, args[1], args[2:], progress)
-    lines = [f"configuration {spec_string(applied.conf)} ({applied.source}); weights {prov.label}"]
+    lines = [f"configuration {spec_string(applied.conf)} ({shown(applied.source)}); weights {prov.label}"]
     for s in scores:
         ci = f"  [{s.confidence:.0%} CI {s.ci[0]:.6g}, {s.ci[1]:.6g}]" if s.ci else ""
-        lines.append(f"{s.eval}: {s.metric} = {s.score:.6g}{ci} over {s.n_images} images")
+        lines.append(f"{shown(s.eval)}: {s.metric} = {s.score:.6g}{ci} over {s.n_images} images")
     if out:
-        write_scores(out, scores, applied, prov.label)
-        lines.append(f"wrote {out}")
+        try:
+            write_scores(out, scores, applied, prov.label)
+        except OSError as exc:                 # the scores are not lost: they go to stdout
+            print("\n".join(lines))
+            raise RuntimeFailure(f"--out {shown(out)}: {exc.strerror or exc}; the scores are printed "
+                                 "above") from None
+        lines.append(f"wrote {shown(out)}")
     return lines
 
 
 # ---------------------------------------------------------------------- in a training loop
+
+STATE_WARN_BYTES = 1 << 30     # a FeatureMetric holding more than this says so, once
+
+
+def check_images(images, where: str):
+    """`images` as a float (B, 3, H, W) tensor in [0, 1] on their device, checked once where they
+    arrive: uint8 (0-255) or floating point in [0, 1], finite, of that shape, on a device that
+    holds data. Anything else (wider or signed integers, bool, complex, floats outside [0, 1]
+    such as 0-255 values, NaN, another shape, the meta device) is a UsageError naming what was
+    given and how to convert it; nothing is kept of a refused batch."""
+    import torch
+    try:
+        x = torch.as_tensor(images)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"{where}: a {type(images).__name__} is not a batch of images "
+                         f"({type(exc).__name__}); give a (B, 3, H, W) tensor or array, uint8 or "
+                         "float in [0, 1]") from None
+    if x.device.type == "meta":
+        raise UsageError(f"{where}: a tensor on the 'meta' device holds no pixels; give images on "
+                         "the CPU or a GPU")
+    if x.ndim != 4 or x.shape[1] != 3 or 0 in tuple(x.shape):
+        raise UsageError(f"{where} takes (B, 3, H, W) images; got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.float().div(255.0)
+    if not x.is_floating_point():
+        raise UsageError(f"{where}: {x.dtype} images are not read: give uint8 (0-255) or float in "
+                         f"[0, 1] (e.g. x.to(torch.uint8) for 0-255 integers, x.float() / 255)")
+    if not bool(torch.isfinite(x).all()):
+        raise UsageError(f"{where}: the images hold NaN or inf pixels; give finite values in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise UsageError(f"{where}: float pixels must lie in [0, 1]; these run from {lo:g} to "
+                         f"{hi:g} (divide 0-255 values by 255, or give uint8)")
+    return x.float()
+
 
 class FeatureMetric:
     """A configuration as a metric inside a training loop, in the style of torchmetrics:
@@ -490,6 +584,7 @@ class FeatureMetric:
     def reset(self) -> None:
         """Forget every image given to update()."""
         self._rows, self._n, self._mean, self._scatter, self._pending = [], 0, None, None, []
+        self._warned = False
 
     def state_bytes(self) -> int:
         """Bytes held for the images given so far (rows, or mean and scatter)."""
@@ -500,17 +595,22 @@ class FeatureMetric:
         return pending + rows
 
     def update(self, images=None, *, features=None) -> None:
-        """Add a batch: (B, 3, H, W) images (uint8, or float in [0, 1]), or feature rows (B, d)."""
+        """Add a batch: (B, 3, H, W) images (uint8, or float in [0, 1]), or feature rows (B, d) of
+        the reference's width. A refused batch (check_images) leaves the metric as it was."""
         if features is not None:
-            self._add(dm.check_features(features, "features", 1))
+            rows = dm.check_features(features, "features", 1)
+            self._check_width(rows.shape[1], "features")
+            self._add(rows)
             return
-        import torch
-        x = torch.as_tensor(images)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise UsageError(f"FeatureMetric.update takes (B, 3, H, W) images; got shape {tuple(x.shape)}")
-        self._pending.extend(x.float().div(255.0) if x.dtype == torch.uint8 else x.float())
+        self._pending.extend(check_images(images, "FeatureMetric.update"))
         while len(self._pending) >= self.batch_size:
             self._flush(self.batch_size)
+
+    def _check_width(self, width: int, what: str) -> None:
+        if width != self.reference.shape[1]:
+            raise UsageError(f"FeatureMetric.update: {what} of width {width}, but the reference rows "
+                             f"(and every row so far) have {self.reference.shape[1]}: give rows of "
+                             f"{self.conf.label}'s space, or images")
 
     def _flush(self, n: int) -> None:
         import torch
@@ -519,6 +619,12 @@ class FeatureMetric:
 
     def _add(self, rows: np.ndarray) -> None:
         self._rows.append(rows)
+        if not self._warned and self.state_bytes() > STATE_WARN_BYTES:
+            self._warned = True
+            log.warning("FeatureMetric keeps every image's rows for %s (%.2f GiB now, %d dims per "
+                        "image; only FID without post-processing keeps running moments): call "
+                        "compute() and reset() between evaluations", self.conf.label,
+                        self.state_bytes() / 2**30, rows.shape[1])
         # FID: rows are merged into the mean and scatter once as many as their dimension wait
         # (so the state stays under twice d + d^2 numbers, and merging costs O(d^2) per d rows)
         if self.running and sum(len(r) for r in self._rows) >= rows.shape[1]:
@@ -575,10 +681,9 @@ class FeatureMetric:
         import gram_engine as ge
         import representations as rp
         from feature_extraction import cpu_threads
-        x = torch.as_tensor(images)
         # a contiguous NCHW batch, as the extraction's DataLoader collates one: convolutions on
         # a channels-last view round differently
-        x = (x.float().div(255.0) if x.dtype == torch.uint8 else x.float()).contiguous()
+        x = check_images(images, "FeatureMetric.features").contiguous()
         module = self.backbone.module.to(x.device)
         threads = torch.get_num_threads()
         if x.device.type == "cpu":      # the extraction's thread count: CPU sums depend on it

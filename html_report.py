@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import html
 import io
 import json
 import os
@@ -82,8 +81,10 @@ def _interval(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
-def _cell(text: str, v="", cls: str = "") -> dict:
-    return {"text": text, "v": "" if v is None else v, "cls": cls}
+def _cell(text: str, v="", cls: str = "", star: bool = False) -> dict:
+    """A table cell: `text` is plain text (the template escapes every value), `v` its sort key,
+    `star` draws the tie mark."""
+    return {"text": text, "v": "" if v is None else v, "cls": cls, "star": star}
 
 
 def _columns(degradations: list, has_mos: bool, by: str) -> list[dict]:
@@ -108,17 +109,18 @@ def _table_row(r: dict, degradations: list, has_mos: bool, by: str) -> dict:
     tied = criterion(r, by)[1] if scored and (by == "monotonicity" or r.get("mos")) else None
     layers = "pixels" if r["backbone"] == BASELINE else layer_label(r, with_backbone=False)
     model = r["distribution"] or "—"
-    star = lambda t: ('<span class="star">&#9733;</span>' if t else "", "" if t is None else int(bool(t)))
-    cells = [_cell(str(r["rank"] or ""), r["rank"]), _cell(html.escape(r["label"]), r["label"], "t"),
-             _cell(html.escape(r["backbone"]), r["backbone"], "t"), _cell(html.escape(layers), layers, "t"),
-             _cell(html.escape(r["transform"]), r["transform"], "t"), _cell(html.escape(model), model, "t"),
-             _cell(html.escape(r["metric"]), r["metric"], "t"),
+    def star(t):
+        return _cell("", "" if t is None else int(bool(t)), star=bool(t))
+    cells = [_cell(str(r["rank"] or ""), r["rank"]), _cell(str(r["label"]), r["label"], "t"),
+             _cell(str(r["backbone"]), r["backbone"], "t"), _cell(layers, layers, "t"),
+             _cell(str(r["transform"]), r["transform"], "t"), _cell(str(model), model, "t"),
+             _cell(str(r["metric"]), r["metric"], "t"),
              _cell(_num(r["mean_spearman"]), r["mean_spearman"]),
              _cell(_interval(r.get("mean_spearman_ci")),
                    (r.get("mean_spearman_ci") or [None])[0]),
              _cell((_num(r.get("delta_rho_top")) + " " + _interval(r.get("delta_rho_top_ci"))).strip(),
                    r.get("delta_rho_top")),
-             _cell(*star(r.get("tied_with_top")))]
+             star(r.get("tied_with_top"))]
     for d in degradations:
         rho = (r["per_degradation"].get(d) or {}).get("spearman")
         cells.append(_cell(_num(rho, 3), rho))
@@ -128,13 +130,15 @@ def _table_row(r: dict, degradations: list, has_mos: bool, by: str) -> dict:
                   _cell(_interval(m.get("srcc_ci")), (m.get("srcc_ci") or [None])[0]),
                   _cell((_num(m.get("delta_top")) + " " + _interval(m.get("delta_top_ci"))).strip(),
                         m.get("delta_top")),
-                  _cell(*star(m.get("tied_with_top"))), _cell(_num(m.get("krcc")), m.get("krcc")),
+                  star(m.get("tied_with_top")), _cell(_num(m.get("krcc")), m.get("krcc")),
                   _cell(_num(m.get("plcc")), m.get("plcc"))]
-    cells += [_cell(r["status"].replace("_", " "), r["status"], "t"),
-              _cell(html.escape(r.get("reason") or ""), r.get("reason") or "", "t reason")]
+    status = str(r["status"]).replace("_", " ")
+    cells += [_cell(status, r["status"], "t"),
+              _cell(str(r.get("reason") or ""), r.get("reason") or "", "t reason")]
     attrs = [("backbone", r["backbone"]), ("layer", layers), ("transform", r["transform"]),
-             ("model", model), ("metric", r["metric"]), ("status", r["status"].replace("_", " "))]
-    return {"cls": r["status"] + (" tied" if tied else ""), "attrs": attrs, "cells": cells}
+             ("model", model), ("metric", r["metric"]), ("status", status)]
+    return {"cls": ("scored" if scored else "not_run" if r["status"] == "not_run" else "failed")
+            + (" tied" if tied else ""), "attrs": attrs, "cells": cells}
 
 
 def _heatmap(rows: list, by: str) -> dict:
@@ -217,6 +221,7 @@ def plot_map(target, m: dict, levels_name: str) -> None:
     in black, each level of the degradation in a colour from light to dark."""
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False     # labels are plain text ($ included)
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     levels = [s for s in m["sets"] if s["position"]]

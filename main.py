@@ -91,6 +91,10 @@ def run(args, user) -> int:
     if isinstance(args.report, str):
         print(f"wrote {pipeline.rebuild_report(args.report)}")
         return 0
+    for flag, value in (("--out", args.out), ("--generator", args.generator), ("--n", args.n)):
+        if value is not None and not args.apply:
+            raise UsageError(f"{flag} works with --apply (README: Using a configuration as a metric); "
+                             "give --apply CONFIG REF ... or drop it")
     (cfg, given), progress = settings(args, user), not args.quiet
     if args.cache_info:
         print("\n".join(report.cache_info_lines(pipeline.cache_entries(cfg), cfg["cache_dir"])))

@@ -102,8 +102,12 @@ def layer_table(name: str) -> LayerTable:
 def cache_entries(cfg) -> list[dict]:
     """`--cache-info`: the entries of config['cache_dir'] (feature_cache.cache_info)."""
     from feature_cache import cache_info
-    check_writable(cfg["cache_dir"], "--cache-dir")     # a file is not a cache
-    return cache_info(cfg["cache_dir"])
+    path = cfg["cache_dir"]                 # only read: a read-only cache is listed too
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--cache-dir {path!r} is a file, not a folder; pass the cache folder")
+    if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        raise UsageError(f"--cache-dir {path!r} is not readable by this user; pass a cache you can read")
+    return cache_info(path)
 
 
 def preview_degradations(cfg) -> str:
@@ -319,9 +323,21 @@ def rebuild_report(out_dir: str) -> str:
     scored again). The strip and the feature maps the run wrote are reused; a run that had the
     report off gets them from its images and cache (nothing is extracted), when those are still
     there. Returns the report's path."""
-    from html_report import load_results, write_report
-    _, results = load_results(out_dir)
+    from html_report import load_results
+    path, results = load_results(out_dir)
     check_writable(out_dir, "--report")
+    try:
+        return _rebuild_report(out_dir, results)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UsageError(f"{path!r} is not a results JSON this version can report on "
+                         f"({type(exc).__name__}: {str(exc)[:80]}); rerun the experiment to write "
+                         "it again") from None
+
+
+def _rebuild_report(out_dir: str, results: dict) -> str:
+    from html_report import write_report
     if all(os.path.isfile(os.path.join(out_dir, f)) for f in (report.STRIP_FILE, report.MAPS_FILE)):
         return write_report(out_dir)
     cfg = results["config"]        # the run's order of the degradations: its derived cache keys

@@ -60,7 +60,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dataset import DatasetError, ImageRecord
-from host import file_sha256
 from kadid10k import KADID10K_LEVELS
 
 KADID_NAME = re.compile(r"^i(\d+)_(\d+)_(\d+)\.\w+$", re.IGNORECASE)
@@ -502,13 +501,57 @@ def _split_small(groups: dict) -> tuple[dict, dict]:
     return scored, {k: g for k, g in groups.items() if len(g) < MIN_GROUP_IMAGES}
 
 
-def _records(paths) -> dict:
-    return {p: ImageRecord(p, file_sha256(p)) for p in sorted(set(paths))}
+def _checked_record(path: str) -> tuple[ImageRecord | None, str]:
+    """The record of one image file read once (its sha256), after the dataset module's checks:
+    not empty, a header within the pixel limit, a complete decode. (None, why) when it fails."""
+    import hashlib
+    import io
+    import warnings
+    from PIL import Image
+    from dataset import MAX_PIXELS
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        return None, "is empty"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.size[0] * im.size[1] > MAX_PIXELS:
+                    return None, (f"has {im.size[0]} x {im.size[1]} pixels, over the pixel limit "
+                                  f"({MAX_PIXELS:,} pixels)")
+                im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, f"is over the pixel limit ({MAX_PIXELS:,} pixels: a decompression bomb)"
+    except Exception as exc:        # not an image, truncated, corrupt: PIL's many kinds
+        return None, f"does not decode ({type(exc).__name__}: {str(exc)[:80]})"
+    return ImageRecord(path, hashlib.sha256(data).hexdigest()), ""
+
+
+def _records(ratings_path: str, rows) -> dict:
+    """{path: ImageRecord} of every rated image and reference of `rows`, each checked (in
+    threads: decoding releases the GIL); the first that fails is a RatingsError naming it and
+    its line."""
+    from concurrent.futures import ThreadPoolExecutor
+    from host import available_cores
+    line = {}
+    for r in rows:
+        line.setdefault(r.image, r.line)
+        if r.reference is not None:
+            line.setdefault(r.reference, r.line)
+    paths = sorted(line)
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
+        checked = list(pool.map(_checked_record, paths))
+    for p, (record, why) in zip(paths, checked):
+        if record is None:
+            raise RatingsError(f"{ratings_path}:{line[p]}: image {p!r} {why}; replace the file or "
+                               "remove that line")
+    return {p: record for p, (record, _) in zip(paths, checked)}
 
 
 def _no_reference(path, fmt, higher_is_better, rows, bins, exclude) -> RatedDatabase:
     _duplicates(path, rows)
-    records = _records(r.image for r in rows)
+    records = _records(path, rows)
     kept = [r for r in rows if records[r.image].sha256 not in exclude]
     excluded = len(rows) - len(kept)
     if not kept:
@@ -559,6 +602,6 @@ def _full_reference(path, fmt, higher_is_better, rows, bins, binned=frozenset())
                            f"{MIN_GROUP_IMAGES} images; the set-level criterion needs at least "
                            f"{MIN_GROUPS} (give the CSV 'type' and 'level' columns, or rate more "
                            "images)")
-    records = _records([r.image for r in rows] + refs)
+    records = _records(path, rows)
     return RatedDatabase(path, fmt, higher_is_better, tuple(records[p] for p in refs), scored,
                          records, FULL_REFERENCE, small, tuple(sorted(binned)))

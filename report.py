@@ -119,6 +119,7 @@ def plot_monotonicity(target, row: dict, position: int) -> None:
     JSON record, ConfigResult.fields()), into `target` (a path or a binary file)."""
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False     # labels are plain text ($ included)
     import matplotlib.pyplot as plt
     degs = row["per_degradation"]
     fig, axes = plt.subplots(1, len(degs), figsize=(4.2 * len(degs), 3.8), squeeze=False)
@@ -187,6 +188,7 @@ def plot_heatmap(path: str, rows: list, by: str = "monotonicity") -> bool:
     named by module path, each cell by its winning transform and model."""
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False     # labels are plain text ($ included)
     import matplotlib.pyplot as plt
     layers, metrics, best = heatmap_cells(rows, by)
     if not layers:                       # baselines have no layer: they are in the summary
@@ -225,6 +227,7 @@ def plot_mos_scatter(target, rows: list, rated: dict) -> None:
     order of the rows' group scores). Into `target`, a path or a binary file."""
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False     # labels are plain text ($ included)
     import matplotlib.pyplot as plt
     from human_agreement import logistic4
     from distance_metrics import orientation

@@ -114,6 +114,7 @@ def validate_config(cfg: dict, backbones: tuple[str, ...] = BACKBONE_NAMES) -> N
     missing = set(CONFIG_KEYS) - set(cfg)
     if missing:
         raise ConfigError(f"config key(s) {sorted(missing)} are missing; restore them in config.py")
+    _validate_containers(cfg)
     _validate_data(cfg)
     _validate_extraction(cfg, backbones)
     _validate_execution(cfg)
@@ -121,11 +122,37 @@ def validate_config(cfg: dict, backbones: tuple[str, ...] = BACKBONE_NAMES) -> N
     _validate_evaluation(cfg)
 
 
+# The keys whose value is a list or a dict, and what each entry must be: checked before any
+# validator reads them, so a number or a string there is one line, not a traceback. (Every
+# other key's validator below checks its own type.)
+CONTAINERS = {"layer_configs": (list, dict), "feature_transforms": (list, dict),
+              "distribution_models": (list, dict), "distance_metrics": (list, str),
+              "baselines": (list, str), "degradation_sets": (list, str),
+              "degradations": (dict, dict), "kid": (dict, None), "cmmd": (dict, None),
+              "bootstrap": (dict, None)}
+
+
+def _validate_containers(cfg: dict) -> None:
+    for key, (kind, entry) in CONTAINERS.items():
+        v = cfg[key]
+        if key == "layer_configs" and v is None:
+            continue
+        if not isinstance(v, (kind, tuple) if kind is list else kind):
+            what = "a list" if kind is list else "a dict"
+            raise ConfigError(f"config['{key}'] = {v!r} must be {what}"
+                              + (" or None" if key == "layer_configs" else "") + " (edit config.py)")
+        items = v.values() if kind is dict else v
+        bad = next((x for x in items if entry is not None and not isinstance(x, entry)), None)
+        if bad is not None:
+            raise ConfigError(f"config['{key}'] has an entry {bad!r}; each must be "
+                              f"{'a dict' if entry is dict else 'a name (a string)'} (edit config.py)")
+
+
 def _validate_data(cfg: dict) -> None:
     """Images, ratings and counts."""
     _choice(cfg["rank_by"], ("auto", "monotonicity", "mos"), "config['rank_by'] (--rank-by)")
     for key in ("mos", "mos_reference"):
-        if cfg[key] is not None and not (isinstance(cfg[key], str) and cfg[key]):
+        if (cfg[key] is not None or key == "mos_reference") and not (isinstance(cfg[key], str) and cfg[key]):
             raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a path (a string)"
                               + (" or None" if key == "mos" else ", 'database' or 'builtin'"))
     if not _is_int(cfg["mos_bins"]) or cfg["mos_bins"] < MIN_BINS:
@@ -557,6 +584,21 @@ SETTING_FLAGS = (
 _FLAG_OF = {f.setting: f for f in SETTING_FLAGS}
 
 
+def _flags_that_do_nothing(cfg: dict, overrides: dict, names: dict) -> None:
+    """A setting that would be ignored is a UsageError naming it and what would give it a use."""
+    if cfg["rank_by"] == "mos" and not cfg["mos"]:
+        raise UsageError(f"{names.get('rank_by', 'config[' + repr('rank_by') + ']')} mos ranks by "
+                         "agreement with a rated database: give --mos FILE (or config['mos']), or "
+                         "rank by monotonicity")
+    if "degradation_sets" in overrides and cfg["mos"]:
+        raise UsageError(f"{names.get('degradation_sets', '--degradations')} does nothing with --mos: a "
+                         "rated database's own groups are the evaluation sets; drop one of them")
+    for key in ("mos_bins", "mos_orientation"):
+        if key in overrides and not cfg["mos"]:
+            raise UsageError(f"{names.get(key, key)} does nothing without --mos FILE (a rated set); give "
+                             "--mos or drop it")
+
+
 def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict | None = None,
                      sweep: bool = True) -> dict:
     """CONFIG of `user` with `overrides` applied (setting -> value; 'section.key' sets a key of a
@@ -585,6 +627,7 @@ def resolve_settings(user: UserConfig, overrides: dict, mode: str, names: dict |
         if cfg[key] is None:
             cfg[key] = user.modes[mode][key]
     validate_config(cfg)
+    _flags_that_do_nothing(cfg, overrides, names)
     if sweep and mode == "quick" and user.quick.get("backbone") and "backbone" not in overrides:
         cfg["backbone"] = user.quick["backbone"]          # quick mode's own, unless --backbone
         spec_of(cfg["backbone"])

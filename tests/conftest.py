@@ -17,6 +17,22 @@ def _threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _signals():
+    """No test leaves a signal handler behind, and a SIGTERM that main()'s handler turned into
+    exit 143 inside a test stops the whole suite (an outer `timeout` must be able to)."""
+    import signal
+    import errors
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    after = {s: signal.getsignal(s) for s in before}
+    for s, handler in before.items():
+        signal.signal(s, handler)
+    if errors.RECEIVED["SIGTERM"]:
+        pytest.exit("terminated (SIGTERM)", returncode=143)
+    assert after == before, f"the test left a signal handler installed: {after}"
+
+
 @pytest.fixture
 def built(tmp_path, monkeypatch, caplog):
     """A tiny resnet50 layer-8 cache built from 10 random images under tmp_path."""

@@ -57,3 +57,46 @@ def torch_hub_standin(torch_home, filename, state_dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, path)
     return path
+
+
+def readable_copy(base):
+    """A copy of the project's modules (top-level *.py, templates/, tests/helpers.py) under
+    `base`, readable by every user: a run as another user must not depend on the checkout's
+    own folder being readable (a root home or mktemp -d folder is 0700). Returns its path."""
+    import glob
+    import os
+    import shutil
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dest = os.path.join(base, "project")
+    os.makedirs(os.path.join(dest, "tests"))
+    for path in glob.glob(os.path.join(root, "*.py")):
+        shutil.copy(path, dest)
+    shutil.copytree(os.path.join(root, "templates"), os.path.join(dest, "templates"))
+    shutil.copy(os.path.join(root, "tests", "helpers.py"), os.path.join(dest, "tests"))
+    for folder, dirs, files in os.walk(base):
+        os.chmod(folder, 0o755)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o644)
+    return dest
+
+
+def run_as_nobody(argv, base, timeout=300):
+    """`python argv…` as user 65534 (setpriv) in `base` (a folder all may read), with HOME and
+    the caches there; skips the test with the reason when that user cannot run this Python
+    (setpriv missing, an interpreter it may not read). Returns the CompletedProcess."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import pytest
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv (util-linux): cannot drop privileges")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = {**os.environ, "HOME": base, "XDG_CACHE_HOME": base, "TORCH_HOME": base, "MPLCONFIGDIR": base}
+    probe = subprocess.run(drop + [sys.executable, "-c", "import numpy, torch"], cwd=base, env=env,
+                           capture_output=True, text=True, timeout=timeout)
+    if probe.returncode != 0:
+        pytest.skip(f"user 65534 cannot run {sys.executable} with its packages here "
+                    f"({probe.stderr.strip().splitlines()[-1:]})")
+    return subprocess.run(drop + [sys.executable, *argv], cwd=base, env=env, capture_output=True,
+                          text=True, timeout=timeout)

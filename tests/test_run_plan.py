@@ -107,7 +107,7 @@ def test_quick_and_enabled_layers_come_from_the_user_config():
 FLAG_SAMPLES = {
     "--backbone": ("vgg19", "backbone", "vgg19"), "--weights": ("random", "weights", "random"),
     "--image-size": ("64", "image_size", 64), "--dataset": ("photos", "dataset", "photos"),
-    "--mos": ("ratings.csv", "mos", "ratings.csv"), "--rank-by": ("mos", "rank_by", "mos"),
+    "--mos": ("ratings.csv", "mos", "ratings.csv"), "--rank-by": ("monotonicity", "rank_by", "monotonicity"),
     "--mos-bins": ("5", "mos_bins", 5),
     "--mos-orientation": ("lower-better", "mos_orientation", "lower-better"),
     "--n-inference": ("9", "n_images_inference", 9), "--n-evaluation": ("7", "n_images_evaluation", 7),
@@ -120,17 +120,23 @@ FLAG_SAMPLES = {
 }
 
 
+NEEDS = {"--mos-bins": ["--mos", "ratings.csv"], "--mos-orientation": ["--mos", "ratings.csv"]}
+
+
 def test_every_setting_flag_sets_its_setting_and_only_it():
     """Each flag, parsed by main.py's parser, changes its own setting of the resolved CONFIG to
     the value typed and no other setting, and reports that setting as set by a flag."""
     assert {f.flag for f in run_plan.SETTING_FLAGS} == set(FLAG_SAMPLES)
     user = tiny_config()
-    base = main.settings(main.build_parser(user.config, user.modes).parse_args([]), user)[0]
+    parse = main.build_parser(user.config, user.modes).parse_args
     for flag, (typed, setting, want) in FLAG_SAMPLES.items():
-        argv = [flag] if typed is None else [flag, typed]
-        cfg, given = main.settings(main.build_parser(user.config, user.modes).parse_args(argv), user)
+        context = NEEDS.get(flag, [])          # a flag that means something only beside another
+        base = main.settings(parse(context), user)[0]
+        argv = context + ([flag] if typed is None else [flag, typed])
+        cfg, given = main.settings(parse(argv), user)
         section, _, key = setting.partition(".")
-        assert (cfg[section][key] if key else cfg[section]) == want and given == {setting}, flag
+        assert (cfg[section][key] if key else cfg[section]) == want, flag
+        assert given == {setting} | ({"mos"} if context else set()), flag
         assert {k for k in cfg if cfg[k] != base[k]} == {section}, flag
         if key:
             assert {k for k in cfg[section] if cfg[section][k] != base[section][k]} == {key}, flag
