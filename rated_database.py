@@ -44,6 +44,10 @@ own reference. A group of fewer than MIN_GROUP_IMAGES images is not scored as a 
 still count in the per-image criteria), and the reason is written out; at least MIN_GROUPS
 groups must be scored.
 
+Groups come in one order whatever the order of the file's rows: types in KADID-10k's type
+order where they are its types, then by name (`type_rank`); levels ascending within a type; a
+group's images by reference path, then by image path.
+
 Header names are read as written, quoted or not, in any case, with spaces as underscores
 (`"MOS Rating"` is `mos_rating`); a name given twice is refused. Files are read as UTF-8 (a BOM
 allowed) or, failing that, Latin-1. Every path of a database resolves inside its folder except
@@ -496,6 +500,13 @@ def _check_bins(path, n_images: int, bins: int, what: str) -> None:
                            "more images")
 
 
+def type_rank(t: str) -> tuple:
+    """The sort key of a type: KADID-10k's types in its numbering (imdist_generator.m's cases),
+    then every other name alphabetically (TID's zero-padded tid_NN in its numbering)."""
+    kadid = list(KADID10K_LEVELS)
+    return (kadid.index(t), "") if t in kadid else (len(kadid), t)
+
+
 def _split_small(groups: dict) -> tuple[dict, dict]:
     scored = {k: g for k, g in groups.items() if len(g) >= MIN_GROUP_IMAGES}
     return scored, {k: g for k, g in groups.items() if len(g) < MIN_GROUP_IMAGES}
@@ -575,7 +586,7 @@ def _full_reference(path, fmt, higher_is_better, rows, bins, binned=frozenset())
     reference once; order groups and references; hash the images."""
     _duplicates(path, rows)
     by_group: dict = {}
-    for t in dict.fromkeys(r.type for r in rows):
+    for t in sorted({r.type for r in rows}, key=type_rank):
         of_type = [r for r in rows if r.type == t]
         if t in binned:
             _check_bins(path, len(of_type), bins, f"of type {t!r}")

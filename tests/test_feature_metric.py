@@ -381,3 +381,65 @@ def test_the_shipped_weights_apply_as_a_metric_and_in_a_training_loop(sweep):
                          settings={"image_size": 32, "working_size": user.config["working_size"]})
     m.update(_images(folders["degraded"]))
     assert m.compute() == pytest.approx(degraded, rel=1e-6, abs=1e-9)
+
+
+# which (metric, transform) may keep running moments instead of rows, written out: only FID on
+# GAP rows with nothing fitted to the reference afterwards (a PCA, a z-score, an L2 step or a
+# Gram matrix change the rows FID must see, and only FID is a function of mean and covariance)
+RUNNING = {"resnet50:8/concat/gap/fid": True,
+           "resnet50:8/concat/gap,standardize/fid": False,
+           "resnet50:8/concat/gap,l2/fid": False,
+           "resnet50:8/concat/gap,pca=4/fid": False,
+           "resnet50:8/concat/gap,pca=4,whiten/fid": False,
+           "resnet50:7/concat/gram/fid": False,
+           "resnet50:8/concat/gap/kid": False,
+           "resnet50:8/concat/gap/mmd_rbf": False}
+
+
+@pytest.mark.parametrize("spec", list(RUNNING))
+def test_only_fid_on_untransformed_rows_keeps_running_moments(spec):
+    """The running state where the table above allows it, rows elsewhere; and whichever it
+    keeps, compute() equals the score of the same rows kept (the sweep's scorer, its
+    post-processing fitted on the reference) and, for FID on GAP rows, the FID of the rows
+    with their transform applied by hand."""
+    import distance_metrics as dm
+    rng = np.random.default_rng(1)
+    ref, rows = rng.normal(size=(40, 12)), rng.normal(0.3, 1.2, size=(25, 12))
+    settings = {"weights": "random", "image_size": 32}
+    m = fm.FeatureMetric(spec, reference_features=ref, settings=settings)
+    kept = fm.FeatureMetric(spec, reference_features=ref, settings=settings, keep_rows=True)
+    assert m.running is RUNNING[spec] and kept.running is False
+    for s in range(0, 25, 6):
+        m.update(features=rows[s:s + 6])
+        kept.update(features=rows[s:s + 6])
+    assert m.compute() == pytest.approx(kept.compute(), rel=1e-9)
+    if spec.endswith("/gap/fid"):
+        assert m.compute() == pytest.approx(dm.fid(ref, rows), rel=1e-9)
+    if spec.endswith("gap,standardize/fid"):          # z-scored with the reference's moments
+        mu, sd = ref.mean(0), ref.std(0, ddof=1)
+        assert m.compute() == pytest.approx(dm.fid((ref - mu) / sd, (rows - mu) / sd), rel=1e-6)
+    if spec.endswith("gap,l2/fid"):
+        def unit(x):
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+        assert m.compute() == pytest.approx(dm.fid(unit(ref), unit(rows)), rel=1e-9)
+
+
+def test_the_applied_interval_is_a_percentile_bootstrap_over_every_eval_image():
+    """--apply's interval, recomputed here: B draws of n of the n evaluation rows with
+    replacement from numpy's default_rng([seed, 0xA991]), FID of each drawn set with
+    distance_metrics.fid, and the 2.5th and 97.5th percentiles (numpy's linear rule)."""
+    import distance_metrics as dm
+    rng = np.random.default_rng(5)
+    ref, rows = rng.normal(size=(30, 5)), rng.normal(0.4, 1.0, size=(14, 5))
+    m = fm.FeatureMetric("resnet50:8/concat/gap/fid", reference_features=ref, keep_rows=True,
+                         settings={"weights": "random", "image_size": 32})
+    m.update(features=rows)
+    cfg = {**m.cfg, "seed": 17, "bootstrap": {**m.cfg["bootstrap"], "n_resamples": 60,
+                                              "confidence": 0.95}}
+    got = fm._with_interval(m.result(), "eval", 14, cfg)
+    draws = np.random.default_rng([17, 0xA991])
+    vals = [dm.fid(ref, rows[draws.integers(0, 14, 14)]) for _ in range(60)]
+    assert got.score == pytest.approx(dm.fid(ref, rows), rel=1e-9)
+    assert got.ci == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)], rel=1e-9)
+    seen = np.random.default_rng([17, 0xA991]).integers(0, 14, (60, 14))
+    assert seen.max() == 13 and seen.min() == 0           # every image can be drawn

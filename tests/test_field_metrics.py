@@ -386,6 +386,11 @@ def test_baselines_are_ranked_rows_and_psnr_follows_the_seed_degradations(tmp_pa
     df = pd.read_csv(next(run.glob("results_*.csv"))).set_index("label")
     assert {"baseline:psnr", "baseline:ssim", "baseline:ms_ssim"} <= set(df.index)
     assert df.loc["baseline:psnr", "mean_spearman"] > 0.9
+    # SSIM and MS-SSIM are similarities (higher = better): turned around, they rise with the
+    # seed's degradations as PSNR does; read on the wrong side, their rho would be near -1
+    print(df.loc[["baseline:psnr", "baseline:ssim", "baseline:ms_ssim"], "mean_spearman"])
+    assert df.loc["baseline:ssim", "mean_spearman"] > 0.9
+    assert df.loc["baseline:ms_ssim", "mean_spearman"] > 0.9
     assert set(df.filter(like="rho_", axis=1).columns) >= {f"rho_{d}" for d in user.config["degradations"]}
     assert (df.loc[[i for i in df.index if i.startswith("baseline:")], "status"] == "scored").all()
     assert "vs best baseline (baseline:" in out and "paired interval" in out
@@ -419,6 +424,125 @@ def test_baseline_values_are_cached_and_a_bad_file_is_recomputed(tmp_path, monke
     for name in first:
         for key in first[name]:
             np.testing.assert_array_equal(third[name][key], first[name][key])
-    # another working size or seed is another key
+    # another working size, or another seed, is another key: each writes its own three files
     baselines.baseline_values(["psnr"], units, 40, 0, str(tmp_path))
     assert len(list((tmp_path / "baselines" / "psnr").glob("*.npy"))) == 6
+    baselines.baseline_values(["psnr"], units, 48, 1, str(tmp_path))
+    assert len(list((tmp_path / "baselines" / "psnr").glob("*.npy"))) == 9
+    key = baselines.value_key
+    clean, blur = units[0], units[1]
+    base = key("psnr", blur, clean, 48, 0)
+    assert base == key("psnr", blur, clean, 48, 0)
+    others = [key("ssim", blur, clean, 48, 0), key("psnr", blur, clean, 40, 0),
+              key("psnr", blur, clean, 48, 1), key("psnr", units[2], clean, 48, 0),
+              key("psnr", blur, clean, 48, 0, network={"trunk": "x"})]
+    assert len({base, *others}) == 6
+
+
+# ------------------------------------------------------------------ constants and ties, written out
+
+def test_density_and_coverage_default_to_naeem_et_als_k_and_precision_recall_to_kynkaanniemis():
+    """Naeem et al. 2020 (sec. 4, and the prdc package's README): density and coverage with
+    k = 5; Kynkaanniemi et al. 2019: precision and recall with k = 3. The defaults, through the
+    functions and through the scorers the sweep builds, equal the authors' package at those k,
+    on data where another k gives other numbers."""
+    ref, e = _random_sets(seed=11, n_ref=50, n_ev=40, d=6)
+    at5, at3 = _peer_prdc(ref, e, 5), _peer_prdc(ref, e, 3)
+    assert at5["density"] != at3["density"] and at5["coverage"] != at3["coverage"]
+    assert at5["precision"] != at3["precision"] or at5["recall"] != at3["recall"]
+    d, c = dm.density_coverage(ref, e)
+    p, r = dm.precision_recall(ref, e)
+    assert (d, c) == (pytest.approx(float(at5["density"]), abs=1e-12),
+                      pytest.approx(float(at5["coverage"]), abs=1e-12))
+    assert (p, r) == (pytest.approx(float(at3["precision"]), abs=1e-12),
+                      pytest.approx(float(at3["recall"]), abs=1e-12))
+    space = FeatureSpace.rows(ref, {("clean", 0): e})
+    kspace = FeatureSpace.kernels(explicit_kernel(ref, {("clean", 0): e}))
+    want = {"density": at5, "coverage": at5, "precision": at3, "recall": at3}
+    for metric, peer in want.items():
+        for s in (space, kspace):
+            scorer = ev.scorer_for(metric, s, None, default_config(), 0)
+            got = scorer.score(ev._evaluation_input(metric, s, ("clean", 0)))
+            assert got == pytest.approx(float(peer[metric]), abs=1e-9), (metric, s.form)
+
+
+def test_a_row_exactly_on_a_balls_radius_is_outside_it():
+    """prdc counts a point inside a k-NN ball when its distance is strictly below the radius.
+    Integer points on a line make distances exact: reference 0..6 (k = 3 radii 3, 2, 2, 2, 2,
+    2, 3); the evaluation row at -3 lies exactly on the ball of 0, the one at 8 inside the ball
+    of 6 (the other three are in no ball). By hand: precision 1/5, density 1/15, coverage 1/7. Explicit rows and kernel blocks
+    both, and the authors' package."""
+    ref = np.array([[x, 0.0] for x in range(7)])
+    e = np.array([[-3.0, 0.0], [8.0, 0.0], [3.0, 4.0], [10.0, 0.0], [0.0, 7.0]])
+    peer = _peer_prdc(ref, e, 3)
+    hand = {"precision": 1 / 5, "density": 1 / 15, "coverage": 1 / 7}
+    kr = explicit_kernel(ref, {("clean", 0): e})
+    for which, value in hand.items():
+        assert float(peer[which]) == pytest.approx(value, abs=1e-12)
+        a = dm.PRDCReference(which, ref, k=3)
+        b = dm.PRDCReference(which, k=3, k_rr=kr.rr)
+        assert a.score(e) == pytest.approx(value, abs=1e-12), which
+        assert b.score((kr.re[("clean", 0)], kr.ee[("clean", 0)])) == pytest.approx(value, abs=1e-12)
+    # recall: which references the evaluation rows' k = 3 balls hold, strictly, as the package
+    ra = dm.PRDCReference("recall", ref, k=3)
+    assert ra.score(e) == pytest.approx(float(peer["recall"]), abs=1e-12)
+    # the realism score's balls: |x - r|^2 + eps below D_r, not "at or below" (no change here:
+    # R is a ratio); its pruning keeps radii at the 50th percentile and drops those above
+    rs = dm.RealismReference(ref, k=3)
+    radii_sq = np.array([9, 4, 4, 4, 4, 4, 9], float)
+    kept = np.where(radii_sq > np.percentile(radii_sq, 50), 0.0, radii_sq)
+    d2 = ((e[:, None, :] - ref[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(rs.prepare(e), np.max(kept[None] / (d2 + 1e-5), axis=1), rtol=1e-12)
+
+
+def _every_metric_space(form):
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(40, 6))
+    clean = rng.normal(size=(24, 6)) * 1.1 + 0.2
+    evals = {("clean", 0): clean, ("d", 1): clean + rng.normal(scale=0.6, size=clean.shape)}
+    if form == "kernel":
+        return FeatureSpace.kernels(explicit_kernel(ref, evals)), evals, ref
+    return FeatureSpace.rows(ref, evals), evals, ref
+
+
+@pytest.mark.parametrize("form", ["explicit", "kernel"])
+def test_every_scorer_scores_a_resample_as_the_resampled_rows(form):
+    """For every feature metric (with each model of a model metric): the score of a bootstrap
+    resample `idx` from the prepared state equals the score of a space whose sets are the
+    resampled rows (each paired image with its resampled clean image), so a bootstrap cannot
+    ignore its indices. KID is run without random subsets (one subset of all rows), as its
+    subsets are drawn from the rows there are."""
+    from distribution_modeling import MODELS
+    space, evals, ref = _every_metric_space(form)
+    idx = np.random.default_rng(9).integers(0, 24, 24)
+    assert len(set(idx)) < 24
+    resampled_evals = {k: v[idx] for k, v in evals.items()}
+    resampled = (FeatureSpace.kernels(explicit_kernel(ref, resampled_evals)) if form == "kernel"
+                 else FeatureSpace.rows(ref, resampled_evals))
+    cfg = default_config()
+    cfg["kid"] = {"subsets": 1, "subset_size": 24}
+    degs = {"d": {"levels": [1.0]}}
+    metrics = [m for m in dm.FEATURE_METRICS if form in dm.METRICS[m]["forms"]]
+    confs = []
+    for m in metrics:
+        if dm.METRICS[m]["model"]:
+            confs += [ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]},
+                                       {"name": "raw"}, {"name": t, "type": t}, m)
+                      for t in MODELS if t != "kde" or m == "neg_loglik"]
+        else:
+            confs.append(ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]},
+                                          {"name": "raw"}, None, m))
+    full = ev.score_group(confs, lambda: space, degs, cfg, seed=0)
+    again = ev.score_group(confs, lambda: resampled, degs, cfg, seed=0)
+    checked = set()
+    for a, b in zip(full, again):
+        assert a.status == b.status == "scored", (a.conf.metric, a.reason, b.reason)
+        moved = []
+        for p, key in enumerate([("clean", 0), ("d", 1)]):
+            got = a.scorer.score_prepared(a.prepared[key], idx)
+            want = b.per_degradation["d"]["scores"][p]
+            assert got == pytest.approx(want, rel=1e-7, abs=1e-9), (a.conf.metric, a.conf.model, key)
+            moved.append(a.scorer.score_prepared(a.prepared[key]) != pytest.approx(want, rel=1e-7))
+        assert any(moved), a.conf.metric          # the resample is not the whole set's score
+        checked.add(a.conf.metric)
+    assert checked == set(metrics)

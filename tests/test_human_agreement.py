@@ -294,3 +294,129 @@ def test_blank_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, ca
         ratings = tmp_path / "mos.txt"
         ratings.write_text(text)
         assert "is empty" in _bad(tmp_path, capsys, ratings)
+
+
+# ---------------------------------------------------------------------- known truth, every direction
+# Scores are "higher = worse" and opinions "higher = better" (human_agreement's convention), so a
+# score that falls as the opinion rises agrees (+1) and one that rises with it disagrees (-1).
+
+def _design(n_groups=4, n_refs=7, seed=0):
+    """(G, R) opinions with G != R, varying across groups and across references."""
+    rng = np.random.default_rng(seed)
+    return (5 - np.arange(n_groups)[:, None] * 0.9 + rng.uniform(0, 0.8, (n_groups, n_refs)))
+
+
+@pytest.mark.parametrize("f, sign", [(lambda q: -2.0 * q + 1, 1), (lambda q: np.exp(-q), 1),
+                                     (lambda q: q ** 3, -1), (lambda q: -np.exp(-q), -1)])
+def test_criteria_follow_an_increasing_or_decreasing_function_of_the_opinions(f, sign):
+    q = _design().ravel()
+    got = ha.criteria(f(q), q)
+    assert got["srcc"] == pytest.approx(sign * 1.0, abs=1e-12)
+    assert got["krcc"] == pytest.approx(sign * 1.0, abs=1e-12)
+    assert np.sign(got["plcc"]) == sign and abs(got["plcc"]) > 0.9
+    assert got["srcc"] == pytest.approx(-stats.spearmanr(f(q), q).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize("params", [(5.0, 1.0, 0.0, -0.5), (5.0, 1.0, 0.0, 0.5),
+                                    (1.0, 5.0, 0.0, -0.5), (1.0, 5.0, 0.0, 0.5)])
+def test_plcc_reads_the_direction_of_the_fitted_logistic_whatever_its_parameters(monkeypatch, params):
+    """All four ways of writing a logistic (b1 above or below b2, slope b4 positive or negative):
+    the fit is pinned to `params` and the opinions lie on that curve, so the PLCC is +1 when the
+    curve falls with the score (read here from its values) and -1 when it rises."""
+    x = np.linspace(-3, 3, 41)
+
+    def curve(v):
+        b1, b2, b3, b4 = params
+        return (b1 - b2) / (1 + np.exp(-(v - b3) / b4)) + b2
+    y = curve(x)
+    falls = bool(np.all(np.diff(y) < 0))
+    monkeypatch.setattr(ha, "fit_logistic", lambda s, m: np.array(params))
+    r, how, fitted = ha.plcc(x, y)
+    assert how == "logistic4" and list(fitted) == list(params)
+    assert r == pytest.approx(1.0 if falls else -1.0, abs=1e-12)
+
+
+def test_a_negative_slope_fit_on_falling_opinions_agrees():
+    """The real fit on opinions that fall with the score (from scipy's curve_fit, pyiqa's start)
+    is positive; the same opinions against the negated score are negative."""
+    x = np.linspace(0, 10, 40)
+    y = 4 / (1 + np.exp((x - 5) / 0.8)) + 1                # falls: slope -1/0.8 in (x - b3) / b4
+    r, how, params = ha.plcc(x, y)
+    assert how == "logistic4" and r == pytest.approx(1.0, abs=1e-6)
+    r2, how2, _ = ha.plcc(-x, y)
+    assert how2 == "logistic4" and r2 == pytest.approx(-1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [4, 12])
+def test_the_linear_fallback_keeps_the_orientation(monkeypatch, n):
+    """Too few points to fit four parameters (n=4), or a fit that fails (n=12): the PLCC is
+    Pearson's r of the score with the negated opinions, computed here with scipy."""
+    if n > 4:
+        def fail(*a, **k):
+            raise RuntimeError("Optimal parameters not found")
+        monkeypatch.setattr(ha, "curve_fit", fail)
+    q = np.linspace(1, 5, n) + np.random.default_rng(n).uniform(0, 0.1, n)
+    for score, sign in ((-3 * q + 2, 1), (q ** 2, -1)):
+        r, how, params = ha.plcc(score, q)
+        assert how == "linear" and params is None
+        assert r == pytest.approx(stats.pearsonr(score, -q).statistic, abs=1e-12)
+        assert np.sign(r) == sign
+
+
+def test_per_type_srcc_has_the_sign_of_each_type():
+    """Two types over three levels: one whose scores rise as its opinions fall (+1), one whose
+    scores fall as its opinions fall (-1), one with too few levels (None)."""
+    keys = (("up", 1), ("up", 2), ("up", 3), ("down", 1), ("down", 2), ("down", 3), ("one", 1))
+    q = np.array([[4.0, 4.2], [3.0, 3.1], [2.0, 2.3], [4.5, 4.4], [3.5, 3.2], [1.0, 1.4], [2, 2]])
+    scores = np.array([0.1, 0.5, 0.9, 0.9, 0.4, 0.2, 0.3])
+    got = ha.set_level(scores, ha.Ratings(keys, q))
+    assert got["srcc_per_type"] == {"up": pytest.approx(1.0), "down": pytest.approx(-1.0), "one": None}
+    mos = q.mean(axis=1)
+    for t, sel in (("up", slice(0, 3)), ("down", slice(3, 6))):
+        assert got["srcc_per_type"][t] == pytest.approx(
+            stats.spearmanr(scores[sel], -mos[sel]).statistic, abs=1e-12)
+    assert got["srcc"] == pytest.approx(stats.spearmanr(scores, -mos).statistic, abs=1e-12)
+
+
+def test_image_level_criteria_pair_each_image_with_its_own_opinion():
+    """Per-image scores of a complete (G, R) design with G != R: a score that is an exact
+    decreasing function of each image's opinion has SRCC 1; the same values laid out transposed
+    (R, G), or with the references of one group permuted, do not."""
+    q = _design(n_groups=4, n_refs=7)
+    ratings = ha.Ratings(tuple(("t", p) for p in range(1, 5)), q)
+    scores = -np.log(q)
+    assert ha.image_level(scores, ratings)["srcc"] == pytest.approx(1.0, abs=1e-12)
+    assert ha.image_level(list(scores), ratings)["srcc"] == pytest.approx(1.0, abs=1e-12)
+    transposed = np.ascontiguousarray(scores.T).reshape(q.shape)
+    assert ha.image_level(transposed, ratings)["srcc"] < 0.99
+    shuffled = scores.copy()
+    shuffled[1] = shuffled[1][::-1]
+    assert ha.image_level(shuffled, ratings)["srcc"] < 0.99
+    with pytest.raises(ValueError):
+        ha.image_level(scores[:, :-1], ratings)
+    # an incomplete design: one array per group, each of its own length
+    rows = tuple(q[g, :3 + g] for g in range(4))
+    inc = ha.Ratings(tuple(("t", p) for p in range(1, 5)), rows, clusters=tuple(
+        np.arange(len(r)) for r in rows), n_clusters=7, complete=False)
+    assert ha.image_level([-np.log(r) for r in rows], inc)["srcc"] == pytest.approx(1.0, abs=1e-12)
+    assert ha.image_level([-np.log(r[::-1]) for r in rows], inc)["srcc"] < 0.99
+
+
+def test_agreement_orients_a_metric_that_falls_as_quality_worsens():
+    """evaluation.agreement: a metric whose score rises with quality (orientation -1) agrees with
+    the opinions when it rises with them, at set level and image level."""
+    import distance_metrics as dm
+    falling = next(m for m, spec in dm.METRICS.items() if spec["per_image"] and dm.orientation(m) < 0)
+    rising = next(m for m, spec in dm.METRICS.items() if spec["per_image"] and dm.orientation(m) > 0)
+    q = _design(n_groups=5, n_refs=6)
+    keys = tuple(("t", p) for p in range(1, 6))
+    ratings = ha.Ratings(keys, q)
+    for metric, values in ((falling, q), (rising, -q)):
+        r = ev.ConfigResult.__new__(ev.ConfigResult)
+        r.conf = type("Conf", (), {"metric": metric})()
+        r.per_degradation = {"t": {"scores": [None] + [float(v.mean()) for v in values]}}
+        r.prepared = {k: v for k, v in zip(keys, values)}
+        ev.agreement(r, ratings)
+        assert r.mos["srcc"] == pytest.approx(1.0), metric
+        assert r.mos["image"]["srcc"] == pytest.approx(1.0), metric
+        assert r.mos["srcc_per_type"]["t"] == pytest.approx(1.0), metric

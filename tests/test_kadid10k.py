@@ -243,6 +243,12 @@ def test_multiplicative_noise_is_uniform_speckle():
     assert rel.std() == pytest.approx(np.sqrt(v), rel=0.03)
     bound = np.sqrt(3 * v) + 1 / value
     assert np.abs(rel).max() <= bound
+    # one draw per array element (imnoise draws rand(size(I)) for an M x N x 3 image): on a grey
+    # image the three channels of a pixel move independently; one draw per pixel would move them
+    # together (correlation 1, equal channels everywhere)
+    r, g, b = (rel[..., c].ravel() for c in range(3))
+    assert abs(np.corrcoef(r, g)[0, 1]) < 0.02 and abs(np.corrcoef(g, b)[0, 1]) < 0.02
+    assert ((out[..., 0] == out[..., 1]) & (out[..., 1] == out[..., 2])).mean() < 0.05
     assert np.abs(rel).max() > 0.95 * np.sqrt(3 * v)        # Gaussian noise would exceed it
     # a flat histogram: each third of the range holds about a third of the values
     counts, _ = np.histogram(rel, bins=3, range=(-np.sqrt(3 * v), np.sqrt(3 * v)))

@@ -46,7 +46,17 @@ def _tensor(x):
     return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
 
 
-def test_lpips_equals_lpips_package(stand_in_vgg, images, monkeypatch):
+@pytest.fixture
+def wide_images(images):
+    """The same images made 64 x 96 (a third of each appended on the right): non-square maps
+    at every layer, where pooling over the wrong axes, or dividing by one side squared, shows."""
+    x, y = images
+    return tuple(np.ascontiguousarray(np.concatenate([a, a[:, :, :32]], axis=2)) for a in (x, y))
+
+
+@pytest.mark.parametrize("which", ["images", "wide_images"])
+def test_lpips_equals_lpips_package(stand_in_vgg, which, request, monkeypatch):
+    images = request.getfixturevalue(which)
     home, model = stand_in_vgg
     monkeypatch.setenv("TORCH_HOME", home)
     monkeypatch.setattr(lpips.pretrained_networks.tv, "vgg16", lambda *a, **k: model)
@@ -62,7 +72,9 @@ def test_lpips_equals_lpips_package(stand_in_vgg, images, monkeypatch):
     assert np.allclose(net.score(y, y), 0.0, atol=1e-12)         # an image against itself
 
 
-def test_dists_equals_dists_package(stand_in_vgg, images, monkeypatch):
+@pytest.mark.parametrize("which", ["images", "wide_images"])
+def test_dists_equals_dists_package(stand_in_vgg, which, request, monkeypatch):
+    images = request.getfixturevalue(which)
     home, model = stand_in_vgg
     monkeypatch.setenv("TORCH_HOME", home)
     monkeypatch.setattr(DISTS_pt.models, "vgg16", lambda *a, **k: model)
@@ -93,6 +105,46 @@ def test_distances_are_zero_for_equal_features_and_grow_with_the_difference():
     assert np.all(dm.dists_from_features(f, g, w, w) > 0)
     with pytest.raises(dm.MetricInputError):
         dm.dists_from_features(f, f, w[:7], w[:7])
+
+
+def test_pooling_on_non_square_maps_equals_the_packages_functions():
+    """On (N, C, 3, 7) and (N, C, 5, 2) maps: LPIPS as lpips.LPIPS.forward pools, with the
+    package's own normalize_tensor (eps 1e-10) and spatial_average (mean over H and W); DISTS
+    as DISTS_pt.DISTS.forward writes it out (c1 = c2 = 1e-6, means and variances over H and W,
+    alpha and beta over their joint sum)."""
+    rng = np.random.default_rng(2)
+    shapes = [(2, 4, 3, 7), (2, 3, 5, 2)]
+    fx = [rng.normal(size=s) for s in shapes]
+    fy = [rng.normal(size=s) for s in shapes]
+    lin = [rng.random(4), rng.random(3)]
+    want = 0.0
+    for a, b, w in zip(fx, fy, lin):
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        diff = (lpips.normalize_tensor(ta) - lpips.normalize_tensor(tb)) ** 2
+        weighted = (diff * torch.from_numpy(w)[None, :, None, None]).sum(1, keepdim=True)
+        want = want + lpips.spatial_average(weighted, keepdim=False).numpy()
+    np.testing.assert_allclose(dm.lpips_from_features(fx, fy, lin), want.reshape(-1), rtol=1e-12)
+    fx = [np.abs(f) for f in fx]                 # DISTS reads ReLU outputs
+    fy = [np.abs(f) for f in fy]
+    alpha, beta = rng.random(7), rng.random(7)
+    c1 = c2 = 1e-6
+    w_sum = alpha.sum() + beta.sum()
+    d1 = d2 = 0.0
+    for k, (a, b) in enumerate(zip(fx, fy)):
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        sl = slice(0, 4) if k == 0 else slice(4, 7)
+        al = torch.from_numpy(alpha[sl] / w_sum)[None, :, None, None]
+        be = torch.from_numpy(beta[sl] / w_sum)[None, :, None, None]
+        xm, ym = ta.mean([2, 3], keepdim=True), tb.mean([2, 3], keepdim=True)
+        s1 = (2 * xm * ym + c1) / (xm ** 2 + ym ** 2 + c1)
+        d1 = d1 + (al * s1).sum(1, keepdim=True)
+        xv = ((ta - xm) ** 2).mean([2, 3], keepdim=True)
+        yv = ((tb - ym) ** 2).mean([2, 3], keepdim=True)
+        cov = (ta * tb).mean([2, 3], keepdim=True) - xm * ym
+        s2 = (2 * cov + c2) / (xv + yv + c2)
+        d2 = d2 + (be * s2).sum(1, keepdim=True)
+    want = (1 - (d1 + d2)).squeeze().numpy()
+    np.testing.assert_allclose(dm.dists_from_features(fx, fy, alpha, beta), want, rtol=1e-12)
 
 
 def test_without_the_trunk_weights_the_baseline_is_random_init(tmp_path, monkeypatch):

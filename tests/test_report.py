@@ -248,3 +248,35 @@ def test_report_setting_must_be_auto_or_a_bool(tmp_path, capsys, value):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "config['report']" in err and repr(value) in err
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+def _columns_of(row_cells, titles):
+    return {t: c for t, c in zip(titles, row_cells)}
+
+
+def test_the_tie_mark_follows_tied_with_top_of_its_own_criterion(run_dir):
+    """★ in the 'tied' column exactly when the row's tied_with_top is true, in the 'tied (MOS)'
+    column exactly when its mos.tied_with_top is; the row is highlighted by the criterion the
+    run ranks by. And in the run's report.html, the table's stars are the JSON's tied rows."""
+    import html_report
+    results = json.loads(next(run_dir.glob("results_*.json")).read_text())
+    base = next(r for r in results["results"] if r["status"] == "scored")
+    degs = list(results["results"][0]["per_degradation"])
+    titles = [c["title"] for c in html_report._columns(degs, True, "mos")]
+    for mono in (True, False, None):
+        for mos in (True, False, None):
+            r = {**base, "tied_with_top": mono,
+                 "mos": {"srcc": 0.5, "srcc_ci": [0.4, 0.6], "delta_top": 0.1, "krcc": 0.4,
+                         "plcc": 0.5, "delta_top_ci": [-0.1, 0.2], "tied_with_top": mos}}
+            for by in ("monotonicity", "mos"):
+                row = html_report._table_row(r, degs, True, by)
+                cells = _columns_of(row["cells"], titles)
+                assert cells["tied"]["star"] is (mono is True), (mono, mos)
+                assert cells["tied (MOS)"]["star"] is (mos is True), (mono, mos)
+                assert cells["tied"]["v"] == ("" if mono is None else int(mono))
+                highlighted = " tied" in row["cls"]
+                assert highlighted is bool(mono if by == "monotonicity" else mos), (by, mono, mos)
+    page = (run_dir / "report.html").read_text()
+    table = page[page.index("<tbody"):page.index("</tbody>")]
+    stars = sum("&#9733;" in tr for tr in table.split("<tr")[1:])
+    assert stars == sum(bool(r.get("tied_with_top")) for r in results["results"]) >= 1

@@ -1,0 +1,55 @@
+"""sweep.py: which ranked configurations get bootstrap intervals. With scope "top", the first
+top_n scored rows, and beyond them every baseline and the best feature space (the summary
+compares those two with a paired interval); with scope "all", every scored row; never a row
+that did not score."""
+from types import SimpleNamespace
+
+import pytest
+
+import evaluation as ev
+import sweep
+
+
+def _row(name, backbone="efficientnet_lite0", scored=True):
+    return SimpleNamespace(label=name, scored=scored, scorer=object(), n_resamples=0,
+                           conf=SimpleNamespace(backbone=backbone))
+
+
+def _targets(monkeypatch, ranked, scope, top_n):
+    seen = []
+    monkeypatch.setattr(ev, "bootstrap", lambda r, *a, **k: seen.append(r.label))
+    cfg = {"bootstrap": {"n_resamples": 10, "confidence": 0.95, "scope": scope}, "top_n": top_n,
+           "degradations": {}, "seed": 0, "dask_scheduler": None}
+    sweep.bootstrap_top(ranked, cfg, 1, {})
+    return seen
+
+
+B = ev.BASELINE
+
+
+@pytest.mark.parametrize("top_n, want", [
+    # ranked: psnr, f1, failed, f2, ssim, f3, ms_ssim: baselines ranked among feature spaces
+    (1, ["psnr", "f1", "ssim", "ms_ssim"]),          # f1 is the best feature space and is #2
+    (2, ["psnr", "f1", "ssim", "ms_ssim"]),
+    (3, ["psnr", "f1", "f2", "ssim", "ms_ssim"]),     # the failed row is not counted
+    (10, ["psnr", "f1", "f2", "ssim", "f3", "ms_ssim"]),
+])
+def test_the_top_n_with_the_best_feature_space_and_every_baseline(monkeypatch, top_n, want):
+    ranked = [_row("psnr", B), _row("f1"), _row("failed", scored=False), _row("f2"),
+              _row("ssim", B), _row("f3"), _row("ms_ssim", B)]
+    assert _targets(monkeypatch, ranked, "top", top_n) == want
+
+
+def test_the_best_feature_space_below_the_top_n_is_bootstrapped(monkeypatch):
+    ranked = [_row("psnr", B), _row("ssim", B), _row("ms_ssim", B), _row("f1"), _row("f2")]
+    assert _targets(monkeypatch, ranked, "top", 1) == ["psnr", "ssim", "ms_ssim", "f1"]
+    assert _targets(monkeypatch, ranked, "all", 1) == ["psnr", "ssim", "ms_ssim", "f1", "f2"]
+
+
+def test_no_resamples_no_bootstrap(monkeypatch):
+    seen = []
+    monkeypatch.setattr(ev, "bootstrap", lambda r, *a, **k: seen.append(r.label))
+    cfg = {"bootstrap": {"n_resamples": 0, "confidence": 0.95, "scope": "all"}, "top_n": 3,
+           "degradations": {}, "seed": 0, "dask_scheduler": None}
+    sweep.bootstrap_top([_row("f1")], cfg, 1, {})
+    assert seen == []
