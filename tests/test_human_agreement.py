@@ -420,3 +420,97 @@ def test_agreement_orients_a_metric_that_falls_as_quality_worsens():
         assert r.mos["srcc"] == pytest.approx(1.0), metric
         assert r.mos["image"]["srcc"] == pytest.approx(1.0), metric
         assert r.mos["srcc_per_type"]["t"] == pytest.approx(1.0), metric
+
+
+def test_the_reference_bootstrap_keeps_a_references_images_together():
+    """ha.resamples on an incomplete design: in every resample every group takes each of its
+    images as often as its reference was drawn, and nothing else."""
+    clusters = (np.array([0, 2, 3]), np.array([1, 2]), np.array([0, 1, 2, 3]))
+    ratings = ha.Ratings(keys=(("a", 1), ("a", 2), ("b", 1)),
+                         quality=tuple(np.arange(len(c), dtype=float) for c in clusters),
+                         clusters=clusters, n_clusters=4, complete=False)
+    for rows in ha.resamples(ratings, 50, np.random.default_rng(0)):
+        drawn = np.bincount(rows[("clean", 0)], minlength=4)
+        for key, cl in zip(ratings.keys, clusters):
+            got = np.bincount(cl[rows[key]], minlength=4)
+            assert (got == np.where(np.isin(np.arange(4), cl), drawn, 0)).all()
+
+
+def test_a_no_reference_resample_draws_the_clean_set_and_each_bin_on_its_own():
+    """No clusters: the clean (reference) set draws n_clean of its rows, each bin as many rows
+    as it has, all within range; over many resamples every row of every set is drawn."""
+    rows = (np.arange(4.0), np.arange(3.0), np.arange(5.0))
+    ratings = ha.Ratings(keys=(("mos", 1), ("mos", 2), ("mos", 3)), quality=rows, clusters=None,
+                         complete=False, paired=False, n_clean=7)
+    seen = {k: set() for k in [("clean", 0), *ratings.keys]}
+    for draw in ha.resamples(ratings, 200, np.random.default_rng(1)):
+        assert len(draw[("clean", 0)]) == 7
+        for key, q in zip(ratings.keys, rows):
+            assert len(draw[key]) == len(q)
+        for k, v in draw.items():
+            seen[k] |= set(v.tolist())
+    assert seen[("clean", 0)] == set(range(7))
+    for key, q in zip(ratings.keys, rows):
+        assert seen[key] == set(range(len(q)))
+
+
+def test_spearman_rows_leave_out_the_columns_a_resample_emptied():
+    """Row by row against scipy on the columns where neither side is NaN; NaN where fewer than
+    3 remain; 0 for a constant row."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(6, 7)), rng.normal(size=(6, 7))
+    a[1, 2] = np.nan
+    b[2, [0, 5]] = np.nan
+    a[3, :5] = np.nan                      # 2 columns left
+    b[4, 6] = np.nan
+    a[5] = 1.0                             # constant
+    got = ha.spearman_rows(a, b)
+    for i in range(6):
+        keep = ~(np.isnan(a[i]) | np.isnan(b[i]))
+        if keep.sum() < 3:
+            assert np.isnan(got[i])
+        elif np.ptp(a[i, keep]) == 0:
+            assert got[i] == 0.0
+        else:
+            assert got[i] == pytest.approx(stats.spearmanr(a[i, keep], b[i, keep]).statistic,
+                                           abs=1e-12), i
+    assert np.isnan(got[3]) and got[5] == 0.0
+
+
+def test_bootstrap_srcc_of_an_incomplete_design_recomputes_each_groups_mos():
+    """The list form (ha.resamples): each resample's group MOS is the mean of the rows it drew,
+    recomputed here, and its SRCC with the scores is scipy's; a group the resample left empty
+    is left out of that row."""
+    rows = (np.array([4.0, 4.5, 3.9]), np.array([3.0, 3.3]), np.array([2.0, 2.4, 1.8, 2.2]),
+            np.array([1.0, 1.5, 0.7]))
+    ratings = ha.Ratings(keys=tuple(("t", p) for p in range(1, 5)), quality=rows,
+                         clusters=tuple(np.arange(len(r)) for r in rows), n_clusters=4,
+                         complete=False)
+    idx = ha.resamples(ratings, 30, np.random.default_rng(2))
+    idx[0][("t", 2)] = np.array([], dtype=int)                 # emptied by the resample
+    scores = np.random.default_rng(3).normal(size=(30, 4))
+    got = ha.bootstrap_srcc(scores, ratings, idx)
+    for b, draw in enumerate(idx):
+        mos = np.array([rows[g][draw[k]].mean() if len(draw[k]) else np.nan
+                        for g, k in enumerate(ratings.keys)])
+        keep = ~np.isnan(mos)
+        want = stats.spearmanr(scores[b, keep], -mos[keep]).statistic
+        assert got[b] == pytest.approx(want, abs=1e-12), b
+    assert np.isfinite(got[0])
+
+
+def test_every_reference_can_be_drawn_by_the_reference_bootstrap():
+    clusters = (np.array([0, 1, 2, 3]), np.array([0, 2]), np.array([1, 3]))
+    ratings = ha.Ratings(keys=(("a", 1), ("a", 2), ("a", 3)),
+                         quality=tuple(np.ones(len(c)) for c in clusters), clusters=clusters,
+                         n_clusters=4, complete=False)
+    drawn = np.concatenate([r[("clean", 0)] for r in ha.resamples(ratings, 100, np.random.default_rng(0))])
+    assert set(drawn.tolist()) == {0, 1, 2, 3}
+
+
+def test_a_type_with_two_levels_has_a_per_type_srcc():
+    keys = (("a", 1), ("a", 2), ("b", 1), ("b", 2), ("b", 3))
+    q = np.array([[4.0, 4.1], [3.0, 3.2], [4.0, 4.4], [2.0, 2.1], [1.0, 1.2]])
+    got = ha.set_level(np.array([0.1, 0.2, 0.3, 0.1, 0.5]), ha.Ratings(keys, q))
+    assert got["srcc_per_type"]["a"] == pytest.approx(1.0)
+    assert got["srcc_per_type"]["b"] == pytest.approx(0.5)

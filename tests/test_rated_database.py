@@ -217,3 +217,124 @@ def test_mos_bins_at_their_boundaries(tmp_path):
         rd.read_ratings(str(_no_reference(tmp_path / "eight", 8)), bins=3)
     with pytest.raises(rd.RatingsError, match="--mos-bins 2"):
         rd.read_ratings(str(tmp_path / "nine" / "ratings.csv"), bins=2)
+
+
+def _sha(path):
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_no_reference_bins_read_dmos_the_other_way_round(tmp_path):
+    """The same images rated as MOS and as DMOS = 20 - MOS fall in the same bins, the best
+    (highest MOS, lowest DMOS) first, and their oriented opinions are equal."""
+    mos = _no_reference(tmp_path / "a", 12)
+    dmos = tmp_path / "a" / "dmos.csv"
+    dmos.write_text("image,dmos\n" + "".join(f"img/g{j}.png,{20 - j * 1.5}\n" for j in range(12)))
+    a, b = rd.read_ratings(str(mos), bins=3), rd.read_ratings(str(dmos), bins=3)
+    assert a.higher_is_better and not b.higher_is_better
+    for g in a.groups:
+        assert [im.image for im in a.groups[g]] == [im.image for im in b.groups[g]]
+        np.testing.assert_array_equal(a.oriented(a.groups[g]), b.oriented(b.groups[g]) + 20)
+    assert sorted(im.score for im in b.groups[(rd.BIN_TYPE, 1.0)]) == [3.5, 5.0, 6.5, 8.0]
+    means = [np.mean(a.oriented(g)) for g in a.groups.values()]
+    assert means == sorted(means, reverse=True)
+
+
+def test_no_reference_images_equal_to_a_reference_are_left_out_and_counted(tmp_path):
+    path = _no_reference(tmp_path, 11)
+    twins = {_sha(tmp_path / "img" / "g0.png"), _sha(tmp_path / "img" / "g5.png")}
+    db = rd.read_ratings(str(path), bins=3, exclude=frozenset(twins))
+    assert db.excluded == 2 and db.n_images == 9 and db.path == str(path)
+    kept = {im.image.rsplit("/", 1)[-1] for g in db.groups.values() for im in g}
+    assert "g0.png" not in kept and "g5.png" not in kept and len(kept) == 9
+    assert set(db.records) == {im.image for g in db.groups.values() for im in g}
+    with pytest.raises(rd.RatingsError, match=r"9 rated image\(s\) \(after leaving out 2 equal to a "
+                                              r"reference image\) cannot fill 10"):
+        rd.read_ratings(str(path), bins=10, exclude=frozenset(twins))
+    every = frozenset(_sha(p) for p in (tmp_path / "img").glob("*.png"))
+    with pytest.raises(rd.RatingsError, match="every one of its 11 rated image"):
+        rd.read_ratings(str(path), bins=3, exclude=every)
+
+
+@pytest.mark.parametrize("bins", [True, 2.0, "4", 0, -3])
+def test_mos_bins_must_be_an_integer_of_3_or_more(tmp_path, bins):
+    with pytest.raises(rd.RatingsError, match=r"--mos-bins .*3 or more"):
+        rd.read_ratings(str(_no_reference(tmp_path, 12)), bins=bins)
+
+
+def test_a_row_rated_twice_names_both_lines(tmp_path):
+    path = _no_reference(tmp_path, 9)
+    path.write_text(path.read_text() + "img/g4.png,3.0\n")
+    with pytest.raises(rd.RatingsError) as err:
+        rd.read_ratings(str(path), bins=3)
+    assert str(err.value).startswith(f"{path}:11: image 'g4.png' is rated again (first at line 6)")
+
+
+def test_small_groups_take_the_positions_after_their_types_scored_ones(tmp_path):
+    db = _read(_generic(tmp_path, [3, 3, 3, 2, 1]))
+    assert db.group_keys() == [("a", 1), ("a", 2), ("a", 3)]
+    assert db.small_keys() == [("a", 4), ("a", 5)]
+    assert [(k, g) for k, g, _ in db.all_groups()] == [
+        (("a", 1), ("a", 1.0)), (("a", 2), ("a", 2.0)), (("a", 3), ("a", 3.0)),
+        (("a", 4), ("a", 4.0)), (("a", 5), ("a", 5.0))]
+    assert db.degradations() == {"a": {"type": "rated", "levels": [1.0, 2.0, 3.0]}}
+
+
+def test_group_rows_say_what_mos_groups_csv_says(tmp_path):
+    """Every field of each group's record, computed here from the rows _generic wrote (opinion
+    5 - level + 0.01 * reference), as MOS and as DMOS (oriented: negated)."""
+    path = _generic(tmp_path, [3, 4, 3, 2])
+    for column, sign in (("mos", 1.0), ("dmos", -1.0)):
+        text = path.read_text().splitlines()
+        text[0] = text[0].replace("mos", column)
+        path.write_text("\n".join(text) + "\n")
+        rows = _read(path).group_rows()
+        assert [r["position"] for r in rows] == [1, 2, 3, 4]
+        for r, (lv, n) in zip(rows, [(1, 3), (2, 4), (3, 3), (4, 2)]):
+            raw = [5 - lv + 0.01 * k for k in range(n)]
+            assert (r["type"], r["level"], r["n_images"], r["binned"]) == ("a", float(lv), n, False)
+            assert r["mos"] == pytest.approx(sign * np.mean(raw), abs=1e-12)
+            assert (r["mos_min"], r["mos_max"]) == (pytest.approx(min(raw)), pytest.approx(max(raw)))
+            assert r["scored"] is (n >= 3)
+            assert (r["reason"] == "") is (n >= 3)
+        assert rows[3]["reason"] == "2 image(s), below the 3 a set score needs"
+
+
+def test_levels_from_the_names_each_database_uses():
+    """KADID-10k I01_05_03.png, TID i01_05_3.bmp, CSIQ 1600.AWGN.3.png (reference.type.level);
+    LIVE's img12.bmp carries none."""
+    cases = {"I01_05_03.png": 3.0, "i01_05_3.bmp": 3.0, "I25_24_05.PNG": 5.0,
+             "1600.AWGN.3.png": 3.0, "sunsetcolor.jpeg2000.5.png": 5.0, "db/x/1600.fnoise.4.png": 4.0,
+             "img12.bmp": None, "I01.png": None}
+    for name, level in cases.items():
+        assert rd.level_from_name(name) == level, name
+
+
+def test_a_no_reference_set_says_what_it_is(tmp_path):
+    db = rd.read_ratings(str(_no_reference(tmp_path, 9)), bins=3)
+    assert (db.format, db.kind, db.references, db.binned) == ("csv", rd.NO_REFERENCE, (), (rd.BIN_TYPE,))
+    assert not db.complete and db.pairs(db.groups[(rd.BIN_TYPE, 1.0)]) is None
+    r = db.ratings(n_clean=5)
+    assert r.clusters is None and not r.paired and r.n_clean == 5
+
+
+def test_the_ratings_of_a_full_reference_design(tmp_path):
+    """Incomplete ([4, 3, 3, 2] images of 4 references): keys of the scored groups, opinions per
+    group, each image's reference position, the small group's images among the per-image ones.
+    Complete (every group every reference): one (G, R) matrix in reference order."""
+    db = _read(_generic(tmp_path / "inc", [4, 3, 3, 2]))
+    assert not db.complete
+    r = db.ratings()
+    assert r.keys == (("a", 1), ("a", 2), ("a", 3)) and not r.complete and r.paired
+    assert r.n_clusters == 4
+    assert [c.tolist() for c in r.clusters] == [[0, 1, 2, 3], [0, 1, 2], [0, 1, 2]]
+    for q, (lv, n) in zip(r.rows, [(1, 4), (2, 3), (3, 3)]):
+        np.testing.assert_allclose(q, [5 - lv + 0.01 * k for k in range(n)])
+    assert r.image_keys == (("a", 1), ("a", 2), ("a", 3), ("a", 4))
+    np.testing.assert_allclose(r.image_quality[3], [1.0, 1.01])
+    assert db.pairs(db.small[("a", 4.0)]) == [0, 1]
+    full = _read(_generic(tmp_path / "full", [3, 3, 3]))
+    assert full.complete
+    m = full.ratings()
+    assert m.complete and m.matrix.shape == (3, 3)
+    np.testing.assert_allclose(m.matrix, [[5 - lv + 0.01 * k for k in range(3)] for lv in (1, 2, 3)])

@@ -274,20 +274,6 @@ def test_incomplete_design_pairs_each_image_with_its_reference_on_kernel_blocks(
     assert np.allclose(psnr.score.astype(float), dm.PSNR_MAX_DB)
 
 
-def test_the_reference_bootstrap_keeps_a_references_images_together():
-    """ha.resamples on an incomplete design: in every resample every group takes each of its
-    images as often as its reference was drawn, and nothing else."""
-    clusters = (np.array([0, 2, 3]), np.array([1, 2]), np.array([0, 1, 2, 3]))
-    ratings = ha.Ratings(keys=(("a", 1), ("a", 2), ("b", 1)),
-                         quality=tuple(np.arange(len(c), dtype=float) for c in clusters),
-                         clusters=clusters, n_clusters=4, complete=False)
-    for rows in ha.resamples(ratings, 50, np.random.default_rng(0)):
-        drawn = np.bincount(rows[("clean", 0)], minlength=4)
-        for key, cl in zip(ratings.keys, clusters):
-            got = np.bincount(cl[rows[key]], minlength=4)
-            assert (got == np.where(np.isin(np.arange(4), cl), drawn, 0)).all()
-
-
 def test_the_unified_csv_gives_the_generic_layouts_srcc(incomplete, capsys):
     tmp, generic, unified, rows, out = incomplete
     capsys.readouterr()
