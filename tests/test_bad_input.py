@@ -146,6 +146,21 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
         shutil.rmtree(base, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ configuration
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c["distribution_models"].__setitem__(1, {"name": "g", "type": "gmm", "n_component": 3}),
+     "n_component"),
+    (lambda c: c.__setitem__("layer_configs", [{"name": "a", "layers": [7], "agregate": "mean"}]), "agregate"),
+    (lambda c: c["kid"].__setitem__("subset", 10), "subset"),
+    (lambda c: c["feature_transforms"].append({"name": "p", "use_pca": True, "pca_dims": 4}), "pca_dims"),
+    (lambda c: c["feature_transforms"].append({"name": "v", "vit_pool": "max"}), "vit_pool"),
+    (lambda c: c["cmmd"].__setitem__("sigma", 0), "sigma"),
+    (lambda c: c.__setitem__("num_workers", -1), "num_workers"),
+    (lambda c: c.__setitem__("seed", -1), "seed"),
+    (lambda c: c.__setitem__("layer_configs", [{"name": "a", "layers": [7]}, {"name": "a", "layers": [8]}]),
+     "named twice"),
+])
 def test_config_mistakes_name_the_key_and_list_valid_ones(tmp_path, monkeypatch, capsys, edit, needle):
     user = tiny_config()
     cfg = user.config
