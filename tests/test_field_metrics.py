@@ -486,6 +486,14 @@ def test_a_row_exactly_on_a_balls_radius_is_outside_it():
     # recall: which references the evaluation rows' k = 3 balls hold, strictly, as the package
     ra = dm.PRDCReference("recall", ref, k=3)
     assert ra.score(e) == pytest.approx(float(peer["recall"]), abs=1e-12)
+    # the roles swapped: the line is now the evaluation set, and the row at -3 lies exactly on
+    # the evaluation ball of 0, so recall (the reference rows in some evaluation ball) is 1/5
+    swapped = _peer_prdc(e, ref, 3)
+    assert float(swapped["recall"]) == pytest.approx(1 / 5, abs=1e-12)
+    assert dm.PRDCReference("recall", e, k=3).score(ref) == pytest.approx(1 / 5, abs=1e-12)
+    ks = explicit_kernel(e, {("clean", 0): ref})
+    kb = dm.PRDCReference("recall", k=3, k_rr=ks.rr)
+    assert kb.score((ks.re[("clean", 0)], ks.ee[("clean", 0)])) == pytest.approx(1 / 5, abs=1e-12)
     # the realism score's balls: |x - r|^2 + eps below D_r, not "at or below" (no change here:
     # R is a ratio); its pruning keeps radii at the 50th percentile and drops those above
     rs = dm.RealismReference(ref, k=3)

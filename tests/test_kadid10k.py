@@ -249,6 +249,13 @@ def test_multiplicative_noise_is_uniform_speckle():
     r, g, b = (rel[..., c].ravel() for c in range(3))
     assert abs(np.corrcoef(r, g)[0, 1]) < 0.02 and abs(np.corrcoef(g, b)[0, 1]) < 0.02
     assert ((out[..., 0] == out[..., 1]) & (out[..., 1] == out[..., 2])).mean() < 0.05
+    # imnoise.m's speckle line, J = I + sqrt(12*v)*I.*(rand(size(I))-.5), with the same draws,
+    # on a photograph-like ramp (clipped to [0, 1], then to uint8 by rounding)
+    ramp = np.broadcast_to(np.linspace(0, 255, 64).astype(np.uint8)[None, :, None], (32, 64, 3)).copy()
+    u = rng(7).random(ramp.shape)
+    i = ramp / 255.0
+    want = np.round(np.clip(i + np.sqrt(12 * v) * i * (u - 0.5), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(K.multiplicative_noise(ramp, v, rng(7)), want)
     assert np.abs(rel).max() > 0.95 * np.sqrt(3 * v)        # Gaussian noise would exceed it
     # a flat histogram: each third of the range holds about a third of the values
     counts, _ = np.histogram(rel, bins=3, range=(-np.sqrt(3 * v), np.sqrt(3 * v)))

@@ -105,6 +105,16 @@ def test_distances_are_zero_for_equal_features_and_grow_with_the_difference():
     assert np.all(dm.dists_from_features(f, g, w, w) > 0)
     with pytest.raises(dm.MetricInputError):
         dm.dists_from_features(f, f, w[:7], w[:7])
+    # layers that do not pair up are refused, not truncated or broadcast
+    with pytest.raises(ValueError):
+        dm.dists_from_features(f, f[:1], w, w)
+    with pytest.raises(ValueError):
+        dm.lpips_from_features(f, f[:1], [np.ones(3), np.ones(5)])
+    wider = [f[0], rng.random((2, 5, 2, 3))]
+    with pytest.raises(dm.MetricInputError):
+        dm.dists_from_features(f, wider, w, w)
+    with pytest.raises(dm.MetricInputError):
+        dm.lpips_from_features(f, wider, [np.ones(3), np.ones(5)])
 
 
 def test_pooling_on_non_square_maps_equals_the_packages_functions():
