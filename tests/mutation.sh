@@ -4,6 +4,8 @@
 # `mutmut results` lists the survivors, each explained in MUTATION.md.
 #   bash tests/mutation.sh            # ~1 h on 2 cores
 #   JOBS=8 bash tests/mutation.sh     # more workers
+#   bash tests/mutation.sh --new      # the last round's modules (NEW_GLOBS in mutation_report.py),
+#                                     # then: .venv/bin/python tests/mutation_report.py --new
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the numeric core; pass globs (e.g. "distance_metrics.*") to run only those
@@ -17,7 +19,11 @@ GLOBS=(
   "evaluation.x_ties_with_top*" "evaluation.x_rank*" "evaluation.x_scorer_for*"
   "feature_cache.x_cache_key*"
 )
-[ "$#" -eq 0 ] || GLOBS=("$@")
+if [ "${1:-}" = "--new" ]; then
+  mapfile -t GLOBS < <(.venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import mutation_report as m; print(*m.NEW_GLOBS, sep='\n')")
+elif [ "$#" -gt 0 ]; then
+  GLOBS=("$@")
+fi
 rm -rf mutants
 .venv/bin/mutmut run --max-children "${JOBS:-2}" "${GLOBS[@]}"
 .venv/bin/mutmut results

@@ -4,11 +4,35 @@ hand for mutants checked one by one (REVIEWED below).
     .venv/bin/python tests/mutation_report.py > MUTATION.md      (after bash tests/mutation.sh)
 """
 import collections
+import fnmatch
 import re
 import subprocess
 import sys
 
 MUTMUT = [sys.executable, "-m", "mutmut"]
+
+# the last round's functions where numbers and orders are decided (tests/mutation.sh --new)
+NEW_GLOBS = [
+    "human_agreement.*",
+    "rated_database.x_header_names*",
+    "rated_database.x__csv_rows*",
+    "rated_database.x_level_from_name*",
+    "rated_database.x_quantile_bins*",
+    "rated_database.x__check_bins*",
+    "rated_database.x__split_small*",
+    "rated_database.x_type_rank*",
+    "rated_database.x__full_reference*",
+    "rated_database.x__no_reference*",
+    "rated_database.x__duplicates*",
+    "rated_database.xǁRatedDatabaseǁ*",
+    "kadid10k.x_multiplicative_noise*",
+    "kadid10k.x_impulse_noise*",
+    "sweep.x_bootstrap_top*",
+    "baselines.x_value_key*",
+    "distance_metrics.xǁPRDCReferenceǁ*",
+    "distance_metrics.x_lpips_from_features*",
+    "distance_metrics.x_dists_from_features*",
+]
 
 # mutants read one by one: (function pattern, pattern of the mutated line) -> why they survive
 REVIEWED = {
@@ -33,7 +57,7 @@ REVIEWED = {
     (r"_kid_subsets|KIDReferenceǁscore_prepared", r"min\(|replace=None|shape\[1\]"): (
         "equal set sizes in the subset tests (torch-fidelity's convention draws min(n1, n2, size) "
         "rows, which the peer comparison requires equal); replace=None is falsy, as replace=False"),
-    (r"x__spearman_rows", r"mean\(axis=None|mean\(keepdims|denom > 1"): (
+    (r"x__spearman_rows|human_agreement\.x_spearman_rows", r"mean\(axis=None|mean\(keepdims|denom > 1|errstate"): (
         "equivalent: every row's ranks have the same mean; with 3 or more columns a non-constant "
         "row has denominator > 1 (two columns: tested)"),
     (r"gaussian_stats|GaussianModelǁ__init__", r"rowvar=None|ddof=None|np\.cov\(x, rowvar=False, \)"): (
@@ -48,6 +72,36 @@ REVIEWED = {
         "dead code: representations.representation had no caller; removed after this run"),
     (r"SpanCoordinatesǁquery", r"_last"): (
         "memo of the last query: a miss recomputes the same numbers"),
+    (r"rated_database\.x_quantile_bins", r"sign = (2\.0|1\.0) if higher_is_better else -?(1|2)\.0"): (
+        "equivalent: only the order of sign * score sorts the rows; a factor 2 keeps it"),
+    (r"kadid10k\.x_impulse_noise", r"<= density|p > density"): (
+        "equivalent with probability 1: a uniform draw equals d/2 or d with probability 0"),
+    (r"rated_database\.x__check_bins", r"n_images <= bins"): (
+        "equivalent but for the message: n == bins makes bins of one image, which the caller "
+        "then refuses (fewer than 3 images per set)"),
+    (r"human_agreement\.x_fit_logistic", r"_constant\(None\) or _constant\(y\)"): (
+        "equivalent in outcome: on a constant score curve_fit starts from b4 = std/4 = 0 and "
+        "fails, so the function still returns None (tested)"),
+    (r"human_agreement\.x_fit_logistic", r"isfinite\(params\)\) and not"): (
+        "equivalent on every input we could build: finite parameters give finite values of "
+        "logistic4 on finite scores (exp overflows to inf, 1 / (1 + inf) = 0)"),
+    (r"human_agreement\.x_plcc", r"params\[0\] - params\[1\]\) \* params\[3\] < 0|params\[3\] <= 0"): (
+        "equivalent: a / b and a * b have the same sign; the ratio is 0 only when b1 == b2, "
+        "where the fitted curve is constant and the linear fallback is taken first"),
+    (r"human_agreement\.x_bootstrap_srcc", r"or True else np\.nan"): (
+        "equivalent: the mean of a group a resample emptied is NaN either way (numpy's mean of an "
+        "empty array, with a RuntimeWarning the code avoids)"),
+    (r"rated_database\.x__(full|no)_reference", r"_duplicates\(None|_records\(None|RatedDatabase\(None"): (
+        "the ratings file's path, used in error messages and kept as the database's name: "
+        "tests/test_rated_database.py checks the messages name the file, on paths through "
+        "other functions; no number depends on it"),
+    (r"rated_database\.x__full_reference", r"by_group\[\(t, float\("): (
+        "killed by tests/test_rated_sets.py::test_a_unified_type_without_levels_is_binned_and_says_so "
+        "(a whole pipeline run, outside this run's test selection)"),
+    (r"rated_database\.x_header_names", r"next\(csv\.reader\(\[line\]\), None\)"): (
+        "equivalent: a one-line csv.reader always yields a row, so the default is never used"),
+    (r"rated_database\.xǁRatedDatabaseǁratings", r"complete=None"): (
+        "equivalent: None and False are both falsy where `complete` is read"),
 }
 
 KINDS = [
@@ -88,7 +142,17 @@ def kind_of(name, diff):
     return "open", None
 
 
+NEW_MODULES_INTRO = (
+    "`bash tests/mutation.sh --new` (NEW_GLOBS in tests/mutation_report.py; mutmut 3.8, settings in setup.cfg: the test "
+    "selection adds test_human_agreement, test_rated_database, test_kadid10k, test_field_metrics, "
+    "test_perceptual and test_sweep) mutates the modules of the last round where their numbers "
+    "and orders are decided, and runs the tests that reach each mutant. Written by "
+    "`tests/mutation_report.py --new` from that run; a survivor is explained (equivalent, or a "
+    "change of an error message, a default or a dtype) or open.")
+
+
 def main():
+    new = "--new" in sys.argv
     rows = [l.strip() for l in run("results", "--all", "true").splitlines() if ":" in l]
     status = {}
     for r in rows:
@@ -98,6 +162,8 @@ def main():
     for name, st in status.items():
         counts[name.split(".")[0]][st] += 1
     survivors = sorted(n for n, s in status.items() if s in ("survived", "no tests"))
+    if new:
+        return report_new(status, survivors)
     out = ["# Mutation testing of the numeric core", "",
            "`bash tests/mutation.sh` (mutmut 3.8, settings in setup.cfg) mutates the metrics, the "
            "representations and the Gram engine, the distribution models, evaluation's monotonicity, "
@@ -124,6 +190,45 @@ def main():
         for name, st, change in groups[(kind, reason)]:
             out.append(f"- `{name}`{' (no test reaches it)' if st == 'no tests' else ''}: `{change}`")
         out.append("")
+    print("\n".join(out))
+
+
+def report_new(status, survivors):
+    """The section of MUTATION.md on the last round's modules: per module, mutants run, killed,
+    explained (equivalent, message, default, dtype) and open; then every survivor by kind."""
+    counts = collections.defaultdict(collections.Counter)
+    groups = collections.defaultdict(list)
+    for name, st in status.items():
+        mod = name.split(".")[0]
+        if st in ("not checked", "skipped"):
+            if any(fnmatch.fnmatch(name, g) for g in NEW_GLOBS):
+                counts[mod]["not run"] += 1
+            continue
+        counts[mod]["run"] += 1
+        if st == "killed" or st == "timeout":
+            counts[mod]["killed"] += 1
+    for name in survivors:
+        diff = run("show", name).splitlines()
+        kind, reason = kind_of(name, diff)
+        counts[name.split(".")[0]]["open" if kind == "open" else "explained"] += 1
+        change = " / ".join(l[1:].strip() for l in diff if l.startswith("+") and not l.startswith("+++"))
+        groups[(kind, reason)].append((name, status[name], change[:140]))
+    out = ["## The last round's modules", "", NEW_MODULES_INTRO, "",
+           "| module | run | killed | explained | open | not run |", "|---|---|---|---|---|---|"]
+    for mod in sorted(counts):
+        c = counts[mod]
+        out.append(f"| {mod} | {c['run']} | {c['killed']} | {c['explained']} | {c['open']} | {c['not run']} |")
+    run_all = sum(c["run"] for c in counts.values())
+    out += ["", f"Killed: {sum(c['killed'] for c in counts.values())} of {run_all} run; explained "
+            f"{sum(c['explained'] for c in counts.values())}; open {sum(c['open'] for c in counts.values())}; "
+            f"not run {sum(c['not run'] for c in counts.values())}."]
+    explained = dict(KINDS)
+    order = sorted(groups, key=lambda k: ["reviewed", "message", "default", "dtype", "tolerance", "open"].index(k[0]))
+    for kind, reason in order:
+        title = reason if kind == "reviewed" else explained.get(kind, "not yet killed: a test to add")
+        out += ["", f"### {kind}: {title}", "", f"{len(groups[(kind, reason)])} mutant(s).", ""]
+        for name, st, change in groups[(kind, reason)]:
+            out.append(f"- `{name}`{' (no test reaches it)' if st == 'no tests' else ''}: `{change}`")
     print("\n".join(out))
 
 

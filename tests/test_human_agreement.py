@@ -4,6 +4,7 @@ truth is found, and bad ratings files are one-line usage errors."""
 import csv
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -318,7 +319,9 @@ def test_criteria_follow_an_increasing_or_decreasing_function_of_the_opinions(f,
 
 
 @pytest.mark.parametrize("params", [(5.0, 1.0, 0.0, -0.5), (5.0, 1.0, 0.0, 0.5),
-                                    (1.0, 5.0, 0.0, -0.5), (1.0, 5.0, 0.0, 0.5)])
+                                    (1.0, 5.0, 0.0, -0.5), (1.0, 5.0, 0.0, 0.5),
+                                    # (b1 - b2) / b4 between 0 and 1: a rising curve
+                                    (1.5, 1.0, 0.0, 0.8), (1.0, 1.5, 0.0, -0.8)])
 def test_plcc_reads_the_direction_of_the_fitted_logistic_whatever_its_parameters(monkeypatch, params):
     """All four ways of writing a logistic (b1 above or below b2, slope b4 positive or negative):
     the fit is pinned to `params` and the opinions lie on that curve, so the PLCC is +1 when the
@@ -334,6 +337,47 @@ def test_plcc_reads_the_direction_of_the_fitted_logistic_whatever_its_parameters
     r, how, fitted = ha.plcc(x, y)
     assert how == "logistic4" and list(fitted) == list(params)
     assert r == pytest.approx(1.0 if falls else -1.0, abs=1e-12)
+
+
+def test_a_constant_side_gives_zero_agreement_where_scipy_gives_nan():
+    """srcc, krcc and plcc are 0 when the scores or the opinions are all equal (scipy's
+    spearmanr/kendalltau/pearsonr return NaN there), on either side."""
+    x, c = np.array([1.0, 2.0, 4.0, 3.0, 5.0, 0.5]), np.full(6, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isnan(stats.kendalltau(x, c).statistic) and np.isnan(stats.spearmanr(x, c).statistic)
+    for a, b in ((x, c), (c, x), (c, c)):
+        assert ha.srcc(a, b) == 0.0 and ha.krcc(a, b) == 0.0
+        assert ha.plcc(a, b) == (0.0, "linear", None)
+    assert ha.krcc(x, -x) == pytest.approx(-1.0) and ha.srcc(x, x) == pytest.approx(1.0)
+
+
+def test_logistic4_is_vqegs_formula_and_a_fit_needs_five_points():
+    """logistic4 written out by hand at three points; fit_logistic refuses fewer than 5 points
+    or a constant side, and fits 5 points on a logistic (recovering it)."""
+    b1, b2, b3, b4 = 5.0, 1.0, 2.0, 0.5
+    for v in (0.0, 2.0, 3.0):
+        assert ha.logistic4(v, b1, b2, b3, b4) == pytest.approx(4.0 / (1.0 + np.exp(-(v - 2.0) / 0.5)) + 1.0)
+    assert ha.logistic4(2.0, b1, b2, b3, b4) == pytest.approx(3.0)       # the midpoint (b1 + b2) / 2
+    x5 = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    y5 = ha.logistic4(x5, b1, b2, b3, b4)
+    params = ha.fit_logistic(x5, y5)
+    assert params is not None
+    np.testing.assert_allclose(ha.logistic4(x5, *params), y5, atol=1e-6)
+    assert ha.fit_logistic(x5[:4], y5[:4]) is None
+    assert ha.fit_logistic(np.full(5, 1.0), y5) is None and ha.fit_logistic(x5, np.full(5, 3.0)) is None
+    assert ha.plcc(x5, y5)[1] == "logistic4" and ha.plcc(x5[:4], y5[:4])[1] == "linear"
+
+
+def test_a_fit_that_is_flat_on_the_scores_falls_back_to_linear(monkeypatch):
+    """A fitted logistic with b1 == b2 is constant over the scores: no correlation can be read
+    from it, so PLCC is Pearson's r of the score with the negated opinions."""
+    x = np.linspace(0, 1, 9)
+    y = 3 - 2 * x + np.random.default_rng(1).uniform(0, 0.05, 9)
+    monkeypatch.setattr(ha, "fit_logistic", lambda s, m: np.array([2.0, 2.0, 0.5, 0.1]))
+    r, how, params = ha.plcc(x, y)
+    assert how == "linear" and params is None
+    assert r == pytest.approx(stats.pearsonr(x, -y).statistic, abs=1e-12)
 
 
 def test_a_negative_slope_fit_on_falling_opinions_agrees():

@@ -333,6 +333,10 @@ def test_the_ratings_of_a_full_reference_design(tmp_path):
     assert r.image_keys == (("a", 1), ("a", 2), ("a", 3), ("a", 4))
     np.testing.assert_allclose(r.image_quality[3], [1.0, 1.01])
     assert db.pairs(db.small[("a", 4.0)]) == [0, 1]
+    # every rated image and every reference has its checked record (the pipeline reads them)
+    assert set(db.records) == {im.image for g in (*db.groups.values(), *db.small.values()) for im in g} \
+        | {ref.source for ref in db.references}
+    assert all(len(rec.sha256) == 64 and rec.source == p for p, rec in db.records.items())
     full = _read(_generic(tmp_path / "full", [3, 3, 3]))
     assert full.complete
     m = full.ratings()
