@@ -100,6 +100,10 @@ REVIEWED = {
         "(a whole pipeline run, outside this run's test selection)"),
     (r"rated_database\.x_header_names", r"next\(csv\.reader\(\[line\]\), None\)"): (
         "equivalent: a one-line csv.reader always yields a row, so the default is never used"),
+    (r"human_agreement\.x_cluster_indices", r"rng\.integers\(n_references, size"): (
+        "equivalent: Generator.integers(n) is integers(0, n), the same draws from the same stream"),
+    (r"human_agreement\.x_interval", r"float\(\"NAN\"\)"): (
+        "equivalent: float('NAN') is NaN"),
     (r"rated_database\.xǁRatedDatabaseǁratings", r"complete=None"): (
         "equivalent: None and False are both falsy where `complete` is read"),
 }

@@ -437,6 +437,21 @@ def test_baseline_values_are_cached_and_a_bad_file_is_recomputed(tmp_path, monke
               key("psnr", blur, clean, 48, 1), key("psnr", units[2], clean, 48, 0),
               key("psnr", blur, clean, 48, 0, network={"trunk": "x"})]
     assert len({base, *others}) == 6
+    # the fields, named as the cache has always named them (a renamed field would orphan every
+    # stored value): written out here, hashed by the one function that builds every key
+    from degradation_generator import DEGRADATION_VERSION
+    from feature_cache import cache_key
+    assert (blur.degradation, blur.level) == ("gaussian_blur", 1.0)     # the type, not the name
+    assert base == cache_key({
+        "kind": "baseline", "name": "psnr", "version": baselines.BASELINE_VERSION,
+        "degradations": DEGRADATION_VERSION, "working_size": 48, "seed": 0, "degradation": "gaussian_blur",
+        "level": 1.0, "images": [r.sha256 for r in blur.records],
+        "clean": [r.sha256 for r in clean.records]})
+    assert key("lpips", blur, clean, 48, 0, network={"trunk": "x"}) == cache_key({
+        "kind": "baseline", "name": "lpips", "version": baselines.BASELINE_VERSION,
+        "degradations": DEGRADATION_VERSION, "working_size": 48, "seed": 0, "degradation": "gaussian_blur",
+        "level": 1.0, "images": [r.sha256 for r in blur.records],
+        "clean": [r.sha256 for r in clean.records], "network": {"trunk": "x"}})
 
 
 # ------------------------------------------------------------------ constants and ties, written out

@@ -380,6 +380,15 @@ def test_a_fit_that_is_flat_on_the_scores_falls_back_to_linear(monkeypatch):
     assert r == pytest.approx(stats.pearsonr(x, -y).statistic, abs=1e-12)
 
 
+def test_an_interval_of_no_finite_resample_is_nan_and_otherwise_numpys_percentiles():
+    """Resamples that leave a statistic undefined are dropped; none left gives [nan, nan]."""
+    for values in ([], [np.nan, np.inf, -np.inf]):
+        low, high = ha.interval(values, 0.95)
+        assert np.isnan(low) and np.isnan(high)
+    v = [0.3, np.nan, 0.1, 0.7, np.inf, 0.5]
+    assert ha.interval(v, 0.9) == [np.quantile([0.3, 0.1, 0.7, 0.5], 0.05), np.quantile([0.3, 0.1, 0.7, 0.5], 0.95)]
+
+
 def test_a_negative_slope_fit_on_falling_opinions_agrees():
     """The real fit on opinions that fall with the score (from scipy's curve_fit, pyiqa's start)
     is positive; the same opinions against the negated score are negative."""
