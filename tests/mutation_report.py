@@ -165,6 +165,30 @@ NEW_MODULES_INTRO = (
     "change of an error message, a default or a dtype) or open.")
 
 
+def grouped(survivors, status) -> dict:
+    """{(kind, reason): [(name, status, the mutated line(s))]} of the surviving mutants."""
+    groups = collections.defaultdict(list)
+    for name in survivors:
+        diff = run("show", name).splitlines()
+        kind, reason = kind_of(name, diff)
+        change = " / ".join(l[1:].strip() for l in diff if l.startswith("+") and not l.startswith("+++"))
+        groups[(kind, reason)].append((name, status[name], change[:140]))
+    return groups
+
+
+def group_blocks(groups, heading, open_title) -> list:
+    """The lines of each group, reviewed first and open last."""
+    explained = dict(KINDS)
+    order = sorted(groups, key=lambda k: ["reviewed", "message", "default", "dtype", "tolerance", "open"].index(k[0]))
+    blocks = []
+    for kind, reason in order:
+        title = reason if kind == "reviewed" else explained.get(kind, open_title)
+        blocks.append([f"{heading} {kind}: {title}", "", f"{len(groups[(kind, reason)])} mutant(s).", ""] +
+                      [f"- `{name}`{' (no test reaches it)' if st == 'no tests' else ''}: `{change}`"
+                       for name, st, change in groups[(kind, reason)]])
+    return blocks
+
+
 def main():
     new = "--new" in sys.argv
     rows = [l.strip() for l in run("results", "--all", "true").splitlines() if ":" in l]
@@ -190,20 +214,8 @@ def main():
     killed = sum(c["killed"] for c in counts.values())
     tried = killed + len(survivors)
     out += ["", f"Kill rate: {killed} of {tried} mutants run ({100 * killed / max(tried, 1):.1f} %).", ""]
-    groups = collections.defaultdict(list)
-    for name in survivors:
-        diff = run("show", name).splitlines()
-        kind, reason = kind_of(name, diff)
-        change = " / ".join(l[1:].strip() for l in diff if l.startswith("+") and not l.startswith("+++"))
-        groups[(kind, reason)].append((name, status[name], change[:140]))
-    explained = dict(KINDS)
-    order = sorted(groups, key=lambda k: ["reviewed", "message", "default", "dtype", "tolerance", "open"].index(k[0]))
-    for kind, reason in order:
-        title = reason if kind == "reviewed" else explained.get(kind, "not yet killed: a test to add (see below)")
-        out += [f"## {kind}: {title}", "", f"{len(groups[(kind, reason)])} mutant(s).", ""]
-        for name, st, change in groups[(kind, reason)]:
-            out.append(f"- `{name}`{' (no test reaches it)' if st == 'no tests' else ''}: `{change}`")
-        out.append("")
+    for block in group_blocks(grouped(survivors, status), "##", "not yet killed: a test to add (see below)"):
+        out += block + [""]
     print("\n".join(out))
 
 
@@ -211,7 +223,6 @@ def report_new(status, survivors):
     """The section of MUTATION.md on the last round's modules: per module, mutants run, killed,
     explained (equivalent, message, default, dtype) and open; then every survivor by kind."""
     counts = collections.defaultdict(collections.Counter)
-    groups = collections.defaultdict(list)
     for name, st in status.items():
         mod = name.split(".")[0]
         if st in ("not checked", "skipped"):
@@ -221,12 +232,10 @@ def report_new(status, survivors):
         counts[mod]["run"] += 1
         if st == "killed" or st == "timeout":
             counts[mod]["killed"] += 1
-    for name in survivors:
-        diff = run("show", name).splitlines()
-        kind, reason = kind_of(name, diff)
-        counts[name.split(".")[0]]["open" if kind == "open" else "explained"] += 1
-        change = " / ".join(l[1:].strip() for l in diff if l.startswith("+") and not l.startswith("+++"))
-        groups[(kind, reason)].append((name, status[name], change[:140]))
+    groups = grouped(survivors, status)
+    for (kind, _), members in groups.items():
+        for name, _, _ in members:
+            counts[name.split(".")[0]]["open" if kind == "open" else "explained"] += 1
     out = ["## The last round's modules", "", NEW_MODULES_INTRO, "",
            "| module | run | killed | explained | open | not run |", "|---|---|---|---|---|---|"]
     for mod in sorted(counts):
@@ -236,13 +245,8 @@ def report_new(status, survivors):
     out += ["", f"Killed: {sum(c['killed'] for c in counts.values())} of {run_all} run; explained "
             f"{sum(c['explained'] for c in counts.values())}; open {sum(c['open'] for c in counts.values())}; "
             f"not run {sum(c['not run'] for c in counts.values())}."]
-    explained = dict(KINDS)
-    order = sorted(groups, key=lambda k: ["reviewed", "message", "default", "dtype", "tolerance", "open"].index(k[0]))
-    for kind, reason in order:
-        title = reason if kind == "reviewed" else explained.get(kind, "not yet killed: a test to add")
-        out += ["", f"### {kind}: {title}", "", f"{len(groups[(kind, reason)])} mutant(s).", ""]
-        for name, st, change in groups[(kind, reason)]:
-            out.append(f"- `{name}`{' (no test reaches it)' if st == 'no tests' else ''}: `{change}`")
+    for block in group_blocks(groups, "###", "not yet killed: a test to add"):
+        out += [""] + block
     print("\n".join(out))
 
 
