@@ -41,6 +41,11 @@ METRIC_DEFAULTS = {"kid": {"subsets": None, "subset_size": KID_SUBSET_SIZE, "deg
 METRIC_PARAMS = {section: tuple(d) for section, d in METRIC_DEFAULTS.items()}
 
 
+# The metrics that read Euclidean distances to the reference rows: one Geometry of a space serves
+# them all (its k-NN radii and each evaluation set's distances computed once).
+GEOMETRY_METRICS = ("precision", "recall", "density", "coverage", "realism", "energy")
+
+
 class MetricInputError(ValueError):
     """Features unusable for a metric (NaN, too few rows, mismatched dims …)."""
 
@@ -622,8 +627,11 @@ def kth_neighbour(d: np.ndarray, k: int) -> np.ndarray:
     return np.partition(d, k, axis=1)[:, k]
 
 
-class _Geometry:
-    """The reference rows (or their kernel K_rr) and what every distance needs from them."""
+class Geometry:
+    """The reference rows (or their kernel K_rr) and what every distance needs from them. One
+    geometry may serve every distance-based scorer of a space (`geometry=`): the k-NN radii of
+    the reference rows are computed once per k, and the distances of an evaluation set once
+    for the same input object (the last one is kept), whichever scorer asks first."""
 
     def __init__(self, ref=None, k_rr=None):
         if k_rr is not None:
@@ -633,6 +641,16 @@ class _Geometry:
             self.ref = check_features(ref, "reference")
             self.r_sq, self.k_rr = np.sum(self.ref ** 2, axis=1), None
         self.n = len(self.r_sq)
+        self._radii, self._last = {}, None
+
+    def radii(self, k: int) -> np.ndarray:
+        """Each reference row's distance to its k-th nearest reference row."""
+        if k not in self._radii:
+            out = np.empty(self.n)
+            for s, d in self.ref_blocks():
+                out[s:s + len(d)] = kth_neighbour(d, k)
+            self._radii[k] = out
+        return self._radii[k]
 
     def ref_blocks(self):
         """(start, distances of reference rows start.. to every reference row), in blocks."""
@@ -645,6 +663,8 @@ class _Geometry:
 
     def cross(self, ev):
         """D_re of an evaluation set: rows (n, d), or kernel blocks (K_re, K_ee)."""
+        if self._last is not None and self._last[0] is ev:
+            return self._last[1][0]
         if self.k_rr is not None:
             k_re, k_ee = (np.asarray(b, np.float64) for b in ev)
             return _dists(k_re, self.r_sq, np.diag(k_ee).copy())
@@ -652,13 +672,19 @@ class _Geometry:
 
     def blocks(self, ev):
         """(D_re, D_ee) of an evaluation set: rows (n, d), or kernel blocks (K_re, K_ee)."""
+        if self._last is not None and self._last[0] is ev:
+            return self._last[1]
         if self.k_rr is not None:
             k_re, k_ee = (np.asarray(b, np.float64) for b in ev)
             e_sq = np.diag(k_ee).copy()
-            return _dists(k_re, self.r_sq, e_sq), _dists(k_ee, e_sq, e_sq)
-        ev = _check_dim(ev, self.ref.shape[1])
-        e_sq = np.einsum("ij,ij->i", ev, ev)
-        return euclidean(self.ref, ev, self.r_sq, e_sq), euclidean(ev, ev, e_sq, e_sq, same=True)
+            out = _dists(k_re, self.r_sq, e_sq), _dists(k_ee, e_sq, e_sq)
+        else:
+            rows = _check_dim(ev, self.ref.shape[1])
+            e_sq = np.einsum("ij,ij->i", rows, rows)
+            out = (euclidean(self.ref, rows, self.r_sq, e_sq),
+                   euclidean(rows, rows, e_sq, e_sq, same=True))
+        self._last = (ev, out)
+        return out
 
 
 def _resample(state, idx):
@@ -675,15 +701,13 @@ class PRDCReference:
     coverage: reference balls holding some evaluation row. `ref` rows, or `k_rr` kernel blocks
     (then `prepare` takes (K_re, K_ee))."""
 
-    def __init__(self, which: str, ref=None, k=None, k_rr=None):
+    def __init__(self, which: str, ref=None, k=None, k_rr=None, geometry: Geometry | None = None):
         if which not in ("precision", "recall", "density", "coverage"):
             raise MetricInputError(f"{which} is not one of precision, recall, density, coverage")
         self.which = which
         self.k = k or PRDC_K[which]
-        self.geo = _Geometry(ref, k_rr)
-        self.radii = np.empty(self.geo.n)
-        for s, d in self.geo.ref_blocks():
-            self.radii[s:s + len(d)] = kth_neighbour(d, self.k)
+        self.geo = geometry or Geometry(ref, k_rr)
+        self.radii = self.geo.radii(self.k)
 
     def prepare(self, ev):
         return self.geo.blocks(ev)
@@ -713,13 +737,10 @@ class RealismReference:
     ball). The set's score is the mean R; the per-image values are its prepared state. `ref`
     rows, or `k_rr` kernel blocks (then `prepare` takes (K_re, K_ee))."""
 
-    def __init__(self, ref=None, k: int = REALISM_K, k_rr=None):
+    def __init__(self, ref=None, k: int = REALISM_K, k_rr=None, geometry: Geometry | None = None):
         self.k = k
-        self.geo = _Geometry(ref, k_rr)
-        radii = np.empty(self.geo.n)
-        for s, d in self.geo.ref_blocks():
-            radii[s:s + len(d)] = kth_neighbour(d, k)
-        sq = radii ** 2
+        self.geo = geometry or Geometry(ref, k_rr)
+        sq = self.geo.radii(k) ** 2
         sq[sq > np.percentile(sq, REALISM_PERCENTILE)] = 0.0
         self.radii_sq = sq
 
@@ -757,8 +778,8 @@ class EnergyReference:
     2 E|X - Y| - E|X - X'| - E|Y - Y'|, every mean over all pairs (self-pairs included). `ref`
     rows, or `k_rr` kernel blocks (then `prepare` takes (K_re, K_ee))."""
 
-    def __init__(self, ref=None, k_rr=None):
-        self.geo = _Geometry(ref, k_rr)
+    def __init__(self, ref=None, k_rr=None, geometry: Geometry | None = None):
+        self.geo = geometry or Geometry(ref, k_rr)
         self.mean_rr = sum(float(d.sum()) for _, d in self.geo.ref_blocks()) / self.geo.n ** 2
 
     def prepare(self, ev):

@@ -295,10 +295,12 @@ def feasibility(conf: Configuration, space: FeatureSpace) -> str | None:
     return None
 
 
-def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
+def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int,
+               geometries: dict | None = None):
     """The metric's reference object, precomputed once; it then scores every evaluation set.
     CMMD scores L2-normalised rows (the CMMD reference's embedding), so `space` must already
-    be unit rows for it (score_group does that)."""
+    be unit rows for it (score_group does that). The distance-based metrics of one space share
+    its dm.Geometry, kept in `geometries` ({id(space): Geometry}) when given."""
     k, c = dm.metric_params("kid", cfg["kid"]), dm.metric_params("cmmd", cfg["cmmd"])
     if metric in dm.MODEL_METRICS:
         return dm.ModelMetricReference(model, metric)
@@ -306,12 +308,16 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int):
         return dm.PairedReference(metric)
     k_rr = space.kernel.rr if space.kernel is not None else None
     rows = space.ref if k_rr is None else None
-    if metric in ("precision", "recall", "density", "coverage"):
-        return dm.PRDCReference(metric, rows, k_rr=k_rr)
-    if metric == "realism":
-        return dm.RealismReference(rows, k_rr=k_rr)
-    if metric == "energy":
-        return dm.EnergyReference(rows, k_rr=k_rr)
+    if metric in dm.GEOMETRY_METRICS:
+        geometries = {} if geometries is None else geometries
+        if id(space) not in geometries:
+            geometries[id(space)] = dm.Geometry(rows, k_rr)
+        geo = geometries[id(space)]
+        if metric == "realism":
+            return dm.RealismReference(geometry=geo)
+        if metric == "energy":
+            return dm.EnergyReference(geometry=geo)
+        return dm.PRDCReference(metric, geometry=geo)
     if metric == "sliced_wasserstein":
         return dm.SlicedWassersteinReference(rows, seed=seed)
     if metric == "fd_inf":
@@ -364,7 +370,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
     except (dm.MetricInputError, ModelError) as exc:
         return [_set(r, FAILED, str(exc)) for r in results]
     unit = None
-    models, spans = {}, {}
+    models, spans, geometries = {}, {}, {}
     work = []
     for r in results:
         c = r.conf
@@ -395,7 +401,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
                 if isinstance(model, Exception):
                     raise model
                 r.ridge = float(getattr(model, "ridge", 0.0))
-            r.scorer = scorer_for(c.metric, s, model, cfg, seed)
+            r.scorer = scorer_for(c.metric, s, model, cfg, seed, geometries)
             r.prepared = {}
             r.notes = list(s.notes)
             work.append((r, s))

@@ -323,8 +323,10 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
     feature_cache.plan_extraction) into `caches` ({module path: LayerCache}): all layers in
     one forward pass per image, batches never crossing a cache file."""
     from backbones import build_backbone
+    t0 = time.perf_counter()
     bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
                         provenance=provenance)
+    built = time.perf_counter() - t0
     n_units = {kind: sum(u.kind == kind for u in units) for kind in ("ref", "eval")}
     units = [u for u in units if u.id in todo]
     items, owner = [], []
@@ -360,6 +362,9 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
         for f in pending:
             f.result()
     _decoded.cache_clear()
+    log.info("extraction stage of %s: %d images in %.1fs (the network built in %.1fs; then "
+             "decoding, forward passes and cache writes)", backbone, len(items),
+             time.perf_counter() - t0, built)
 
 
 class FolderDataset(torch.utils.data.Dataset):

@@ -9,7 +9,10 @@ principal components of the reference rows (at most MAP_SETTINGS["pca_dim"]), co
 their linear kernel: kernel PCA, which for a Gram space held as kernel blocks gives the span
 coordinates (the rows' coordinates in the span of the reference rows) without the rows
 themselves, and for explicit rows is their PCA. Then scikit-learn's Barnes-Hut t-SNE with
-a fixed seed embeds them (same input, same seed: the same map, checked by a test).
+a fixed seed embeds them (same input, same seed: the same map, checked by a test), one thread
+per map and the maps in the run's `jobs` processes. When the clean set is the reference set
+itself (a rated database whose references are the reference set, or a no-reference set) it is
+drawn once, as the reference.
 
 The maps are computed once, when the run finishes, and written to feature_maps.json beside
 the results; the report draws them from that file, so rebuilding a report needs no cache.
@@ -27,6 +30,7 @@ from backbones import resolve_weights
 from cache_fill import RunData, feature_assembler, open_caches
 from evaluation import BASELINE, SCORED, configuration_of_row
 from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible
+from parallel import sweep_map
 from report import MAPS_FILE
 from representations import KernelPCA
 
@@ -65,33 +69,57 @@ def tsne(points: np.ndarray, seed: int, settings: dict = MAP_SETTINGS) -> np.nda
                     max_iter=settings["max_iter"], random_state=seed).fit_transform(points)
 
 
-def space_map(space: FeatureSpace, degradation: str, levels: list, seed: int,
-              settings: dict = MAP_SETTINGS) -> dict:
-    """The map of one configuration's space: {"sets": [{"name", "position", "xy"}...], ...}.
-    Position 0 is the clean set; the reference rows have position None."""
-    keys = ([CLEAN_KEY] if CLEAN_KEY in space.keys else []) + [
+def map_parts(space: FeatureSpace, degradation: str, levels: list, seed: int,
+              settings: dict = MAP_SETTINGS, clean_is_reference: bool = False) -> tuple[list, int]:
+    """The sets of one configuration's map before t-SNE, [(name, position, projected rows)], and
+    the number of reference rows.
+    Position 0 is the clean set; the reference rows have position None. When the clean set is
+    the reference set itself (a no-reference rated set), it is drawn once, as the reference."""
+    keys = ([CLEAN_KEY] if CLEAN_KEY in space.keys and not clean_is_reference else []) + [
         (degradation, p) for p in range(1, len(levels) + 1) if (degradation, p) in space.keys]
     ref, evals = projected_sets(space, keys, settings["pca_dim"])
     rng = np.random.default_rng(seed)
     shown = np.sort(rng.choice(len(ref), min(len(ref), settings["max_reference"]), replace=False))
-    parts = [("reference", None, ref[shown])] + [
-        ("clean" if k == CLEAN_KEY else f"level {k[1]}: {levels[k[1] - 1]}", k[1], evals[k]) for k in keys]
-    xy = tsne(np.vstack([p[2] for p in parts]), seed, settings)
+    return [("reference", None, ref[shown])] + [
+        ("clean" if k == CLEAN_KEY else f"level {k[1]}: {levels[k[1] - 1]}", k[1], evals[k])
+        for k in keys], len(ref)
+
+
+def map_of(parts: list, xy: np.ndarray) -> list[dict]:
+    """The "sets" of a map: each part's name, position and rows of the embedding `xy`."""
     sets, start = [], 0
     for name, position, rows in parts:
         sets.append({"name": name, "position": position,
                      "xy": np.round(xy[start:start + len(rows)], 4).tolist()})
         start += len(rows)
-    return {"degradation": degradation, "sets": sets, "n_reference": len(ref),
-            "dims": int(ref.shape[1]), "form": space.form}
+    return sets
 
 
-def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: bool) -> list[dict]:
+def space_map(space: FeatureSpace, degradation: str, levels: list, seed: int,
+              settings: dict = MAP_SETTINGS, clean_is_reference: bool = False) -> dict:
+    """The map of one configuration's space: {"sets": [{"name", "position", "xy"}...], ...}."""
+    parts, n_ref = map_parts(space, degradation, levels, seed, settings, clean_is_reference)
+    xy = tsne(np.vstack([p[2] for p in parts]), seed, settings)
+    return {"degradation": degradation, "sets": map_of(parts, xy), "n_reference": n_ref,
+            "dims": int(parts[0][2].shape[1]), "form": space.form}
+
+
+def _embed(task: tuple) -> tuple[np.ndarray, float]:
+    """t-SNE of one map's stacked rows (a parallel.sweep_map task): (embedding, seconds)."""
+    points, seed, settings = task
+    t0 = time.perf_counter()
+    return tsne(points, seed, settings), time.perf_counter() - t0
+
+
+def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: bool,
+          jobs: int = 1) -> list[dict]:
     """The maps of the first N_MAPS scored feature-space rows of a results JSON, each with its
-    label and rank, or the reason it could not be drawn."""
+    label and rank, or the reason it could not be drawn. Each map's rows are projected here, and
+    the t-SNE of the maps run in `jobs` processes (each one-threaded: the same maps as one by one)."""
     degradation = map_degradation(data.degradations)
     levels = data.degradations[degradation]["levels"]
-    out, assemblers = [], {}
+    clean_is_reference = [r.sha256 for r in data.eval_records] == [r.sha256 for r in data.ref_records]
+    out, assemblers, pending = [], {}, []
     for row in [r for r in rows if r["status"] == SCORED and r["backbone"] != BASELINE][:N_MAPS]:
         conf = configuration_of_row(row)
         entry = {"label": row["label"], "rank": row["rank"], "metric": row["metric"]}
@@ -107,24 +135,30 @@ def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: 
         if key not in assemblers:
             assemblers[key] = feature_assembler(cfg, conf.backbone, caches, data.ref_units,
                                                   data.eval_units)
-        t0 = time.perf_counter()
         try:
             space = assemblers[key].space(conf.layer_config, conf.transform)
         except Infeasible as exc:
             out.append({**entry, "missing": str(exc)})
             continue
-        out.append({**entry, **space_map(space, degradation, levels, cfg["seed"])})
-        log.info("feature map of %s: t-SNE of %d points in %.1fs", row["label"],
-                 sum(len(s["xy"]) for s in out[-1]["sets"]), time.perf_counter() - t0)
+        parts, n_ref = map_parts(space, degradation, levels, cfg["seed"], MAP_SETTINGS,
+                                 clean_is_reference)
+        out.append({**entry, "degradation": degradation, "n_reference": n_ref,
+                    "dims": int(parts[0][2].shape[1]), "form": space.form})
+        pending.append((out[-1], parts))
+    embedded = sweep_map(_embed, [(np.vstack([p[2] for p in parts]), cfg["seed"], MAP_SETTINGS)
+                                  for _, parts in pending], jobs)
+    for (record, parts), (xy, seconds) in zip(pending, embedded):
+        record["sets"] = map_of(parts, xy)
+        log.info("feature map of %s: t-SNE of %d points in %.1fs", record["label"], len(xy), seconds)
     return out
 
 
 def write_maps(out_dir: str, rows: list, cfg: dict, data: RunData, provenances: dict,
-               check_cache: bool = False) -> str:
+               check_cache: bool = False, jobs: int = 1) -> str:
     """Compute the maps of a finished run (results JSON `rows`, its resolved `cfg` and images)
-    and write feature_maps.json into out_dir; returns its path."""
+    in `jobs` processes and write feature_maps.json into out_dir; returns its path."""
     import sklearn
-    maps = _maps(rows, cfg, data, provenances, check_cache)
+    maps = _maps(rows, cfg, data, provenances, check_cache, jobs)
     path = os.path.join(out_dir, MAPS_FILE)
     with open(path, "w") as f:
         json.dump({"settings": {**MAP_SETTINGS, "seed": cfg["seed"],

@@ -347,8 +347,7 @@ class FeatureAssembler:
                              "spatial positions or tokens")
         c, p = ge.gram_shape(shape)
         dim = rp.gram_dim(c)
-        n_total = self.n_ref + sum(self.sizes)
-        explicit = n_total * dim * 8 <= self.max_bytes // 4
+        explicit = self._explicit(dim)
         # both kernel routes are exact: the route is recorded with the artefact, not part of its
         # key, so a warm sweep finds it without choosing a device. K_pair follows the pairing of
         # an incomplete rated design, so that is part of the kernels' key (when there is one)
@@ -358,6 +357,29 @@ class FeatureAssembler:
         derived = DerivedCache(self.caches[path], self.ref_units + self.eval_units,
                                "gram_rows" if explicit else "gram_kernel", params)
         return derived, explicit, c, p, dim
+
+    def _explicit(self, dim: int) -> bool:
+        """Whether Gram rows of `dim` dims are held as explicit rows (else as kernel blocks)."""
+        return (self.n_ref + sum(self.sizes)) * dim * 8 <= self.max_bytes // 4
+
+    def width(self, layer_config, transform) -> int:
+        """The width of (layers, transform)'s rows as its metrics read them, summed over its
+        layers, without reading any activation: channels for GAP, the Gram's dims for explicit
+        Gram rows, the number of images for kernel blocks, at most pca_dim after a PCA; 0 for
+        a Gram of vectors. What a feature group's scoring work grows with (sweep's schedule)."""
+        layer_config, transform = LayerConfig.of(layer_config), Transform.of(transform)
+        total = 0
+        for path in layer_config.paths:
+            shape = self._shape(path)
+            if len(shape) == 1:
+                total += 0 if transform.use_gram else int(shape[0])
+                continue
+            c = ge.gram_shape(shape)[0]
+            if transform.use_gram:
+                dim = rp.gram_dim(c)
+                c = dim if self._explicit(dim) else self.n_ref + sum(self.sizes)
+            total += c
+        return min(total, transform.pca) if transform.pca else total
 
     def prepare_grams(self, paths) -> list:
         """Compute the Gram artefacts of `paths` missing from the derived cache now, with every

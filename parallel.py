@@ -194,7 +194,18 @@ def watch_parent(interval: float = 1.0) -> None:
 
 def _in_worker(fn, task):
     watch_parent()
+    _hold_memory()
     return fn(task)
+
+
+def _hold_memory() -> None:
+    """In a loky worker: no restart for memory held between tasks. loky shuts down a worker
+    whose memory grew by 300 MB since its first task, taking that for a leak; a sweep's worker
+    holds its spaces between tasks on purpose (sweep._shared_assembler keeps one sweep's), and
+    a restart drops them and imports everything again (seconds, in a run of tens)."""
+    from joblib.externals.loky import process_executor
+    if hasattr(process_executor, "_MAX_MEMORY_LEAK_SIZE"):
+        process_executor._MAX_MEMORY_LEAK_SIZE = 1 << 62
 
 
 def _import(modules) -> None:

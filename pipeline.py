@@ -267,7 +267,7 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
         caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
         ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, progress)
         t0 = time.perf_counter()
-        scored, origin = score_backbone(cfg, plan.grid(backbone, lcs), backbone, lcs, caches,
+        scored, origin = score_backbone(cfg, plan.grid(backbone, lcs), backbone, caches,
                                         ref_units, eval_units, prov, jobs, data.ratings)
         seconds += time.perf_counter() - t0
         results += scored
@@ -298,13 +298,14 @@ def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progres
         "versus_baseline": versus, "command": command},
         data.database, [r.source for r in ref_records], [r.source for r in eval_records])
     if cfg["report"] is True or (cfg["report"] == "auto" and mode != "quick"):
-        files["report"] = _write_report(out_dir, cfg, data, rows, provenances)
+        files["report"] = _write_report(out_dir, cfg, data, rows, provenances, jobs=jobs)
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
 
 
 def _write_report(out_dir, cfg, data: RunData, rows: list, provenances: dict,
-                  check_cache: bool = False) -> str:
-    """report.html of a finished run, after its strip and feature maps (when missing)."""
+                  check_cache: bool = False, jobs: int = 1) -> str:
+    """report.html of a finished run, after its strip and feature maps (when missing; their
+    t-SNE in `jobs` processes)."""
     from feature_maps import write_maps
     from html_report import write_report
     t0 = time.perf_counter()
@@ -312,7 +313,7 @@ def _write_report(out_dir, cfg, data: RunData, rows: list, provenances: dict,
     if not os.path.isfile(strip):
         degradation_strip(cfg, data, strip)
     if not os.path.isfile(os.path.join(out_dir, report.MAPS_FILE)):
-        write_maps(out_dir, rows, cfg, data, provenances, check_cache)
+        write_maps(out_dir, rows, cfg, data, provenances, check_cache, jobs)
     path = write_report(out_dir)
     log.info("report written in %.1fs: %s", time.perf_counter() - t0, path)
     return path
@@ -349,4 +350,5 @@ def _rebuild_report(out_dir: str, results: dict) -> str:
         log.warning("the report of %s has no degradation strip or feature maps: the run's images "
                     "cannot be read (%s)", out_dir, exc)
         return write_report(out_dir)
-    return _write_report(out_dir, cfg, data, results["results"], {}, check_cache=True)
+    return _write_report(out_dir, cfg, data, results["results"], {}, check_cache=True,
+                         jobs=resolve_jobs(cfg["jobs"]))

@@ -6,6 +6,7 @@ scorer, else scored again in a worker with the same seeds (checked equal). Worke
 captured and replayed here. The baselines are scored beside the configurations."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class TaskOutcome:
     log_records: list            # logging.LogRecord of the task, when captured
 
 
-def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov, jobs,
+def score_backbone(cfg, grid, backbone, caches, ref_units, eval_units, prov, jobs,
                    ratings=None):
     """Every configuration of `grid` (one backbone's, from the plan) in grid order, scored
     through parallel.sweep_map; and {configuration id: its task}, to score a configuration
@@ -82,15 +83,10 @@ def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov
     all_boot = cfg["bootstrap"]["scope"] == "all" and cfg["bootstrap"]["n_resamples"] > 0
     base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
             "weights": prov.label, "random_init": prov.random_init}
+    widths = [assembler.width(confs[0].layer_config, confs[0].transform) for confs in groups.values()]
     tasks = [SweepTask(assembler, confs, cfg, base, keep_state=not remote, bootstrap=all_boot and remote,
-                       capture_logs=remote, ratings=ratings) for confs in groups.values()]
-    # The longest tasks first: GAP spaces (model fits on explicit rows of up to thousands of
-    # dims), then Gram spaces (kernel blocks or explicit rows, read from the derived cache).
-    transforms = [t["name"] for t in cfg["feature_transforms"]]
-    layer_pos = {lc.name: k for k, lc in enumerate(lcs)}
-    tasks.sort(key=lambda t: (t.confs[0].transform.use_gram,
-                              transforms.index(t.confs[0].transform.name),
-                              layer_pos[t.confs[0].layer_config.name]))
+                       capture_logs=remote, ratings=ratings)
+             for confs in schedule(list(groups.values()), widths, jobs if remote else 1)]
     grams = sorted({p for c in grid if c.transform.use_gram
                     for p in c.layer_config.paths})
     if grams:            # here, with every thread; the tasks then read them
@@ -101,7 +97,8 @@ def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov
                      time.perf_counter() - t0)
         if remote:
             assembler.forget()
-    log.info("%s: scoring %d configuration(s) in %d feature group(s)", backbone, len(grid), len(tasks))
+    log.info("%s: scoring %d configuration(s) in %d feature group(s)%s", backbone, len(grid),
+             len(groups), f" ({len(tasks)} tasks)" if len(tasks) != len(groups) else "")
     scored = _gather(sweep_map(score_task, tasks, jobs, cfg["dask_scheduler"]))
     order = {_conf_id(c): i for i, c in enumerate(grid)}
     scored.sort(key=lambda r: order[_conf_id(r.conf)])
@@ -112,6 +109,35 @@ def score_backbone(cfg, grid, backbone, lcs, caches, ref_units, eval_units, prov
     # in-process results keep their scorers for the bootstrap; those from workers may have to
     # be scored again, by their task
     return scored, ({_conf_id(c): t for t in tasks for c in t.confs} if remote else {})
+
+
+def schedule(groups: list, widths: list, jobs: int) -> list:
+    """The feature groups (lists of configurations sharing a space, `widths` their rows' widths,
+    FeatureAssembler.width) as tasks, the most work first (work: configurations x width; the
+    grid's order among equals). With several jobs, a group holding more than 1/jobs of all the
+    work is split into up to `jobs` tasks, else that one task is the whole critical path (a
+    Gram of a wide layer as explicit rows: 17 of a 600-image run's 24 scoring seconds). A split
+    keeps the configurations of one distribution model together, so it is fitted once, and the
+    distance-based metrics (dm.GEOMETRY_METRICS), which share the space's distances; each part
+    reads the space again (from the derived cache, or the worker's memory)."""
+    import distance_metrics as dm
+    total = sum(w * len(g) for w, g in zip(widths, groups))
+    parts = []
+    for w, confs in zip(widths, groups):
+        units = {}
+        for c in confs:
+            key = (("model", c.model.type, json.dumps(c.model.params, sort_keys=True))
+                   if c.model is not None else ("geometry",) if c.metric in dm.GEOMETRY_METRICS
+                   else ("metric", c.metric))
+            units.setdefault(key, []).append(c)
+        k = min(jobs, len(units)) if jobs > 1 and w * len(confs) * jobs > total else 1
+        split = [[] for _ in range(k)]
+        for unit in units.values():          # each to the part with the fewest configurations
+            min(split, key=len).extend(unit)
+        position = {id(c): i for i, c in enumerate(confs)}
+        parts += [(w * len(p), sorted(p, key=lambda c: position[id(c)])) for p in split]
+    order = sorted(range(len(parts)), key=lambda i: -parts[i][0])
+    return [parts[i][1] for i in order]
 
 
 def _gather(outcomes) -> list:

@@ -71,6 +71,32 @@ def test_prdc_equals_the_authors_package_on_cached_features(cached):
     _check_prdc(ref, e[:8])
 
 
+def test_one_geometry_serves_every_distance_metric_of_a_space():
+    """The scorers of one space share its dm.Geometry (evaluation.scorer_for): wide rows (the
+    GEMM route), two evaluation sets of one shape given in turn, each time a new object (and a
+    set given again): every score equals the peer packages' (prdc, dcor) and a scorer of its own."""
+    rng = np.random.default_rng(11)
+    ref = rng.normal(size=(40, 90))
+    sets = [rng.normal(size=(30, 90)) * s + m for s, m in ((1.0, 0.0), (1.4, 0.3))]
+    space = FeatureSpace.rows(ref, {("blur", 1): sets[0], ("blur", 2): sets[1]})
+    geometries = {}
+    shared = {m: ev.scorer_for(m, space, None, default_config(), 0, geometries)
+              for m in dm.GEOMETRY_METRICS}
+    (geo,) = geometries.values()
+    assert all(s.geo is geo for s in shared.values()) and geo.radii(3) is geo.radii(3)
+    for e in (sets[0], sets[1], sets[0].copy()):
+        want = _peer_prdc(ref, e, 3) | {f"{k}_5": v for k, v in _peer_prdc(ref, e, 5).items()}
+        peers = {"precision": want["precision"], "recall": want["recall"],
+                 "density": want["density_5"], "coverage": want["coverage_5"],
+                 "energy": dcor.energy_distance(ref, e)}
+        for m, scorer in shared.items():
+            got = scorer.score(e)
+            own = ev.scorer_for(m, space, None, default_config(), 0).score(e)
+            assert got == own, m
+            if m in peers:
+                assert got == pytest.approx(float(peers[m]), abs=1e-9), m
+
+
 def test_swapping_ref_and_eval_swaps_precision_and_recall():
     a, b = _random_sets(seed=1)
     p_ab, r_ab = dm.precision_recall(a, b)

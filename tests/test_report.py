@@ -194,6 +194,21 @@ def test_a_map_is_the_same_twice_and_names_every_set():
                                          "c": {"levels": [1]}}) == "a"
 
 
+def test_maps_in_two_processes_equal_the_maps_one_by_one_and_the_reference_is_drawn_once():
+    """The t-SNE of the maps runs in `jobs` processes, each one-threaded: the same coordinates
+    as here. A clean set that is the reference set itself (a no-reference rated set) is not
+    drawn a second time."""
+    import parallel
+    space = _space(kernel=True)
+    parts, n_ref = feature_maps.map_parts(space, "blur", [0.5, 1.0], 3)
+    tasks = [(np.vstack([p[2] for p in parts]), seed, feature_maps.MAP_SETTINGS) for seed in (3, 4)]
+    here = [feature_maps._embed(t)[0] for t in tasks]
+    there = [xy for xy, _ in parallel.sweep_map(feature_maps._embed, tasks, 2)]
+    assert all(np.array_equal(a, b) for a, b in zip(here, there)) and n_ref == 40
+    once = feature_maps.space_map(space, "blur", [0.5, 1.0], seed=3, clean_is_reference=True)
+    assert [s["name"] for s in once["sets"]] == ["reference", "level 1: 0.5", "level 2: 1.0"]
+
+
 @pytest.mark.slow
 def test_report_on_off_and_rebuilt_for_a_run_without_one(tmp_path, capsys):
     """quick mode writes no report unless asked; --report on a run that had none computes its

@@ -318,3 +318,24 @@ def test_a_dask_cluster_without_workers_or_without_the_project_fails_before_subm
         parallel.check_cluster(client, cluster.scheduler_address, ("pipeline",))
         with pytest.raises(ParallelError, match="cannot import this project.*PYTHONPATH="):
             parallel.check_cluster(client, cluster.scheduler_address, ("no_such_module_of_ours",))
+
+
+_HELD = []
+
+
+def _hold(mib):
+    """A task that keeps `mib` MiB in its worker afterwards (as a sweep worker keeps its spaces)
+    and takes over loky's 1 s between memory checks."""
+    import time
+    _HELD.append(np.ones(mib << 17))
+    time.sleep(1.1)
+    return os.getpid()
+
+
+def test_a_worker_holding_memory_between_tasks_is_not_restarted():
+    """loky shuts down a worker whose memory grew by 300 MB since its first task; the sweep's
+    workers hold their spaces on purpose (parallel._hold_memory), so the same two processes run
+    every task: 10 tasks of 200 MiB each."""
+    import parallel
+    pids = parallel.sweep_map(_hold, [200] * 10, 2)
+    assert len(set(pids)) == 2, pids

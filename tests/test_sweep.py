@@ -53,3 +53,39 @@ def test_no_resamples_no_bootstrap(monkeypatch):
            "degradations": {}, "seed": 0, "dask_scheduler": None}
     sweep.bootstrap_top([_row("f1")], cfg, 1, {})
     assert seen == []
+
+
+def _conf(metric, model=None, params=None):
+    return SimpleNamespace(metric=metric, model=None if model is None else
+                           SimpleNamespace(type=model, params=params or {}))
+
+
+def test_schedule_splits_the_group_that_would_be_the_critical_path():
+    """sweep.schedule: the most work first (configurations x width); with 2 jobs the group of
+    a wide space (90% of the work) becomes 2 tasks, each configuration in exactly one, in grid
+    order; a distribution model's configurations stay together (one fit), and so do the
+    distance-based metrics (one Geometry); with 1 job nothing is split."""
+    wide = [_conf("fid"), _conf("mahalanobis", "gaussian"), _conf("precision"), _conf("kid"),
+            _conf("neg_loglik", "gaussian"), _conf("recall"), _conf("mahalanobis", "gmm", {"k": 2}),
+            _conf("realism"), _conf("neg_loglik", "gmm", {"k": 2}), _conf("energy"), _conf("cmmd"),
+            _conf("mahalanobis", "gmm", {"k": 3})]
+    narrow = [_conf("fid"), _conf("kid")]
+    small = [_conf("fid")]
+    tasks = sweep.schedule([narrow, wide, small], [100, 5000, 100], 2)
+    assert len(tasks) == 4 and tasks[2:] == [narrow, small]
+    a, b = tasks[:2]
+    assert sorted(map(id, a + b)) == sorted(map(id, wide)) and min(len(a), len(b)) >= 4
+    for part in (a, b):
+        assert [wide.index(c) for c in part] == sorted(wide.index(c) for c in part)
+
+    def together(pred):
+        return sum(any(pred(c) for c in part) for part in (a, b)) == 1
+    assert together(lambda c: c.model is not None and c.model.type == "gaussian")
+    assert together(lambda c: c.model is not None and c.model.params == {"k": 2})
+    assert together(lambda c: c.metric in ("precision", "recall", "realism", "energy"))
+    assert len(a) * 5000 >= len(b) * 5000                     # the larger part first
+
+    one = sweep.schedule([narrow, wide, small], [100, 5000, 100], 1)
+    assert one == [wide, narrow, small]
+    # no group with more than half of the work (200, 180, 100 of 480): nothing is split
+    assert sweep.schedule([small, wide, narrow], [100, 15, 100], 2) == [narrow, wide, small]
