@@ -8,13 +8,22 @@ sys.path.insert(0, ROOT)
 # Tests never touch the network: Hugging Face libraries read only their cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# pytest.ini runs the suite in two pytest-xdist workers: each then computes on one thread (torch,
+# BLAS, OpenMP, and the processes a test starts), so that two workers do not run four threads
+# on two cores. Run alone (-n 0), a test has two.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
 
 
 @pytest.fixture(autouse=True)
 def _threads():
     import torch
-    torch.set_num_threads(2)
-    yield
+    from threadpoolctl import threadpool_limits
+    torch.set_num_threads(THREADS)
+    with threadpool_limits(THREADS):
+        yield
 
 
 @pytest.fixture(autouse=True)
