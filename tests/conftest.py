@@ -17,6 +17,19 @@ if THREADS == 1:
         os.environ[var] = "1"
 
 
+def pytest_configure(config):
+    """Before the xdist workers start, in the process that starts them: import dcor, which
+    compiles its numba functions and writes numba's cache beside them. On a clean clone the two
+    workers would otherwise compile and write that cache at once, and one read the other's
+    half-written file: a worker aborted inside LLVM that way (CI, 2026-12-03)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    try:
+        import dcor  # noqa: F401
+    except ImportError:
+        pass
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     import torch
