@@ -11,15 +11,16 @@ from backbones import BACKBONE_NAMES
 from errors import UsageError
 from layer_registry import CAPTURE
 from parallel import Ranks, Shard
-from run_plan import (backbones_of, check_module_paths, check_writable, layers_of, spec_of,
-                      validate_config, with_degradation_sets)
+from run_plan import (DataSettings, ExtractionSettings, SpaceSettings, Stages, backbones_of,
+                      check_module_paths, check_writable, layers_of, spec_of, validate_config,
+                      with_degradation_sets)
 
 log = logging.getLogger("iqm")
 
-def select(cfg):
+def select(data: DataSettings):
     """(evaluation records, reference records): disjoint, seeded."""
     from dataset import select_images
-    return select_images(cfg["dataset"], cfg["n_images_evaluation"], cfg["n_images_inference"], cfg["seed"])
+    return select_images(data.dataset, data.n_images_evaluation, data.n_images_inference, data.seed)
 
 
 @dataclass
@@ -43,26 +44,26 @@ class RunData:
         return self.ref_units + self.eval_units
 
 
-def run_data(cfg) -> RunData:
-    """The images of cfg's run. With config['mos'], the evaluation sets are the rated
-    database's groups: (type, level) of a full-reference database, whose references are the
-    clean level and, unless `mos_reference` (a folder or "builtin") names others, the reference
-    set; or the MOS bins of a no-reference set, whose reference set (and clean level) is
-    `mos_reference`, required there."""
+def run_data(d: DataSettings) -> RunData:
+    """The images of a run (its DataSettings `d`). With a rated database (`d.mos`), the
+    evaluation sets are the database's groups: (type, level) of a full-reference database, whose
+    references are the clean level and, unless `mos_reference` (a folder or "builtin") names
+    others, the reference set; or the MOS bins of a no-reference set, whose reference set (and
+    clean level) is `mos_reference`, required there."""
     from feature_cache import evaluation_units, rated_units
-    if not cfg["mos"]:
-        eval_records, ref_records = select(cfg)
-        return RunData(ref_records, eval_records, cfg["degradations"],
-                       evaluation_units(eval_records, cfg["degradations"]))
+    if not d.mos:
+        eval_records, ref_records = select(d)
+        return RunData(ref_records, eval_records, d.degradations,
+                       evaluation_units(eval_records, d.degradations))
     from dataset import select_images
     from rated_database import NO_REFERENCE, read_ratings
     refs = None
-    if cfg["mos_reference"] != "database":
-        refs = select_images(cfg["mos_reference"], 0, cfg["n_images_inference"], cfg["seed"])[1]
-    db = read_ratings(cfg["mos"], bins=cfg["mos_bins"], orientation=cfg["mos_orientation"],
+    if d.mos_reference != "database":
+        refs = select_images(d.mos_reference, 0, d.n_images_inference, d.seed)[1]
+    db = read_ratings(d.mos, bins=d.mos_bins, orientation=d.mos_orientation,
                       exclude=frozenset(r.sha256 for r in refs or ()))
     if db.kind == NO_REFERENCE and refs is None:
-        raise UsageError(f"--mos {cfg['mos']}: a no-reference rated set (realism ratings, no "
+        raise UsageError(f"--mos {d.mos}: a no-reference rated set (realism ratings, no "
                          "reference per image) is compared with real photographs: give --dataset "
                          "FOLDER (or config['mos_reference'])")
     refs = refs if refs is not None else list(db.references)
@@ -74,13 +75,13 @@ def run_data(cfg) -> RunData:
     log.info("rated database %s (%s, %s, %s is better): %d images in %d groups (%d scored) of "
              "%d references; reference set: %s (%d images)", db.path, db.format, db.kind,
              "higher" if db.higher_is_better else "lower", db.n_images, len(groups), len(db.groups),
-             len(db.references), "the database's references" if cfg["mos_reference"] == "database"
-             else cfg["mos_reference"], len(refs))
+             len(db.references), "the database's references" if d.mos_reference == "database"
+             else d.mos_reference, len(refs))
     if db.excluded:
         log.warning("%d rated image(s) equal to a reference image (same sha256) left out of the "
                  "evaluation", db.excluded)
     if db.binned:
-        log.info("MOS-quantile bins (%d) instead of levels for: %s", cfg["mos_bins"],
+        log.info("MOS-quantile bins (%d) instead of levels for: %s", d.mos_bins,
                  ", ".join(db.binned))
     for row in db.group_rows():
         if not row["scored"]:
@@ -88,30 +89,33 @@ def run_data(cfg) -> RunData:
     return RunData(refs, clean, db.degradations(), units, db, db.ratings(len(clean)))
 
 
-def feature_assembler(cfg, backbone, caches, ref_units, eval_units):
+def feature_assembler(spaces: SpaceSettings, backbone, caches, ref_units, eval_units):
     """The FeatureAssembler of one backbone's `caches` ({module path: LayerCache}) for a run's
-    units: what the sweep and the report's feature maps read their spaces from."""
+    units, with the settings `spaces`: what the sweep and the report's feature maps read their
+    spaces from."""
     from feature_spaces import FeatureAssembler
     spec = spec_of(backbone)
-    return FeatureAssembler(caches, ref_units, eval_units, cfg["image_size"] or spec.input_size,
-                            spec.patch, cfg["max_representation_bytes"], cfg["gram_precision"],
-                            cfg["device"])
+    return FeatureAssembler(caches, ref_units, eval_units, spaces.image_size or spec.input_size,
+                            spec.patch, spaces.max_representation_bytes, spaces.gram_precision,
+                            spaces.device)
 
 
 # ---------------------------------------------------------------------- cache fill
 
-def open_caches(cfg, backbone, layers, provenance, ref_records, eval_records) -> dict:
-    """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights."""
+def open_caches(ext: ExtractionSettings, backbone, layers, provenance, ref_records,
+                eval_records) -> dict:
+    """{module path: LayerCache} of `layers` ([(index, path)]) for these images and weights,
+    with the extraction settings `ext`."""
     from feature_cache import LayerCache, code_identity
     spec = spec_of(backbone)
-    input_size = cfg["image_size"] or spec.input_size
+    input_size = ext.image_size or spec.input_size
     context = {"weights": provenance.identity(), "capture": CAPTURE,
-               "input_size": input_size, "working_size": cfg["working_size"],
+               "input_size": input_size, "working_size": ext.working_size,
                "code": code_identity(spec.library, spec.interpolation, spec.antialias),
                "mean": list(spec.mean), "std": list(spec.std),
-               "dtype": cfg["cache_dtype"], "precision": cfg["extraction_precision"]}
-    return {path: LayerCache(cfg["cache_dir"], spec.key_name, index, path, context, ref_records,
-                             eval_records, cfg["seed"], cfg["verify_checksums"])
+               "dtype": ext.cache_dtype, "precision": ext.extraction_precision}
+    return {path: LayerCache(ext.cache_dir, spec.key_name, index, path, context, ref_records,
+                             eval_records, ext.seed, ext.verify_checksums)
             for index, path in layers}
 
 
@@ -123,7 +127,7 @@ def shard_units(shard: Shard, units: list) -> list:
             + shard.share([u for u in units if u.kind != "ref"]))
 
 
-def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
+def ensure_cached(ext: ExtractionSettings, backbone, caches, units, provenance, progress=True,
                   shard: Shard | None = None) -> int:
     """Extract whatever the caches miss (only `shard`'s files when given); on a full hit
     nothing is built or even imported. Returns the number of files extracted."""
@@ -137,7 +141,7 @@ def ensure_cached(cfg, backbone, caches, units, provenance, progress=True,
                  "extract the rest", shard, len(todo), n_all)
     if todo:
         from feature_extraction import fill_cache   # torch and the model libraries
-        fill_cache(cfg, backbone, caches, units, todo, provenance, progress)
+        fill_cache(ext, backbone, caches, units, todo, provenance, progress)
     return len(todo)
 
 
@@ -157,24 +161,35 @@ def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,
     """Extract and cache `layers` (indices or module paths) of `backbone` for cfg's reference
     and evaluation images, or only `shard`'s share of the files. Safe to run in N processes at
     once on one cache folder (local or shared filesystem)."""
-    from backbones import resolve_weights
-    from feature_cache import plan_extraction
+    _needs_layers(layers)
+    return _build(Stages.of(cfg).extraction,
+                  data or run_data(Stages.of(with_degradation_sets(cfg)).data),
+                  backbone, layers, shard, progress)
+
+
+def _needs_layers(layers) -> None:
     if not layers:
         raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
                          "--build-cache --backbone resnet50 --layers 7 8 9")
-    check_writable(cfg["cache_dir"], "--cache-dir")
-    data = data or run_data(with_degradation_sets(cfg))
+
+
+def _build(ext: ExtractionSettings, data: RunData, backbone: str, layers, shard,
+           progress) -> CacheBuild:
+    """build_cache with the extraction settings `ext` and the run's images `data`."""
+    from backbones import resolve_weights
+    from feature_cache import plan_extraction
+    check_writable(ext.cache_dir, "--cache-dir")
     resolved = layers_of(backbone, layers)
-    check_module_paths(backbone, resolved, cfg["image_size"])
-    prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-    caches = open_caches(cfg, backbone, resolved, prov, data.ref_records, data.eval_records)
+    check_module_paths(backbone, resolved, ext.image_size)
+    prov = resolve_weights(backbone, ext.weights, ext.seed)
+    caches = open_caches(ext, backbone, resolved, prov, data.ref_records, data.eval_records)
     units = data.units
-    n = ensure_cached(cfg, backbone, caches, units, prov, progress, shard)
+    n = ensure_cached(ext, backbone, caches, units, prov, progress, shard)
     missing = 0
     if shard is not None and shard.count > 1:
         with _quiet(logging.getLogger("feature_cache")):
             missing = len(plan_extraction(backbone, caches, units))
-    return CacheBuild(backbone, resolved, cfg["cache_dir"], prov.label, n, missing)
+    return CacheBuild(backbone, resolved, ext.cache_dir, prov.label, n, missing)
 
 
 def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True) -> list[CacheBuild]:
@@ -184,31 +199,30 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
     ranks return []."""
     validate_config(cfg, BACKBONE_NAMES)
     cfg = with_degradation_sets(cfg)
-    if not layers:
-        raise UsageError("--build-cache needs --layers (indices or module paths), e.g. "
-                         "--build-cache --backbone resnet50 --layers 7 8 9")
+    _needs_layers(layers)
     ranks = Ranks.from_env()
     if ranks is not None and shard is not None:
         raise UsageError(f"--shard {shard} under torchrun: the shard comes from RANK/WORLD_SIZE; "
                          "drop --shard")
     names = backbones_of(cfg)
-    data = run_data(cfg)
+    data = run_data(Stages.of(cfg).data)
+    ext = Stages.of(cfg).extraction
     if ranks is None:
-        return [build_cache(cfg, b, layers, shard, progress=progress, data=data) for b in names]
-    local = extract_on_ranks(cfg, ranks, [(b, layers) for b in names], data, progress)
+        return [_build(ext, data, b, layers, shard, progress) for b in names]
+    local = extract_on_ranks(ext, ranks, [(b, layers) for b in names], data, progress)
     if not ranks.leader:
         return []
-    return [build_cache(local, b, layers, None, progress=progress, data=data) for b in names]
+    return [_build(local, data, b, layers, None, progress) for b in names]
 
 
-def extract_on_ranks(cfg, ranks: Ranks, work, data, progress) -> dict:
+def extract_on_ranks(ext: ExtractionSettings, ranks: Ranks, work, data,
+                     progress) -> ExtractionSettings:
     """Each torchrun rank extracts its share of every (backbone, layers) of `work` on its own
-    device, then waits for the others. Returns cfg with this rank's device."""
-    local = {**cfg, "device": ranks.start(cfg["device"])}
+    device, then waits for the others. Returns `ext` with this rank's device."""
+    local = ext.on(ranks.start(ext.device))
     try:
         for backbone, layers in work:
-            build_cache(local, backbone, layers, ranks.shard, progress=progress and ranks.leader,
-                        data=data)
+            _build(local, data, backbone, layers, ranks.shard, progress and ranks.leader)
         ranks.barrier()
     finally:
         ranks.stop()

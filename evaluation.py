@@ -295,13 +295,15 @@ def feasibility(conf: Configuration, space: FeatureSpace) -> str | None:
     return None
 
 
-def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int,
-               geometries: dict | None = None):
+def scorer_for(metric: str, space: FeatureSpace, model, seed: int, geometries: dict | None = None,
+               *, kid: dict | None = None, cmmd: dict | None = None):
     """The metric's reference object, precomputed once; it then scores every evaluation set.
-    CMMD scores L2-normalised rows (the CMMD reference's embedding), so `space` must already
-    be unit rows for it (score_group does that). The distance-based metrics of one space share
-    its dm.Geometry, kept in `geometries` ({id(space): Geometry}) when given."""
-    k, c = dm.metric_params("kid", cfg["kid"]), dm.metric_params("cmmd", cfg["cmmd"])
+    `kid` and `cmmd` are those metrics' parameters (config['kid'|'cmmd']: what differs from
+    dm.METRIC_DEFAULTS). CMMD scores L2-normalised rows (the CMMD reference's embedding), so
+    `space` must already be unit rows for it (score_group does that). The distance-based
+    metrics of one space share its dm.Geometry, kept in `geometries` ({id(space): Geometry})
+    when given."""
+    k, c = dm.metric_params("kid", kid or {}), dm.metric_params("cmmd", cmmd or {})
     if metric in dm.MODEL_METRICS:
         return dm.ModelMetricReference(model, metric)
     if dm.METRICS[metric]["paired"]:
@@ -321,7 +323,7 @@ def scorer_for(metric: str, space: FeatureSpace, model, cfg: dict, seed: int,
     if metric == "sliced_wasserstein":
         return dm.SlicedWassersteinReference(rows, seed=seed)
     if metric == "fd_inf":
-        return dm.FDInfReference(scorer_for("fid", space, None, cfg, seed), seed)
+        return dm.FDInfReference(scorer_for("fid", space, None, seed), seed)
     if space.kernel is not None:
         return dm.KernelReference(metric, space.kernel.rr, space.dim, kid_degree=k["degree"],
                                   kid_gamma=k["gamma"], kid_coef0=k["coef0"], cmmd_sigma=c["sigma"],
@@ -352,15 +354,17 @@ def _evaluation_input(metric: str, space: FeatureSpace, key):
     return space.kernel.re[key], space.kernel.ee[key]
 
 
-def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
-                base: dict | None = None, ratings: ha.Ratings | None = None) -> list[ConfigResult]:
-    """Score configurations that share one feature space (same layers and transform).
+def score_group(confs: list, space_fn, degradations: dict, seed: int, base: dict | None = None,
+                ratings: ha.Ratings | None = None, *, kid: dict | None = None,
+                cmmd: dict | None = None) -> list[ConfigResult]:
+    """Score configurations that share one feature space (same layers and transform), KID and
+    CMMD with the parameters `kid` and `cmmd` (scorer_for).
 
     `space_fn()` returns the FeatureSpace (or raises Infeasible / MetricInputError, which
     then applies to every configuration of the group). `base` holds fields common to every
     result (n_reference, weights, ...). With `ratings` (a rated database), each scored
     configuration also gets its agreement with the opinion scores (`agreement`). One function
-    (78 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
+    (80 lines): the failure states (infeasible, not run, failed) of a group are set in one place."""
     base = base or {}
     results = [ConfigResult(c, **base) for c in confs]
     try:
@@ -401,7 +405,7 @@ def score_group(confs: list, space_fn, degradations: dict, cfg: dict, seed: int,
                 if isinstance(model, Exception):
                     raise model
                 r.ridge = float(getattr(model, "ridge", 0.0))
-            r.scorer = scorer_for(c.metric, s, model, cfg, seed, geometries)
+            r.scorer = scorer_for(c.metric, s, model, seed, geometries, kid=kid, cmmd=cmmd)
             r.prepared = {}
             r.notes = list(s.notes)
             work.append((r, s))

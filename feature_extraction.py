@@ -318,14 +318,14 @@ def _landed(idx, host, finite, done, paths):
     return idx, {p: host[p].numpy() for p in paths}
 
 
-def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) -> None:
+def fill_cache(ext, backbone, caches, units, todo, provenance, progress=True) -> None:
     """Extract the units in `todo` ({unit id: [module paths]}, from
-    feature_cache.plan_extraction) into `caches` ({module path: LayerCache}): all layers in
-    one forward pass per image, batches never crossing a cache file."""
+    feature_cache.plan_extraction) into `caches` ({module path: LayerCache}) with the settings
+    `ext` (run_plan.ExtractionSettings): all layers in one forward pass per image, batches never
+    crossing a cache file."""
     from backbones import build_backbone
     t0 = time.perf_counter()
-    bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"],
-                        provenance=provenance)
+    bb = build_backbone(backbone, ext.weights, ext.seed, ext.image_size, provenance=provenance)
     built = time.perf_counter() - t0
     n_units = {kind: sum(u.kind == kind for u in units) for kind in ("ref", "eval")}
     units = [u for u in units if u.id in todo]
@@ -335,17 +335,17 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
             items.append(ImageItem(r, u.degradation, u.level))
             owner.append(ui)
     paths = sorted({p for ps in todo.values() for p in ps})
-    batches = unit_batches([len(u.records) for u in units], cfg["batch_size"])
+    batches = unit_batches([len(u.records) for u in units], ext.batch_size)
     buffers, filled = {}, [0] * len(units)
     # files are written by threads (np.save, sha256 and fsync release the GIL) while the next
     # batches run; at most PENDING_WRITES wait, and every write is finished (or its error
     # raised) before this returns
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, "cache-writer") as writers:
         pending = collections.deque()
-        for idx, batch in extract(bb, items, paths, batches, working_size=cfg["working_size"],
-                                  seed=cfg["seed"], device=cfg["device"], num_workers=cfg["num_workers"],
-                                  progress=progress, precision=cfg["extraction_precision"],
-                                  threads=cfg["extraction_threads"], store_dtype=cfg["cache_dtype"]):
+        for idx, batch in extract(bb, items, paths, batches, working_size=ext.working_size,
+                                  seed=ext.seed, device=ext.device, num_workers=ext.num_workers,
+                                  progress=progress, precision=ext.extraction_precision,
+                                  threads=ext.extraction_threads, store_dtype=ext.cache_dtype):
             ui = owner[idx[0]]                      # a batch never crosses a unit
             u = units[ui]
             for p in todo[u.id]:
@@ -356,7 +356,7 @@ def fill_cache(cfg, backbone, caches, units, todo, provenance, progress=True) ->
             if filled[ui] == len(u.records):
                 for p in todo[u.id]:
                     pending.append(writers.submit(caches[p].write, u, buffers.pop((ui, p)),
-                                                  cfg["cache_dtype"], n_units[u.kind]))
+                                                  ext.cache_dtype, n_units[u.kind]))
                 while len(pending) > PENDING_WRITES:
                     pending.popleft().result()
         for f in pending:

@@ -33,6 +33,7 @@ from feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible
 from parallel import sweep_map
 from report import MAPS_FILE
 from representations import KernelPCA
+from run_plan import ExtractionSettings, SpaceSettings
 
 log = logging.getLogger("iqm")
 
@@ -59,27 +60,27 @@ def projected_sets(space: FeatureSpace, keys: list, pca_dim: int) -> tuple[np.nd
     return kp.transform(rr), {k: kp.transform(v) for k, v in cross.items()}
 
 
-def tsne(points: np.ndarray, seed: int, settings: dict = MAP_SETTINGS) -> np.ndarray:
-    """2-D t-SNE of `points` (scikit-learn, `settings`, perplexity capped at (n - 1) / 3)."""
+def tsne(points: np.ndarray, seed: int, params: dict = MAP_SETTINGS) -> np.ndarray:
+    """2-D t-SNE of `points` (scikit-learn, `params`, perplexity capped at (n - 1) / 3)."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
-    perplexity = min(settings["perplexity"], (len(points) - 1) / 3)
+    perplexity = min(params["perplexity"], (len(points) - 1) / 3)
     with threadpool_limits(1):        # one summation order, whatever the machine
-        return TSNE(2, perplexity=perplexity, init=settings["init"], method=settings["method"],
-                    max_iter=settings["max_iter"], random_state=seed).fit_transform(points)
+        return TSNE(2, perplexity=perplexity, init=params["init"], method=params["method"],
+                    max_iter=params["max_iter"], random_state=seed).fit_transform(points)
 
 
 def map_parts(space: FeatureSpace, degradation: str, levels: list, seed: int,
-              settings: dict = MAP_SETTINGS, clean_is_reference: bool = False) -> tuple[list, int]:
+              params: dict = MAP_SETTINGS, clean_is_reference: bool = False) -> tuple[list, int]:
     """The sets of one configuration's map before t-SNE, [(name, position, projected rows)], and
     the number of reference rows.
     Position 0 is the clean set; the reference rows have position None. When the clean set is
     the reference set itself (a no-reference rated set), it is drawn once, as the reference."""
     keys = ([CLEAN_KEY] if CLEAN_KEY in space.keys and not clean_is_reference else []) + [
         (degradation, p) for p in range(1, len(levels) + 1) if (degradation, p) in space.keys]
-    ref, evals = projected_sets(space, keys, settings["pca_dim"])
+    ref, evals = projected_sets(space, keys, params["pca_dim"])
     rng = np.random.default_rng(seed)
-    shown = np.sort(rng.choice(len(ref), min(len(ref), settings["max_reference"]), replace=False))
+    shown = np.sort(rng.choice(len(ref), min(len(ref), params["max_reference"]), replace=False))
     return [("reference", None, ref[shown])] + [
         ("clean" if k == CLEAN_KEY else f"level {k[1]}: {levels[k[1] - 1]}", k[1], evals[k])
         for k in keys], len(ref)
@@ -96,23 +97,23 @@ def map_of(parts: list, xy: np.ndarray) -> list[dict]:
 
 
 def space_map(space: FeatureSpace, degradation: str, levels: list, seed: int,
-              settings: dict = MAP_SETTINGS, clean_is_reference: bool = False) -> dict:
+              params: dict = MAP_SETTINGS, clean_is_reference: bool = False) -> dict:
     """The map of one configuration's space: {"sets": [{"name", "position", "xy"}...], ...}."""
-    parts, n_ref = map_parts(space, degradation, levels, seed, settings, clean_is_reference)
-    xy = tsne(np.vstack([p[2] for p in parts]), seed, settings)
+    parts, n_ref = map_parts(space, degradation, levels, seed, params, clean_is_reference)
+    xy = tsne(np.vstack([p[2] for p in parts]), seed, params)
     return {"degradation": degradation, "sets": map_of(parts, xy), "n_reference": n_ref,
             "dims": int(parts[0][2].shape[1]), "form": space.form}
 
 
 def _embed(task: tuple) -> tuple[np.ndarray, float]:
     """t-SNE of one map's stacked rows (a parallel.sweep_map task): (embedding, seconds)."""
-    points, seed, settings = task
+    points, seed, params = task
     t0 = time.perf_counter()
-    return tsne(points, seed, settings), time.perf_counter() - t0
+    return tsne(points, seed, params), time.perf_counter() - t0
 
 
-def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: bool,
-          jobs: int = 1) -> list[dict]:
+def _maps(rows: list, ext: ExtractionSettings, spaces: SpaceSettings, data: RunData,
+          provenances: dict, check_cache: bool, jobs: int = 1) -> list[dict]:
     """The maps of the first N_MAPS scored feature-space rows of a results JSON, each with its
     label and rank, or the reason it could not be drawn. Each map's rows are projected here, and
     the t-SNE of the maps run in `jobs` processes (each one-threaded: the same maps as one by one)."""
@@ -123,29 +124,31 @@ def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: 
     for row in [r for r in rows if r["status"] == SCORED and r["backbone"] != BASELINE][:N_MAPS]:
         conf = configuration_of_row(row)
         entry = {"label": row["label"], "rank": row["rank"], "metric": row["metric"]}
-        prov = provenances.get(conf.backbone) or resolve_weights(conf.backbone, cfg["weights"], cfg["seed"])
-        caches = open_caches(cfg, conf.backbone, list(conf.layer_config.resolved), prov,
-                             data.ref_records, data.eval_records)
+        prov = (provenances.get(conf.backbone)
+                or resolve_weights(conf.backbone, ext.weights, ext.seed))
+        caches = open_caches(ext, conf.backbone,
+                             list(conf.layer_config.resolved), prov, data.ref_records,
+                             data.eval_records)
         if check_cache and any(cache.check(u, full=False) for cache in caches.values()
                                for u in data.ref_units + data.eval_units):   # present, not hashed
-            out.append({**entry, "missing": f"the cache in {cfg['cache_dir']} no longer holds these "
+            out.append({**entry, "missing": f"the cache in {ext.cache_dir} no longer holds these "
                                             "features; rerun the experiment to draw this map"})
             continue
         key = (conf.backbone, tuple(conf.layer_config.paths))
         if key not in assemblers:
-            assemblers[key] = feature_assembler(cfg, conf.backbone, caches, data.ref_units,
+            assemblers[key] = feature_assembler(spaces, conf.backbone, caches, data.ref_units,
                                                   data.eval_units)
         try:
             space = assemblers[key].space(conf.layer_config, conf.transform)
         except Infeasible as exc:
             out.append({**entry, "missing": str(exc)})
             continue
-        parts, n_ref = map_parts(space, degradation, levels, cfg["seed"], MAP_SETTINGS,
+        parts, n_ref = map_parts(space, degradation, levels, ext.seed, MAP_SETTINGS,
                                  clean_is_reference)
         out.append({**entry, "degradation": degradation, "n_reference": n_ref,
                     "dims": int(parts[0][2].shape[1]), "form": space.form})
         pending.append((out[-1], parts))
-    embedded = sweep_map(_embed, [(np.vstack([p[2] for p in parts]), cfg["seed"], MAP_SETTINGS)
+    embedded = sweep_map(_embed, [(np.vstack([p[2] for p in parts]), ext.seed, MAP_SETTINGS)
                                   for _, parts in pending], jobs)
     for (record, parts), (xy, seconds) in zip(pending, embedded):
         record["sets"] = map_of(parts, xy)
@@ -153,15 +156,16 @@ def _maps(rows: list, cfg: dict, data: RunData, provenances: dict, check_cache: 
     return out
 
 
-def write_maps(out_dir: str, rows: list, cfg: dict, data: RunData, provenances: dict,
-               check_cache: bool = False, jobs: int = 1) -> str:
-    """Compute the maps of a finished run (results JSON `rows`, its resolved `cfg` and images)
-    in `jobs` processes and write feature_maps.json into out_dir; returns its path."""
+def write_maps(out_dir: str, rows: list, ext: ExtractionSettings, spaces: SpaceSettings,
+               data: RunData, provenances: dict, check_cache: bool = False, jobs: int = 1) -> str:
+    """Compute the maps of a finished run (results JSON `rows`, its extraction and space
+    settings, its images) in `jobs` processes and write feature_maps.json into out_dir;
+    returns its path. The maps' seed is the run's."""
     import sklearn
-    maps = _maps(rows, cfg, data, provenances, check_cache, jobs)
+    maps = _maps(rows, ext, spaces, data, provenances, check_cache, jobs)
     path = os.path.join(out_dir, MAPS_FILE)
     with open(path, "w") as f:
-        json.dump({"settings": {**MAP_SETTINGS, "seed": cfg["seed"],
+        json.dump({"settings": {**MAP_SETTINGS, "seed": ext.seed,
                                 "library": f"scikit-learn {sklearn.__version__}"},
                    "maps": maps}, f, indent=None, sort_keys=True)
     return path

@@ -45,13 +45,11 @@ from feature_cache import CLEAN, Unit, reference_units
 from feature_spaces import AGGREGATIONS, VIT_POOLS, Transform, TransformError
 from layer_registry import LayerConfig
 from report import results_json
-from run_plan import check_output_file, check_writable, layers_of, spec_of, validate_config
+from run_plan import (Stages, applied_stages, check_output_file, check_writable, layers_of,
+                      reproduced, spec_of)
 
 log = logging.getLogger("iqm")
 
-# The settings a configuration's numbers depend on, taken from the run that ranked it.
-REPRODUCED = ("working_size", "image_size", "seed", "weights", "cache_dtype", "batch_size",
-              "extraction_precision", "kid", "cmmd", "max_representation_bytes", "gram_precision")
 SPEC_FORM = "BACKBONE:LAYERS/AGGREGATE/TRANSFORM/[MODEL/]METRIC"
 TRANSFORM_FLAGS = {"whiten": "whiten", "standardize": "standardize", "l2": "l2_normalize"}
 APPLY_KEY = ("apply", 1)           # the EVAL folder's set in the feature space
@@ -250,7 +248,7 @@ def configuration_from(source: str, rank: int | None = None, label: str | None =
                          "wrote, or a spec string") from None
     if row.get("status") != SCORED:
         log.warning("%s was %s in that run: %s", row.get("label"), row.get("status"), row.get("reason"))
-    return Applied(conf, {k: settings[k] for k in REPRODUCED if k in settings},
+    return Applied(conf, reproduced(settings),
                    f"{file}#{row.get('rank') or row.get('label')}")
 
 
@@ -264,28 +262,30 @@ def _records(folder: str, what: str) -> list:
     return records
 
 
-def reference_record(cfg: dict, conf: Configuration, prov) -> dict:
+def reference_record(stages: Stages, conf: Configuration, prov) -> dict:
     """What a saved reference was made for: the configuration, the settings and the weights."""
     return {"configuration": spec_string(conf), "weights": prov.identity(),
-            "settings": {k: cfg[k] for k in REPRODUCED if k != "batch_size"}}
+            "settings": reproduced(stages.config(), leave_out=("batch_size",))}
 
 
-def save_reference(cfg: dict, applied: Applied, ref: str, out: str) -> tuple[int, object]:
+def save_reference(stages: Stages, applied: Applied, ref: str, out: str) -> tuple[int, object]:
     """`--save-reference CONFIG REF OUT.npz`: REF's rows under the configuration (before the
     transform's post-processing, which is fitted on them when scoring) and the record of what
     they were made for. Returns (images, Provenance)."""
     from backbones import resolve_weights
     check_output_file(out, "--save-reference output", ".npz")
-    prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
-    m = FeatureMetric(Applied(applied.conf, cfg, applied.source), reference=ref, keep_rows=True)
+    prov = resolve_weights(applied.conf.backbone, stages.extraction.weights, stages.extraction.seed)
+    m = FeatureMetric(Applied(applied.conf, stages.config(), applied.source), reference=ref,
+                      keep_rows=True)
     tmp = out[:-4] + ".tmp.npz"
     np.savez_compressed(tmp, rows=m.reference,
-                        record=np.array(json.dumps(reference_record(cfg, applied.conf, prov), sort_keys=True)))
+                        record=np.array(json.dumps(reference_record(stages, applied.conf, prov),
+                                                   sort_keys=True)))
     os.replace(tmp, out)
     return len(m.reference), prov
 
 
-def load_reference(path: str, cfg: dict, conf: Configuration, prov) -> np.ndarray:
+def load_reference(path: str, stages: Stages, conf: Configuration, prov) -> np.ndarray:
     """The rows of a --save-reference file, refused (UsageError) unless its record is this
     configuration's, with these settings and weights."""
     how = "save one with python main.py --save-reference CONFIG REF OUT.npz"
@@ -304,7 +304,7 @@ def load_reference(path: str, cfg: dict, conf: Configuration, prov) -> np.ndarra
                          f"(n >= 2, d) of floats; {how}")
     if not np.isfinite(rows).all():
         raise UsageError(f"{path!r}: its rows hold NaN or inf; {how}")
-    want = json.loads(json.dumps(reference_record(cfg, conf, prov), sort_keys=True))
+    want = json.loads(json.dumps(reference_record(stages, conf, prov), sort_keys=True))
     for key in ("configuration", "weights", "settings"):
         if record.get(key) != want[key]:
             raise UsageError(f"{path!r} was saved for {key} {record.get(key)!r}, not {want[key]!r}; save "
@@ -312,9 +312,10 @@ def load_reference(path: str, cfg: dict, conf: Configuration, prov) -> np.ndarra
     return dm.check_features(rows, path)
 
 
-def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool = True):
+def apply(stages: Stages, conf: Configuration, ref: str, evals: list, progress: bool = True):
     """([AppliedScore] of each EVAL folder against the REF folder under `conf`, the weights'
-    Provenance), with cfg's settings (cache, weights, working size, bootstrap)."""
+    Provenance), with the settings `stages` (cache, weights, working size, bootstrap)."""
+    ext = stages.extraction
     from backbones import resolve_weights
     from dataset import DatasetError
     saved = ref.endswith(".npz")
@@ -323,13 +324,13 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
         if not os.path.isdir(folder):
             raise DatasetError(f"EVAL {shown(folder)!r} is not a folder; pass folders of images")
     if not saved:              # the images go through the cache: it must take them
-        check_writable(cfg["cache_dir"], "--cache-dir")
-    prov = resolve_weights(conf.backbone, cfg["weights"], cfg["seed"])
-    rows = load_reference(ref, cfg, conf, prov) if saved else None     # a bad file: before any word
+        check_writable(ext.cache_dir, "--cache-dir")
+    prov = resolve_weights(conf.backbone, ext.weights, ext.seed)
+    rows = load_reference(ref, stages, conf, prov) if saved else None   # a bad file: before any word
     if prov.random_init:
         log.warning("%s has RANDOM-INIT weights here: the scores are not the ranked metric's", conf.backbone)
     if saved:
-        return _apply_saved(cfg, conf, rows, evals), prov
+        return _apply_saved(stages, conf, rows, evals), prov
     paired = dm.METRICS[conf.metric]["paired"]
     out = []
     for folder in evals:
@@ -340,27 +341,30 @@ def apply(cfg: dict, conf: Configuration, ref: str, evals: list, progress: bool 
         units = [Unit("eval", CLEAN, 0, None, None, tuple(ref_records))] if paired else []
         units.append(Unit("eval", APPLY_KEY[0], APPLY_KEY[1], None, None, tuple(ev)))
         ref_units = reference_units(ref_records)
-        caches = open_caches(cfg, conf.backbone, list(conf.layer_config.resolved), prov,
+        caches = open_caches(ext, conf.backbone, list(conf.layer_config.resolved), prov,
                              ref_records, list(ev) + (list(ref_records) if paired else []))
-        ensure_cached(cfg, conf.backbone, caches, ref_units + units, prov, progress)
-        assembler = feature_assembler(cfg, conf.backbone, caches, ref_units, units)
+        ensure_cached(ext, conf.backbone, caches, ref_units + units, prov, progress)
+        assembler = feature_assembler(stages.spaces, conf.backbone, caches, ref_units, units)
+        sc = stages.scoring
         (r,) = score_group([conf], lambda: assembler.space(conf.layer_config, conf.transform), {},
-                           cfg, cfg["seed"])
+                           sc.seed, kid=sc.kid, cmmd=sc.cmmd)
         if r.status != SCORED:
             raise RuntimeFailure(f"{conf.label} cannot score {folder!r}: {r.reason}")
-        out.append(_with_interval(r, folder, len(ev), cfg))
+        out.append(_with_interval(r, folder, len(ev), stages))
     return out, prov
 
 
-def _apply_saved(cfg: dict, conf: Configuration, rows: np.ndarray, evals: list) -> list:
+def _apply_saved(stages: Stages, conf: Configuration, rows: np.ndarray, evals: list) -> list:
     """--apply with a saved reference: each EVAL folder through FeatureMetric (no cache)."""
     out = []
     for folder in evals:
         records = _records(folder, "EVAL")
-        m = FeatureMetric(Applied(conf, cfg, ""), reference_features=rows, keep_rows=True)
-        for batch in _image_batches(records, cfg["working_size"], cfg["batch_size"]):
+        m = FeatureMetric(Applied(conf, stages.config(), ""), reference_features=rows,
+                          keep_rows=True)
+        ext = stages.extraction
+        for batch in _image_batches(records, ext.working_size, ext.batch_size):
             m.update(batch)
-        out.append(_with_interval(m.result(), folder, len(records), cfg))
+        out.append(_with_interval(m.result(), folder, len(records), stages))
     return out
 
 
@@ -373,13 +377,13 @@ def _image_batches(records, working_size: int, size: int):
         yield torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
-def _with_interval(r, folder: str, n: int, cfg: dict) -> AppliedScore:
+def _with_interval(r, folder: str, n: int, stages: Stages) -> AppliedScore:
     state = r.prepared[APPLY_KEY]
     score = float(r.scorer.score_prepared(state))
-    b, conf_level = cfg["bootstrap"]["n_resamples"], cfg["bootstrap"]["confidence"]
+    b, conf_level = stages.ranking.n_resamples, stages.ranking.confidence
     ci = None
     if b > 0:
-        rng = np.random.default_rng([cfg["seed"], 0xA991])
+        rng = np.random.default_rng([stages.scoring.seed, 0xA991])
         vals = np.array([r.scorer.score_prepared(state, rng.integers(0, n, n)) for _ in range(b)])
         tail = (1 - conf_level) / 2 * 100
         ci = [float(np.percentile(vals, tail)), float(np.percentile(vals, 100 - tail))]
@@ -430,7 +434,8 @@ def load_generator(spec: str):
     return fn
 
 
-def generated_score(cfg: dict, applied: Applied, ref: str, generator: str, n: int) -> AppliedScore:
+def generated_score(stages: Stages, applied: Applied, ref: str, generator: str,
+                    n: int) -> AppliedScore:
     """The score of `n` images from `generator(batch_size)` (a function returning a batch of
     (B, 3, H, W) images, uint8 or float in [0, 1], as clean-fid's `gen=`) against REF (a
     folder or a saved reference), with its bootstrap interval, through FeatureMetric: nothing is written to disk."""
@@ -438,24 +443,25 @@ def generated_score(cfg: dict, applied: Applied, ref: str, generator: str, n: in
     if n is None or n < 2:
         raise UsageError(f"--generator needs --n N (at least 2 images); got {n}")
     fn = load_generator(generator)
-    given = Applied(applied.conf, cfg, applied.source)
+    given = Applied(applied.conf, stages.config(), applied.source)
+    ext = stages.extraction
     if ref.endswith(".npz"):
         from backbones import resolve_weights
-        prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
-        m = FeatureMetric(given, reference_features=load_reference(ref, cfg, applied.conf, prov),
+        prov = resolve_weights(applied.conf.backbone, ext.weights, ext.seed)
+        m = FeatureMetric(given, reference_features=load_reference(ref, stages, applied.conf, prov),
                           keep_rows=True)
     else:
         m = FeatureMetric(given, reference=ref, keep_rows=True)
     got = 0
     while got < n:
-        out = fn(min(cfg["batch_size"], n - got))
+        out = fn(min(ext.batch_size, n - got))
         if out is None or isinstance(out, (list, tuple, dict, str)) or hasattr(out, "__next__"):
             raise UsageError(f"--generator {generator!r} returned {type(out).__name__}; it must return "
                              "one batch of (B, 3, H, W) images (a tensor or array) per call")
         batch = check_images(out, f"--generator {generator!r}")[: n - got]
         m.update(batch)
         got += len(batch)
-    return _with_interval(m.result(), f"{generator} ({n} images)", n, cfg)
+    return _with_interval(m.result(), f"{generator} ({n} images)", n, stages)
 
 
 def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = True,
@@ -475,13 +481,14 @@ def command(cfg: dict, args: list, out: str | None, given=(), progress: bool = T
                          "or drop --n")
     if out is not None:
         check_output_file(out, "--out", ".csv")
-    applied, cfg = _with_settings(args[0], cfg, given)
+    applied, stages = _with_settings(args[0], cfg, given)
     if generator:
         from backbones import resolve_weights
-        scores = [generated_score(cfg, applied, args[1], generator, n)]
-        prov = resolve_weights(applied.conf.backbone, cfg["weights"], cfg["seed"])
+        scores = [generated_score(stages, applied, args[1], generator, n)]
+        ext = stages.extraction
+        prov = resolve_weights(applied.conf.backbone, ext.weights, ext.seed)
     else:
-        scores, prov = apply(cfg, applied.conf, args[1], args[2:], progress)
+        scores, prov = apply(stages, applied.conf, args[1], args[2:], progress)
     lines = [f"configuration {spec_string(applied.conf)} ({shown(applied.source)}); weights {prov.label}"]
     for s in scores:
         ci = f"  [{s.confidence:.0%} CI {s.ci[0]:.6g}, {s.ci[1]:.6g}]" if s.ci else ""
@@ -562,12 +569,13 @@ class FeatureMetric:
         from run_plan import default_config
         self.applied = config if isinstance(config, Applied) else configuration_from(config)
         self.conf = self.applied.conf
-        self.cfg = {**default_config(), **self.applied.settings, **(settings or {})}
-        validate_config(self.cfg)
+        self.stages = applied_stages(default_config(),
+                                     {**self.applied.settings, **(settings or {})})
+        ext = self.stages.extraction
         self.spec = spec_of(self.conf.backbone)
-        self.backbone = build_backbone(self.conf.backbone, self.cfg["weights"], self.cfg["seed"],
-                                       self.cfg["image_size"], allow_download=False)
-        self.batch_size = self.cfg["batch_size"]
+        self.backbone = build_backbone(self.conf.backbone, ext.weights, ext.seed, ext.image_size,
+                                       allow_download=False)
+        self.batch_size = ext.batch_size
         t, metric = self.conf.transform, self.conf.metric
         self.running = not keep_rows and metric == "fid" and not (
             t.use_gram or t.use_pca or t.standardize or t.l2_normalize)
@@ -667,7 +675,8 @@ class FeatureMetric:
             evals[CLEAN_KEY] = self.reference
         space = FeatureSpace.rows(self.reference, evals)
         (r,) = score_group([self.conf], lambda: postprocess(space, self.conf.transform), {},
-                           self.cfg, self.cfg["seed"])
+                           self.stages.scoring.seed, kid=self.stages.scoring.kid,
+                           cmmd=self.stages.scoring.cmmd)
         if r.status != SCORED:
             raise RuntimeFailure(f"{self.conf.label} cannot score these images: {r.reason}")
         return r
@@ -687,11 +696,11 @@ class FeatureMetric:
         module = self.backbone.module.to(x.device)
         threads = torch.get_num_threads()
         if x.device.type == "cpu":      # the extraction's thread count: CPU sums depend on it
-            torch.set_num_threads(cpu_threads(self.cfg["extraction_threads"]))
+            torch.set_num_threads(cpu_threads(self.stages.extraction.extraction_threads))
         size = self.backbone.input_size
         mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1)
-        store_dtype = getattr(np, self.cfg["cache_dtype"])
+        store_dtype = getattr(np, self.stages.extraction.cache_dtype)
         lc, t = self.conf.layer_config, self.conf.transform
         per_path = {p: [] for p in lc.paths}
         try:
@@ -708,7 +717,7 @@ class FeatureMetric:
         for p in lc.paths:
             act = np.ascontiguousarray(np.concatenate(per_path[p]))
             if t.use_gram:
-                parts.append(ge.gram_rows(act, self.cfg["gram_precision"], "cpu"))
+                parts.append(ge.gram_rows(act, self.stages.spaces.gram_precision, "cpu"))
             else:
                 prefix = rp.prefix_tokens(act.shape[1:], size, self.spec.patch)
                 parts.append(rp.gap(act, t.vit_pool, prefix))
@@ -720,7 +729,7 @@ class FeatureMetric:
             records = _records(str(reference), "reference")
             # the cache's chunks, each in batches of batch_size (self.features splits them)
             return np.concatenate([self.features(chunk) for chunk in _image_batches(
-                records, self.cfg["working_size"], CHUNK_SIZE)])
+                records, self.stages.extraction.working_size, CHUNK_SIZE)])
         return self.features(reference)
 
 
@@ -800,17 +809,15 @@ def _gather_moments(n, mean, scatter):
     return total
 
 
-def _with_settings(config: str, cfg: dict, given) -> tuple[Applied, dict]:
-    """The configuration named by `config`, and cfg with the settings of its results row
-    (but for those in `given`, set by a flag), validated."""
+def _with_settings(config: str, cfg: dict, given) -> tuple[Applied, Stages]:
+    """The configuration named by `config`, and the stages of cfg with the settings of its
+    results row (but for those in `given`, set by a flag), validated."""
     applied = configuration_from(config)
-    cfg = {**cfg, **{k: v for k, v in applied.settings.items() if k not in given}}
-    validate_config(cfg)
-    return applied, cfg
+    return applied, applied_stages(cfg, applied.settings, given)
 
 
 def save_command(cfg: dict, args: list, given=()) -> str:
     """`--save-reference CONFIG REF OUT.npz`: the line main.py prints."""
-    applied, cfg = _with_settings(args[0], cfg, given)
-    n, prov = save_reference(cfg, applied, args[1], args[2])
+    applied, stages = _with_settings(args[0], cfg, given)
+    n, prov = save_reference(stages, applied, args[1], args[2])
     return f"wrote {args[2]}: {n} reference rows for {spec_string(applied.conf)} (weights {prov.label})"

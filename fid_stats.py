@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import UsageError
-from run_plan import backbones_of, check_module_paths, check_output_file, layers_of, spec_of
+from run_plan import (ExtractionSettings, check_input_size, check_module_paths, check_output_file,
+                      layers_of, spec_of)
 
 log = logging.getLogger("iqm")
 
@@ -57,17 +58,18 @@ class Statistics:
     weights: str
 
 
-def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=None,
-                      progress: bool = True) -> Statistics:
+def folder_statistics(ext: ExtractionSettings, folder: str, backbone: str = DEFAULT_BACKBONE,
+                      layer=None, progress: bool = True) -> Statistics:
     """Statistics of the images in `folder` (`image_files`) at `layer` (an index or a module
-    path; default the spec's statistics layer) of `backbone`."""
+    path; default the spec's statistics layer) of `backbone`, with the extraction settings
+    `ext` (run_plan.ExtractionSettings)."""
     from backbones import build_backbone, resolve_weights
     from dataset import DatasetError
     from distance_metrics import gaussian_stats
     from feature_extraction import folder_activations
     from representations import gap, prefix_tokens
     spec = spec_of(backbone)
-    backbones_of({**cfg, "backbone": backbone})      # --image-size within what it accepts
+    check_input_size(backbone, ext.image_size)
     path, vit_pool = spec.stats
     if layer is not None:
         path, vit_pool = layers_of(backbone, [layer])[0][1], "mean"
@@ -81,11 +83,11 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     if len(files) < 2:
         raise DatasetError(f"{len(files)} image(s) ({', '.join(PYTORCH_FID_EXTENSIONS)}) in "
                            f"{folder!r}; statistics need at least two")
-    prov = resolve_weights(backbone, cfg["weights"], cfg["seed"])
-    bb = build_backbone(backbone, cfg["weights"], cfg["seed"], cfg["image_size"], provenance=prov)
-    check_module_paths(backbone, [(None, path)], cfg["image_size"], bb.module)
-    act = folder_activations(bb, files, path, batch_size=cfg["batch_size"], device=cfg["device"],
-                             num_workers=cfg["num_workers"], threads=cfg["extraction_threads"],
+    prov = resolve_weights(backbone, ext.weights, ext.seed)
+    bb = build_backbone(backbone, ext.weights, ext.seed, ext.image_size, provenance=prov)
+    check_module_paths(backbone, [(None, path)], ext.image_size, bb.module)
+    act = folder_activations(bb, files, path, batch_size=ext.batch_size, device=ext.device,
+                             num_workers=ext.num_workers, threads=ext.extraction_threads,
                              progress=progress)
     prefix = prefix_tokens(act.shape[1:], bb.input_size, spec.patch)
     mu, sigma = gaussian_stats(gap(act, vit_pool, prefix))
@@ -94,11 +96,11 @@ def folder_statistics(cfg, folder: str, backbone: str = DEFAULT_BACKBONE, layer=
     return Statistics(mu, sigma, len(files), backbone, path, prov.label)
 
 
-def save_stats(cfg, folder: str, out: str, backbone: str = DEFAULT_BACKBONE, layer=None,
-               progress: bool = True) -> Statistics:
+def save_stats(ext: ExtractionSettings, folder: str, out: str, backbone: str = DEFAULT_BACKBONE,
+               layer=None, progress: bool = True) -> Statistics:
     """Write pytorch-fid's `.npz` (mu, sigma) of `folder` to `out`."""
     check_output_file(out, "--save-stats output", ".npz")    # numpy would add .npz otherwise
-    stats = folder_statistics(cfg, folder, backbone, layer, progress)
+    stats = folder_statistics(ext, folder, backbone, layer, progress)
     tmp = out[:-4] + ".tmp.npz"
     np.savez_compressed(tmp, mu=stats.mu, sigma=stats.sigma)
     os.replace(tmp, out)
@@ -140,8 +142,8 @@ def check_stats(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
         raise bad("sigma is not positive semi-definite (a covariance has no negative eigenvalue)")
 
 
-def fid_between(cfg, a: str, b: str, backbone: str = DEFAULT_BACKBONE, layer=None,
-                progress: bool = True) -> float:
+def fid_between(ext: ExtractionSettings, a: str, b: str, backbone: str = DEFAULT_BACKBONE,
+                layer=None, progress: bool = True) -> float:
     """FID between `a` and `b`, each a statistics `.npz` or a folder of images."""
     from distance_metrics import MetricInputError, frechet_distance
 
@@ -149,7 +151,7 @@ def fid_between(cfg, a: str, b: str, backbone: str = DEFAULT_BACKBONE, layer=Non
         if os.path.isfile(p):
             return load_stats(p)
         if os.path.isdir(p):
-            s = folder_statistics(cfg, p, backbone, layer, progress)
+            s = folder_statistics(ext, p, backbone, layer, progress)
             return s.mu, s.sigma
         raise UsageError(f"--fid-stats {p!r}: no such file or folder; give a .npz of statistics "
                          "or a folder of images")
@@ -161,14 +163,15 @@ def fid_between(cfg, a: str, b: str, backbone: str = DEFAULT_BACKBONE, layer=Non
                          "layer") from None
 
 
-def command(cfg, save=None, between=None, backbone=None, layers=None, progress=True) -> str:
+def command(ext: ExtractionSettings, save=None, between=None, backbone=None, layers=None,
+            progress=True) -> str:
     """`--save-stats FOLDER OUT.npz` (save) or `--fid-stats A B` (between) for `backbone` (default inception_fid)
     and at most one of `layers` (default its stats layer): the line main.py prints."""
     if layers and len(layers) != 1:
         raise UsageError(f"--save-stats/--fid-stats take one layer, got --layers {' '.join(layers)}")
     net = {"backbone": backbone or DEFAULT_BACKBONE, "layer": (layers or [None])[0]}
     if save:
-        s = save_stats(cfg, *save, net["backbone"], net["layer"], progress=progress)
+        s = save_stats(ext, *save, net["backbone"], net["layer"], progress=progress)
         return (f"wrote {save[1]}: mu {s.mu.shape}, sigma {s.sigma.shape} of {s.n} images "
                 f"({s.backbone} {s.layer}; weights: {s.weights})")
-    return f"FID: {fid_between(cfg, *between, **net, progress=progress)}"
+    return f"FID: {fid_between(ext, *between, **net, progress=progress)}"

@@ -25,6 +25,7 @@ import numpy as np
 from errors import UsageError
 from report import (BASELINE, MAPS_FILE, REPORT_FILE, STRIP_FILE, criterion, heatmap_cells,
                     layer_label, plot_monotonicity, plot_mos_scatter, results_json)
+from run_plan import recorded_stages
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "report.html")
 FILTERS = (("backbone", "backbone"), ("layers", "layer"), ("transform", "transform"),
@@ -160,7 +161,7 @@ def _heatmap(rows: list, by: str) -> dict:
 
 
 def _header(results: dict, json_path: str) -> tuple[dict, list]:
-    cfg = results["config"]
+    d = recorded_stages(results).data
     rows = results["results"]
     n_ref = next((r["n_reference"] for r in rows if r.get("n_reference")), len(results["dataset"]["reference"]))
     n_eval = next((r["n_evaluation"] for r in rows if r.get("n_evaluation")), len(results["dataset"]["evaluation"]))
@@ -182,10 +183,9 @@ def _header(results: dict, json_path: str) -> tuple[dict, list]:
                   + (f"; {rated['excluded_equal_to_a_reference']} equal to a reference left out"
                      if rated.get("excluded_equal_to_a_reference") else "") + ")")
     head = {"mode": results["mode"], "timestamp": results["timestamp"], "data": data,
-            "images": images, "seed": cfg["seed"],
-            "degradations": "; ".join(f"{name} ({cfg['degradations'][name]['type']}, "
-                                      f"{len(cfg['degradations'][name]['levels'])} levels)"
-                                      for name in results.get("degradation_order") or cfg["degradations"]),
+            "images": images, "seed": d.seed,
+            "degradations": "; ".join(f"{name} ({spec['type']}, {len(spec['levels'])} levels)"
+                                      for name, spec in d.degradations.items()),
             "weights": weights,
             "counts": f"{c['total']}: {c['scored']} scored, {c['not_run']} not run, {c['failed']} failed",
             "versus": (f"best feature space {versus['feature']} minus best baseline {versus['baseline']}: "
@@ -277,13 +277,13 @@ def render(out_dir: str, generated: str | None = None) -> str:
     """The report of the finished run in `out_dir` as HTML text."""
     import jinja2
     json_path, results = load_results(out_dir)
-    rows, cfg = results["results"], results["config"]
+    rows, ranking = results["results"], recorded_stages(results).ranking
     by = results.get("rank_by", "monotonicity")
     seen = {d for r in rows for d in r.get("per_degradation") or {}}      # in the run's order
     degradations = [d for d in results.get("degradation_order") or sorted(seen) if d in seen]
     rated = results.get("rated_database")
     has_mos = rated is not None
-    confidence = f"{cfg['bootstrap']['confidence']:.0%}"
+    confidence = f"{ranking.confidence:.0%}"
     strip = _file_b64(os.path.join(out_dir, STRIP_FILE))
     maps, maps_caption, maps_missing = _maps(out_dir, has_mos)
     head, banners = _header(results, json_path)
@@ -294,7 +294,7 @@ def render(out_dir: str, generated: str | None = None) -> str:
         values = sorted({dict(t["attrs"])[key] for t in table})
         filters.append({"title": title, "key": key, "options": values})
     scored = [r for r in rows if r["status"] == "scored"]
-    mos_rows = [r for r in scored if r.get("mos")][:min(3, cfg["top_n"])]     # as mos_scatter.png
+    mos_rows = [r for r in scored if r.get("mos")][:min(3, ranking.top_n)]     # as mos_scatter.png
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.dirname(TEMPLATE)),
                              autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
     return env.get_template(os.path.basename(TEMPLATE)).render(
@@ -305,7 +305,7 @@ def render(out_dir: str, generated: str | None = None) -> str:
         delta_text="SRCC(#1) − SRCC" if by == "mos" else "ρ(#1) − ρ",
         banners=banners, head=head, generated=generated or datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         has_mos=has_mos, filters=filters, columns=columns, rows=table, heat=_heatmap(rows, by),
-        top=_top(out_dir, rows, cfg["top_n"], degradations), degradation_names=degradations,
+        top=_top(out_dir, rows, ranking.top_n, degradations), degradation_names=degradations,
         confidence=confidence, strip=strip,
         strip_caption=("Each distortion type of the rated database on its first reference, at every "
                        "level" if has_mos else "Every degradation of the run at every level, on the "

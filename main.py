@@ -97,11 +97,14 @@ def run(args, user) -> int:
                              "give --apply CONFIG REF ... or drop it")
     (cfg, given), progress = settings(args, user), not args.quiet
     if args.cache_info:
-        print("\n".join(report.cache_info_lines(pipeline.cache_entries(cfg), cfg["cache_dir"])))
+        ext = run_plan.Stages.of(cfg).extraction
+        entries = pipeline.cache_entries(ext.cache_dir)
+        print("\n".join(report.cache_info_lines(entries, ext.cache_dir)))
     elif args.preview_degradations:
         print(f"wrote {pipeline.preview_degradations(cfg)}")
     elif args.save_stats or args.fid_stats:
-        print(fid_stats.command(cfg, args.save_stats, args.fid_stats, args.backbone, args.layers, progress))
+        print(fid_stats.command(run_plan.Stages.of(cfg).extraction, args.save_stats, args.fid_stats,
+                                args.backbone, args.layers, progress))
     elif args.save_reference:
         print(feature_metric.save_command(cfg, args.save_reference, given))
     elif args.apply:

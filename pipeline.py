@@ -27,6 +27,7 @@ bootstrap, log capture).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import logging
@@ -40,8 +41,8 @@ from cache_fill import (CacheBuild, RunData, build_cache, build_caches, ensure_c
 import report
 from errors import RuntimeFailure, UsageError, UserError
 from parallel import ParallelError, Ranks, dask_session, prestart, resolve_jobs
-from run_plan import (RunPlan, UserConfig, check_writable, layers_of, make_plan, spec_of,
-                      with_degradation_sets)
+from run_plan import (DataSettings, RankingSettings, RunPlan, Stages, UserConfig, check_writable,
+                      layers_of, make_plan, recorded_stages, spec_of, with_degradation_sets)
 from sweep import SWEEP_MODULES, bootstrap_top, score_backbone, score_baselines
 
 log = logging.getLogger("iqm")
@@ -99,10 +100,10 @@ def layer_table(name: str) -> LayerTable:
     return LayerTable(spec, False, [(None, path, kind, shape, None) for _, path, kind, shape in rows])
 
 
-def cache_entries(cfg) -> list[dict]:
-    """`--cache-info`: the entries of config['cache_dir'] (feature_cache.cache_info)."""
+def cache_entries(path: str) -> list[dict]:
+    """`--cache-info`: the entries of the cache folder `path` (config['cache_dir'];
+    feature_cache.cache_info). Only read: a read-only cache is listed too."""
     from feature_cache import cache_info
-    path = cfg["cache_dir"]                 # only read: a read-only cache is listed too
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--cache-dir {path!r} is a file, not a folder; pass the cache folder")
     if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
@@ -115,26 +116,28 @@ def preview_degradations(cfg) -> str:
     images, written to config['results_dir']; returns its path."""
     from dataset import load_rgb, select_images
     from degradation_generator import preview_collage
-    records, _ = select_images(cfg["dataset"], 3, 0, cfg["seed"])
-    images = [(r.sha256, load_rgb(r.source, cfg["working_size"])) for r in records]
-    check_writable(cfg["results_dir"], "--results-dir")
-    os.makedirs(cfg["results_dir"], exist_ok=True)
-    path = os.path.join(cfg["results_dir"], "degradation_preview.png")
-    preview_collage(images, with_degradation_sets(cfg)["degradations"], cfg["seed"]).save(path)
+    stages = Stages.of(with_degradation_sets(cfg))
+    d, results_dir = stages.data, stages.output.results_dir
+    records, _ = select_images(d.dataset, 3, 0, d.seed)
+    images = [(r.sha256, load_rgb(r.source, d.working_size)) for r in records]
+    check_writable(results_dir, "--results-dir")
+    os.makedirs(results_dir, exist_ok=True)
+    path = os.path.join(results_dir, "degradation_preview.png")
+    preview_collage(images, d.degradations, d.seed).save(path)
     return path
 
 
-def degradation_strip(cfg, data: RunData, path: str) -> None:
+def degradation_strip(d: DataSettings, data: RunData, path: str) -> None:
     """The report's strip: every level of every degradation of the run on its first evaluation
     image (as extracted), or for a rated database each type's images of its first reference
     (a no-reference set: a reference image, then one image of each MOS bin)."""
     from dataset import load_rgb
     from degradation_generator import collage, preview_collage
-    size = cfg["working_size"]
+    size = d.working_size
     if data.database is None:
         first = data.eval_records[0]
         image = preview_collage([(first.sha256, load_rgb(first.source, size))], data.degradations,
-                                cfg["seed"], tile=112)
+                                d.seed, tile=112)
     else:
         db = data.database        # the first reference's image in each group (else its first)
         ref = db.references[0] if db.references else data.ref_records[0]
@@ -167,14 +170,14 @@ class Experiment:
         return [r for r in self.results if r.scored]
 
 
-def new_results_dir(cfg, mode) -> tuple[str, str]:
-    """(out_dir, stamp): results/<mode>_<timestamp>[-k], created."""
+def new_results_dir(results_dir: str, mode) -> tuple[str, str]:
+    """(out_dir, stamp): results_dir/<mode>_<timestamp>[-k], created."""
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-    out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}")
+    out_dir = os.path.join(results_dir, f"{mode}_{stamp}")
     suffix = 1
     while os.path.exists(out_dir):           # two runs within one second
         suffix += 1
-        out_dir = os.path.join(cfg["results_dir"], f"{mode}_{stamp}-{suffix}")
+        out_dir = os.path.join(results_dir, f"{mode}_{stamp}-{suffix}")
     os.makedirs(out_dir)
     return out_dir, os.path.basename(out_dir).split("_", 1)[1]
 
@@ -188,23 +191,24 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
     the other ranks return None. `command` is recorded in the results (main.py passes the
     command line)."""
     plan = make_plan(cfg, mode, layer_specs, user=user)
-    cfg, plans = plan.cfg, plan.backbones
-    jobs = resolve_jobs(cfg["jobs"])
-    data = run_data(cfg)
-    cfg = {**cfg, "degradations": data.degradations}
-    check_writable(cfg["cache_dir"], "--cache-dir")
-    check_writable(cfg["results_dir"], "--results-dir")
+    stages, plans = plan.stages, plan.backbones
+    jobs = resolve_jobs(stages.scoring.jobs)
+    data = run_data(stages.data)
+    stages = stages.replace(data=dataclasses.replace(stages.data, degradations=data.degradations))
+    check_writable(stages.extraction.cache_dir, "--cache-dir")
+    check_writable(stages.output.results_dir, "--results-dir")
     ranks = Ranks.from_env()
+    scheduler = stages.scoring.dask_scheduler
     if ranks is not None:
-        extract_on_ranks(cfg, ranks, [(b, sorted({str(i) if i is not None else p for lc in lcs
-                                                   for i, p in lc.resolved})) for b, lcs in plans],
-                          data, progress)
+        work = [(b, sorted({str(i) if i is not None else p for lc in lcs for i, p in lc.resolved}))
+                for b, lcs in plans]
+        extract_on_ranks(stages.extraction, ranks, work, data, progress)
         if not ranks.leader:
             return None
-    if not cfg["dask_scheduler"] and (mode != "quick" or sum(len(lcs) for _, lcs in plans) > 1):
+    if not scheduler and (mode != "quick" or sum(len(lcs) for _, lcs in plans) > 1):
         prestart(jobs, SWEEP_MODULES)     # workers start while the cache is checked
-    with dask_session(cfg["dask_scheduler"], SWEEP_MODULES):   # an unreachable cluster fails before any output
-        out_dir, stamp = new_results_dir(cfg, mode)
+    with dask_session(scheduler, SWEEP_MODULES):   # an unreachable cluster fails before any output
+        out_dir, stamp = new_results_dir(stages.output.results_dir, mode)
         handler = logging.FileHandler(os.path.join(out_dir, "experiment.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
@@ -213,7 +217,7 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)           # experiment.log always gets INFO
         try:
-            return _experiment(cfg, plan, data, out_dir, stamp, jobs, progress,
+            return _experiment(stages, plan, data, out_dir, stamp, jobs, progress,
                                command or f"pipeline.run_experiment(cfg, {mode!r}, {layer_specs!r})")
         except BaseException as exc:   # the folder says the run failed, and why; never a silent half
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -233,76 +237,79 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
             handler.close()
 
 
-def rank_by(cfg) -> str:
-    """config['rank_by'] resolved: "auto" ranks a --mos run by agreement with the MOS."""
-    if cfg["rank_by"] == "auto":
-        return "mos" if cfg["mos"] else "monotonicity"
-    if cfg["rank_by"] == "mos" and not cfg["mos"]:
+def rank_by(ranking: RankingSettings, mos: str | None) -> str:
+    """config['rank_by'] resolved: "auto" ranks a --mos run (`mos`) by agreement with the MOS."""
+    if ranking.rank_by == "auto":
+        return "mos" if mos else "monotonicity"
+    if ranking.rank_by == "mos" and not mos:
         raise UsageError("--rank-by mos needs --mos FILE (a rated database); or rank by "
                          "monotonicity")
-    return cfg["rank_by"]
+    return ranking.rank_by
 
 
-def _experiment(cfg, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progress,
+def _experiment(stages: Stages, plan: RunPlan, data: RunData, out_dir, stamp, jobs, progress,
                 command: str) -> Experiment:
     """Extraction, scoring and report of `run_experiment`, logging into out_dir/experiment.log.
-    `cfg` is the plan's, with the run data's degradations."""
+    `stages` are the plan's, with the run data's degradations."""
     mode, plans = plan.mode, plan.backbones
     from backbones import resolve_weights
     from evaluation import rank, release, ties_with_top, ties_with_top_mos, versus_baseline
 
+    d, ext, sc, ranking = stages.data, stages.extraction, stages.scoring, stages.ranking
     ref_records, eval_records = data.ref_records, data.eval_records
-    by = rank_by(cfg)
+    by = rank_by(ranking, d.mos)
     log.info("run %s: %d reference + %d evaluation images from %s; results in %s", mode,
-             len(ref_records), len(eval_records), cfg["mos"] or cfg["dataset"], out_dir)
+             len(ref_records), len(eval_records), d.mos or d.dataset, out_dir)
+    config = stages.config()
     report.write_json(os.path.join(out_dir, "config_resolved.json"),
-                      {"mode": mode, "config": cfg, "enabled_layers": plan.enabled_layers})
+                      {"mode": mode, "config": config, "enabled_layers": plan.enabled_layers})
 
     ref_units, eval_units = data.ref_units, data.eval_units
     results, weights, seconds, tasks, provenances = [], {}, 0.0, {}, {}
     for backbone, lcs in plans:
-        prov = provenances[backbone] = resolve_weights(backbone, cfg["weights"], cfg["seed"])
+        prov = provenances[backbone] = resolve_weights(backbone, ext.weights, ext.seed)
         weights[backbone] = prov.as_dict()
         layers = sorted({(i, p) for lc in lcs for i, p in lc.resolved}, key=str)
-        caches = open_caches(cfg, backbone, layers, prov, ref_records, eval_records)
-        ensure_cached(cfg, backbone, caches, ref_units + eval_units, prov, progress)
+        caches = open_caches(ext, backbone, layers, prov, ref_records, eval_records)
+        ensure_cached(ext, backbone, caches, ref_units + eval_units, prov, progress)
         t0 = time.perf_counter()
-        scored, origin = score_backbone(cfg, plan.grid(backbone, lcs), backbone, caches,
-                                        ref_units, eval_units, prov, jobs, data.ratings)
+        scored, origin = score_backbone(sc, ranking, stages.spaces, d.degradations,
+                                        plan.grid(backbone, lcs), backbone, caches, ref_units,
+                                        eval_units, prov, jobs, data.ratings)
         seconds += time.perf_counter() - t0
         results += scored
         tasks.update(origin)
 
-    if mode != "quick" and cfg["baselines"]:
+    if mode != "quick" and sc.baselines:
         t0 = time.perf_counter()
-        results += score_baselines(cfg, data)
-        log.info("baselines %s scored in %.2fs", ", ".join(cfg["baselines"]), time.perf_counter() - t0)
+        results += score_baselines(sc, ext, data)
+        log.info("baselines %s scored in %.2fs", ", ".join(sc.baselines), time.perf_counter() - t0)
     ranked = rank(results, by)
     t0 = time.perf_counter()
-    bootstrap_top(ranked, cfg, jobs, tasks, data.ratings)
-    ties_with_top(ranked, cfg["bootstrap"]["confidence"])
+    bootstrap_top(ranked, ranking, sc, d.degradations, jobs, tasks, data.ratings)
+    ties_with_top(ranked, ranking.confidence)
     if data.ratings is not None:
-        ties_with_top_mos(ranked, cfg["bootstrap"]["confidence"])
+        ties_with_top_mos(ranked, ranking.confidence)
     boot = time.perf_counter() - t0
     log.info("scored %d configuration(s) in %.2fs (scores %.2fs, bootstrap %.2fs; %s)", len(ranked),
-             seconds + boot, seconds, boot, f"Dask cluster {cfg['dask_scheduler']}"
-             if cfg["dask_scheduler"] else f"{jobs} job(s)")
+             seconds + boot, seconds, boot, f"Dask cluster {sc.dask_scheduler}"
+             if sc.dask_scheduler else f"{jobs} job(s)")
     seconds += boot
-    versus = versus_baseline(ranked, by, cfg["bootstrap"]["confidence"])
+    versus = versus_baseline(ranked, by, ranking.confidence)
     release(ranked)
     for r in ranked:
-        r.confidence = cfg["bootstrap"]["confidence"]
+        r.confidence = ranking.confidence
 
     files, text, rows = report.write_run(out_dir, f"results_{mode}_{stamp}", ranked, {
-        "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": cfg,
-        "versus_baseline": versus, "command": command},
+        "mode": mode, "timestamp": stamp, "weights": weights, "rank_by": by, "config": config,
+        "versus_baseline": versus, "command": command}, d.degradations, d.dataset, ranking.top_n,
         data.database, [r.source for r in ref_records], [r.source for r in eval_records])
-    if cfg["report"] is True or (cfg["report"] == "auto" and mode != "quick"):
-        files["report"] = _write_report(out_dir, cfg, data, rows, provenances, jobs=jobs)
+    if stages.output.report is True or (stages.output.report == "auto" and mode != "quick"):
+        files["report"] = _write_report(out_dir, stages, data, rows, provenances, jobs=jobs)
     return Experiment(mode, out_dir, ranked, weights, text, seconds, jobs, files)
 
 
-def _write_report(out_dir, cfg, data: RunData, rows: list, provenances: dict,
+def _write_report(out_dir, stages: Stages, data: RunData, rows: list, provenances: dict,
                   check_cache: bool = False, jobs: int = 1) -> str:
     """report.html of a finished run, after its strip and feature maps (when missing; their
     t-SNE in `jobs` processes)."""
@@ -311,9 +318,10 @@ def _write_report(out_dir, cfg, data: RunData, rows: list, provenances: dict,
     t0 = time.perf_counter()
     strip = os.path.join(out_dir, report.STRIP_FILE)
     if not os.path.isfile(strip):
-        degradation_strip(cfg, data, strip)
+        degradation_strip(stages.data, data, strip)
     if not os.path.isfile(os.path.join(out_dir, report.MAPS_FILE)):
-        write_maps(out_dir, rows, cfg, data, provenances, check_cache, jobs)
+        write_maps(out_dir, rows, stages.extraction, stages.spaces, data, provenances, check_cache,
+                   jobs)
     path = write_report(out_dir)
     log.info("report written in %.1fs: %s", time.perf_counter() - t0, path)
     return path
@@ -341,14 +349,12 @@ def _rebuild_report(out_dir: str, results: dict) -> str:
     from html_report import write_report
     if all(os.path.isfile(os.path.join(out_dir, f)) for f in (report.STRIP_FILE, report.MAPS_FILE)):
         return write_report(out_dir)
-    cfg = results["config"]        # the run's order of the degradations: its derived cache keys
-    order = results.get("degradation_order") or list(cfg["degradations"])
-    cfg = {**cfg, "degradations": {name: cfg["degradations"][name] for name in order}}
+    stages = recorded_stages(results)     # the run's order of the degradations: its derived cache keys
     try:
-        data = run_data(cfg)
+        data = run_data(stages.data)
     except UserError as exc:
         log.warning("the report of %s has no degradation strip or feature maps: the run's images "
                     "cannot be read (%s)", out_dir, exc)
         return write_report(out_dir)
-    return _write_report(out_dir, cfg, data, results["results"], {}, check_cache=True,
-                         jobs=resolve_jobs(cfg["jobs"]))
+    return _write_report(out_dir, stages, data, results["results"], {}, check_cache=True,
+                         jobs=resolve_jobs(stages.scoring.jobs))

@@ -403,16 +403,17 @@ def cache_build_line(build, shard=None) -> str:
     return f"cache ready for {build.backbone} layers {layers} in {build.cache_dir} (weights: {build.weights})"
 
 
-def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
-              reference=(), evaluation=()) -> tuple[dict, str]:
+def write_run(out_dir: str, base: str, ranked: list, head: dict, degradations: dict, dataset: str,
+              top_n: int, database=None, reference=(), evaluation=()) -> tuple[dict, str]:
     """Every file of a finished run in out_dir: `base`.csv and `base`.json (the JSON opens with
-    `head`: mode, timestamp, weights, rank_by, config), summary.txt, the top-N monotonicity plots,
-    the heatmap, and with a rated `database` mos_groups.csv and the MOS scatter. Returns (the
-    files by kind, the summary text, the results' JSON records)."""
-    cfg, by = head["config"], head["rank_by"]
+    `head`: mode, timestamp, weights, rank_by, config, as recorded), summary.txt, the `top_n`
+    monotonicity plots, the heatmap, and with a rated `database` mos_groups.csv and the MOS
+    scatter. `degradations` are the run's (in its order), `dataset` its image source. Returns
+    (the files by kind, the summary text, the results' JSON records)."""
+    by = head["rank_by"]
     files = {"csv": os.path.join(out_dir, base + ".csv"), "json": os.path.join(out_dir, base + ".json"),
              "summary": os.path.join(out_dir, "summary.txt")}
-    write_csv(files["csv"], ranked, cfg["degradations"], database.types if database is not None else ())
+    write_csv(files["csv"], ranked, degradations, database.types if database is not None else ())
     rated = None
     if database is not None:
         files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
@@ -431,20 +432,20 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, database=None,
     rows = [r.fields() for r in ranked]
     write_json(files["json"], {"mode": head["mode"], "timestamp": head["timestamp"],
                                "weights": head["weights"], "rank_by": by, "rated_database": rated,
-                               "dataset": {"source": cfg["dataset"], "reference": list(reference),
+                               "dataset": {"source": dataset, "reference": list(reference),
                                            "evaluation": list(evaluation)},
                                "counts": counts(ranked), "versus_baseline": head.get("versus_baseline"),
                                "command": head.get("command"), "versions": library_versions(),
                                # the JSON's keys are sorted: the run's order of the degradations
-                               "degradation_order": list(cfg["degradations"]),
-                               "config": cfg, "results": rows})
+                               "degradation_order": list(degradations),
+                               "config": head["config"], "results": rows})
     done = [r for r in rows if r["status"] == "scored"]
-    for k, r in enumerate(done[:cfg["top_n"]], start=1):
+    for k, r in enumerate(done[:top_n], start=1):
         plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
     plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), rows, by)
     if rated is not None and done:
-        plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, cfg["top_n"])], rated)
-    text = summary(ranked, cfg["top_n"], head["weights"], by, head.get("versus_baseline"))
+        plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, top_n)], rated)
+    text = summary(ranked, top_n, head["weights"], by, head.get("versus_baseline"))
     with open(files["summary"], "w") as f:
         f.write(text + "\n")
     return files, text, rows

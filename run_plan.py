@@ -458,15 +458,187 @@ def plan_run(user: UserConfig, cfg, mode, layer_specs=None) -> list[tuple[str, l
 
 # ---------------------------------------------------------------------- the plan
 
+# Each stage's settings: frozen records built here from the validated configuration, holding only
+# what their stage reads (field names are config.py's keys). Stages take their record, never the
+# configuration dictionary.
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which images and ratings: the image folder (or the built-in set), a rated database, the
+    counts, the seed of every choice, the working size, and the degradations of the run."""
+    dataset: str
+    mos: str | None
+    mos_reference: str
+    mos_bins: int
+    mos_orientation: str | None
+    n_images_inference: int
+    n_images_evaluation: int
+    seed: int
+    working_size: int
+    degradation_sets: list
+    degradations: dict
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """The extraction stage: the network, its weights and input size, where and how it runs,
+    the images' working size, and the cache it fills."""
+    backbone: str
+    weights: str
+    seed: int
+    device: str
+    batch_size: int
+    image_size: int | None
+    num_workers: int | str
+    extraction_precision: str
+    extraction_threads: int | str
+    working_size: int
+    cache_dir: str
+    cache_dtype: str
+    verify_checksums: bool
+
+    def on(self, device: str) -> "ExtractionSettings":
+        """The same settings on another device (a torchrun rank's)."""
+        return dataclasses.replace(self, device=device)
+
+
+@dataclass(frozen=True)
+class SpaceSettings:
+    """Feature spaces from cached activations: the input size the layers saw, the memory
+    budget of explicit rows, and the Gram GEMMs' precision and device."""
+    image_size: int | None
+    max_representation_bytes: int
+    gram_precision: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The grid and how it is scored: layer configs, transforms, models, metrics and their
+    parameters, the pixel baselines, the seed, and where the tasks run."""
+    layer_configs: list | None
+    feature_transforms: list
+    distribution_models: list
+    distance_metrics: list
+    baselines: list
+    kid: dict
+    cmmd: dict
+    seed: int
+    jobs: int | str
+    dask_scheduler: str | None
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """The ranking: by what (rank_by), the bootstrap intervals and the top-N of the summary."""
+    rank_by: str
+    n_resamples: int
+    scope: str
+    confidence: float
+    top_n: int
+
+    @property
+    def bootstrap(self) -> dict:
+        """config['bootstrap'] as config.py writes it."""
+        return {"n_resamples": self.n_resamples, "scope": self.scope, "confidence": self.confidence}
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where the results go, and whether report.html is written ("auto": medium and full)."""
+    results_dir: str
+    report: bool | str
+
+
+STAGES = (DataSettings, ExtractionSettings, SpaceSettings, ScoringSettings, RankingSettings,
+          OutputSettings)
+
+
+def stage_settings(kind, cfg: dict):
+    """The record `kind` (one of STAGES) of a validated configuration `cfg`."""
+    if kind is RankingSettings:
+        return kind(cfg["rank_by"], top_n=cfg["top_n"], **cfg["bootstrap"])
+    return kind(**{f.name: cfg[f.name] for f in dataclasses.fields(kind)})
+
+
+def as_config(*records) -> dict:
+    """The configuration dictionary of stage records (config.py's keys): what
+    config_resolved.json and the results JSON record."""
+    out = {}
+    for r in records:
+        fields = dataclasses.asdict(r)
+        if isinstance(r, RankingSettings):
+            fields = {"rank_by": r.rank_by, "top_n": r.top_n, "bootstrap": r.bootstrap}
+        out.update(fields)
+    return out
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Every stage's record of one validated configuration."""
+    data: DataSettings
+    extraction: ExtractionSettings
+    spaces: SpaceSettings
+    scoring: ScoringSettings
+    ranking: RankingSettings
+    output: OutputSettings
+
+    @classmethod
+    def of(cls, cfg: dict) -> "Stages":
+        return cls(*(stage_settings(kind, cfg) for kind in STAGES))
+
+    def config(self) -> dict:
+        """The configuration they were made from (as_config): what the results record."""
+        return as_config(*(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+    def replace(self, **records) -> "Stages":
+        return dataclasses.replace(self, **records)
+
+
+def check_input_size(backbone: str, image_size: int | None) -> None:
+    """`image_size` (--image-size) within what `backbone` accepts (backbones_of's check)."""
+    backbones_of({"backbone": backbone, "image_size": image_size})
+
+
+# The settings a configuration's numbers depend on, taken from the run that ranked it (--apply,
+# --save-reference, FeatureMetric).
+REPRODUCED = ("working_size", "image_size", "seed", "weights", "cache_dtype", "batch_size",
+              "extraction_precision", "kid", "cmmd", "max_representation_bytes", "gram_precision")
+
+
+def reproduced(settings: dict, leave_out=()) -> dict:
+    """The REPRODUCED settings present in `settings` (a run's recorded configuration, or the
+    configuration of Stages.config()), but for `leave_out`."""
+    return {k: settings[k] for k in REPRODUCED if k in settings and k not in leave_out}
+
+
+def applied_stages(cfg: dict, settings: dict, keep=()) -> Stages:
+    """The stages of applying a configuration: `cfg` (config.py's keys) with `settings` (those of
+    the run that ranked it, or a caller's) over it, but for the keys in `keep` (set by a flag),
+    validated."""
+    merged = {**cfg, **{k: v for k, v in settings.items() if k not in keep}}
+    validate_config(merged)
+    return Stages.of(merged)
+
+
+def recorded_stages(results: dict) -> Stages:
+    """The stage records of a finished run, from its results JSON: its 'config', with the
+    degradations in the run's order ('degradation_order'), which its derived cache keys follow."""
+    cfg = results["config"]
+    order = results.get("degradation_order") or list(cfg["degradations"])
+    return Stages.of({**cfg, "degradations": {name: cfg["degradations"][name] for name in order}})
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """A run, resolved once: nothing after planning reads config.py's globals.
 
-    `cfg` is the validated configuration with 'degradations' set to the selected sets;
-    `backbones` is ((name, layer configs), ...) in run order; `quick` and `enabled_layers`
-    are the UserConfig's QUICK and ENABLED_LAYERS as they were when the plan was made."""
+    `stages` holds each stage's record of the validated configuration (the data's
+    degradations are the selected sets); `backbones` is ((name, layer configs), ...) in run
+    order; `quick` and `enabled_layers` are the UserConfig's QUICK and ENABLED_LAYERS as they
+    were when the plan was made."""
     mode: str
-    cfg: dict
+    stages: Stages
     backbones: tuple
     quick: dict
     enabled_layers: dict
@@ -475,12 +647,12 @@ class RunPlan:
         """The configurations of one backbone: QUICK's transform and metric per layer config
         in quick mode, else every (layers, transform, [model,] metric) that can run in
         principle."""
-        cfg = self.cfg
+        sc = self.stages.scoring
         if self.mode == "quick":
-            transform = next(t for t in cfg["feature_transforms"] if t["name"] == self.quick["transform"])
+            transform = next(t for t in sc.feature_transforms if t["name"] == self.quick["transform"])
             return [Configuration(backbone, lc, transform, None, self.quick["metric"]) for lc in lcs]
-        return build_grid(backbone, lcs, cfg["feature_transforms"], cfg["distribution_models"],
-                          cfg["distance_metrics"])
+        return build_grid(backbone, lcs, sc.feature_transforms, sc.distribution_models,
+                          sc.distance_metrics)
 
 
 def make_plan(cfg: dict, mode: str, layer_specs=None, *, user: UserConfig | None = None) -> RunPlan:
@@ -492,7 +664,7 @@ def make_plan(cfg: dict, mode: str, layer_specs=None, *, user: UserConfig | None
     validate_user_config(user)
     cfg = with_degradation_sets(cfg)
     plans = plan_run(user, cfg, mode, layer_specs)
-    return RunPlan(mode, cfg, tuple((b, tuple(lcs)) for b, lcs in plans),
+    return RunPlan(mode, Stages.of(cfg), tuple((b, tuple(lcs)) for b, lcs in plans),
                    copy.deepcopy(user.quick), copy.deepcopy(user.enabled_layers))
 
 

@@ -11,8 +11,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from parallel import sweep_map
 from cache_fill import feature_assembler
+from parallel import sweep_map
+from run_plan import ExtractionSettings, RankingSettings, ScoringSettings, SpaceSettings
 
 # what a scoring worker imports (started ahead of the sweep by parallel.prestart): the task
 # function and what it unpickles
@@ -22,24 +23,25 @@ log = logging.getLogger("iqm")
 
 # ---------------------------------------------------------------------- scoring
 
-def score_baselines(cfg, data) -> list:
-    """config['baselines'] (PSNR, SSIM, MS-SSIM, LPIPS, DISTS of each evaluation image against
-    its clean version) as ranked rows `baseline:<name>`; `data` is the run's cache_fill.RunData."""
+def score_baselines(sc: ScoringSettings, ext: ExtractionSettings, data) -> list:
+    """The baselines of `sc` (PSNR, SSIM, MS-SSIM, LPIPS, DISTS of each evaluation image against
+    its clean version) as ranked rows `baseline:<name>`; `data` is the run's cache_fill.RunData,
+    `ext` says the images' working size, the cache and LPIPS/DISTS's weights and device."""
     from baselines import baseline_values
     from evaluation import score_baseline
     if data.ratings is not None and not data.ratings.paired:
         why = "a full-reference baseline needs each image's clean version; a no-reference rated set has none"
-        return [score_baseline(n, None, cfg["degradations"], {"n_reference": len(data.ref_records),
-                                                              "seed": cfg["seed"]}, data.ratings, why)
-                for n in cfg["baselines"]]
-    got = baseline_values(cfg["baselines"], data.eval_units, cfg["working_size"], cfg["seed"],
-                          cfg["cache_dir"], cfg["weights"], cfg["device"])
-    base = {"n_reference": len(data.ref_records), "seed": cfg["seed"]}
+        return [score_baseline(n, None, data.degradations, {"n_reference": len(data.ref_records),
+                                                            "seed": sc.seed}, data.ratings, why)
+                for n in sc.baselines]
+    got = baseline_values(sc.baselines, data.eval_units, ext.working_size, sc.seed, ext.cache_dir,
+                          ext.weights, ext.device)
+    base = {"n_reference": len(data.ref_records), "seed": sc.seed}
     out = []
-    for n in cfg["baselines"]:
+    for n in sc.baselines:
         prov = got.weights.get(n)            # LPIPS and DISTS: their VGG16 trunk
         trunk = {"weights": prov.label, "random_init": prov.random_init} if prov else {}
-        r = score_baseline(n, got.values.get(n), cfg["degradations"], {**base, **trunk},
+        r = score_baseline(n, got.values.get(n), data.degradations, {**base, **trunk},
                            data.ratings, got.reasons.get(n, ""))
         if prov is not None and prov.random_init:
             r.notes.append(f"{n} with a RANDOM-INIT VGG16 trunk (no torchvision VGG16 weights in "
@@ -53,7 +55,9 @@ class SweepTask:
     """Configurations sharing one feature space, scored together in one worker."""
     assembler: object            # feature_spaces.FeatureAssembler (paths to the cache, no data)
     confs: list                  # evaluation.Configuration
-    cfg: dict
+    scoring: ScoringSettings
+    ranking: RankingSettings     # the bootstrap's
+    degradations: dict           # the run's: name -> {"type", "levels"}
     base: dict                   # fields common to every result (n_reference, weights, ...)
     keep_state: bool             # keep what the bootstrap needs (in-process runs)
     bootstrap: bool = False      # bootstrap every scored configuration before returning
@@ -67,25 +71,26 @@ class TaskOutcome:
     log_records: list            # logging.LogRecord of the task, when captured
 
 
-def score_backbone(cfg, grid, backbone, caches, ref_units, eval_units, prov, jobs,
+def score_backbone(sc: ScoringSettings, ranking: RankingSettings, spaces: SpaceSettings,
+                   degradations: dict, grid, backbone, caches, ref_units, eval_units, prov, jobs,
                    ratings=None):
     """Every configuration of `grid` (one backbone's, from the plan) in grid order, scored
     through parallel.sweep_map; and {configuration id: its task}, to score a configuration
     again for the bootstrap."""
     from feature_spaces import feature_key
-    assembler = feature_assembler(cfg, backbone, caches, ref_units, eval_units)
+    assembler = feature_assembler(spaces, backbone, caches, ref_units, eval_units)
     groups = {}
     for conf in grid:            # configurations that share features are scored together
         groups.setdefault(feature_key(conf.layer_config, conf.transform), []).append(conf)
     # tasks leave this process with several jobs and several tasks (parallel.sweep_map runs a
     # single task here), or on a Dask cluster
-    remote = (jobs > 1 and len(groups) > 1) or bool(cfg["dask_scheduler"])
-    all_boot = cfg["bootstrap"]["scope"] == "all" and cfg["bootstrap"]["n_resamples"] > 0
-    base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": cfg["seed"],
+    remote = (jobs > 1 and len(groups) > 1) or bool(sc.dask_scheduler)
+    all_boot = ranking.scope == "all" and ranking.n_resamples > 0
+    base = {"n_reference": assembler.n_ref, "n_evaluation": assembler.n_eval, "seed": sc.seed,
             "weights": prov.label, "random_init": prov.random_init}
     widths = [assembler.width(confs[0].layer_config, confs[0].transform) for confs in groups.values()]
-    tasks = [SweepTask(assembler, confs, cfg, base, keep_state=not remote, bootstrap=all_boot and remote,
-                       capture_logs=remote, ratings=ratings)
+    tasks = [SweepTask(assembler, confs, sc, ranking, degradations, base, keep_state=not remote,
+                       bootstrap=all_boot and remote, capture_logs=remote, ratings=ratings)
              for confs in schedule(list(groups.values()), widths, jobs if remote else 1)]
     grams = sorted({p for c in grid if c.transform.use_gram
                     for p in c.layer_config.paths})
@@ -99,7 +104,7 @@ def score_backbone(cfg, grid, backbone, caches, ref_units, eval_units, prov, job
             assembler.forget()
     log.info("%s: scoring %d configuration(s) in %d feature group(s)%s", backbone, len(grid),
              len(groups), f" ({len(tasks)} tasks)" if len(tasks) != len(groups) else "")
-    scored = _gather(sweep_map(score_task, tasks, jobs, cfg["dask_scheduler"]))
+    scored = _gather(sweep_map(score_task, tasks, jobs, sc.dask_scheduler))
     order = {_conf_id(c): i for i, c in enumerate(grid)}
     scored.sort(key=lambda r: order[_conf_id(r.conf)])
     for r in scored:
@@ -174,37 +179,37 @@ def score_task(task: SweepTask) -> TaskOutcome:
     with _LogCapture(task.capture_logs) as records, single_threaded():
         assembler = _shared_assembler(task.assembler)
         lc, t = task.confs[0].layer_config, task.confs[0].transform
-        results = score_group(task.confs, lambda: assembler.space(lc, t), task.cfg["degradations"],
-                              task.cfg, task.cfg["seed"], task.base, task.ratings)
-        b = task.cfg["bootstrap"]
+        sc, b = task.scoring, task.ranking
+        results = score_group(task.confs, lambda: assembler.space(lc, t), task.degradations,
+                              sc.seed, task.base, task.ratings, kid=sc.kid, cmmd=sc.cmmd)
         if task.bootstrap:
             for r in results:
                 if r.scored:
-                    bootstrap(r, task.cfg["degradations"], b["n_resamples"], b["confidence"],
-                              task.cfg["seed"], task.ratings)
+                    bootstrap(r, task.degradations, b.n_resamples, b.confidence, sc.seed,
+                              task.ratings)
         if not task.keep_state:
             release(results)
     return TaskOutcome(results, records)
 
 
-def bootstrap_top(ranked, cfg, jobs, tasks: dict, ratings=None) -> None:
-    """Bootstrap intervals for the top_n scored configurations (or all, per config). Results
+def bootstrap_top(ranked, b: RankingSettings, sc: ScoringSettings, degradations: dict, jobs,
+                  tasks: dict, ratings=None) -> None:
+    """Bootstrap intervals for the top_n scored configurations (or all, per `b`). Results
     scored in this process still hold their scorers; those scored in workers are scored again
     there, with the bootstrap (same code, same seeds: the same scores, checked)."""
     from evaluation import BASELINE, bootstrap
     from feature_spaces import feature_key
-    b = cfg["bootstrap"]
-    if b["n_resamples"] == 0:
+    if b.n_resamples == 0:
         return
     targets = [r for r in ranked if r.scored]
-    if b["scope"] == "top":      # the top-N, and the best feature space and baselines (versus_baseline)
+    if b.scope == "top":      # the top-N, and the best feature space and baselines (versus_baseline)
         best = next((r for r in targets if r.conf.backbone != BASELINE), None)
-        targets = targets[:cfg["top_n"]] + [r for r in targets[cfg["top_n"]:]
-                                            if r.conf.backbone == BASELINE or r is best]
+        targets = targets[:b.top_n] + [r for r in targets[b.top_n:]
+                                       if r.conf.backbone == BASELINE or r is best]
     redo = {}
     for r in targets:
         if r.scorer is not None:
-            bootstrap(r, cfg["degradations"], b["n_resamples"], b["confidence"], cfg["seed"], ratings)
+            bootstrap(r, degradations, b.n_resamples, b.confidence, sc.seed, ratings)
         elif not r.n_resamples:
             key = (r.conf.backbone, feature_key(r.conf.layer_config, r.conf.transform))
             redo.setdefault(key, []).append(r)
@@ -213,10 +218,10 @@ def bootstrap_top(ranked, cfg, jobs, tasks: dict, ratings=None) -> None:
     again = []
     for rs in redo.values():
         t = tasks[_conf_id(rs[0].conf)]
-        again.append(SweepTask(t.assembler, [r.conf for r in rs], cfg, t.base, keep_state=False,
-                               bootstrap=True, capture_logs=True, ratings=ratings))
+        again.append(SweepTask(t.assembler, [r.conf for r in rs], sc, b, degradations, t.base,
+                               keep_state=False, bootstrap=True, capture_logs=True, ratings=ratings))
     redone = {_conf_id(x.conf): x for x in _gather(sweep_map(score_task, again, jobs,
-                                                               cfg["dask_scheduler"]))}
+                                                               sc.dask_scheduler))}
     for rs in redo.values():
         for r in rs:
             x = redone[_conf_id(r.conf)]

@@ -9,6 +9,7 @@ import pytest
 import backbones
 import feature_cache
 import pipeline
+import run_plan
 from run_plan import default_config
 from dataset import ImageRecord
 from feature_cache import evaluation_units, reference_units
@@ -34,7 +35,7 @@ def _keys(name, tmp_path, prov=None):
     prov = prov or backbones.Provenance.of("random-init", seed=0)
     ev = [ImageRecord(f"/e/{i}", f"{i:064x}") for i in range(3)]
     ref = [ImageRecord(f"/r/{i}", f"{i + 100:064x}") for i in range(4)]
-    caches = pipeline.open_caches(cfg, name, layers, prov, ref, ev)
+    caches = pipeline.open_caches(run_plan.Stages.of(cfg).extraction, name, layers, prov, ref, ev)
     units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])
     h = hashlib.sha256()
     for path, cache in caches.items():
@@ -61,3 +62,41 @@ def test_cache_keys_of_the_shipped_weights_are_unchanged(release, tmp_path, monk
         file=str(tmp_path / "anywhere" / "efficientnet-lite0-57934424.pth"),
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")
     assert _keys("efficientnet_lite0", tmp_path, prov) == PACKAGE[release]
+
+
+# What each field of run_plan.ExtractionSettings changes: another value of a field that changes the
+# stored activations must give other cache keys, and another value of any other field the same
+# keys (a cache extracted on a GPU is read by a sweep on a CPU, with any batch size or threads).
+STORED = {"weights", "seed", "image_size", "working_size", "extraction_precision", "cache_dtype"}
+OTHER = {"weights": "random", "seed": 7, "image_size": 64, "working_size": 96,
+         "extraction_precision": "bfloat16", "cache_dtype": "float32", "device": "cuda",
+         "batch_size": 3, "num_workers": 5, "extraction_threads": 1, "verify_checksums": False,
+         "cache_dir": None, "backbone": "vgg19"}
+
+
+def test_the_cache_keys_inputs_are_the_extraction_fields_that_change_what_is_stored(tmp_path):
+    """Each field of ExtractionSettings changed alone (the weights' provenance resolved from the
+    record, as the pipeline does): the unit keys and entry folders change exactly for STORED."""
+    import dataclasses
+    cfg = {**default_config(), "cache_dir": str(tmp_path), "image_size": None, "weights": "auto",
+           "cache_dtype": "float16", "device": "cpu"}
+    base = run_plan.Stages.of(cfg).extraction
+    layers = pipeline.layers_of("resnet50", [8])
+    ev = [ImageRecord(f"/e/{i}", f"{i:064x}") for i in range(3)]
+    ref = [ImageRecord(f"/r/{i}", f"{i + 100:064x}") for i in range(4)]
+    units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])
+
+    def keys(ext):
+        prov = (backbones.Provenance.of("random-init", seed=ext.seed) if ext.weights == "random"
+                else backbones.Provenance.of("pretrained", library="timm", model_id="x", file="f",
+                                             sha256="0" * 64))
+        caches = pipeline.open_caches(ext, "resnet50", layers, prov, ref, ev)
+        return [(c.ref_dir.replace(ext.cache_dir, ""), c.eval_dir.replace(ext.cache_dir, ""),
+                 [c.unit_key(u) for u in units]) for c in caches.values()]
+    changed = set()
+    for f in dataclasses.fields(base):
+        value = OTHER[f.name] if f.name != "cache_dir" else str(tmp_path / "elsewhere")
+        assert value != getattr(base, f.name), f.name
+        if keys(dataclasses.replace(base, **{f.name: value})) != keys(base):
+            changed.add(f.name)
+    assert changed == STORED

@@ -41,7 +41,7 @@ def _score(features, metric, model=None):
     cfg = default_config()
     conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]},
                             {"name": "raw"}, model, metric)
-    (res,) = ev.score_group([conf], lambda: features, DEGS, cfg, seed=0)
+    (res,) = ev.score_group([conf], lambda: features, DEGS, seed=0, kid=cfg["kid"], cmmd=cfg["cmmd"])
     assert res.status == "scored", res.reason
     ev.bootstrap(res, DEGS, 100, 0.95, seed=0)
     return res
@@ -180,8 +180,8 @@ def test_bootstrap_equals_the_percentile_bootstrap_written_out():
     conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]}, {"name": "raw"}, None, "fid")
     keys = tuple(k for k in evals if k[0] != "clean")
     ratings = ha.Ratings(keys, rng.normal(size=(len(keys), n)) - 0.5 * np.arange(len(keys))[:, None])
-    (res,) = ev.score_group([conf], lambda: FeatureSpace.rows(ref, evals), degs, default_config(),
-                            seed=0, ratings=ratings)
+    (res,) = ev.score_group([conf], lambda: FeatureSpace.rows(ref, evals), degs, seed=0,
+                            ratings=ratings)
     ev.bootstrap(res, degs, B, conf_level, seed, ratings)
 
     def fid(x):

@@ -53,7 +53,8 @@ def run_grid(root, shape, patch=None, max_bytes=2 * 1024**3, transforms=None, fa
     out = []
     for t in transforms:
         confs = [c for c in grid if c.transform.name == t["name"]]
-        out += ev.score_group(confs, lambda t=t: asm.space(lc, t), DEGS, cfg, 0)
+        out += ev.score_group(confs, lambda t=t: asm.space(lc, t), DEGS, 0, kid=cfg["kid"],
+                              cmmd=cfg["cmmd"])
     for r in out:
         if r.scored:
             scores = [s for d in r.per_degradation.values() for s in d["scores"]]

@@ -97,7 +97,7 @@ def sweep(tmp_path_factory):
     for i, src in enumerate(results["dataset"]["reference"]):
         Image.fromarray(load_rgb(src, cfg["working_size"])).save(folders["ref"] / f"{i:03d}.png")
     from cache_fill import select
-    ev_records, _ = select({**cfg, "dataset": "builtin"})
+    ev_records, _ = select(run_plan.Stages.of({**cfg, "dataset": "builtin"}).data)
     for i, r in enumerate(ev_records):
         img = load_rgb(r.source, cfg["working_size"])
         Image.fromarray(img).save(folders["clean"] / f"{i:03d}.png")
@@ -169,8 +169,7 @@ def test_the_interval_is_a_bootstrap_over_the_eval_images():
     """By hand: the resampled scores are the metric of resampled rows."""
     rng = np.random.default_rng(0)
     ref, e = rng.normal(size=(30, 4)), rng.normal(0.5, 1, size=(12, 4))
-    scorer = ev.scorer_for("fid", ev.FeatureSpace.rows(ref, {fm.APPLY_KEY: e}), None,
-                           run_plan.default_config(), 0)
+    scorer = ev.scorer_for("fid", ev.FeatureSpace.rows(ref, {fm.APPLY_KEY: e}), None, 0)
     state = scorer.prepare(e)
     idx = rng.integers(0, 12, 12)
     import distance_metrics as dm
@@ -434,9 +433,9 @@ def test_the_applied_interval_is_a_percentile_bootstrap_over_every_eval_image():
     m = fm.FeatureMetric("resnet50:8/concat/gap/fid", reference_features=ref, keep_rows=True,
                          settings={"weights": "random", "image_size": 32})
     m.update(features=rows)
-    cfg = {**m.cfg, "seed": 17, "bootstrap": {**m.cfg["bootstrap"], "n_resamples": 60,
-                                              "confidence": 0.95}}
-    got = fm._with_interval(m.result(), "eval", 14, cfg)
+    cfg = {**m.stages.config(), "seed": 17, "bootstrap": {"n_resamples": 60, "scope": "top",
+                                                          "confidence": 0.95}}
+    got = fm._with_interval(m.result(), "eval", 14, run_plan.Stages.of(cfg))
     draws = np.random.default_rng([17, 0xA991])
     vals = [dm.fid(ref, rows[draws.integers(0, 14, 14)]) for _ in range(60)]
     assert got.score == pytest.approx(dm.fid(ref, rows), rel=1e-9)

@@ -80,7 +80,7 @@ def test_one_geometry_serves_every_distance_metric_of_a_space():
     sets = [rng.normal(size=(30, 90)) * s + m for s, m in ((1.0, 0.0), (1.4, 0.3))]
     space = FeatureSpace.rows(ref, {("blur", 1): sets[0], ("blur", 2): sets[1]})
     geometries = {}
-    shared = {m: ev.scorer_for(m, space, None, default_config(), 0, geometries)
+    shared = {m: ev.scorer_for(m, space, None, 0, geometries)
               for m in dm.GEOMETRY_METRICS}
     (geo,) = geometries.values()
     assert all(s.geo is geo for s in shared.values()) and geo.radii(3) is geo.radii(3)
@@ -91,7 +91,7 @@ def test_one_geometry_serves_every_distance_metric_of_a_space():
                  "energy": dcor.energy_distance(ref, e)}
         for m, scorer in shared.items():
             got = scorer.score(e)
-            own = ev.scorer_for(m, space, None, default_config(), 0).score(e)
+            own = ev.scorer_for(m, space, None, 0).score(e)
             assert got == own, m
             if m in peers:
                 assert got == pytest.approx(float(peers[m]), abs=1e-9), m
@@ -196,9 +196,8 @@ def test_kernel_forms_equal_the_explicit_forms(metric):
     ref, e = _random_sets(n_ref=40, n_ev=25, d=9)
     space = FeatureSpace.rows(ref, {("clean", 0): e})
     kspace = FeatureSpace.kernels(explicit_kernel(ref, {("clean", 0): e}))
-    cfg = default_config()
-    a = ev.scorer_for(metric, space, None, cfg, seed=3)
-    b = ev.scorer_for(metric, kspace, None, cfg, seed=3)
+    a = ev.scorer_for(metric, space, None, seed=3)
+    b = ev.scorer_for(metric, kspace, None, seed=3)
     sa = a.prepare(ev._evaluation_input(metric, space, ("clean", 0)))
     sb = b.prepare(ev._evaluation_input(metric, kspace, ("clean", 0)))
     idx = np.random.default_rng(1).integers(0, 25, 25)
@@ -217,8 +216,7 @@ def test_paired_kernel_forms_equal_the_explicit_forms(metric, unit):
     space, kspace = FeatureSpace.rows(ref, evals), FeatureSpace.kernels(explicit_kernel(ref, evals))
     if unit:
         space, kspace = space.unit(), kspace.unit()
-    cfg = default_config()
-    a, b = ev.scorer_for(metric, space, None, cfg, 0), ev.scorer_for(metric, kspace, None, cfg, 0)
+    a, b = ev.scorer_for(metric, space, None, 0), ev.scorer_for(metric, kspace, None, 0)
     for key in evals:
         va = a.prepare(ev._evaluation_input(metric, space, key))
         vb = b.prepare(ev._evaluation_input(metric, kspace, key))
@@ -244,7 +242,7 @@ def test_resampled_scores_equal_the_scores_of_the_resampled_rows():
 
 def _score(metric, ref, evals, degs):
     conf = ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]}, {"name": "raw"}, None, metric)
-    (res,) = ev.score_group([conf], lambda: FeatureSpace.rows(ref, evals), degs, default_config(), seed=0)
+    (res,) = ev.score_group([conf], lambda: FeatureSpace.rows(ref, evals), degs, seed=0)
     return res
 
 
@@ -502,7 +500,7 @@ def test_density_and_coverage_default_to_naeem_et_als_k_and_precision_recall_to_
     want = {"density": at5, "coverage": at5, "precision": at3, "recall": at3}
     for metric, peer in want.items():
         for s in (space, kspace):
-            scorer = ev.scorer_for(metric, s, None, default_config(), 0)
+            scorer = ev.scorer_for(metric, s, None, 0)
             got = scorer.score(ev._evaluation_input(metric, s, ("clean", 0)))
             assert got == pytest.approx(float(peer[metric]), abs=1e-9), (metric, s.form)
 
@@ -581,8 +579,8 @@ def test_every_scorer_scores_a_resample_as_the_resampled_rows(form):
         else:
             confs.append(ev.Configuration("x", {"name": "l", "layers": [0], "paths": ["p"]},
                                           {"name": "raw"}, None, m))
-    full = ev.score_group(confs, lambda: space, degs, cfg, seed=0)
-    again = ev.score_group(confs, lambda: resampled, degs, cfg, seed=0)
+    full = ev.score_group(confs, lambda: space, degs, seed=0, kid=cfg["kid"], cmmd=cfg["cmmd"])
+    again = ev.score_group(confs, lambda: resampled, degs, seed=0, kid=cfg["kid"], cmmd=cfg["cmmd"])
     checked = set()
     for a, b in zip(full, again):
         assert a.status == b.status == "scored", (a.conf.metric, a.reason, b.reason)

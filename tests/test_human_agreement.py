@@ -219,20 +219,18 @@ def test_ratings_that_follow_one_configurations_scores_rank_it_first_and_untied(
     rng = np.random.default_rng(5)
     shifts = [0.2, 0.5, 0.9, 1.4, 2.0]
     degs = {"d": {"levels": list(range(1, 6))}}
-    cfg = {"kid": {"subsets": None, "subset_size": 1000, "degree": 3, "gamma": None, "coef0": 1.0},
-           "cmmd": {"sigma": 10.0, "scale": 1000.0}}
     seeing = _space(shifts, rng)
     blind = _space([0.0] * 5, np.random.default_rng(6))          # features equal at every level
     keys = tuple(("d", p) for p in range(1, 6))
     conf = ev.Configuration("bb", {"name": "l", "paths": ["p"]}, {"name": "t"}, None, "fid")
-    probe = ev.score_group([conf], lambda: seeing, degs, cfg, 0)[0]
+    probe = ev.score_group([conf], lambda: seeing, degs, 0)[0]
     fid = np.array(probe.per_degradation["d"]["scores"][1:])
     # opinions: a strictly decreasing function of this configuration's own set scores
     quality = np.repeat((10 - np.log1p(fid))[:, None], 20, axis=1)
     ratings = ha.Ratings(keys, quality)
-    a = ev.score_group([conf], lambda: seeing, degs, cfg, 0, ratings=ratings)[0]
+    a = ev.score_group([conf], lambda: seeing, degs, 0, ratings=ratings)[0]
     b = ev.score_group([ev.Configuration("bb", {"name": "blind", "paths": ["p"]}, {"name": "t"}, None, "fid")],
-                       lambda: blind, degs, cfg, 0, ratings=ratings)[0]
+                       lambda: blind, degs, 0, ratings=ratings)[0]
     assert a.mos["srcc"] == pytest.approx(1.0) and a.mos["krcc"] == pytest.approx(1.0)
     ranked = ev.rank([b, a], by="mos")
     assert ranked[0] is a and a.rank == 1

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import evaluation as ev
+import run_plan
 import sweep
 
 
@@ -18,9 +19,10 @@ def _row(name, backbone="efficientnet_lite0", scored=True):
 def _targets(monkeypatch, ranked, scope, top_n):
     seen = []
     monkeypatch.setattr(ev, "bootstrap", lambda r, *a, **k: seen.append(r.label))
-    cfg = {"bootstrap": {"n_resamples": 10, "confidence": 0.95, "scope": scope}, "top_n": top_n,
-           "degradations": {}, "seed": 0, "dask_scheduler": None}
-    sweep.bootstrap_top(ranked, cfg, 1, {})
+    ranking = run_plan.RankingSettings("auto", n_resamples=10, scope=scope, confidence=0.95,
+                                       top_n=top_n)
+    scoring = run_plan.Stages.of(run_plan.default_config()).scoring
+    sweep.bootstrap_top(ranked, ranking, scoring, {}, 1, {})
     return seen
 
 
@@ -49,9 +51,9 @@ def test_the_best_feature_space_below_the_top_n_is_bootstrapped(monkeypatch):
 def test_no_resamples_no_bootstrap(monkeypatch):
     seen = []
     monkeypatch.setattr(ev, "bootstrap", lambda r, *a, **k: seen.append(r.label))
-    cfg = {"bootstrap": {"n_resamples": 0, "confidence": 0.95, "scope": "all"}, "top_n": 3,
-           "degradations": {}, "seed": 0, "dask_scheduler": None}
-    sweep.bootstrap_top([_row("f1")], cfg, 1, {})
+    ranking = run_plan.RankingSettings("auto", n_resamples=0, scope="all", confidence=0.95, top_n=3)
+    scoring = run_plan.Stages.of(run_plan.default_config()).scoring
+    sweep.bootstrap_top([_row("f1")], ranking, scoring, {}, 1, {})
     assert seen == []
 
 

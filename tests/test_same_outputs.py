@@ -1,0 +1,143 @@
+"""Behaviour unchanged by the stage records (issue #37), shown by running it: the code of the
+commit before them (BEFORE, taken from this clone's git history) and the working tree run the same
+medium run, the same no-reference --mos run and the same --apply, each in its own process with a
+cache of its own, and write byte-identical CSVs, and JSONs equal but for the run's own folder
+names, time stamps and command line."""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEFORE = "6c9c0e9"          # main before the stage records: the behaviour to keep
+# tiny_config's CONFIG (tests/helpers.py), written out: both trees' run_plan.UserConfig.load takes it
+USER = {"working_size": 32, "batch_size": 8, "num_workers": 0,
+        "degradations": {"blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]},
+                         "noise": {"type": "gaussian_noise", "levels": [10, 40]}},
+        "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95}, "report": False}
+DRIVER = ("import json, sys; sys.path.insert(0, '.'); import main, run_plan; "
+          "sys.exit(main.main(sys.argv[2:], user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))")
+VOLATILE = {"timestamp", "command", "cache_dir", "results_dir", "versions"}
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """{"before": the BEFORE commit's files, "after": this working tree's}, as folders."""
+    if shutil.which("git") is None or subprocess.run(
+            ["git", "-C", ROOT, "cat-file", "-e", BEFORE + "^{commit}"], capture_output=True).returncode:
+        pytest.skip(f"commit {BEFORE} is not in this checkout's git history (a shallow clone or an "
+                    "archive): nothing to compare with")
+    base = tmp_path_factory.mktemp("trees")
+    out = {"before": base / "before", "after": ROOT}
+    out["before"].mkdir()
+    archive = subprocess.run(["git", "-C", ROOT, "archive", BEFORE], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(out["before"])], input=archive.stdout, check=True)
+    return out
+
+
+def _run(tree, work, *argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(USER), *argv, "-q",
+                          "--cache-dir", str(work / "cache"), "--image-size", "32",
+                          "--weights", "random"], cwd=tree, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def _scrub(value):
+    """A JSON value without what differs between two runs of the same thing."""
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _outputs(folder) -> dict:
+    """{name without the run's time stamp: path} of a run folder's CSVs and JSONs."""
+    return {re.sub(r"_\d{8}_\d{6}(-\d+)?", "", f): os.path.join(folder, f)
+            for f in os.listdir(folder) if f.endswith((".csv", ".json"))}
+
+
+def _same_outputs(a, b):
+    """Every CSV and JSON of run folder `a` equals b's (JSONs scrubbed); returns their names."""
+    files_a, files_b = _outputs(a), _outputs(b)
+    names = sorted(files_a)
+    assert names and names == sorted(files_b)
+    for name in names:
+        pa, pb = files_a[name], files_b[name]
+        if name.endswith(".csv"):
+            with open(pa, "rb") as fa, open(pb, "rb") as fb:
+                assert fa.read() == fb.read(), name
+        else:
+            with open(pa) as fa, open(pb) as fb:
+                assert _scrub(json.load(fa)) == _scrub(json.load(fb)), name
+    return names
+
+
+def _results(work):
+    (run,) = os.listdir(work / "results")
+    return work / "results" / run
+
+
+def _rated_set(root):
+    """A no-reference rated set: 12 built-in crops, blurred or noised by their index, rated by
+    it (image,mos), and 8 other built-in photographs as its references."""
+    from PIL import Image, ImageFilter
+    from dataset import builtin_sources, load_rgb
+    sources = builtin_sources()
+    (root / "rated").mkdir(parents=True)
+    (root / "refs").mkdir()
+    rows = []
+    for i, src in enumerate(sources[:12]):
+        img = Image.fromarray(load_rgb(src, 48)).filter(ImageFilter.GaussianBlur(i / 4))
+        img.save(root / "rated" / f"r{i:02d}.png")
+        rows.append([f"rated/r{i:02d}.png", 5.0 - i / 3])
+    for i, src in enumerate(sources[12:20]):
+        Image.fromarray(np.asarray(load_rgb(src, 48))).save(root / "refs" / f"f{i}.png")
+    with open(root / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "mos"])
+        w.writerows(rows)
+    return root / "ratings.csv", root / "refs"
+
+
+@pytest.mark.slow
+def test_a_medium_run_a_mos_run_and_an_apply_write_what_they_wrote_before(trees, tmp_path):
+    medium = ["--mode", "medium", "--layers", "8", "--n-inference", "10", "--n-evaluation", "4",
+              "--n-resamples", "10"]
+    ratings, refs = _rated_set(tmp_path / "data")
+    mos = ["--mode", "medium", "--layers", "8", "--mos", str(ratings), "--dataset", str(refs),
+           "--n-inference", "8",
+           "--mos-bins", "3", "--n-resamples", "10", "--no-baselines"]
+    runs = {}
+    for which, tree in trees.items():
+        for name, argv in (("medium", medium), ("mos", mos)):
+            work = tmp_path / which / name
+            _run(tree, work, *argv, "--results-dir", str(work / "results"))
+            runs[which, name] = _results(work)
+    for name in ("medium", "mos"):
+        files = _same_outputs(runs["before", name], runs["after", name])
+        assert any(f.startswith("results_") for f in files) and "config_resolved.json" in files
+    assert "mos_groups.csv" in os.listdir(runs["after", "mos"])
+    # --apply of the medium run's #1 (one results folder for both, so the CSV's source is one)
+    folders = {k: tmp_path / "apply" / k for k in ("ref", "eval")}
+    for k, seed in (("ref", 1), ("eval", 2)):
+        from helpers import write_images
+        write_images(folders[k], n=6, seed=seed)
+    outs = {}
+    for which, tree in trees.items():
+        work = tmp_path / which / "apply"
+        work.mkdir()
+        out = work / "scores.csv"
+        _run(tree, work, "--apply", f"{runs['before', 'medium']}#1", str(folders["ref"]),
+             str(folders["eval"]), "--out", str(out))
+        outs[which] = out.read_bytes()
+    assert outs["before"] == outs["after"] and outs["after"].count(b"\n") == 2
