@@ -439,7 +439,6 @@ def generated_score(stages: Stages, applied: Applied, ref: str, generator: str,
     """The score of `n` images from `generator(batch_size)` (a function returning a batch of
     (B, 3, H, W) images, uint8 or float in [0, 1], as clean-fid's `gen=`) against REF (a
     folder or a saved reference), with its bootstrap interval, through FeatureMetric: nothing is written to disk."""
-    import torch
     if n is None or n < 2:
         raise UsageError(f"--generator needs --n N (at least 2 images); got {n}")
     fn = load_generator(generator)

@@ -384,20 +384,25 @@ def layers_of(backbone: str, layers) -> list[tuple[int | None, str]]:
 
 
 def backbones_of(cfg) -> list[str]:
-    """The backbones of this run; a ViT's input size must be a multiple of its patch size."""
+    """The backbones of this run, each checked against the run's input size (check_input_size)."""
     names = list(BACKBONE_NAMES) if cfg["backbone"] == "all" else [cfg["backbone"]]
-    size = cfg["image_size"]
     for name in names:
-        spec = spec_of(name)
-        if size and size < spec.min_input_size:
-            raise UsageError(f"--image-size {size} is below {name}'s smallest input, "
-                             f"{spec.min_input_size} px; use --image-size {spec.min_input_size} or more")
-        p = spec.patch
-        if size and p and size % p:
-            lo, hi = max(p, size // p * p), (size // p + 1) * p
-            raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
-                             f"(pixels past the last patch would be dropped); use {lo} or {hi}")
+        check_input_size(name, cfg["image_size"])
     return names
+
+
+def check_input_size(name: str, size: int | None) -> None:
+    """`size` (--image-size) within what backbone `name` accepts: at least its smallest input,
+    and for a ViT a multiple of its patch size; UsageError naming the sizes to use."""
+    spec = spec_of(name)
+    if size and size < spec.min_input_size:
+        raise UsageError(f"--image-size {size} is below {name}'s smallest input, "
+                         f"{spec.min_input_size} px; use --image-size {spec.min_input_size} or more")
+    p = spec.patch
+    if size and p and size % p:
+        lo, hi = max(p, size // p * p), (size // p + 1) * p
+        raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
+                         f"(pixels past the last patch would be dropped); use {lo} or {hi}")
 
 
 
@@ -593,11 +598,6 @@ class Stages:
 
     def replace(self, **records) -> "Stages":
         return dataclasses.replace(self, **records)
-
-
-def check_input_size(backbone: str, image_size: int | None) -> None:
-    """`image_size` (--image-size) within what `backbone` accepts (backbones_of's check)."""
-    backbones_of({"backbone": backbone, "image_size": image_size})
 
 
 # The settings a configuration's numbers depend on, taken from the run that ranked it (--apply,
