@@ -289,6 +289,9 @@ def gram_kernel_blocks(ref: list, evals: list, route: str = "rows", precision: s
     return kr, kre, np.concatenate([k.ravel() for k in kee]), np.concatenate(kpair)
 
 
+_ROWS_BLOCK_BYTES = 32 << 20    # gram_rows: bytes of C x C products per batched GEMM
+
+
 def gram_rows(act: np.ndarray, precision: str = "float32", device: str = "cpu") -> np.ndarray:
     """Explicit Gram rows (n, C(C+1)/2) float64, the same entries as `gram_upper` (upper
     triangle, off-diagonal x sqrt(2)), computed by batched GEMM in `precision` on normalised
@@ -300,8 +303,16 @@ def gram_rows(act: np.ndarray, precision: str = "float32", device: str = "cpu") 
     flat = torch.from_numpy(iu[0] * c + iu[1]).to(images.device)
     weight = torch.from_numpy(np.where(iu[0] == iu[1], 1.0, np.sqrt(2.0))).to(images.device, images.dtype)
     out = np.empty((images.n, len(iu[0])))
-    for s, e in _ranges(0, images.n, 16):
+    # images per GEMM: their C x C products within _ROWS_BLOCK_BYTES (one at least, 16 at most),
+    # in two buffers used again for every block and written straight into `out` (a block of
+    # fresh temporaries is fresh pages to fault in: the time of this function, for wide layers)
+    step = int(np.clip(_ROWS_BLOCK_BYTES // (c * c * images.dtype.itemsize), 1, 16))
+    products = torch.empty((step, c, c), dtype=images.dtype, device=images.device)
+    upper = torch.empty((step, len(iu[0])), dtype=images.dtype, device=images.device)
+    for s, e in _ranges(0, images.n, step):
         f = images.get(s, e)
-        g = torch.bmm(f, f.transpose(1, 2)).reshape(e - s, -1)
-        out[s:e] = (g[:, flat] * weight).double().cpu().numpy()
-    return out * images.scale[:, None]
+        g = torch.bmm(f, f.transpose(1, 2), out=products[:e - s]).view(e - s, -1)
+        torch.index_select(g, 1, flat, out=upper[:e - s])
+        torch.from_numpy(out[s:e]).copy_(upper[:e - s].mul_(weight))
+    out *= images.scale[:, None]
+    return out

@@ -136,6 +136,27 @@ def test_sliced_wasserstein_equals_pot_with_the_same_projections():
         assert dm.sliced_wasserstein(ref, e, n_projections=30, seed=4) == pytest.approx(want, abs=1e-9)
 
 
+@pytest.mark.parametrize("rows", [7, 1 << 14])
+def test_random_projections_are_pots_bit_for_bit_in_blocks_with_one_array_at_peak(monkeypatch, rows):
+    """Drawn in blocks of `rows` rows (7: many blocks and a partial last one), the directions are
+    POT's get_random_projections for the same seed, equal to the last bit; and the peak memory is
+    one (dim, P) array plus a block, where POT's expression holds three."""
+    import tracemalloc
+    from ot.sliced import get_random_projections
+    monkeypatch.setattr(dm, "_PROJECTION_ROWS", rows)
+    for dim, n_proj, seed in ((1, 50, 0), (7, 3, 1), (50, 50, 2), (1000, 13, 3)):
+        got = dm.random_projections(dim, n_proj, seed)
+        assert got.dtype == np.float64 and got.shape == (dim, n_proj)
+        assert np.array_equal(got, get_random_projections(dim, n_proj, seed))
+    dim, n_proj = 60_000, 50
+    tracemalloc.start()
+    got = dm.random_projections(dim, n_proj, 5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(got, get_random_projections(dim, n_proj, 5))
+    assert peak < got.nbytes + 3 * rows * n_proj * 8 + (1 << 20)      # POT's: 2 x nbytes and more
+
+
 def _true_fd(mu1, s1, mu2, s2):
     covmean = linalg.sqrtm(s1 @ s2).real
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean))
