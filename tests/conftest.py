@@ -1,10 +1,15 @@
+import json
 import os
 import sys
+from collections import defaultdict
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Each test file's seconds in the last measured run (pytest --store-durations writes it): the
+# suite runs the longest files first, so that no worker is left idle while the other finishes one.
+DURATIONS = os.path.join(ROOT, "tests", "durations.json")
 # Tests never touch the network: Hugging Face libraries read only their cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,6 +20,50 @@ THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 if THREADS == 1:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true",
+                     help="write each test file's seconds (setup, call, teardown) in this run to "
+                          "tests/durations.json, the order in which later runs take the files")
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test files longest first by tests/durations.json (a file it does not list first of all: it
+    may be long), each file's tests in their own order. pytest.ini gives the xdist workers one
+    file at a time in this order (--dist loadfile --no-loadscope-reorder): the longest-first
+    order keeps the two busy to the end. The order of tests changes nothing else."""
+    try:
+        with open(DURATIONS) as f:
+            seconds = json.load(f)
+    except (OSError, ValueError):
+        return
+    first = {}
+    for item in items:
+        first.setdefault(_file(item.nodeid), len(first))
+    items.sort(key=lambda item: (-seconds.get(_file(item.nodeid), float("inf")),
+                                 first[_file(item.nodeid)]))
+
+
+_MEASURED = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _MEASURED[_file(report.nodeid)] += report.duration
+
+
+def pytest_sessionfinish(session):
+    """--store-durations: the process that saw every test (xdist's controller, or the only one)
+    writes their files' seconds."""
+    if not session.config.getoption("--store-durations") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(DURATIONS, "w") as f:
+        json.dump({k: round(v, 1) for k, v in sorted(_MEASURED.items())}, f, indent=0)
+        f.write("\n")
 
 
 def pytest_configure(config):

@@ -81,8 +81,12 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
 
 @pytest.mark.slow
 def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, monkeypatch):
-    enabled = [str(i) for i, on in tiny_config().enabled_layers["resnet50"].items() if on]
-    assert build_cache(built, layers=enabled, user=tiny_config()) == 0
+    # ENABLED_LAYERS steers both runs: two of resnet50's (the third, 2048 channels, only costs time)
+    user = tiny_config()
+    user.enabled_layers["resnet50"] = {i: i in (7, 8) for i in user.enabled_layers["resnet50"]}
+    enabled = [str(i) for i, on in user.enabled_layers["resnet50"].items() if on]
+    assert enabled == ["7", "8"]
+    assert build_cache(built, layers=enabled, user=user) == 0
     caplog.clear()
 
     def boom(*a, **k):
@@ -91,7 +95,7 @@ def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, m
                         dataclasses.replace(backbones.BACKBONES["resnet50"], build=boom))
     monkeypatch.setattr(backbones, "build_backbone", boom)
     assert main.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
-                               "--n-inference", "5", "--n-evaluation", "3"), user=tiny_config()) == 0
+                               "--n-inference", "5", "--n-evaluation", "3"), user=user) == 0
     hits, misses = cache_hits(caplog)
     assert len(hits) == len(enabled) and not misses
 
@@ -147,9 +151,9 @@ def test_checksum_mismatch_is_detected(built, caplog):
     assert np.array_equal(np.load(path), clean[chunk])
 
 
-@pytest.mark.parametrize("layer", ["7", "8"])
-def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypatch, layer):
-    """At the backbone's own input size (224), on the same images."""
+def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypatch):
+    """At the backbone's own input size (224), on the same images, for layers 7 and 8 (one
+    extraction per dtype gives both)."""
     import distance_metrics as dm
     import representations as rp
     user = tiny_config(working_size=64)
@@ -157,17 +161,22 @@ def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypat
     scores = {}
     for dtype in ("float16", "float32"):
         user.config["cache_dtype"] = dtype
-        args = tiny_args(tmp_path, "--build-cache", "--layers", layer, "--dataset",
+        args = tiny_args(tmp_path, "--build-cache", "--layers", "7", "8", "--dataset",
                          str(tmp_path / "imgs"), "--n-inference", "30", "--n-evaluation", "8")
         args[args.index("--image-size") + 1] = "224"
         assert main.main(args, user=user) == 0
-        files = _chunks(tmp_path / "cache")
-        ref = next(v for k, v in files.items() if "chunk_000" in k and v.dtype == np.dtype(dtype))
-        evs = [v for k, v in sorted(files.items()) if "level_" in k and v.dtype == np.dtype(dtype)]
-        r = rp.gap(ref)
-        scores[dtype] = [dm.fid(r, rp.gap(e)) for e in evs] + [dm.kid(r, rp.gap(e)) for e in evs]
-    a, b = np.array(scores["float16"]), np.array(scores["float32"])
-    assert np.all(np.abs(a - b) <= 1e-3 * np.abs(b) + 1e-12)
+        files = {k: v for k, v in _chunks(tmp_path / "cache").items() if v.dtype == np.dtype(dtype)}
+        for layer in ("single_layer_7", "single_layer_8"):          # the cache's layer folders
+            mine = {k: v for k, v in files.items() if k.split(os.sep)[1] == layer}
+            ref = next(v for k, v in mine.items() if "chunk_000" in k)
+            evs = [v for k, v in sorted(mine.items()) if "level_" in k]
+            assert len(evs) == 5                           # clean and 2 x 2 levels
+            r = rp.gap(ref)
+            scores[dtype, layer] = ([dm.fid(r, rp.gap(e)) for e in evs] +
+                                    [dm.kid(r, rp.gap(e)) for e in evs])
+    for layer in ("single_layer_7", "single_layer_8"):
+        a, b = np.array(scores["float16", layer]), np.array(scores["float32", layer])
+        assert np.all(np.abs(a - b) <= 1e-3 * np.abs(b) + 1e-12), layer
 
 
 def test_cache_info_lists_entries(built, capsys):

@@ -42,10 +42,12 @@ def trees(tmp_path_factory):
 
 
 def _run(tree, work, *argv):
+    """main.py of `tree` on a tiny run; its sweep in one process (a sweep in 2 processes writes
+    the same CSV, tests/test_scale_out.py), which costs the suite's two workers less."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(USER), *argv, "-q",
                           "--cache-dir", str(work / "cache"), "--image-size", "32",
-                          "--weights", "random"], cwd=tree, env=env, capture_output=True,
+                          "--weights", "random", "--jobs", "1"], cwd=tree, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
