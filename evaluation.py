@@ -518,7 +518,6 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
 
         def score(k, b):
             return scorer.score_prepared(prepared[k], idx[b])
-    alpha = (1 - confidence) / 2
     rhos, columns = [], {}
     for name, spec in degradations.items():
         keys = [CLEAN] + [(name, p) for p in range(1, len(spec["levels"]) + 1)]
