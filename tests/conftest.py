@@ -58,11 +58,17 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session):
     """--store-durations: the process that saw every test (xdist's controller, or the only one)
-    writes their files' seconds."""
+    writes the seconds of the files it ran into the table; files it did not run keep theirs."""
     if not session.config.getoption("--store-durations") or os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    try:
+        with open(DURATIONS) as f:
+            table = json.load(f)
+    except (OSError, ValueError):
+        table = {}
+    table.update({k: round(v, 1) for k, v in _MEASURED.items()})
     with open(DURATIONS, "w") as f:
-        json.dump({k: round(v, 1) for k, v in sorted(_MEASURED.items())}, f, indent=0)
+        json.dump(dict(sorted(table.items())), f, indent=0)
         f.write("\n")
 
 
