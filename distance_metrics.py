@@ -807,7 +807,7 @@ def random_projections(dim: int, n_projections: int = SW_PROJECTIONS, seed: int 
     directions POT's get_random_projections draws for the same integer seed, bit for bit.
     Drawn in blocks of rows into one array and normalised in place: a Gram space of 2048
     channels has 2,098,176 dimensions, and one (dim, P) array of 0.8 GB is the peak, where
-    POT's expression holds three. RandomState continues its normal stream from block to block,
+    POT's expression holds two at once. RandomState continues its normal stream from block to block,
     and each column's sum of squares runs over the rows in order as numpy's does."""
     rs = np.random.RandomState(seed)
     p = np.empty((dim, n_projections))

@@ -140,7 +140,7 @@ def test_sliced_wasserstein_equals_pot_with_the_same_projections():
 def test_random_projections_are_pots_bit_for_bit_in_blocks_with_one_array_at_peak(monkeypatch, rows):
     """Drawn in blocks of `rows` rows (7: many blocks and a partial last one), the directions are
     POT's get_random_projections for the same seed, equal to the last bit; and the peak memory is
-    one (dim, P) array plus a block, where POT's expression holds three."""
+    one (dim, P) array plus a block, where POT's expression holds two at once."""
     import tracemalloc
     from ot.sliced import get_random_projections
     monkeypatch.setattr(dm, "_PROJECTION_ROWS", rows)
