@@ -14,7 +14,7 @@ from __future__ import annotations
 CONFIG = {
     # ---------------------------------------------------------------- data
     "dataset": "builtin",          # "builtin" or a folder of images (searched recursively)
-    # A rated database (README "Agreement with human judgments"): a ratings file (KADID-10k's
+    # A rated database (docs/human-judgments.md): a ratings file (KADID-10k's
     # dmos.csv, TID2013's mos_with_names.txt, or a CSV image,reference,mos) or None. Its
     # references are the reference set unless mos_reference names a folder (or "builtin").
     "mos": None,
@@ -94,7 +94,7 @@ CONFIG = {
     # fidelity and diversity apart (precision, recall: k = 3; density, coverage: k = 5), FD-infinity,
     # energy distance, sliced Wasserstein-2, each image against its own clean version
     # (paired_l2: on Gram rows the style loss; paired_cosine), and each image's realism score
-    # (Kynkaanniemi et al. 2019; higher = more real): README "Metrics"
+    # (Kynkaanniemi et al. 2019; higher = more real): docs/configuration.md
     "distance_metrics": ["fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik",
                          "precision", "recall", "density", "coverage", "fd_inf", "energy",
                          "sliced_wasserstein", "paired_l2", "paired_cosine", "realism"],

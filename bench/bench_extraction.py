@@ -9,13 +9,12 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from backbones import build_backbone  # noqa: E402
-from feature_extraction import capture_layers, run_captured  # noqa: E402
-from backbones import BACKBONES  # noqa: E402
+from featrank.backbones import build_backbone  # noqa: E402
+from featrank.feature_extraction import capture_layers, run_captured  # noqa: E402
+from featrank.backbones import BACKBONES  # noqa: E402
 
 
 def main():

@@ -26,8 +26,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from backbones import BACKBONES  # noqa: E402
+from featrank.backbones import BACKBONES  # noqa: E402
 
 SIZES = {"small": ("40", "4"), "medium": ("200", "10"), "full": ("1000", "50")}
 
@@ -35,9 +34,9 @@ SIZES = {"small": ("40", "4"), "medium": ("200", "10"), "full": ("1000", "50")}
 def bare_forward(name, layers, device, batch, steps=20, image_size=None):
     """img/s of the forward pass up to the last requested layer (as the pipeline stops there)."""
     import torch
-    from backbones import build_backbone
-    from feature_extraction import capture_layers, run_captured
-    from pipeline import layers_of
+    from featrank.backbones import build_backbone
+    from featrank.feature_extraction import capture_layers, run_captured
+    from featrank.pipeline import layers_of
     bb = build_backbone(name, "random", 0, image_size, allow_download=False)
     module = bb.module.to(device)
     x = torch.randn(batch, 3, bb.input_size, bb.input_size, device=device)
@@ -64,10 +63,10 @@ def bare_forward(name, layers, device, batch, steps=20, image_size=None):
 def loader_only(name, n_inference, n_evaluation, batch, device, image_size=None):
     """img/s of the pipeline's DataLoader alone over the same items (decode + degrade)."""
     import torch
-    from run_plan import default_config
-    from dataset import select_images
-    from feature_cache import evaluation_units, reference_units
-    from feature_extraction import ImageItem, ImageDataset, default_workers, unit_batches
+    from featrank.run_plan import default_config
+    from featrank.dataset import select_images
+    from featrank.feature_cache import evaluation_units, reference_units
+    from featrank.feature_extraction import ImageItem, ImageDataset, default_workers, unit_batches
     cfg = default_config()
     ev, ref = select_images("builtin", int(n_evaluation), int(n_inference), 0)
     units = reference_units(ref) + evaluation_units(ev, cfg["degradations"])

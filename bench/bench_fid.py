@@ -6,12 +6,11 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from pytorch_fid.fid_score import calculate_frechet_distance  # noqa: E402
 
-import distance_metrics as dm  # noqa: E402
+from featrank import distance_metrics as dm  # noqa: E402
 
 
 def main(d=2048, n_ref=1000, n_ev=50, levels=5):

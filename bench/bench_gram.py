@@ -15,11 +15,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gram_engine as ge  # noqa: E402
-import representations as rp  # noqa: E402
-from run_plan import UserConfig  # noqa: E402
-from backbones import BACKBONES  # noqa: E402
+from featrank import gram_engine as ge  # noqa: E402
+from featrank import representations as rp  # noqa: E402
+from featrank.run_plan import UserConfig  # noqa: E402
+from featrank.backbones import BACKBONES  # noqa: E402
 
 USER = UserConfig.load()
 

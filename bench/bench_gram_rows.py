@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import gram_engine as ge  # noqa: E402
-from backbones import BACKBONES  # noqa: E402
+from featrank import gram_engine as ge  # noqa: E402
+from featrank.backbones import BACKBONES  # noqa: E402
 
 
 def one_expression(act: np.ndarray, precision: str) -> np.ndarray:

@@ -41,7 +41,7 @@ def main():
     cache = os.path.join(work, "cache")
     common = ["--backbone", a.backbone, "--n-inference", a.n_inference, "--n-evaluation",
               a.n_evaluation, "--cache-dir", cache, "-q"]
-    from run_plan import UserConfig
+    from featrank.run_plan import UserConfig
     layers = [str(i) for i, on in sorted(UserConfig.load().enabled_layers[a.backbone].items()) if on]
     subprocess.run([sys.executable, "main.py", "--build-cache", "--layers", *layers, *common],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,5 +86,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
     main()

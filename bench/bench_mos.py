@@ -38,7 +38,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 TYPES = (1, 3, 10, 11, 21)          # gaussian blur, motion blur, jpeg, white noise, pixelate
 
@@ -46,9 +45,9 @@ TYPES = (1, 3, 10, 11, 21)          # gaussian blur, motion blur, jpeg, white no
 def write_database(folder, n_ref, n_types, size=256):
     import numpy as np
     from PIL import Image
-    import degradation_generator as dg
-    from dataset import builtin_sources, load_rgb
-    from kadid10k import KADID10K_LEVELS
+    from featrank import degradation_generator as dg
+    from featrank.dataset import builtin_sources, load_rgb
+    from featrank.kadid10k import KADID10K_LEVELS
     names = list(KADID10K_LEVELS)
     os.makedirs(os.path.join(folder, "images"))
     rows = []
@@ -73,8 +72,8 @@ def write_no_reference(folder, n_rated, n_refs=200, size=256):
     """A RAISE-layout no-reference set and a reference folder; returns (dataset dir, refs dir)."""
     import numpy as np
     from PIL import Image
-    import degradation_generator as dg
-    from dataset import builtin_sources, load_rgb
+    from featrank import degradation_generator as dg
+    from featrank.dataset import builtin_sources, load_rgb
     src = builtin_sources()
     refs = os.path.join(folder, "refs")
     os.makedirs(refs)

@@ -13,15 +13,14 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SHAPE, N = (512, 32, 32), 1000
 
 
 def setup(root):
     import numpy as np
-    from dataset import ImageRecord
-    from feature_cache import LayerCache, reference_units
+    from featrank.dataset import ImageRecord
+    from featrank.feature_cache import LayerCache, reference_units
     recs = [ImageRecord(f"synthetic/{i}", f"{i:064x}") for i in range(N)]
     cache = LayerCache(root, "sd_vae", 9, "encoder.down_blocks.2.downsamplers.0",
                        {"dtype": "float32"}, recs, recs[:2], seed=0)
@@ -34,8 +33,8 @@ def setup(root):
 
 def measure(root, how):
     import numpy as np
-    import distance_metrics as dm
-    from evaluation import FeatureAssembler
+    from featrank import distance_metrics as dm
+    from featrank.evaluation import FeatureAssembler
     cache, units = setup_existing(root)
     if how == "chunked":
         asm = FeatureAssembler({"encoder.down_blocks.2.downsamplers.0": cache}, units, units[:1],
@@ -50,8 +49,8 @@ def measure(root, how):
 
 
 def setup_existing(root):
-    from dataset import ImageRecord
-    from feature_cache import LayerCache, reference_units
+    from featrank.dataset import ImageRecord
+    from featrank.feature_cache import LayerCache, reference_units
     recs = [ImageRecord(f"synthetic/{i}", f"{i:064x}") for i in range(N)]
     cache = LayerCache(root, "sd_vae", 9, "encoder.down_blocks.2.downsamplers.0",
                        {"dtype": "float32"}, recs, recs[:2], seed=0)
@@ -67,7 +66,7 @@ def main():
         measure(a.dir, a.measure)
         return
     shutil.rmtree(a.dir, ignore_errors=True)
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); "
+    subprocess.run([sys.executable, "-c", "import sys; "
                     f"import bench.bench_ref_memory as b; b.setup({a.dir!r})"], check=True, cwd=ROOT)
     size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(a.dir) for f in fs)
     print(f"cached layer on disk: {size / 2**30:.2f} GiB ({N} x {SHAPE} float32)")

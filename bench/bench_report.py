@@ -23,9 +23,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import pipeline  # noqa: E402
-from report import MAPS_FILE, REPORT_FILE, STRIP_FILE  # noqa: E402
+from featrank import pipeline  # noqa: E402
+from featrank.report import MAPS_FILE, REPORT_FILE, STRIP_FILE  # noqa: E402
 
 TARGET_S = 20.0
 MAP_LINE = re.compile(r"feature map of (.+): t-SNE of (\d+) points in ([\d.]+)s")

@@ -39,7 +39,7 @@ def main():
     cmd = [sys.executable, "main.py", "--mode", "medium", "--backbone", a.backbone,
            "--n-inference", a.n_inference, "--n-evaluation", a.n_evaluation,
            "--cache-dir", cache, "--results-dir", os.path.join(work, "results"), "-q"]
-    old_grid = [sys.executable, "-c", "import sys, main, run_plan; sys.exit(main.main(sys.argv[1:], "
+    old_grid = [sys.executable, "-c", "import sys; from featrank import cli, run_plan; sys.exit(cli.main(sys.argv[1:], "
                 "user=run_plan.UserConfig.load(baselines=[], distance_metrics=['fid', 'kid', 'cmmd', "
                 "'mmd_rbf', 'mahalanobis', 'neg_loglik'])))"] + cmd[2:]
     times, logs, rss = [], [], []

@@ -5,15 +5,15 @@
 
 Each SLURM job starts `--processes` single-threaded Dask workers; the sweep's tasks (one per
 layers x transform) run there through joblib's dask backend, and the report is written here.
-The workers must see the cache folder at the same path; they import this project because they
-start in this folder (PYTHONPATH is set for them below).
+The workers must see the cache folder at the same path, and import featrank: they run this
+Python (`python=sys.executable` below), so the environment where `pip install .` (or
+`pip install -e .`) put the package must be on a filesystem the nodes share.
 """
 import argparse
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def main():
@@ -27,12 +27,12 @@ def main():
     a = p.parse_args()
 
     from dask_jobqueue import SLURMCluster
-    import run_plan
-    import pipeline
+    from featrank import run_plan
+    from featrank import pipeline
 
     cluster = SLURMCluster(cores=a.processes, processes=a.processes, memory=a.memory,
                            walltime=a.walltime,
-                           job_script_prologue=[f"cd {ROOT}", f"export PYTHONPATH={ROOT}"])
+                           python=sys.executable, job_script_prologue=[f"cd {ROOT}"])
     cluster.scale(jobs=a.jobs_on_slurm)
     try:
         cfg = run_plan.default_config()

@@ -6,7 +6,6 @@ from collections import defaultdict
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 # Each test file's seconds in the last measured run (pytest --store-durations writes it): the
 # suite runs the longest files first, so that no worker is left idle while the other finishes one.
 DURATIONS = os.path.join(ROOT, "tests", "durations.json")
@@ -99,7 +98,7 @@ def _signals():
     """No test leaves a signal handler behind, and a SIGTERM that main()'s handler turned into
     exit 143 inside a test stops the whole suite (an outer `timeout` must be able to)."""
     import signal
-    import errors
+    from featrank import errors
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     yield
     after = {s: signal.getsignal(s) for s in before}

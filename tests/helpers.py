@@ -2,7 +2,7 @@
 settings as values (run_plan.UserConfig) and pass them on; none edits config.py's globals."""
 import copy
 
-import run_plan
+from featrank import run_plan
 
 TINY_DEGRADATIONS = {
     "blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]},
@@ -12,7 +12,7 @@ TINY_DEGRADATIONS = {
 
 def tiny_config(**overrides) -> run_plan.UserConfig:
     """config.py's tables with a CONFIG for a fast run: 32-px working images, two degradations,
-    no report.html (the tests of the report ask for it); pass it as main.main(argv, user=...)."""
+    no report.html (the tests of the report ask for it); pass it as cli.main(argv, user=...)."""
     return run_plan.UserConfig.load(**{
         "working_size": 32, "degradations": copy.deepcopy(TINY_DEGRADATIONS), "batch_size": 8,
         "num_workers": 0, "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95},
@@ -37,8 +37,8 @@ def write_images(folder, n=10, seed=0):
 def build_cache(tmp_path, *extra, layers=("8",), user=None):
     """`main.py --build-cache` of resnet50 `layers` on tmp_path/imgs, 5 + 3 images, with `user`
     (default: tiny_config())."""
-    import main
-    return main.main(tiny_args(tmp_path, "--build-cache", "--layers", *layers, "--dataset",
+    from featrank import cli
+    return cli.main(tiny_args(tmp_path, "--build-cache", "--layers", *layers, "--dataset",
                                str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
                                *extra), user=user or tiny_config())
 
@@ -60,18 +60,19 @@ def torch_hub_standin(torch_home, filename, state_dict):
 
 
 def readable_copy(base):
-    """A copy of the project's modules (top-level *.py, templates/, tests/helpers.py) under
+    """A copy of the project (main.py, config.py, the featrank package, tests/helpers.py) under
     `base`, readable by every user: a run as another user must not depend on the checkout's
-    own folder being readable (a root home or mktemp -d folder is 0700). Returns its path."""
-    import glob
+    own folder being readable (a root home or mktemp -d folder is 0700). `python main.py` of
+    the copy, or `python -c` run in it, imports the copy's package. Returns its path."""
     import os
     import shutil
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     dest = os.path.join(base, "project")
     os.makedirs(os.path.join(dest, "tests"))
-    for path in glob.glob(os.path.join(root, "*.py")):
-        shutil.copy(path, dest)
-    shutil.copytree(os.path.join(root, "templates"), os.path.join(dest, "templates"))
+    for name in ("main.py", "config.py"):
+        shutil.copy(os.path.join(root, name), dest)
+    shutil.copytree(os.path.join(root, "featrank"), os.path.join(dest, "featrank"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(root, "tests", "helpers.py"), os.path.join(dest, "tests"))
     for folder, dirs, files in os.walk(base):
         os.chmod(folder, 0o755)
@@ -80,7 +81,7 @@ def readable_copy(base):
     return dest
 
 
-def run_as_nobody(argv, base, timeout=300):
+def run_as_nobody(argv, base, timeout=300, cwd=None):
     """`python argv…` as user 65534 (setpriv) in `base` (a folder all may read), with HOME and
     the caches there; skips the test with the reason when that user cannot run this Python
     (setpriv missing, an interpreter it may not read). Returns the CompletedProcess."""
@@ -98,5 +99,5 @@ def run_as_nobody(argv, base, timeout=300):
     if probe.returncode != 0:
         pytest.skip(f"user 65534 cannot run {sys.executable} with its packages here "
                     f"({probe.stderr.strip().splitlines()[-1:]})")
-    return subprocess.run(drop + [sys.executable, *argv], cwd=base, env=env, capture_output=True,
+    return subprocess.run(drop + [sys.executable, *argv], cwd=cwd or base, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the numeric core with mutmut 3 (requirements-dev.txt; settings in
 # setup.cfg). Every mutant of the listed functions is run against the tests that reach it;
-# `mutmut results` lists the survivors, each explained in MUTATION.md.
+# `mutmut results` lists the survivors, each explained in docs/mutation.md.
 #   bash tests/mutation.sh            # ~1 h on 2 cores
 #   JOBS=8 bash tests/mutation.sh     # more workers
 #   bash tests/mutation.sh --new      # the last round's modules (NEW_GLOBS in mutation_report.py),
@@ -14,13 +14,13 @@ GLOBS=(
   "representations.*"
   "gram_engine.*"
   "distribution_modeling.*"
-  "evaluation.x_spearman_monotonicity*" "evaluation.x_kendall_monotonicity*"
-  "evaluation.x__spearman_rows*" "evaluation.x__monotonicity*" "evaluation.x_bootstrap*"
-  "evaluation.x_ties_with_top*" "evaluation.x_rank*" "evaluation.x_scorer_for*"
-  "feature_cache.x_cache_key*"
+  "featrank.evaluation.x_spearman_monotonicity*" "featrank.evaluation.x_kendall_monotonicity*"
+  "featrank.evaluation.x__spearman_rows*" "featrank.evaluation.x__monotonicity*" "featrank.evaluation.x_bootstrap*"
+  "featrank.evaluation.x_ties_with_top*" "featrank.evaluation.x_rank*" "featrank.evaluation.x_scorer_for*"
+  "featrank.feature_cache.x_cache_key*"
 )
 if [ "${1:-}" = "--new" ]; then
-  mapfile -t GLOBS < <(.venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import mutation_report as m; print(*m.NEW_GLOBS, sep='\n')")
+  mapfile -t GLOBS < <(cd tests && ../.venv/bin/python -c "import mutation_report as m; print(*m.NEW_GLOBS, sep='\n')")
 elif [ "$#" -gt 0 ]; then
   GLOBS=("$@")
 fi

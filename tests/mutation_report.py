@@ -1,7 +1,7 @@
-"""MUTATION.md from mutmut's results: the kill rate per module and every survivor with the
+"""docs/mutation.md from mutmut's results: the kill rate per module and every survivor with the
 reason it is left, by the kind of change (read from `mutmut show`), plus reasons written by
 hand for mutants checked one by one (REVIEWED below).
-    .venv/bin/python tests/mutation_report.py > MUTATION.md      (after bash tests/mutation.sh)
+    .venv/bin/python tests/mutation_report.py > docs/mutation.md      (after bash tests/mutation.sh)
 """
 import collections
 import fnmatch
@@ -14,24 +14,24 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 # the last round's functions where numbers and orders are decided (tests/mutation.sh --new)
 NEW_GLOBS = [
     "human_agreement.*",
-    "rated_database.x_header_names*",
-    "rated_database.x__csv_rows*",
-    "rated_database.x_level_from_name*",
-    "rated_database.x_quantile_bins*",
-    "rated_database.x__check_bins*",
-    "rated_database.x__split_small*",
-    "rated_database.x_type_rank*",
-    "rated_database.x__full_reference*",
-    "rated_database.x__no_reference*",
-    "rated_database.x__duplicates*",
+    "featrank.rated_database.x_header_names*",
+    "featrank.rated_database.x__csv_rows*",
+    "featrank.rated_database.x_level_from_name*",
+    "featrank.rated_database.x_quantile_bins*",
+    "featrank.rated_database.x__check_bins*",
+    "featrank.rated_database.x__split_small*",
+    "featrank.rated_database.x_type_rank*",
+    "featrank.rated_database.x__full_reference*",
+    "featrank.rated_database.x__no_reference*",
+    "featrank.rated_database.x__duplicates*",
     "rated_database.xǁRatedDatabaseǁ*",
-    "kadid10k.x_multiplicative_noise*",
-    "kadid10k.x_impulse_noise*",
-    "sweep.x_bootstrap_top*",
-    "baselines.x_value_key*",
+    "featrank.kadid10k.x_multiplicative_noise*",
+    "featrank.kadid10k.x_impulse_noise*",
+    "featrank.sweep.x_bootstrap_top*",
+    "featrank.baselines.x_value_key*",
     "distance_metrics.xǁPRDCReferenceǁ*",
-    "distance_metrics.x_lpips_from_features*",
-    "distance_metrics.x_dists_from_features*",
+    "featrank.distance_metrics.x_lpips_from_features*",
+    "featrank.distance_metrics.x_dists_from_features*",
 ]
 
 # mutants read one by one: (function pattern, pattern of the mutated line) -> why they survive
@@ -220,7 +220,7 @@ def main():
 
 
 def report_new(status, survivors):
-    """The section of MUTATION.md on the last round's modules: per module, mutants run, killed,
+    """The section of docs/mutation.md on the last round's modules: per module, mutants run, killed,
     explained (equivalent, message, default, dtype) and open; then every survivor by kind."""
     counts = collections.defaultdict(collections.Counter)
     for name, st in status.items():

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import backbones
-import main
+from featrank import backbones
+from featrank import cli
 from helpers import tiny_args, tiny_config, torch_hub_standin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def _summary(capsys):
 # ---------------------------------------------------------------- library models, end to end
 
 def _quick(tmp_path, backbone, layer, *extra):
-    return main.main(tiny_args(tmp_path, "--mode", "quick", "--backbone", backbone, "--layers",
+    return cli.main(tiny_args(tmp_path, "--mode", "quick", "--backbone", backbone, "--layers",
                                layer, "--n-inference", "6", "--n-evaluation", "4", *extra), user=tiny_config())
 
 
@@ -69,7 +69,7 @@ def test_hf_folder_loads_offline_with_its_weights(tmp_path, monkeypatch, capsys)
     args = tiny_args(tmp_path, "--mode", "quick", "--backbone", name, "--layers", "layers.1",
                      "--n-inference", "6", "--n-evaluation", "4")
     args[args.index("--weights") + 1] = "auto"
-    assert main.main(args, user=user) == 0
+    assert cli.main(args, user=user) == 0
     out, _ = _summary(capsys)
     assert f"Weights ({name}): pretrained {folder}" in out
     # the transformer's CLS token is counted as a prefix token: 1 + (32 / 8)^2 tokens
@@ -85,7 +85,7 @@ def test_hf_config_only_folder_is_random_init_and_says_so(tmp_path, monkeypatch,
     args = tiny_args(tmp_path, "--mode", "quick", "--backbone", f"hf:{folder}", "--layers",
                      "layers.0", "--n-inference", "6", "--n-evaluation", "4")
     args[args.index("--weights") + 1] = "auto"
-    assert main.main(args, user=user) == 0
+    assert cli.main(args, user=user) == 0
     out, err = _summary(capsys)
     assert "RANDOM-INIT" in out and "has a config but no weights" in err
 
@@ -116,7 +116,7 @@ def test_timm_pretrained_from_hf_cache_offline(tmp_path):
     (repo / "refs" / "main").write_text("1" * 40)
     torch.manual_seed(6)
     save_file(timm.create_model("resnet18").state_dict(), str(snap / "model.safetensors"))
-    code = ("import torch, backbones; from safetensors.torch import load_file\n"
+    code = ("import torch; from featrank import backbones; from safetensors.torch import load_file\n"
             "bb = backbones.build_backbone('timm:resnet18', 'pretrained')\n"
             f"sd = load_file(r'{snap / 'model.safetensors'}')\n"
             "own = bb.module.state_dict()\n"
@@ -141,18 +141,18 @@ def test_timm_pretrained_from_hf_cache_offline(tmp_path):
 ])
 def test_bad_backbones_and_layers_are_usage_errors(tmp_path, monkeypatch, capsys, argv, needle):
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, "--mode", "quick", *argv), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--mode", "quick", *argv), user=user) == 2
     _, err = _summary(capsys)
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()
 
 
 def test_list_layers_of_presets_and_library_models(capsys):
-    assert main.main(["--list-layers", "inception_fid"]) == 0
+    assert cli.main(["--list-layers", "inception_fid"]) == 0
     out, _ = _summary(capsys)
     row = next(line for line in out.splitlines() if " pool3 " in line)
     assert "2048x1x1" in row
-    assert main.main(["--list-layers", "timm:resnet18"]) == 0
+    assert cli.main(["--list-layers", "timm:resnet18"]) == 0
     out, _ = _summary(capsys)
     assert "layer3.1" in out and "256x14x14" in out
 
@@ -205,7 +205,7 @@ def test_save_stats_and_fid_stats_equal_pytorch_fid(tmp_path, monkeypatch, capsy
     Image.open(tmp_path / "b" / "im0.png").save(tmp_path / "b" / "im0.png", exif=exif)
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "th")}
     common = ["--device", "cpu", "--weights", "pretrained", "-q"]
-    assert main.main(["--save-stats", str(tmp_path / "a"), str(tmp_path / "ours.npz"), *common]) == 0
+    assert cli.main(["--save-stats", str(tmp_path / "a"), str(tmp_path / "ours.npz"), *common]) == 0
     assert "inception_fid pool3; weights: pretrained " + FID_FILE in capsys.readouterr().out
     _pytorch_fid("--save-stats", str(tmp_path / "a"), str(tmp_path / "theirs.npz"), env=env)
     ours, theirs = np.load(tmp_path / "ours.npz"), np.load(tmp_path / "theirs.npz")
@@ -215,13 +215,13 @@ def test_save_stats_and_fid_stats_equal_pytorch_fid(tmp_path, monkeypatch, capsy
     np.testing.assert_allclose(ours["sigma"], theirs["sigma"], rtol=1e-4,
                                atol=1e-4 * np.abs(theirs["sigma"]).max())
 
-    assert main.main(["--fid-stats", str(tmp_path / "a"), str(tmp_path / "b"), *common]) == 0
+    assert cli.main(["--fid-stats", str(tmp_path / "a"), str(tmp_path / "b"), *common]) == 0
     ours_fid = float(capsys.readouterr().out.split("FID:")[1])
     theirs_fid = float(_pytorch_fid(str(tmp_path / "a"), str(tmp_path / "b"), env=env).split("FID:")[1])
     assert theirs_fid > 1.0
     assert ours_fid == pytest.approx(theirs_fid, rel=1e-5)
     # a .npz of either tool on one side gives the same number
-    assert main.main(["--fid-stats", str(tmp_path / "theirs.npz"), str(tmp_path / "b"), *common]) == 0
+    assert cli.main(["--fid-stats", str(tmp_path / "theirs.npz"), str(tmp_path / "b"), *common]) == 0
     assert float(capsys.readouterr().out.split("FID:")[1]) == pytest.approx(theirs_fid, rel=1e-5)
 
 
@@ -233,8 +233,8 @@ def test_fid_stats_bad_inputs_are_usage_errors(tmp_path, capsys):
                          (["--fid-stats", str(tmp_path / "x.npz"), str(tmp_path / "z.npz")], "no 'mu'"),
                          (["--fid-stats", str(tmp_path / "x.npz"), str(tmp_path / "nope")], "no such file"),
                          (["--save-stats", str(tmp_path), str(tmp_path / "out.txt")], "must end in .npz")):
-        assert main.main(argv) == 2
+        assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
-    assert main.main(["--fid-stats", str(tmp_path / "x.npz"), str(tmp_path / "x.npz")]) == 0
+    assert cli.main(["--fid-stats", str(tmp_path / "x.npz"), str(tmp_path / "x.npz")]) == 0
     assert float(capsys.readouterr().out.split("FID:")[1]) == 0.0

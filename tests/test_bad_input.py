@@ -7,16 +7,17 @@ import json
 import logging
 import os
 import subprocess
+import shutil
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import run_plan
-import dataset
-import feature_cache
-import main
+from featrank import run_plan
+from featrank import dataset
+from featrank import feature_cache
+from featrank import cli
 from helpers import build_cache, cache_hits, tiny_args, tiny_config, write_images
 from test_cli import _one_line_error
 
@@ -73,7 +74,7 @@ def test_tiny_images_are_warned_about(tmp_path, monkeypatch, caplog):
     (["--n-evaluation", "0"], "--n-evaluation"), (["--n-resamples", "-3"], "--n-resamples")])
 def test_bad_flag_values_name_the_flag(tmp_path, monkeypatch, capsys, argv, flag):
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, *argv), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, *argv), user=user) == 2
     assert flag in _err(capsys)
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
@@ -82,7 +83,7 @@ def test_missing_weights_file_is_a_usage_error(tmp_path, monkeypatch, capsys):
     user = tiny_config()
     args = tiny_args(tmp_path)
     args[args.index("random")] = str(tmp_path / "none.pth")
-    assert main.main(args, user=user) == 2
+    assert cli.main(args, user=user) == 2
     err = _err(capsys)
     assert "--weights" in err and "none.pth" in err
 
@@ -95,17 +96,17 @@ def test_output_folder_that_is_a_file_fails_before_any_work(tmp_path, monkeypatc
     target = {"cache": "--cache-dir", "results": "--results-dir", "results-parent": "--results-dir"}[which]
     args[args.index(target) + 1] = str(tmp_path / "afile" / "sub" if which == "results-parent"
                                        else tmp_path / "afile")
-    assert main.main(args, user=user) == 2
+    assert cli.main(args, user=user) == 2
     msg = _err(capsys)
     assert target in msg and "afile" in msg
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
 UNWRITABLE_RUN = """
-import sys
-sys.path[:0] = [{root!r}, {tests!r}]
-import main, helpers
-sys.exit(main.main({args!r}, user=helpers.tiny_config()))
+import runpy, sys
+from featrank import cli
+helpers = runpy.run_path({helpers!r})
+sys.exit(cli.main({args!r}, user=helpers["tiny_config"]()))
 """
 
 
@@ -118,7 +119,7 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
         ro.mkdir(mode=0o555)
         args = tiny_args(tmp_path)
         args[args.index("--cache-dir") + 1] = str(ro / "cache")
-        assert main.main(args, user=user) == 2 and "not writable" in _err(capsys)
+        assert cli.main(args, user=user) == 2 and "not writable" in _err(capsys)
         assert not (ro / "cache").exists()
         return
     import shutil
@@ -135,8 +136,8 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
         args = tiny_args(tmp_path)
         args[args.index("--cache-dir") + 1] = os.path.join(ro, "cache")
         args[args.index("--results-dir") + 1] = os.path.join(out, "results")
-        code = UNWRITABLE_RUN.format(root=root, tests=os.path.join(root, "tests"), args=args)
-        p = run_as_nobody(["-c", code], out)
+        code = UNWRITABLE_RUN.format(helpers=os.path.join(root, "tests", "helpers.py"), args=args)
+        p = run_as_nobody(["-c", code], out, cwd=root)      # -c: the copy's featrank first
         assert p.returncode == 2, p.stderr[-2000:]
         lines = [x for x in p.stderr.splitlines() if x.strip()]
         assert "not writable" in lines[-1] and os.path.join(ro, "cache") in lines[-1], p.stderr
@@ -165,14 +166,14 @@ def test_config_mistakes_name_the_key_and_list_valid_ones(tmp_path, monkeypatch,
     user = tiny_config()
     cfg = user.config
     edit(cfg)
-    assert main.main(tiny_args(tmp_path), user=user) == 2
+    assert cli.main(tiny_args(tmp_path), user=user) == 2
     assert needle in _err(capsys)
 
 
 def test_backbone_missing_from_quick_or_enabled_layers(tmp_path, monkeypatch, capsys):
     user = tiny_config()
     user = user.replace(quick={**user.quick, "layers": {"resnet50": [8]}})
-    assert main.main(tiny_args(tmp_path), user=user) == 2
+    assert cli.main(tiny_args(tmp_path), user=user) == 2
     assert "QUICK['layers']" in _err(capsys)
 
 
@@ -180,7 +181,7 @@ def test_quick_transform_must_be_configured(tmp_path, monkeypatch, capsys):
     user = tiny_config()
     cfg = user.config
     cfg["feature_transforms"] = [{"name": "gram_only", "use_gram": True}]
-    assert main.main(tiny_args(tmp_path), user=user) == 2
+    assert cli.main(tiny_args(tmp_path), user=user) == 2
     assert "QUICK['transform']" in _err(capsys)
 
 
@@ -232,7 +233,7 @@ def test_full_disk_names_the_folder_keeps_completed_files_and_marks_the_run_fail
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(f, arr, **kw)
     monkeypatch.setattr(np, "save", save)
-    code = main.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
+    code = cli.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
                                "--n-inference", "5", "--n-evaluation", "3"), user=user)
     assert code == 1
     msg = _err(capsys)
@@ -244,7 +245,7 @@ def test_full_disk_names_the_folder_keeps_completed_files_and_marks_the_run_fail
     assert "no space left" in (run / "FAILED.txt").read_text()
     assert "run failed" in (run / "experiment.log").read_text()
     monkeypatch.setattr(np, "save", real)
-    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
+    assert cli.main(tiny_args(tmp_path, "--mode", "quick", "--dataset", str(tmp_path / "imgs"),
                                "--n-inference", "5", "--n-evaluation", "3"), user=user) == 0
 
 
@@ -257,7 +258,7 @@ def test_a_changed_library_or_code_version_is_a_cache_miss(built, caplog, monkey
         monkeypatch.setattr(feature_cache, "library_versions",
                             lambda libs: {**real(libs), "torch": "99.0"})
     elif change == "degradations":
-        import degradation_generator
+        from featrank import degradation_generator
         monkeypatch.setattr(degradation_generator, "DEGRADATION_VERSION", 99)
     elif change == "preprocess":
         monkeypatch.setattr(feature_cache, "PREPROCESS_VERSION", 99)
@@ -303,8 +304,8 @@ GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
 
 
 def test_degradations_match_their_golden_hashes_for_this_version():
-    from degradation_generator import DEGRADATION_VERSION, EXTRA_DEGRADATIONS, apply_degradation
-    from degradation_generator import KADID10K
+    from featrank.degradation_generator import DEGRADATION_VERSION, EXTRA_DEGRADATIONS, apply_degradation
+    from featrank.degradation_generator import KADID10K
     specs = {**run_plan.default_config()["degradations"], **EXTRA_DEGRADATIONS,
              **(KADID10K if DEGRADATION_VERSION >= 2 else {})}
     got = {}
@@ -318,7 +319,7 @@ def test_degradations_match_their_golden_hashes_for_this_version():
 
 def test_preprocessing_matches_its_golden_hash_for_this_version():
     import torch
-    from feature_extraction import preprocess
+    from featrank.feature_extraction import preprocess
     x = preprocess(_image(), 32, torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1),
                    torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1))
     digest = hashlib.sha256(x.numpy().round(5).tobytes()).hexdigest()[:16]
@@ -337,7 +338,7 @@ def _nothing_written(tmp_path, *names):
 @pytest.mark.parametrize("name", ["../../../../escape", "a/b", "..", "", "x y"])
 def test_degradation_names_that_are_not_folder_names(tmp_path, capsys, name):
     user = tiny_config(degradations={name: {"type": "gaussian_blur", "levels": [1.0]}})
-    assert main.main(tiny_args(tmp_path), user=user) == 2
+    assert cli.main(tiny_args(tmp_path), user=user) == 2
     msg = _err(capsys)
     assert repr(name) in msg and "letters, digits" in msg
     _nothing_written(tmp_path, str(tmp_path.parent.parent / "escape"))
@@ -347,10 +348,10 @@ def test_save_stats_output_is_checked_before_any_work(tmp_path, capsys, caplog):
     write_images(tmp_path / "imgs", n=4)
     common = ["--weights", "random", "--image-size", "75", "--cache-dir", str(tmp_path / "cache")]
     bad = str(tmp_path / "no" / "such" / "s.npz")
-    assert main.main(["--save-stats", str(tmp_path / "imgs"), bad, *common], user=tiny_config()) == 2
+    assert cli.main(["--save-stats", str(tmp_path / "imgs"), bad, *common], user=tiny_config()) == 2
     assert "does not exist" in _err(capsys) and "extracted" not in caplog.text
     (tmp_path / "folder.npz").mkdir()
-    assert main.main(["--save-stats", str(tmp_path / "imgs"), str(tmp_path / "folder.npz"), *common],
+    assert cli.main(["--save-stats", str(tmp_path / "imgs"), str(tmp_path / "folder.npz"), *common],
                      user=tiny_config()) == 2
     assert "is a folder" in _err(capsys) and "extracted" not in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.npz", "imgs"]
@@ -369,10 +370,10 @@ def test_fid_stats_files_are_checked(tmp_path, capsys, mu, sigma, needle):
     np.savez(good, mu=np.zeros(3), sigma=np.eye(3))
     bad = tmp_path / "bad.npz"
     np.savez(bad, mu=mu, sigma=sigma)
-    assert main.main(["--fid-stats", str(good), str(bad)], user=tiny_config()) == 2
+    assert cli.main(["--fid-stats", str(good), str(bad)], user=tiny_config()) == 2
     msg = _err(capsys)
     assert needle in msg and "bad.npz" in msg
-    assert main.main(["--fid-stats", str(good), str(good)], user=tiny_config()) == 0
+    assert cli.main(["--fid-stats", str(good), str(good)], user=tiny_config()) == 0
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -385,7 +386,7 @@ def test_torchrun_variables_without_torchrun(tmp_path, capsys, monkeypatch, env,
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "8"), user=tiny_config()) == 2
+    assert cli.main(tiny_args(tmp_path, "--build-cache", "--layers", "8"), user=tiny_config()) == 2
     msg = _err(capsys)
     assert needle in msg and "torchrun" in msg
     _nothing_written(tmp_path)
@@ -394,7 +395,7 @@ def test_torchrun_variables_without_torchrun(tmp_path, capsys, monkeypatch, env,
 def test_a_rank_without_rank_0_stops_and_names_it(monkeypatch):
     """RANK=1 of 2 with torchrun's variables but no rank 0: not a silent wait of 7 days."""
     import socket
-    import parallel
+    from featrank import parallel
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -412,16 +413,23 @@ def test_a_rank_without_rank_0_stops_and_names_it(monkeypatch):
 @pytest.mark.parametrize("address,needle", [("foo://bar:baz", "foo://bar:baz"), ("", "--dask-scheduler ''")])
 def test_bad_dask_scheduler_addresses(tmp_path, capsys, address, needle):
     pytest.importorskip("distributed")
-    assert main.main(tiny_args(tmp_path, "--dask-scheduler", address), user=tiny_config()) == 2
+    assert cli.main(tiny_args(tmp_path, "--dask-scheduler", address), user=tiny_config()) == 2
     assert needle in _err(capsys)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
 
 
-def test_a_config_py_that_does_not_run_is_one_line(tmp_path):
+@pytest.mark.parametrize("how", ["main.py beside it", "--config"])
+def test_a_config_py_that_does_not_run_is_one_line(tmp_path, how):
+    """The config.py beside a main.py is the one it reads (a copy of main.py in another folder
+    reads that folder's); --config FILE reads FILE. Either, broken, is one line and exit 2."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "config.py").write_text("CONFIG = {\n    'seed': 0,\n    'batch_size' 16,\n}\n")
-    code = f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {root!r}]; import main; sys.exit(main.main([]))"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    if how == "--config":
+        argv = ["-m", "featrank", "--config", str(tmp_path / "config.py")]
+    else:
+        shutil.copy(os.path.join(root, "main.py"), tmp_path / "main.py")
+        argv = [str(tmp_path / "main.py")]
+    p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=root, timeout=120)
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "config.py line 3" in lines[0]
@@ -435,16 +443,16 @@ def test_garbage_and_folder_weights(tmp_path, capsys):
                      "--n-inference", "4", "--n-evaluation", "2")
     weights = args.index("--weights") + 1
     args[weights] = str(garbage)
-    assert main.main(args, user=tiny_config()) == 1
+    assert cli.main(args, user=tiny_config()) == 1
     msg = _err(capsys)
     assert "w.pth" in msg and "weights_only" not in msg
     args[weights] = str(tmp_path / "imgs")                    # a folder
-    assert main.main(args, user=tiny_config()) == 2
+    assert cli.main(args, user=tiny_config()) == 2
     assert "is a folder" in _err(capsys)
 
 
 def test_image_size_below_the_backbones_minimum(tmp_path, capsys):
-    assert main.main(tiny_args(tmp_path, "--backbone", "inception_fid", "--image-size", "64"),
+    assert cli.main(tiny_args(tmp_path, "--backbone", "inception_fid", "--image-size", "64"),
                      user=tiny_config()) == 2
     assert "75" in _err(capsys)
     _nothing_written(tmp_path)
@@ -453,7 +461,7 @@ def test_image_size_below_the_backbones_minimum(tmp_path, capsys):
 def test_cache_info_on_a_file(tmp_path, capsys):
     f = tmp_path / "notacache"
     f.write_text("x")
-    assert main.main(["--cache-info", "--cache-dir", str(f)], user=tiny_config()) == 2
+    assert cli.main(["--cache-info", "--cache-dir", str(f)], user=tiny_config()) == 2
     assert "is a file" in _err(capsys)
 
 
@@ -468,10 +476,10 @@ def test_hidden_files_are_skipped_with_a_warning(tmp_path, caplog):
 
 
 KILL_RUN = """
-import sys
-sys.path[:0] = [{root!r}, {tests!r}]
-import main, helpers
-sys.exit(main.main({args!r}, user=helpers.tiny_config()))
+import runpy, sys
+from featrank import cli
+helpers = runpy.run_path({helpers!r})
+sys.exit(cli.main({args!r}, user=helpers["tiny_config"]()))
 """
 
 
@@ -489,7 +497,7 @@ def test_killing_a_parallel_sweep_leaves_no_worker_behind(tmp_path, sig):
     args = tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "8", "--dataset", str(tmp_path / "imgs"),
                      "--n-inference", "12", "--n-evaluation", "6", "--jobs", "2", "--bootstrap-all",
                      "--n-resamples", "20000")
-    code = KILL_RUN.format(root=root, tests=os.path.join(root, "tests"), args=args)
+    code = KILL_RUN.format(helpers=os.path.join(root, "tests", "helpers.py"), args=args)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, cwd=tmp_path)
     main_proc = psutil.Process(p.pid)
@@ -544,7 +552,7 @@ def test_a_manifest_with_a_string_context(built, capsys, caplog):
     meta = json.loads((entry / "metadata.json").read_text())
     meta["context"] = "not a dict"
     (entry / "metadata.json").write_text(json.dumps(meta))
-    assert main.main(["--cache-info", "--cache-dir", str(built / "cache")], user=tiny_config()) == 0
+    assert cli.main(["--cache-info", "--cache-dir", str(built / "cache")], user=tiny_config()) == 0
     assert "not a manifest" in caplog.text
     assert build_cache(built) == 0
 
@@ -574,10 +582,10 @@ def test_hf_text_model_is_refused(tmp_path, capsys):
     folder = tmp_path / "bert"
     transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=64).save_pretrained(folder)
-    assert main.main(_hf_args(tmp_path, folder), user=tiny_config()) == 2
+    assert cli.main(_hf_args(tmp_path, folder), user=tiny_config()) == 2
     msg = _err(capsys)
     assert "not a vision model" in msg and "BertModel" in msg
-    assert main.main(["--list-layers", f"hf:{folder}"], user=tiny_config()) == 2
+    assert cli.main(["--list-layers", f"hf:{folder}"], user=tiny_config()) == 2
     assert "not a vision model" in _err(capsys)
 
 
@@ -593,10 +601,10 @@ def test_hf_broken_preprocessor_config(tmp_path, capsys, content, needle):
     folder = tmp_path / "vit"
     _tiny_vit(folder, with_weights=False)
     (folder / "preprocessor_config.json").write_text(content)
-    assert main.main(_hf_args(tmp_path, folder), user=tiny_config()) == 2
+    assert cli.main(_hf_args(tmp_path, folder), user=tiny_config()) == 2
     msg = _err(capsys)
     assert needle in msg and "preprocessor_config.json" in msg
-    assert main.main(["--list-layers", f"hf:{folder}"], user=tiny_config()) == 2
+    assert cli.main(["--list-layers", f"hf:{folder}"], user=tiny_config()) == 2
     assert needle in _err(capsys)
 
 
@@ -609,18 +617,18 @@ def test_hf_corrupt_safetensors_with_weights_auto(tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:100])
     args = _hf_args(tmp_path, folder)
     args[args.index("--weights") + 1] = "auto"
-    assert main.main(args, user=tiny_config()) == 1
+    assert cli.main(args, user=tiny_config()) == 1
     msg = _err(capsys)
     assert "cannot load the weights" in msg and str(folder) in msg
 
 
 def test_a_full_results_disk_names_the_folder(tmp_path, capsys, monkeypatch):
     import errno as _errno
-    import report
+    from featrank import report
     def full(*a, **k):
         raise OSError(_errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(report, "write_run", full)
-    assert main.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3", "--n-resamples", "0"),
+    assert cli.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3", "--n-resamples", "0"),
                      user=tiny_config()) == 1
     msg = _err(capsys)
     assert "no space left" in msg and str(tmp_path / "results") in msg and "(output)" not in msg

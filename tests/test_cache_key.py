@@ -3,7 +3,7 @@ JSON (sorted keys, no spaces) of the fields plus the cache format, first 16 hex 
 import hashlib
 import json
 
-import feature_cache as fc
+from featrank import feature_cache as fc
 
 
 def _by_hand(fields):

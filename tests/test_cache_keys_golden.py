@@ -6,13 +6,13 @@ import hashlib
 
 import pytest
 
-import backbones
-import feature_cache
-import pipeline
-import run_plan
-from run_plan import default_config
-from dataset import ImageRecord
-from feature_cache import evaluation_units, reference_units
+from featrank import backbones
+from featrank import feature_cache
+from featrank import pipeline
+from featrank import run_plan
+from featrank.run_plan import default_config
+from featrank.dataset import ImageRecord
+from featrank.feature_cache import evaluation_units, reference_units
 
 GOLDEN = {"resnet50": "e9df4d6da5abcdd7", "vgg19": "76104f758ecf081c",
           "dinov2_vitb14": "c342c2fc36a27758", "sd_vae": "1b195eb4fd3680bc",

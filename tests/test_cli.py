@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import main
+from featrank import cli
 from helpers import tiny_args, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,14 +49,14 @@ def _one_line_error(capsys):
 
 def test_build_cache_without_layers(tmp_path, monkeypatch, capsys):
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, "--build-cache"), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--build-cache"), user=user) == 2
     assert "--layers" in _one_line_error(capsys)
     assert not (tmp_path / "cache").exists()
 
 
 def test_missing_dataset_folder(tmp_path, monkeypatch, capsys):
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "nope")), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "nope")), user=user) == 2
     assert "does not exist" in _one_line_error(capsys)
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
@@ -64,7 +64,7 @@ def test_missing_dataset_folder(tmp_path, monkeypatch, capsys):
 def test_empty_dataset_folder(tmp_path, monkeypatch, capsys):
     user = tiny_config()
     (tmp_path / "empty").mkdir()
-    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "empty")), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "empty")), user=user) == 2
     assert "no images" in _one_line_error(capsys)
     assert not (tmp_path / "results").exists()
 
@@ -79,7 +79,7 @@ def _write_images(folder, n, size=40, seed=0):
 def test_too_few_images_says_how_many_and_which_flag(tmp_path, monkeypatch, capsys):
     user = tiny_config()
     _write_images(tmp_path / "imgs", 5)
-    assert main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "imgs"),
+    assert cli.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "imgs"),
                                "--n-inference", "6", "--n-evaluation", "3"), user=user) == 2
     msg = _one_line_error(capsys)
     assert "found 5" in msg and "--n-inference" in msg
@@ -91,7 +91,7 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, monkeypatch, caps
     _write_images(tmp_path / "imgs" / "sub", 8)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "imgs" / "notes.txt").write_text("hello")
-    rc = main.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "imgs"), "--n-inference", "4",
+    rc = cli.main(tiny_args(tmp_path, "--dataset", str(tmp_path / "imgs"), "--n-inference", "4",
                              "--n-evaluation", "3"), user=user)
     assert rc == 0
     assert "broken.jpg" in caplog.text and "notes.txt" in caplog.text
@@ -115,7 +115,7 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path, monkeypatch, caps
 ])
 def test_invalid_config_fails_at_startup(tmp_path, monkeypatch, capsys, key, value, needle):
     user = tiny_config(**{key: value})
-    assert main.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3"), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--n-inference", "4", "--n-evaluation", "3"), user=user) == 2
     assert needle in _one_line_error(capsys)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
 
@@ -123,7 +123,7 @@ def test_invalid_config_fails_at_startup(tmp_path, monkeypatch, capsys, key, val
 @pytest.mark.parametrize("key", ["cache_dir", "results_dir"])
 def test_output_folders_in_config_must_be_paths(tmp_path, monkeypatch, capsys, key):
     monkeypatch.chdir(tmp_path)
-    assert main.main(["--weights", "random", "-q"], user=tiny_config(**{key: 5})) == 2
+    assert cli.main(["--weights", "random", "-q"], user=tiny_config(**{key: 5})) == 2
     assert f"config['{key}'] = 5 must be a folder path" in _one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
 
@@ -131,16 +131,16 @@ def test_output_folders_in_config_must_be_paths(tmp_path, monkeypatch, capsys, k
 def test_unknown_mode_in_enabled_layers(tmp_path, monkeypatch, capsys):
     user = tiny_config()
     user.enabled_layers["resnet50"] = {99: True}
-    assert main.main(tiny_args(tmp_path, "--mode", "medium", "--n-inference", "4",
+    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--n-inference", "4",
                                "--n-evaluation", "3"), user=user) == 2
     assert "0..15" in _one_line_error(capsys)
 
 
 def test_layer_index_out_of_range_and_unknown_path(tmp_path, monkeypatch, capsys):
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "42"), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--build-cache", "--layers", "42"), user=user) == 2
     assert "0..15" in _one_line_error(capsys)
-    assert main.main(tiny_args(tmp_path, "--build-cache", "--layers", "layer3.2.conv9"), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--build-cache", "--layers", "layer3.2.conv9"), user=user) == 2
     msg = _one_line_error(capsys)
     assert "layer3.2.conv1" in msg and "--list-layers resnet50" in msg
     assert not (tmp_path / "cache").exists()
@@ -161,7 +161,7 @@ def test_vit_image_size_must_be_a_multiple_of_the_patch(tmp_path, monkeypatch, c
     user = tiny_config()
     args = tiny_args(tmp_path, "--backbone", "dinov2_vitb14", "--build-cache", "--layers", "3")
     args[args.index("--image-size") + 1] = "64"
-    assert main.main(args, user=user) == 2
+    assert cli.main(args, user=user) == 2
     msg = _one_line_error(capsys)
     assert "patch size 14" in msg and "56" in msg and "70" in msg
     assert not (tmp_path / "cache").exists()

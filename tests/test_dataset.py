@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-import dataset
+from featrank import dataset
 
 
 def test_builtin_has_enough_distinct_images_for_full_mode():
@@ -37,7 +37,7 @@ def test_builtin_selection_is_deterministic_and_disjoint():
 
 
 def test_builtin_images_are_identical_across_processes():
-    code = ("import dataset, hashlib; "
+    code = ("import hashlib; from featrank import dataset; "
             "print(hashlib.sha256(dataset.load_builtin('builtin:leaves:7').tobytes()).hexdigest())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
-import degradation_generator as dg
-from errors import ConfigError
+from featrank import degradation_generator as dg
+from featrank.errors import ConfigError
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_fid_paper_disturbances(img):
 
 
 def test_random_degradations_are_deterministic_across_processes(img):
-    code = ("import numpy as np, degradation_generator as dg, hashlib; "
+    code = ("import numpy as np, hashlib; from featrank import degradation_generator as dg; "
             "img = np.arange(48*48*3, dtype=np.uint64).reshape(48,48,3).astype(np.uint8); "
             "print(hashlib.sha256(dg.apply_degradation(img, 'gaussian_noise', 7, 3, 'abc').tobytes()).hexdigest())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def test_level_validation(spec, needle):
 
 
 def test_default_levels_are_the_seed_levels():
-    from run_plan import default_config
+    from featrank.run_plan import default_config
     d = default_config()["degradations"]
     assert d["blur"]["levels"] == [0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.3, 1.6, 2, 2.5, 3]
     assert d["noise"]["levels"] == [1, 2, 3, 5, 7, 9, 12, 15, 18, 22, 26, 30]

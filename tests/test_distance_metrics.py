@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
-import distance_metrics as dm
-import representations as rp
+from featrank import distance_metrics as dm
+from featrank import representations as rp
 
 
 def _cases():
@@ -194,7 +194,7 @@ def test_resampled_scores_equal_scores_of_resampled_rows(make):
 def test_mahalanobis_gaussian_matches_scipy():
     """Exact when the covariance is invertible (no ridge, even at condition ~1e10); the ridge
     reg * trace / d only when it is singular (n < d), and the model records it."""
-    from distribution_modeling import fit_distribution
+    from featrank.distribution_modeling import fit_distribution
     for case in ("full-rank", "singular", "ill-conditioned"):
         ref, ev = CASES[case]
         model = fit_distribution(ref, {"type": "gaussian"})
@@ -210,7 +210,7 @@ def test_mahalanobis_gaussian_matches_scipy():
 def test_mahalanobis_exact_at_condition_1e9_in_512_dims():
     """An invertible 512-d covariance of condition >= 1e9 from 1000 rows: equal to scipy's
     mahalanobis with the exact inverse (the old default ridge moved it by 26 %)."""
-    from distribution_modeling import fit_distribution
+    from featrank.distribution_modeling import fit_distribution
     rng = np.random.default_rng(7)
     d = 512
     basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
@@ -230,7 +230,7 @@ def test_gaussian_span_form_equals_the_d_dimensional_model():
     """n - 1 < d: computed in the reference span (Woodbury), from rows or from kernels alone,
     equal to the d x d model with its ridge, for Mahalanobis and log-likelihood."""
     from scipy.stats import multivariate_normal
-    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    from featrank.distribution_modeling import KernelQuery, KernelRows, fit_distribution
     ref, ev = CASES["singular"]                     # 40 rows, 64 dims
     spec = {"type": "gaussian", "reg": 1e-3}
     rows = fit_distribution(ref, spec)
@@ -248,7 +248,7 @@ def test_gaussian_span_form_equals_the_d_dimensional_model():
 
 
 def test_kde_from_kernels_equals_kde_from_rows():
-    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    from featrank.distribution_modeling import KernelQuery, KernelRows, fit_distribution
     ref, ev = CASES["singular"]
     rows = fit_distribution(ref, {"type": "kde"})
     kern = fit_distribution(KernelRows(ref @ ref.T, ref.shape[1]), {"type": "kde"})
@@ -259,7 +259,7 @@ def test_kde_from_kernels_equals_kde_from_rows():
 
 def test_neg_loglik_gaussian_matches_scipy():
     from scipy.stats import multivariate_normal
-    from distribution_modeling import fit_distribution
+    from featrank.distribution_modeling import fit_distribution
     ref, ev = CASES["full-rank"]
     model = fit_distribution(ref, {"type": "gaussian", "reg": 0.0})
     assert model.ridge == 0.0 and np.allclose(model.covariance, np.cov(ref, rowvar=False, ddof=1))
@@ -270,7 +270,7 @@ def test_neg_loglik_gaussian_matches_scipy():
 def test_gmm_and_kde_models():
     from sklearn.mixture import GaussianMixture
     from sklearn.neighbors import KernelDensity
-    from distribution_modeling import fit_distribution, ModelError
+    from featrank.distribution_modeling import fit_distribution, ModelError
     ref, ev = CASES["full-rank"]
     for cov in ("diag", "full", "tied", "spherical"):
         model = fit_distribution(ref, {"type": "gmm", "covariance_type": cov, "n_components": 3}, seed=0)
@@ -325,7 +325,7 @@ def test_config_defaults_are_the_published_constants():
     """The defaults of KID and CMMD are the published values, written out here from their
     sources (torch-fidelity's KID defaults / Binkowski et al.; the CMMD reference's _SIGMA and
     _SCALE); config.py's sections hold only overrides, and a run's settings record every value."""
-    import run_plan
+    from featrank import run_plan
     from helpers import tiny_config
     assert dm.metric_params("cmmd", {}) == {"sigma": 10.0, "scale": 1000.0}
     assert dm.metric_params("kid", {}) == {"subsets": None, "subset_size": 1000, "degree": 3,
@@ -342,7 +342,7 @@ def test_full_and_tied_gmm_in_the_reference_span_equal_sklearn_on_the_rows(cov):
     """d = 64 > n - 1 = 39: fitted on the span coordinates (from rows, or kernels alone), the
     mixture equals scikit-learn's fitted on the 64-dim rows: log-density and Mahalanobis."""
     from sklearn.mixture import GaussianMixture
-    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    from featrank.distribution_modeling import KernelQuery, KernelRows, fit_distribution
     ref, ev = CASES["singular"]
     spec = {"type": "gmm", "covariance_type": cov, "n_components": 3, "reg_covar": 1e-2}
     peer = GaussianMixture(3, covariance_type=cov, reg_covar=1e-2, random_state=0, max_iter=200).fit(ref)
@@ -418,7 +418,7 @@ def test_gaussian_with_a_rank_deficient_covariance_from_more_rows_than_dims():
     from scipy.spatial.distance import mahalanobis
     from scipy.stats import multivariate_normal
 
-    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    from featrank.distribution_modeling import KernelQuery, KernelRows, fit_distribution
     rng = np.random.default_rng(6)
     ref = rng.normal(size=(30, 3))
     ref = np.column_stack([ref, ref[:, 0]])          # 4 dims, rank 3
@@ -447,7 +447,7 @@ def test_kde_auto_bandwidth_is_scotts_rule_on_the_mean_variance():
     rows or kernels; the density is scikit-learn's KernelDensity at that h."""
     from sklearn.neighbors import KernelDensity
 
-    from distribution_modeling import KernelQuery, KernelRows, fit_distribution
+    from featrank.distribution_modeling import KernelQuery, KernelRows, fit_distribution
     rng = np.random.default_rng(7)
     ref, ev = rng.normal(size=(25, 3)) * [1, 2, 3], rng.normal(size=(4, 3)) * 0.01  # near the mean
     h = 25 ** (-1 / 7) * np.sqrt(np.mean(np.var(ref, axis=0, ddof=1)))
@@ -468,7 +468,7 @@ def test_span_form_for_rows_inside_the_reference_span():
     outside the span is zero (up to rounding, clipped at 0), so only the span term counts."""
     from scipy.spatial.distance import mahalanobis
 
-    from distribution_modeling import fit_distribution
+    from featrank.distribution_modeling import fit_distribution
     rng = np.random.default_rng(8)
     ref = rng.normal(size=(6, 12))
     w = rng.dirichlet(np.ones(6), size=4)

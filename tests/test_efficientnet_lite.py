@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-import backbones
-import main
-from dataset import _photo_paths, load_rgb
-from feature_extraction import preprocess
+from featrank import backbones
+from featrank import cli
+from featrank.dataset import _photo_paths, load_rgb
+from featrank.feature_extraction import preprocess
 from helpers import cache_hits, tiny_args, tiny_config, write_images
 
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -121,7 +121,7 @@ def _fid_rhos(tmp_path, weights):
                      "--n-evaluation", "12", "--n-resamples", "0", "--backbone", "efficientnet_lite0")
     argv[argv.index("--image-size") + 1] = "224"
     argv[argv.index("--weights") + 1] = weights
-    assert main.main(argv, user=tiny_config(working_size=256)) == 0
+    assert cli.main(argv, user=tiny_config(working_size=256)) == 0
     (path,) = glob.glob(str(tmp_path / "results" / "*" / "results_*.csv"))
     with open(path) as f:
         (row,) = list(csv.DictReader(f))
@@ -164,7 +164,7 @@ def _build(tmp_path, caplog, weights="auto"):
     argv = tiny_args(tmp_path, "--build-cache", "--backbone", "efficientnet_lite0", "--layers", "11",
                      "--dataset", str(tmp_path / "imgs"), "--n-inference", "3", "--n-evaluation", "2")
     argv[argv.index("--weights") + 1] = weights
-    assert main.main(argv, user=tiny_config()) == 0
+    assert cli.main(argv, user=tiny_config()) == 0
     return cache_hits(caplog)
 
 
@@ -347,7 +347,7 @@ def test_auto_without_network_runs_random_init_with_one_line_warning(online, tmp
                      str(tmp_path / "imgs"), "--n-inference", "3", "--n-evaluation", "2")
     argv.remove("-q")
     argv[argv.index("--weights") + 1] = "auto"
-    assert main.main(argv, user=tiny_config()) == 0
+    assert cli.main(argv, user=tiny_config()) == 0
     err = capsys.readouterr().err
     assert "RANDOM-INIT" in err and "failed" in err and "--backbone efficientnet_lite0" in err
     assert "Traceback" not in err
@@ -367,7 +367,7 @@ def test_an_unreachable_hugging_face_hub_is_asked_once_and_briefly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in backbones.OFFLINE_SWITCHES}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{dead}", HF_HUB_CACHE=str(tmp_path / "hf"),
                HF_HOME=str(tmp_path / "home"))
-    code = ("import backbones; p = backbones.resolve_weights('clip_vit', 'auto'); print(p.label)")
+    code = ("from featrank import backbones; p = backbones.resolve_weights('clip_vit', 'auto'); print(p.label)")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(backbones.__file__),
                          env=env, capture_output=True, text=True, timeout=120)

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import main
+from featrank import cli
 from helpers import tiny_args, tiny_config
 
 
 def _run(tmp_path):
     before = set((tmp_path / "results").iterdir()) if (tmp_path / "results").exists() else set()
-    assert main.main(tiny_args(tmp_path, "--mode", "medium", "--n-inference", "12",
+    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--n-inference", "12",
                                "--n-evaluation", "5"), user=tiny_config()) == 0
     (run_dir,) = set((tmp_path / "results").iterdir()) - before
     return run_dir

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import distance_metrics as dm
-import evaluation as ev
-from run_plan import default_config
-from feature_spaces import FeatureSpace
+from featrank import distance_metrics as dm
+from featrank import evaluation as ev
+from featrank.run_plan import default_config
+from featrank.feature_spaces import FeatureSpace
 
 
 @pytest.mark.parametrize("scores", [[1, 2, 2, 3, 5], [3, 3, 1, 4, 4, 0], [0, 1, 2, 3], [5, 4, 3, 3]])
@@ -96,8 +96,8 @@ def test_rank_orders_by_mean_rho_then_not_run_then_failed():
 def test_two_configurations_with_identical_features_share_nothing_but_content():
     """Two layer configs with the same layers and different aggregates get different
     features, each equal to a direct computation (the memo is keyed by content)."""
-    from feature_spaces import Transform, feature_key
-    from layer_registry import LayerConfig
+    from featrank.feature_spaces import Transform, feature_key
+    from featrank.layer_registry import LayerConfig
     t = Transform("raw")
     a = LayerConfig("same", ((0, "p"), (1, "q")), "concat")
     b = LayerConfig("same", ((0, "p"), (1, "q")), "mean")
@@ -149,7 +149,7 @@ def test_the_difference_interval_is_paired():
 
 
 def test_summary_and_heatmap_name_the_tied_set(tmp_path):
-    import report
+    from featrank import report
     same = ev.rank([_score(_features(0.5), "fid"), _score(_features(0.5), "fid"),
                     _score(_blind_features(), "fid")])
     ev.ties_with_top(same, 0.95)
@@ -165,7 +165,7 @@ def test_bootstrap_equals_the_percentile_bootstrap_written_out():
     resampled rows (pytorch-fid's Fréchet distance), scipy's Spearman rho per resample, numpy
     percentiles at (1 - c) / 2 and 1 - (1 - c) / 2, the sensitivity (s1 - s0) / sd(b1 - b0),
     and with opinion scores the set-level SRCC against the resampled references' mean MOS."""
-    import human_agreement as ha
+    from featrank import human_agreement as ha
     from pytorch_fid.fid_score import calculate_frechet_distance
     rng = np.random.default_rng(5)
     n, B, conf_level, seed = 12, 40, 0.8, 3

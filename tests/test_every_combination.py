@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-import evaluation as ev
-from run_plan import default_config
-from dataset import ImageRecord
-from feature_cache import LayerCache, evaluation_units, reference_units
-from feature_spaces import FeatureAssembler
+from featrank import evaluation as ev
+from featrank.run_plan import default_config
+from featrank.dataset import ImageRecord
+from featrank.feature_cache import LayerCache, evaluation_units, reference_units
+from featrank.feature_spaces import FeatureAssembler
 
 DEGS = {"blur": {"type": "gaussian_blur", "levels": [1.0, 2.0]}}
 RECORDS = [ImageRecord(f"/x/{i}", f"{i:064x}") for i in range(30)]

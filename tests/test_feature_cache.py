@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-import backbones
-import main
+from featrank import backbones
+from featrank import cli
 from helpers import build_cache, cache_hits, tiny_args, tiny_config, write_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +51,7 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
                      "--n-inference", "5", "--n-evaluation", "3", *extra)
     if change == "weights":      # tiny_args says --weights random; the later flag wins
         args = args[:args.index("--weights")] + args[args.index("--weights") + 2:]
-    assert main.main(args, user=user) == 0
+    assert cli.main(args, user=user) == 0
     hits, misses = cache_hits(caplog)
     assert misses, f"{change}: expected a CACHE MISS, got {hits}"
     if change == "levels":      # only the changed level (blur 3.0 -> 2.0) is extracted again
@@ -63,8 +63,8 @@ def test_any_parameter_change_is_a_miss(built, caplog, monkeypatch, change):
 def test_noise_seed_changes_evaluation_keys_only(tmp_path):
     """Same images, another seed: every evaluation file's key changes (the noise is
     redrawn), the reference chunks' keys do not."""
-    from dataset import ImageRecord
-    from feature_cache import LayerCache, evaluation_units, reference_units
+    from featrank.dataset import ImageRecord
+    from featrank.feature_cache import LayerCache, evaluation_units, reference_units
     recs = [ImageRecord(f"/x/{i}.png", f"{i:064x}") for i in range(8)]
     ctx = {"weights": {"source": "random-init", "seed": 0}, "dtype": "float16"}
     degs = {"noise": {"type": "gaussian_noise", "levels": [5, 10]}}
@@ -94,15 +94,15 @@ def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, m
     monkeypatch.setitem(backbones.BACKBONES, "resnet50",
                         dataclasses.replace(backbones.BACKBONES["resnet50"], build=boom))
     monkeypatch.setattr(backbones, "build_backbone", boom)
-    assert main.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
+    assert cli.main(tiny_args(built, "--mode", "medium", "--dataset", str(built / "imgs"),
                                "--n-inference", "5", "--n-evaluation", "3"), user=user) == 0
     hits, misses = cache_hits(caplog)
     assert len(hits) == len(enabled) and not misses
 
 
 def test_nan_activations_are_refused_naming_the_layer(tmp_path):
-    from dataset import ImageRecord
-    from feature_cache import CacheError, LayerCache, reference_units
+    from featrank.dataset import ImageRecord
+    from featrank.feature_cache import CacheError, LayerCache, reference_units
     recs = [ImageRecord(f"/x/{i}", f"{i:064x}") for i in range(3)]
     cache = LayerCache(str(tmp_path), "resnet50", 8, "layer4", {}, recs, recs[:2], seed=0)
     bad = np.ones((3, 4, 2, 2), np.float32)
@@ -154,8 +154,8 @@ def test_checksum_mismatch_is_detected(built, caplog):
 def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypatch):
     """At the backbone's own input size (224), on the same images, for layers 7 and 8 (one
     extraction per dtype gives both)."""
-    import distance_metrics as dm
-    import representations as rp
+    from featrank import distance_metrics as dm
+    from featrank import representations as rp
     user = tiny_config(working_size=64)
     write_images(tmp_path / "imgs", n=40)
     scores = {}
@@ -164,7 +164,7 @@ def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypat
         args = tiny_args(tmp_path, "--build-cache", "--layers", "7", "8", "--dataset",
                          str(tmp_path / "imgs"), "--n-inference", "30", "--n-evaluation", "8")
         args[args.index("--image-size") + 1] = "224"
-        assert main.main(args, user=user) == 0
+        assert cli.main(args, user=user) == 0
         files = {k: v for k, v in _chunks(tmp_path / "cache").items() if v.dtype == np.dtype(dtype)}
         for layer in ("single_layer_7", "single_layer_8"):          # the cache's layer folders
             mine = {k: v for k, v in files.items() if k.split(os.sep)[1] == layer}
@@ -180,7 +180,7 @@ def test_float16_storage_keeps_metrics_within_1e3_of_float32(tmp_path, monkeypat
 
 
 def test_cache_info_lists_entries(built, capsys):
-    assert main.main(["--cache-info", "--cache-dir", str(built / "cache")], user=tiny_config()) == 0
+    assert cli.main(["--cache-info", "--cache-dir", str(built / "cache")], user=tiny_config()) == 0
     out = capsys.readouterr().out
     assert "single_layer_8" in out and "layer4" in out and "complete" in out
 
@@ -196,11 +196,11 @@ def test_deleting_one_layer_folder_invalidates_only_that_layer(built, caplog):
 
 
 BUILD_SCRIPT = (
-    "import sys, main, run_plan\n"
+    "import sys\nfrom featrank import cli, run_plan\n"
     "user = run_plan.UserConfig.load(working_size=32, batch_size=4, num_workers=0, degradations="
     "{'blur': {'type': 'gaussian_blur', 'levels': [1.0, 2.0, 3.0]},"
     " 'noise': {'type': 'gaussian_noise', 'levels': [5, 10, 20]}})\n"
-    "sys.exit(main.main(sys.argv[1:], user=user))\n")
+    "sys.exit(cli.main(sys.argv[1:], user=user))\n")
 
 
 def _build_cmd(tmp_path, cache):
@@ -212,7 +212,7 @@ def _build_cmd(tmp_path, cache):
 @pytest.mark.slow
 def test_two_processes_building_the_same_entry_do_not_corrupt_it(tmp_path):
     write_images(tmp_path / "imgs", n=60)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     clean_dir, shared = tmp_path / "clean", tmp_path / "shared"
     assert subprocess.run(_build_cmd(tmp_path, clean_dir), cwd=ROOT, env=env).returncode == 0
     procs = [subprocess.Popen(_build_cmd(tmp_path, shared), cwd=ROOT, env=env,
@@ -233,7 +233,7 @@ def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
     """Kill --build-cache at several points; every rerun completes and the final files
     equal an uninterrupted build's."""
     write_images(tmp_path / "imgs", n=60)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def cmd(cache):
         return _build_cmd(tmp_path, cache)
@@ -259,6 +259,6 @@ def test_sigkill_during_build_then_resume_equals_clean_build(tmp_path):
 
 
 def test_batches_never_cross_a_cache_file():
-    from feature_extraction import unit_batches
+    from featrank.feature_extraction import unit_batches
     batches = unit_batches([5, 3, 8], 4)
     assert batches == [[0, 1, 2, 3], [4], [5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]

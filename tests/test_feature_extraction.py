@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import feature_extraction as fe
-from feature_cache import CacheError, LayerCache
+from featrank import feature_extraction as fe
+from featrank.feature_cache import CacheError, LayerCache
 from helpers import build_cache, tiny_config, write_images
 
 
@@ -22,7 +22,7 @@ def test_preprocess_batch_is_preprocess_batched():
 
 
 def test_capture_in_the_cache_dtype_equals_numpy_conversion():
-    from backbones import build_backbone
+    from featrank.backbones import build_backbone
     bb = build_backbone("vgg19", "random", 0, 32, allow_download=False)
     paths = ["features.0", "features.2"]             # conv outputs, each followed by an in-place ReLU
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -86,7 +86,7 @@ def test_a_failing_write_stops_the_build_and_keeps_finished_files(tmp_path, monk
 
 def fe_build(tmp_path):
     """The pipeline's build, raising instead of exiting."""
-    import pipeline
+    from featrank import pipeline
     cfg = tiny_config().config
     cfg.update({"image_size": 32, "weights": "random", "dataset": str(tmp_path / "imgs"),
                 "n_images_inference": 5, "n_images_evaluation": 3, "cache_dir": str(tmp_path / "cache")})

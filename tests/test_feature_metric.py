@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluation as ev
-import feature_metric as fm
-import main
-import run_plan
-from dataset import load_rgb
-from degradation_generator import apply_degradation
-from errors import UserError
+from featrank import evaluation as ev
+from featrank import feature_metric as fm
+from featrank import cli
+from featrank import run_plan
+from featrank.dataset import load_rgb
+from featrank.degradation_generator import apply_degradation
+from featrank.errors import UserError
 from helpers import tiny_args, tiny_config
 
 
@@ -87,7 +87,7 @@ def sweep(tmp_path_factory):
     user = tiny_config()
     args = tiny_args(tmp, "--mode", "medium", "--n-inference", "24", "--n-evaluation", "8",
                      "--no-baselines", "--n-resamples", "0")
-    assert main.main(args, user=user) == 0
+    assert cli.main(args, user=user) == 0
     results = json.load(open(glob.glob(str(tmp / "results" / "*" / "results_*.json"))[0]))
     cfg = results["config"]
     degradation, spec = next(iter(cfg["degradations"].items()))
@@ -96,7 +96,7 @@ def sweep(tmp_path_factory):
         f.mkdir()
     for i, src in enumerate(results["dataset"]["reference"]):
         Image.fromarray(load_rgb(src, cfg["working_size"])).save(folders["ref"] / f"{i:03d}.png")
-    from cache_fill import select
+    from featrank.cache_fill import select
     ev_records, _ = select(run_plan.Stages.of({**cfg, "dataset": "builtin"}).data)
     for i, r in enumerate(ev_records):
         img = load_rgb(r.source, cfg["working_size"])
@@ -118,7 +118,7 @@ def test_apply_reproduces_the_sweeps_score_of_a_row_at_a_level(sweep):
     for r in chosen.values():
         ref = folders["clean"] if r["metric"].startswith("paired") else folders["ref"]
         out = tmp / f"scores_{r['rank']}.csv"
-        code = main.main(tiny_args(tmp, "--apply", f"{resdir}#{r['rank']}", str(ref),
+        code = cli.main(tiny_args(tmp, "--apply", f"{resdir}#{r['rank']}", str(ref),
                                    str(folders["degraded"]), "--out", str(out), "--n-resamples", "0"),
                          user=user)
         assert code == 0, r["label"]
@@ -130,7 +130,7 @@ def test_apply_reproduces_the_sweeps_score_of_a_row_at_a_level(sweep):
 
 def test_apply_with_a_spec_string_prints_one_score_per_folder_with_an_interval(sweep, capsys):
     tmp, user, _, _, folders = sweep
-    code = main.main(tiny_args(tmp, "--apply", "resnet50:8/concat/gap/fid", str(folders["ref"]),
+    code = cli.main(tiny_args(tmp, "--apply", "resnet50:8/concat/gap/fid", str(folders["ref"]),
                                str(folders["clean"]), str(folders["degraded"]), "--n-resamples", "50"),
                      user=user)
     lines = capsys.readouterr().out.strip().splitlines()
@@ -152,7 +152,7 @@ def test_bad_apply_input_exits_2_with_one_line(sweep, capsys, extra, named):
     resdir = glob.glob(str(tmp / "results" / "*"))[0]
     extra = [e.replace("RESULTS", resdir).replace("REF", str(folders["ref"]))
              .replace("EVAL", str(folders["degraded"])) for e in extra]
-    assert main.main(tiny_args(tmp, "--apply", *extra), user=user) == 2
+    assert cli.main(tiny_args(tmp, "--apply", *extra), user=user) == 2
     err = capsys.readouterr().err.strip()
     assert named in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
@@ -160,7 +160,7 @@ def test_bad_apply_input_exits_2_with_one_line(sweep, capsys, extra, named):
 def test_out_is_checked_before_any_work(sweep, capsys, monkeypatch):
     tmp, user, _, _, folders = sweep
     monkeypatch.setattr(fm, "apply", lambda *a, **k: pytest.fail("work started"))
-    assert main.main(tiny_args(tmp, "--apply", "resnet50:8/concat/gap/fid", str(folders["ref"]),
+    assert cli.main(tiny_args(tmp, "--apply", "resnet50:8/concat/gap/fid", str(folders["ref"]),
                                str(folders["degraded"]), "--out", "/no/such/dir/s.csv"), user=user) == 2
     assert "/no/such/dir" in capsys.readouterr().err
 
@@ -172,7 +172,7 @@ def test_the_interval_is_a_bootstrap_over_the_eval_images():
     scorer = ev.scorer_for("fid", ev.FeatureSpace.rows(ref, {fm.APPLY_KEY: e}), None, 0)
     state = scorer.prepare(e)
     idx = rng.integers(0, 12, 12)
-    import distance_metrics as dm
+    from featrank import distance_metrics as dm
     assert scorer.score_prepared(state, idx) == pytest.approx(dm.fid(ref, e[idx]), rel=1e-9)
 
 
@@ -184,7 +184,7 @@ def _images(folder):
 
 def _apply_score(tmp, user, config, ref, ev_folder, name):
     out = tmp / f"{name}.csv"
-    assert main.main(tiny_args(tmp, "--apply", config, str(ref), str(ev_folder), "--out", str(out),
+    assert cli.main(tiny_args(tmp, "--apply", config, str(ref), str(ev_folder), "--out", str(out),
                                "--n-resamples", "0"), user=user) == 0
     return float(next(csv.DictReader(open(out)))["score"])
 
@@ -220,7 +220,7 @@ def test_feature_metric_for_fid_holds_d_squared_state_not_the_rows():
     """5,000 updates of random 2048-d features: the state is the mean and the scatter matrix
     (d + d^2 float64) and fewer than d waiting rows, the same after 2,500 updates as after
     5,000, and the FID equals the FID of all the rows at once."""
-    import distance_metrics as dm
+    from featrank import distance_metrics as dm
     rng = np.random.default_rng(0)
     d = 2048
     ref = rng.normal(size=(300, d))
@@ -240,8 +240,7 @@ TORCHRUN_SCRIPT = '''
 import os, sys
 import numpy as np
 import torch.distributed as dist
-sys.path.insert(0, {root!r})
-import feature_metric as fm
+from featrank import feature_metric as fm
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 rng = np.random.default_rng(0)
@@ -321,22 +320,22 @@ def test_generator_gives_the_folders_score(sweep, capsys, monkeypatch):
     monkeypatch.chdir(tmp / "gen_mod")
     want = _apply_score(tmp, user, f"{resdir}#1", folders["ref"], folders["degraded"], "gen_folder")
     capsys.readouterr()
-    assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
+    assert cli.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
                                "my_gan:sample", "--n", "8"), user=user) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if "my_gan:sample" in ln][0]
     got = float(line.split(" = ")[1].split()[0])
     assert got == pytest.approx(want, rel=1e-5)          # printed to 6 significant digits
     saved = tmp / "gen_ref.npz"                          # and from a saved reference
-    assert main.main(tiny_args(tmp, "--save-reference", f"{resdir}#1", str(folders["ref"]), str(saved)),
+    assert cli.main(tiny_args(tmp, "--save-reference", f"{resdir}#1", str(folders["ref"]), str(saved)),
                      user=user) == 0
     capsys.readouterr()
     import sys
     sys.modules.pop("my_gan")                            # the stand-in generator starts again
-    assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(saved), "--generator",
+    assert cli.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(saved), "--generator",
                                "my_gan:sample", "--n", "8"), user=user) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if "my_gan:sample" in ln][0]
     assert float(line.split(" = ")[1].split()[0]) == pytest.approx(want, rel=1e-5)
-    assert main.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
+    assert cli.main(tiny_args(tmp, "--apply", f"{resdir}#1", str(folders["ref"]), "--generator",
                                "no_such_module:f", "--n", "8"), user=user) == 2
 
 
@@ -347,17 +346,17 @@ def test_a_saved_reference_gives_the_folders_score_and_refuses_another_configura
     for r in (rows[0], next(x for x in rows if x["transform"] == "gram_pca" and x["distribution"]
                             and x["status"] == "scored")):
         config, saved = f"{resdir}#{r['rank']}", tmp / f"ref_{r['rank']}.npz"
-        assert main.main(tiny_args(tmp, "--save-reference", config, str(folders["ref"]), str(saved)),
+        assert cli.main(tiny_args(tmp, "--save-reference", config, str(folders["ref"]), str(saved)),
                          user=user) == 0
         want = _apply_score(tmp, user, config, folders["ref"], folders["degraded"], f"f{r['rank']}")
         got = _apply_score(tmp, user, config, saved, folders["degraded"], f"s{r['rank']}")
         assert got == pytest.approx(want, rel=1e-6, abs=1e-9), r["label"]
     capsys.readouterr()
     other = "resnet50:8/concat/gap/fid"
-    assert main.main(tiny_args(tmp, "--apply", other, str(saved), str(folders["degraded"])), user=user) == 2
+    assert cli.main(tiny_args(tmp, "--apply", other, str(saved), str(folders["degraded"])), user=user) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "was saved for configuration" in errors[0]
-    assert main.main(tiny_args(tmp, "--apply", config, str(saved), str(folders["degraded"]),
+    assert cli.main(tiny_args(tmp, "--apply", config, str(saved), str(folders["degraded"]),
                                "--seed", "5"), user=user) == 2        # other settings: refused too
 
 
@@ -371,7 +370,7 @@ def test_the_shipped_weights_apply_as_a_metric_and_in_a_training_loop(sweep):
     argv = tiny_args(tmp, "--apply", spec, str(folders["ref"]), str(folders["clean"]),
                      str(folders["degraded"]), "--out", str(out), "--n-resamples", "0")
     argv[argv.index("--weights") + 1] = "auto"
-    assert main.main(argv, user=user) == 0
+    assert cli.main(argv, user=user) == 0
     rows = list(csv.DictReader(open(out)))
     clean, degraded = (float(r["score"]) for r in rows)
     assert degraded > clean
@@ -401,7 +400,7 @@ def test_only_fid_on_untransformed_rows_keeps_running_moments(spec):
     keeps, compute() equals the score of the same rows kept (the sweep's scorer, its
     post-processing fitted on the reference) and, for FID on GAP rows, the FID of the rows
     with their transform applied by hand."""
-    import distance_metrics as dm
+    from featrank import distance_metrics as dm
     rng = np.random.default_rng(1)
     ref, rows = rng.normal(size=(40, 12)), rng.normal(0.3, 1.2, size=(25, 12))
     settings = {"weights": "random", "image_size": 32}
@@ -427,7 +426,7 @@ def test_the_applied_interval_is_a_percentile_bootstrap_over_every_eval_image():
     """--apply's interval, recomputed here: B draws of n of the n evaluation rows with
     replacement from numpy's default_rng([seed, 0xA991]), FID of each drawn set with
     distance_metrics.fid, and the 2.5th and 97.5th percentiles (numpy's linear rule)."""
-    import distance_metrics as dm
+    from featrank import distance_metrics as dm
     rng = np.random.default_rng(5)
     ref, rows = rng.normal(size=(30, 5)), rng.normal(0.4, 1.0, size=(14, 5))
     m = fm.FeatureMetric("resnet50:8/concat/gap/fid", reference_features=ref, keep_rows=True,

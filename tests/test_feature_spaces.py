@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-import distance_metrics as dm
-import gram_engine as ge
-import representations as rp
-from run_plan import default_config
-from feature_cache import cache_info, evaluation_units, reference_units
-from feature_spaces import FeatureAssembler
+from featrank import distance_metrics as dm
+from featrank import gram_engine as ge
+from featrank import representations as rp
+from featrank.run_plan import default_config
+from featrank.feature_cache import cache_info, evaluation_units, reference_units
+from featrank.feature_spaces import FeatureAssembler
 from test_every_combination import DEGS, RECORDS, FakeCache, run_grid
 
 TWO_SAMPLE = ["fid", "kid", "cmmd", "mmd_rbf"]
@@ -144,14 +144,14 @@ def test_derived_kernel_blocks_are_cached_listed_and_recomputed_when_deleted(tmp
 def test_float32_gram_gemm_is_within_1e4_of_float64_for_fid_on_a_real_cached_layer(tmp_path, monkeypatch):
     """resnet50 layer3 (random init, 32 px) from a real cache: the float32 GEMM path of the
     kernel route against float64."""
-    import main
+    from featrank import cli
     from helpers import tiny_args, tiny_config
     results = {}
     for precision in ("float32", "float64"):
         user = tiny_config(gram_precision=precision, max_representation_bytes=2**20,
                           feature_transforms=[{"name": "gram_only", "use_gram": True}],
                           distance_metrics=["fid"], baselines=[])
-        assert main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--n-inference", "12",
+        assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--n-inference", "12",
                                    "--n-evaluation", "5", "--n-resamples", "0"), user=user) == 0
         (run,) = [p for p in (tmp_path / "results").iterdir() if p.name not in results.values()]
         results[precision] = run.name

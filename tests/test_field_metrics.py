@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-import distance_metrics as dm
-import evaluation as ev
-import representations as rp
-from feature_spaces import FeatureSpace, explicit_kernel
-from run_plan import default_config
+from featrank import distance_metrics as dm
+from featrank import evaluation as ev
+from featrank import representations as rp
+from featrank.feature_spaces import FeatureSpace, explicit_kernel
+from featrank.run_plan import default_config
 
 prdc = pytest.importorskip("prdc")
 dcor = pytest.importorskip("dcor")
@@ -338,7 +338,7 @@ def _photographs():
     downsamples by 1 and by 2, odd sides included."""
     import skimage.data
     from PIL import Image
-    from dataset import _photo_paths
+    from featrank.dataset import _photo_paths
     sizes = ((256, 256), (300, 451), (384, 512))
     for path, (h, w) in zip(_photo_paths(), sizes):
         img = Image.open(path).convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
@@ -359,7 +359,7 @@ def test_ssim_and_ms_ssim_are_the_literatures_as_pyiqa_computes_them():
     import torch
     pyiqa_ssim = pytest.importorskip("pyiqa.archs.ssim_arch")
     from pyiqa.archs.func_util import preprocess_rgb
-    from degradation_generator import apply_degradation
+    from featrank.degradation_generator import apply_degradation
 
     def t(a):      # SSIM.forward's preprocessing; float32, as its float64 conv2d takes 20 s here
         x = torch.from_numpy(np.array(a, np.float32)).permute(0, 3, 1, 2) / 255
@@ -418,14 +418,14 @@ def test_baselines_are_ranked_rows_and_psnr_follows_the_seed_degradations(tmp_pa
     """On the built-in data, PSNR falls with every one of the seed's five degradations: its
     oriented mean rho is above 0.9. The rows are labelled baseline:<name>; --no-baselines drops
     them; the summary compares the best feature space with the best baseline."""
-    import main
+    from featrank import cli
     import pandas as pd
     from helpers import tiny_args, tiny_config
     user = tiny_config(working_size=176, degradations=default_config()["degradations"],
                        distance_metrics=["fid", "paired_l2"])
     args = tiny_args(tmp_path, "--mode", "medium", "--layers", "8", "--n-inference", "6",
                      "--n-evaluation", "5")
-    assert main.main(args, user=user) == 0
+    assert cli.main(args, user=user) == 0
     out = capsys.readouterr().out
     (run,) = (tmp_path / "results").iterdir()
     df = pd.read_csv(next(run.glob("results_*.csv"))).set_index("label")
@@ -439,16 +439,16 @@ def test_baselines_are_ranked_rows_and_psnr_follows_the_seed_degradations(tmp_pa
     assert set(df.filter(like="rho_", axis=1).columns) >= {f"rho_{d}" for d in user.config["degradations"]}
     assert (df.loc[[i for i in df.index if i.startswith("baseline:")], "status"] == "scored").all()
     assert "vs best baseline (baseline:" in out and "paired interval" in out
-    assert main.main(args + ["--no-baselines"], user=user) == 0
+    assert cli.main(args + ["--no-baselines"], user=user) == 0
     newest = max((tmp_path / "results").iterdir(), key=lambda p: p.stat().st_mtime)
     df = pd.read_csv(next(newest.glob("results_*.csv")))
     assert not df.label.str.startswith("baseline").any()
 
 
 def test_baseline_values_are_cached_and_a_bad_file_is_recomputed(tmp_path, monkeypatch):
-    import baselines
-    from dataset import select_images
-    from feature_cache import evaluation_units
+    from featrank import baselines
+    from featrank.dataset import select_images
+    from featrank.feature_cache import evaluation_units
     ev_records, _ = select_images("builtin", 3, 2, 0)
     degs = {"blur": {"type": "gaussian_blur", "levels": [1.0, 2.0]}}
     units = evaluation_units(ev_records, degs)
@@ -484,8 +484,8 @@ def test_baseline_values_are_cached_and_a_bad_file_is_recomputed(tmp_path, monke
     assert len({base, *others}) == 6
     # the fields, named as the cache has always named them (a renamed field would orphan every
     # stored value): written out here, hashed by the one function that builds every key
-    from degradation_generator import DEGRADATION_VERSION
-    from feature_cache import cache_key
+    from featrank.degradation_generator import DEGRADATION_VERSION
+    from featrank.feature_cache import cache_key
     assert (blur.degradation, blur.level) == ("gaussian_blur", 1.0)     # the type, not the name
     assert base == cache_key({
         "kind": "baseline", "name": "psnr", "version": baselines.BASELINE_VERSION,
@@ -580,7 +580,7 @@ def test_every_scorer_scores_a_resample_as_the_resampled_rows(form):
     resampled rows (each paired image with its resampled clean image), so a bootstrap cannot
     ignore its indices. KID is run without random subsets (one subset of all rows), as its
     subsets are drawn from the rows there are."""
-    from distribution_modeling import MODELS
+    from featrank.distribution_modeling import MODELS
     space, evals, ref = _every_metric_space(form)
     idx = np.random.default_rng(9).integers(0, 24, 24)
     assert len(set(idx)) < 24

@@ -3,8 +3,8 @@ directly in float64 numpy: G = F F^T / (C P) per image, the kernel <G_a, G_b>_F.
 import numpy as np
 import pytest
 
-import gram_engine as ge
-import representations as rp
+from featrank import gram_engine as ge
+from featrank import representations as rp
 
 pytest.importorskip("torch")
 

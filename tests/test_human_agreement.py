@@ -13,11 +13,11 @@ from PIL import Image
 from scipy import stats
 from scipy.optimize import curve_fit
 
-import degradation_generator as dg
-import evaluation as ev
-import human_agreement as ha
-import main
-from feature_spaces import FeatureSpace
+from featrank import degradation_generator as dg
+from featrank import evaluation as ev
+from featrank import human_agreement as ha
+from featrank import cli
+from featrank.feature_spaces import FeatureSpace
 from helpers import tiny_args, tiny_config
 
 # KADID-10k type numbers (imdist_generator.m cases) used by the small databases below
@@ -26,7 +26,7 @@ N_REF, LEVELS = 5, (1, 2, 3)
 
 
 def _references():
-    from dataset import builtin_sources, load_rgb
+    from featrank.dataset import builtin_sources, load_rgb
     return [np.array(load_rgb(s, 48)) for s in builtin_sources()[300:300 + N_REF]]
 
 
@@ -76,7 +76,7 @@ def make_databases(root):
 def _run(tmp_path, ratings, *extra):
     results = tmp_path / "results"
     before = set(results.iterdir()) if results.exists() else set()
-    rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings),
+    rc = cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings),
                              "--n-resamples", "30", "--jobs", "1", *extra), user=tiny_config())
     assert rc == 0
     (run_dir,) = set(results.iterdir()) - before
@@ -108,7 +108,7 @@ def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeyp
     # per-type SRCC and monotonicity columns use KADID's type names
     assert {"srcc_mos_gaussian_blur", "rho_white_noise", "srcc_mos_pixelate"} <= set(frames[0].columns)
     # per-image criteria exactly for the metrics that score each image (models, paired, baselines)
-    import distance_metrics as dm
+    from featrank import distance_metrics as dm
     per_image = scored.metric.map(lambda m: dm.METRICS[m]["per_image"])
     assert set(scored[per_image].metric) >= {"mahalanobis", "neg_loglik", "paired_l2", "psnr"}
     assert scored[per_image].srcc_mos_image.notna().all() and scored[~per_image].srcc_mos_image.isna().all()
@@ -244,7 +244,7 @@ def test_ratings_that_follow_one_configurations_scores_rank_it_first_and_untied(
 # ---------------------------------------------------------------- bad ratings files
 
 def _bad(tmp_path, capsys, ratings):
-    rc = main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings)), user=tiny_config())
+    rc = cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings)), user=tiny_config())
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
@@ -456,7 +456,7 @@ def test_image_level_criteria_pair_each_image_with_its_own_opinion():
 def test_agreement_orients_a_metric_that_falls_as_quality_worsens():
     """evaluation.agreement: a metric whose score rises with quality (orientation -1) agrees with
     the opinions when it rises with them, at set level and image level."""
-    import distance_metrics as dm
+    from featrank import distance_metrics as dm
     falling = next(m for m, spec in dm.METRICS.items() if spec["per_image"] and dm.orientation(m) < 0)
     rising = next(m for m, spec in dm.METRICS.items() if spec["per_image"] and dm.orientation(m) > 0)
     q = _design(n_groups=5, n_refs=6)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-import degradation_generator as dg
-import kadid10k as K
+from featrank import degradation_generator as dg
+from featrank import kadid10k as K
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -389,7 +389,7 @@ NOT_MONOTONE_IN_RMS = {"kadid_pixelate"}
 
 
 def test_distance_from_clean_grows_with_the_level():
-    from dataset import builtin_sources, load_rgb
+    from featrank.dataset import builtin_sources, load_rgb
     bad = []
     for source in builtin_sources()[:2]:
         image = load_rgb(source, 96)
@@ -405,13 +405,14 @@ def test_distance_from_clean_grows_with_the_level():
 def test_deterministic_across_processes(img):
     digest = hashlib.sha256(b"".join(o.tobytes() for outs in _all_outputs(img).values()
                                      for o in outs)).hexdigest()
-    code = ("import hashlib, numpy as np, sys; sys.path.insert(0, 'tests'); "
+    code = ("import hashlib, numpy as np; "
             "from test_kadid10k import _all_outputs; "
             f"img = np.frombuffer(bytes.fromhex('{img.tobytes().hex()}'), np.uint8).reshape({img.shape}); "
             "print(hashlib.sha256(b''.join(o.tobytes() for outs in _all_outputs(img).values() "
             "for o in outs)).hexdigest())")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONHASHSEED": "123"}, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(ROOT, "tests"),
+                         capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "123"},
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == digest
 
@@ -422,10 +423,10 @@ def test_deterministic_across_processes(img):
 def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypatch, capsys):
     import csv
 
-    import main
+    from featrank import cli
     from helpers import tiny_args, tiny_config
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", "kadid10k",
+    assert cli.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", "kadid10k",
                                "--n-inference", "6", "--n-evaluation", "4"), user=user) == 0
     (run,) = (tmp_path / "results").iterdir()
     (path,) = run.glob("results_*.csv")
@@ -436,7 +437,7 @@ def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypa
     assert row["tied_with_top"] == "True" and float(row["delta_rho_top_ci_low"]) == 0.0
     assert "Statistically tied" not in capsys.readouterr().out     # one configuration only
     # combined with the seed's set: both, the seed's first
-    assert main.main(tiny_args(tmp_path / "b", "--mode", "quick", "--degradations", "seed,kadid10k",
+    assert cli.main(tiny_args(tmp_path / "b", "--mode", "quick", "--degradations", "seed,kadid10k",
                                "--n-inference", "6", "--n-evaluation", "4"), user=user) == 0
     (run,) = (tmp_path / "b" / "results").iterdir()
     with open(next(run.glob("results_*.csv"))) as f:
@@ -447,19 +448,19 @@ def test_quick_mode_with_kadid10k_has_one_rho_column_per_type(tmp_path, monkeypa
 
 @pytest.mark.parametrize("value", ["kadid", "seed,seed", ","])
 def test_bad_degradation_sets_are_usage_errors(tmp_path, monkeypatch, capsys, value):
-    import main
+    from featrank import cli
     from helpers import tiny_args, tiny_config
     user = tiny_config()
-    assert main.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", value), user=user) == 2
+    assert cli.main(tiny_args(tmp_path, "--mode", "quick", "--degradations", value), user=user) == 2
     err = capsys.readouterr().err
     assert "seed, kadid10k, fid" in err and "Traceback" not in err
 
 
 def test_preview_draws_25_rows_of_5_levels(tmp_path, monkeypatch):
-    import main
+    from featrank import cli
     from helpers import tiny_config
     user = tiny_config()
-    assert main.main(["--preview-degradations", "--degradations", "kadid10k", "--results-dir",
+    assert cli.main(["--preview-degradations", "--degradations", "kadid10k", "--results-dir",
                       str(tmp_path), "-q"], user=user) == 0
     with Image.open(tmp_path / "degradation_preview.png") as im:
         w, h = im.size

@@ -1,5 +1,5 @@
 """LAYER_GUIDE.md is generated from the registry: the committed file must match."""
-import layer_guide
+from featrank import layer_guide
 
 
 def test_committed_layer_guide_equals_generated():

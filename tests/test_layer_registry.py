@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from backbones import build_backbone
-from feature_extraction import capture_layers, run_captured
-from backbones import BACKBONES
-from layer_registry import output_form
+from featrank.backbones import build_backbone
+from featrank.feature_extraction import capture_layers, run_captured
+from featrank.backbones import BACKBONES
+from featrank.layer_registry import output_form
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import feature_metric as fm
-import main
-import run_plan
-from errors import ConfigError, UsageError
+from featrank import feature_metric as fm
+from featrank import cli
+from featrank import run_plan
+from featrank.errors import ConfigError, UsageError
 from helpers import tiny_args, tiny_config, write_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ SPEC = "resnet50:8/concat/gap/kid"
 
 def _one_line(capsys, rc, argv, user=None, code=2):
     capsys.readouterr()
-    assert main.main(argv, user=user or tiny_config()) == code
+    assert cli.main(argv, user=user or tiny_config()) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
     return err[0]
@@ -151,7 +151,7 @@ def test_generator_batches_are_checked_like_update(folders, tmp_path, capsys, mo
     scores = []
     for fn in ("good", "good_float"):
         capsys.readouterr()
-        assert main.main(base + ["--generator", f"gens:{fn}"], user=tiny_config()) == 0
+        assert cli.main(base + ["--generator", f"gens:{fn}"], user=tiny_config()) == 0
         scores.append(capsys.readouterr().out.split(" kid = ")[1].split()[0])
     assert scores[0] == scores[1]
     for fn, named in (("float255", "[0, 1]"), ("int64", "int64"), ("nothing", "NoneType"),
@@ -199,7 +199,7 @@ def test_a_rank_that_is_not_a_number_is_one_line(folders, tmp_path, capsys):
 def saved(folders, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("saved")
     out = tmp / "ref.npz"
-    assert main.main(tiny_args(tmp, "--save-reference", SPEC, str(folders / "ref"), str(out)),
+    assert cli.main(tiny_args(tmp, "--save-reference", SPEC, str(folders / "ref"), str(out)),
                      user=tiny_config()) == 0
     with np.load(out) as f:
         return tmp, out, f["rows"], str(f["record"])
@@ -235,7 +235,7 @@ def test_a_non_utf8_eval_folder_name_keeps_its_scores(folders, tmp_path, capsys)
     shutil.copytree(folders / "eval", tmp_path / name)
     out = tmp_path / "scores.csv"
     capsys.readouterr()
-    assert main.main(tiny_args(tmp_path, "--apply", SPEC, str(folders / "ref"), str(tmp_path / name),
+    assert cli.main(tiny_args(tmp_path, "--apply", SPEC, str(folders / "ref"), str(tmp_path / name),
                                "--out", str(out)), user=tiny_config()) == 0
     printed = capsys.readouterr().out
     assert "kid = " in printed and "\\udcff" in printed
@@ -252,7 +252,7 @@ def test_a_failure_after_scoring_prints_the_scores_and_leaves_no_tmp(folders, tm
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(fm, "write_scores", broken)
     capsys.readouterr()
-    assert main.main(tiny_args(tmp_path, "--apply", SPEC, str(folders / "ref"), str(folders / "eval"),
+    assert cli.main(tiny_args(tmp_path, "--apply", SPEC, str(folders / "ref"), str(folders / "eval"),
                                "--out", str(out)), user=tiny_config()) == 1
     captured = capsys.readouterr()
     assert "kid = " in captured.out and "No space left" in captured.err and "Traceback" not in captured.err
@@ -273,7 +273,7 @@ def test_apply_checks_a_read_only_cache_before_any_work_and_cache_info_reads_one
                                      "--cache-dir", str(ro / "cache"), "--weights", "random",
                                      "--image-size", "32", "-q"])
         assert "--cache-dir" in line
-        assert main.main(["--cache-info", "--cache-dir", str(ro)], user=tiny_config()) == 0
+        assert cli.main(["--cache-info", "--cache-dir", str(ro)], user=tiny_config()) == 0
     finally:
         os.chmod(ro, 0o755)
 
@@ -377,7 +377,7 @@ def _poison(obj):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reportrun")
-    assert main.main(tiny_args(tmp, "--mode", "medium", "--layers", "8", "--n-inference", "12",
+    assert cli.main(tiny_args(tmp, "--mode", "medium", "--layers", "8", "--n-inference", "12",
                                "--n-evaluation", "5", "--no-baselines", "--n-resamples", "10"),
                      user=tiny_config(report=True)) == 0
     return next((tmp / "results").iterdir())
@@ -401,7 +401,7 @@ def test_every_string_of_a_results_json_is_text_on_the_page(run_dir, tmp_path, c
     from html.parser import HTMLParser
     d = _poisoned_copy(run_dir, tmp_path)
     capsys.readouterr()
-    assert main.main(["--report", str(d), "-q"], user=tiny_config()) == 0, capsys.readouterr().err
+    assert cli.main(["--report", str(d), "-q"], user=tiny_config()) == 0, capsys.readouterr().err
     page = (d / "report.html").read_text()
 
     class Tags(HTMLParser):
@@ -430,7 +430,7 @@ def test_the_report_of_an_older_or_foreign_json_is_one_line(run_dir, tmp_path, c
         path.write_text(json.dumps(data))
         (d / "report.html").unlink(missing_ok=True)
         capsys.readouterr()
-        rc = main.main(["--report", str(d), "-q"], user=tiny_config())
+        rc = cli.main(["--report", str(d), "-q"], user=tiny_config())
         err = capsys.readouterr().err
         assert rc in (0, 2) and "Traceback" not in err, err
         if rc == 2:
@@ -441,7 +441,7 @@ def test_a_dollar_in_a_label_is_plain_text_in_the_plots(run_dir, tmp_path):
     """A backbone or layer named with $ (an hf:/path folder, a module path) is drawn as text,
     not parsed as matplotlib mathtext (an unbalanced $x^$ would raise)."""
     import io
-    import report
+    from featrank import report
     data = json.loads(next(run_dir.glob("results_*.json")).read_text())
     rows = data["results"]
     for r in rows:
@@ -458,9 +458,9 @@ def test_a_dollar_in_a_label_is_plain_text_in_the_plots(run_dir, tmp_path):
 
 def test_a_tampered_or_unrecorded_baseline_value_is_recomputed(tmp_path, caplog):
     import logging
-    import baselines
-    from dataset import builtin_sources, ImageRecord, builtin_identity
-    from feature_cache import evaluation_units
+    from featrank import baselines
+    from featrank.dataset import builtin_sources, ImageRecord, builtin_identity
+    from featrank.feature_cache import evaluation_units
     caplog.set_level(logging.WARNING)
     recs = [ImageRecord(s, builtin_identity(s)) for s in builtin_sources()[:4]]
     units = evaluation_units(recs, {"blur": {"type": "gaussian_blur", "levels": [1.0, 2.0]}})
@@ -481,8 +481,8 @@ def test_a_tampered_or_unrecorded_baseline_value_is_recomputed(tmp_path, caplog)
 # ---------------------------------------------------------------------- ratings files
 
 def _ratings_db(root, n=4):
-    from dataset import builtin_sources, load_rgb
-    import degradation_generator as dg
+    from featrank.dataset import builtin_sources, load_rgb
+    from featrank import degradation_generator as dg
     img = root / "img"
     img.mkdir(parents=True)
     rows = []
@@ -511,7 +511,7 @@ def _mos_run(tmp_path, ratings, capsys, code=2):
 @pytest.mark.parametrize("how, named", [("not an image", "does not decode"), ("truncated", "does not decode"),
                                         ("empty", "is empty"), ("bomb", "pixel limit")])
 def test_a_bad_image_in_a_ratings_file_is_named_with_its_line(tmp_path, capsys, monkeypatch, how, named):
-    import dataset
+    from featrank import dataset
     rows = _ratings_db(tmp_path / "db")
     target = tmp_path / "db" / "img" / "d2_1.png"
     if how == "not an image":
@@ -534,7 +534,7 @@ def test_headers_in_any_case_quoted_spaced_and_latin1_are_read(tmp_path, capsys)
     rows = _ratings_db(tmp_path / "db")
     _write_csv(tmp_path / "db" / "upper.csv", [" IMAGE ", "Reference", '"MOS"', "Type", "LEVEL"], rows)
     capsys.readouterr()
-    assert main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos",
+    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos",
                                str(tmp_path / "db" / "upper.csv"), "--no-baselines", "--n-resamples", "0"),
                      user=tiny_config()) == 0, capsys.readouterr().err
     latin = tmp_path / "db" / "latin_name.csv"          # an image name in Latin-1
@@ -542,7 +542,7 @@ def test_headers_in_any_case_quoted_spaced_and_latin1_are_read(tmp_path, capsys)
     body = [r for r in rows if r[0] != "img/d0_0.png"] + [["img/d\xe9.png", "img/ref0.png", 3.0, "t0", 1]]
     _write_csv(latin, ["image", "reference", "mos", "type", "level"], body, "latin-1")
     capsys.readouterr()
-    assert main.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(latin),
+    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(latin),
                                "--no-baselines", "--n-resamples", "0"), user=tiny_config()) == 0
 
 
@@ -562,7 +562,7 @@ def test_ambiguous_or_absurd_ratings_are_refused(tmp_path, capsys, header, rows_
 def test_database_paths_stay_in_the_database(tmp_path, capsys):
     """KADID's ref_img is checked like dist_img; TID's reference is refused when two files
     could be it."""
-    from dataset import builtin_sources, load_rgb
+    from featrank.dataset import builtin_sources, load_rgb
     kadid = tmp_path / "kadid"
     (kadid / "images").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
@@ -607,7 +607,7 @@ def test_a_poisoned_report_runs_nothing_in_a_real_browser(run_dir, tmp_path, cap
     from selenium.webdriver.common.by import By
     from test_report import _browser
     d = _poisoned_copy(run_dir, tmp_path)
-    assert main.main(["--report", str(d), "-q"], user=tiny_config()) == 0, capsys.readouterr().err
+    assert cli.main(["--report", str(d), "-q"], user=tiny_config()) == 0, capsys.readouterr().err
     driver = _browser()
     try:
         driver.get((d / "report.html").as_uri())

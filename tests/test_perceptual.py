@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-import distance_metrics as dm
-import perceptual
-from dataset import builtin_sources, load_rgb
-from degradation_generator import apply_degradation
+from featrank import distance_metrics as dm
+from featrank import perceptual
+from featrank.dataset import builtin_sources, load_rgb
+from featrank.degradation_generator import apply_degradation
 
 lpips = pytest.importorskip("lpips")
 DISTS_pt = pytest.importorskip("DISTS_pytorch.DISTS_pt")
@@ -172,9 +172,9 @@ def test_baseline_values_of_lpips_are_the_networks_scores_and_are_cached(tmp_pat
     """The pipeline's image-by-image loop (clean outputs computed once per few images) gives
     each unit the values of scoring it whole against the clean unit, and a second call reads
     them back from the cache; another trunk is another cache entry."""
-    import baselines
-    from dataset import ImageRecord, builtin_identity
-    from feature_cache import evaluation_units
+    from featrank import baselines
+    from featrank.dataset import ImageRecord, builtin_identity
+    from featrank.feature_cache import evaluation_units
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     records = [ImageRecord(s, builtin_identity(s)) for s in builtin_sources()[:3]]
     units = evaluation_units(records, {"blur": {"type": "gaussian_blur", "levels": [1.0, 2.0]}})

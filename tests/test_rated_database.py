@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import rated_database as rd
+from featrank import rated_database as rd
 
 N_REF = 4
 # KADID-10k type numbers (imdist_generator.m's cases), listed out of their numbering on purpose

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-import degradation_generator as dg
-import distance_metrics as dm
-import human_agreement as ha
-import main
-from dataset import builtin_sources, load_rgb
+from featrank import degradation_generator as dg
+from featrank import distance_metrics as dm
+from featrank import human_agreement as ha
+from featrank import cli
+from featrank.dataset import builtin_sources, load_rgb
 from helpers import tiny_args, tiny_config
 
 N_REFS, N_RATED, BINS = 16, 30, 4
@@ -73,7 +73,7 @@ def _run(tmp_path, ratings, *extra, refs=None, expect=0):
             "--jobs", "1", "--no-baselines", *extra]
     if refs is not None:
         args += ["--dataset", str(refs), "--n-inference", str(N_REFS)]
-    assert main.main(tiny_args(tmp_path, *args), user=tiny_config()) == expect
+    assert cli.main(tiny_args(tmp_path, *args), user=tiny_config()) == expect
     (out,) = set(results.iterdir()) - before
     return out
 
@@ -176,7 +176,7 @@ def test_no_reference_bad_input_is_one_line(tmp_path, no_reference, capsys):
         args = ["--mode", "medium", "--layers", "7", "--mos", str(ratings), "--no-baselines", *extra]
         if refs is not None:
             args += ["--dataset", str(refs), "--n-inference", str(N_REFS)]
-        assert main.main(tiny_args(tmp_path, *args), user=tiny_config()) == 2
+        assert cli.main(tiny_args(tmp_path, *args), user=tiny_config()) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
         assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
@@ -261,7 +261,7 @@ def test_incomplete_design_pairs_each_image_with_its_reference_on_kernel_blocks(
     user = tiny_config(max_representation_bytes=2 ** 20, gram_precision="float64", feature_transforms=[
         {"name": "gram_only", "use_gram": True, "use_pca": False}],
         distance_metrics=["fid", "paired_l2", "paired_cosine"])
-    assert main.main(tiny_args(tmp_path, *args), user=user) == 0
+    assert cli.main(tiny_args(tmp_path, *args), user=user) == 0
     (out,) = (tmp_path / "results").iterdir()
     res, g = _csv(out), pd.read_csv(out / "mos_groups.csv")
     label = "resnet50 / single_layer_7 / gram_only / paired_l2"
@@ -277,7 +277,7 @@ def test_incomplete_design_pairs_each_image_with_its_reference_on_kernel_blocks(
 def test_the_unified_csv_gives_the_generic_layouts_srcc(incomplete, capsys):
     tmp, generic, unified, rows, out = incomplete
     capsys.readouterr()
-    assert main.main(tiny_args(tmp, "--mode", "medium", "--layers", "7", "--mos", str(unified),
+    assert cli.main(tiny_args(tmp, "--mode", "medium", "--layers", "7", "--mos", str(unified),
                                "--no-baselines"), user=tiny_config()) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--mos-orientation" in err[0] and "Traceback" not in err[0]

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-import feature_maps
-import main
-from feature_spaces import CLEAN_KEY, FeatureSpace, explicit_kernel
+from featrank import feature_maps
+from featrank import cli
+from featrank.feature_spaces import CLEAN_KEY, FeatureSpace, explicit_kernel
 from helpers import tiny_args, tiny_config
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -23,7 +23,7 @@ GENERATED = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 def run_dir(tmp_path_factory):
     """A small medium run on the built-in data, with its report (config.py's "auto": on in medium)."""
     tmp = tmp_path_factory.mktemp("report")
-    assert main.main(tiny_args(tmp, "--mode", "medium", "--n-inference", "12", "--n-evaluation", "5"),
+    assert cli.main(tiny_args(tmp, "--mode", "medium", "--n-inference", "12", "--n-evaluation", "5"),
                      user=tiny_config(report="auto")) == 0
     (out,) = (tmp / "results").iterdir()
     return out
@@ -119,7 +119,7 @@ def test_rebuilt_report_is_the_runs_apart_from_the_generation_time(run_dir, tmp_
     copy = tmp_path / run_dir.name
     shutil.copytree(run_dir, copy)
     (copy / "report.html").unlink()
-    assert main.main(["--report", str(copy)], user=tiny_config()) == 0
+    assert cli.main(["--report", str(copy)], user=tiny_config()) == 0
     assert f"wrote {copy / 'report.html'}" in capsys.readouterr().out
     rebuilt = (copy / "report.html").read_text()
     assert len(GENERATED.findall(written)) == 1
@@ -198,7 +198,7 @@ def test_maps_in_two_processes_equal_the_maps_one_by_one_and_the_reference_is_dr
     """The t-SNE of the maps runs in `jobs` processes, each one-threaded: the same coordinates
     as here. A clean set that is the reference set itself (a no-reference rated set) is not
     drawn a second time."""
-    import parallel
+    from featrank import parallel
     space = _space(kernel=True)
     parts, n_ref = feature_maps.map_parts(space, "blur", [0.5, 1.0], 3)
     tasks = [(np.vstack([p[2] for p in parts]), seed, feature_maps.MAP_SETTINGS) for seed in (3, 4)]
@@ -217,12 +217,12 @@ def test_report_on_off_and_rebuilt_for_a_run_without_one(tmp_path, capsys):
     user = tiny_config(degradations={"noise": {"type": "gaussian_noise", "levels": [10, 40]},
                                      "blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]}})
     args = tiny_args(tmp_path, "--mode", "quick", "--n-inference", "10", "--n-evaluation", "4")
-    assert main.main(args, user=user) == 0
+    assert cli.main(args, user=user) == 0
     (first,) = (tmp_path / "results").iterdir()
     assert not (first / "report.html").exists()
     derived = sorted(p.name for p in (tmp_path / "cache").rglob("derived_*"))
     assert derived
-    assert main.main(["--report", str(first)], user=user) == 0
+    assert cli.main(["--report", str(first)], user=user) == 0
     assert sorted(p.name for p in (tmp_path / "cache").rglob("derived_*")) == derived
     text = (first / "report.html").read_text()
     assert text.index("noise (gaussian_noise") < text.index("blur (gaussian_blur")
@@ -233,33 +233,33 @@ def test_report_on_off_and_rebuilt_for_a_run_without_one(tmp_path, capsys):
 
     shutil.rmtree(tmp_path / "cache")
     (first / "feature_maps.json").unlink()
-    assert main.main(["--report", str(first)], user=user) == 0
+    assert cli.main(["--report", str(first)], user=user) == 0
     text = (first / "report.html").read_text()
     assert "no longer holds these features" in text
     assert not (tmp_path / "cache" / "resnet50").exists()          # nothing was extracted
 
-    assert main.main(args + ["--report"], user=user) == 0
+    assert cli.main(args + ["--report"], user=user) == 0
     second = max((tmp_path / "results").iterdir())
     assert second != first and (second / "report.html").exists()
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
-    assert main.main(["--report", str(tmp_path / "nope")], user=tiny_config()) == 2
+    assert cli.main(["--report", str(tmp_path / "nope")], user=tiny_config()) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope" in err and "results folder" in err
     (tmp_path / "empty").mkdir()
-    assert main.main(["--report", str(tmp_path / "empty")], user=tiny_config()) == 2
+    assert cli.main(["--report", str(tmp_path / "empty")], user=tiny_config()) == 2
     err = capsys.readouterr().err.strip()
     assert "results_*.json" in err and err.count("\n") == 0
     (tmp_path / "empty" / "results_medium_x.json").write_text("{not json")
-    assert main.main(["--report", str(tmp_path / "empty")], user=tiny_config()) == 2
+    assert cli.main(["--report", str(tmp_path / "empty")], user=tiny_config()) == 2
     assert "not a results JSON" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["results_medium_x.json"]
 
 
 @pytest.mark.parametrize("value", [1, "yes", None, "True"])
 def test_report_setting_must_be_auto_or_a_bool(tmp_path, capsys, value):
-    rc = main.main(tiny_args(tmp_path, "--mode", "quick"), user=tiny_config(report=value))
+    rc = cli.main(tiny_args(tmp_path, "--mode", "quick"), user=tiny_config(report=value))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "config['report']" in err and repr(value) in err
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
@@ -273,7 +273,7 @@ def test_the_tie_mark_follows_tied_with_top_of_its_own_criterion(run_dir):
     """★ in the 'tied' column exactly when the row's tied_with_top is true, in the 'tied (MOS)'
     column exactly when its mos.tied_with_top is; the row is highlighted by the criterion the
     run ranks by. And in the run's report.html, the table's stars are the JSON's tied rows."""
-    import html_report
+    from featrank import html_report
     results = json.loads(next(run_dir.glob("results_*.json")).read_text())
     base = next(r for r in results["results"] if r["status"] == "scored")
     degs = list(results["results"][0]["per_degradation"])

@@ -4,8 +4,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import distance_metrics as dm
-import representations as rp
+from featrank import distance_metrics as dm
+from featrank import representations as rp
 
 
 def test_gram_matches_course_notes_definition():

@@ -2,27 +2,28 @@
 import ast
 import glob
 import os
+import runpy
 
 import pytest
 
-import config
-import main
-import run_plan
-from errors import ConfigError, UsageError
+from featrank import cli
+from featrank import run_plan
+from featrank.errors import ConfigError, UsageError
 from helpers import tiny_args, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBALS = {"CONFIG", "QUICK", "ENABLED_LAYERS", "MODES"}
+CONFIG_PY = os.path.join(ROOT, "config.py")
 
 
 def test_config_py_ships_exactly_the_known_keys():
     """The unknown-key check compares with this list, not with the edited CONFIG itself."""
-    assert tuple(config.CONFIG) == run_plan.CONFIG_KEYS
+    assert tuple(runpy.run_path(CONFIG_PY)["CONFIG"]) == run_plan.CONFIG_KEYS
 
 
 def test_a_key_added_to_config_is_unknown(tmp_path, capsys):
     user = tiny_config(n_images_inferense=10)           # a typo, as added to config.py's CONFIG
-    assert main.main(tiny_args(tmp_path), user=user) == 2
+    assert cli.main(tiny_args(tmp_path), user=user) == 2
     err = capsys.readouterr().err.strip()
     assert "n_images_inferense" in err and "valid keys" in err and len(err.splitlines()) == 1
     with pytest.raises(ConfigError, match="missing"):
@@ -35,7 +36,7 @@ def test_a_section_missing_from_config_is_one_line_not_a_traceback(tmp_path, cap
     (here 'bootstrap', whose n_resamples --n-resamples shows) is reported, not a KeyError."""
     user = tiny_config()
     del user.config["bootstrap"]
-    assert main.main(tiny_args(tmp_path), user=user) == 2
+    assert cli.main(tiny_args(tmp_path), user=user) == 2
     err = capsys.readouterr().err.strip()
     assert "bootstrap" in err and "missing" in err and len(err.splitlines()) == 1
 
@@ -54,7 +55,7 @@ def _identifiers(path):
 def test_only_config_and_the_planning_module_read_config_globals():
     """Code (not prose) of every module, test and bench: config.py's globals are read in
     run_plan.UserConfig.load alone; tests build UserConfig values and never patch config.py."""
-    paths = [p for pattern in ("*.py", "tests/*.py", "bench/*.py", "examples/*.py")
+    paths = [p for pattern in ("*.py", "featrank/*.py", "tests/*.py", "bench/*.py", "examples/*.py")
              for p in glob.glob(os.path.join(ROOT, pattern))]
     offenders = {os.path.relpath(p, ROOT): sorted(_identifiers(p) & GLOBALS) for p in paths
                  if os.path.basename(p) not in ("config.py", "run_plan.py", "test_run_plan.py")}
@@ -68,8 +69,9 @@ def test_user_config_load_is_a_copy():
     user = run_plan.UserConfig.load(seed=7)
     user.config["degradations"].clear()
     user.enabled_layers["resnet50"][7] = False
-    assert config.CONFIG["seed"] == 0 and config.CONFIG["degradations"]
-    assert config.ENABLED_LAYERS["resnet50"][7] is True
+    shipped = runpy.run_path(CONFIG_PY)
+    assert shipped["CONFIG"]["seed"] == 0 and shipped["CONFIG"]["degradations"]
+    assert shipped["ENABLED_LAYERS"]["resnet50"][7] is True
     assert run_plan.UserConfig.load() == run_plan.UserConfig.load()
 
 
@@ -128,12 +130,12 @@ def test_every_setting_flag_sets_its_setting_and_only_it():
     the value typed and no other setting, and reports that setting as set by a flag."""
     assert {f.flag for f in run_plan.SETTING_FLAGS} == set(FLAG_SAMPLES)
     user = tiny_config()
-    parse = main.build_parser(user.config, user.modes).parse_args
+    parse = cli.build_parser(user.config, user.modes).parse_args
     for flag, (typed, setting, want) in FLAG_SAMPLES.items():
         context = NEEDS.get(flag, [])          # a flag that means something only beside another
-        base = main.settings(parse(context), user)[0]
+        base = cli.settings(parse(context), user)[0]
         argv = context + ([flag] if typed is None else [flag, typed])
-        cfg, given = main.settings(parse(argv), user)
+        cfg, given = cli.settings(parse(argv), user)
         section, _, key = setting.partition(".")
         assert (cfg[section][key] if key else cfg[section]) == want, flag
         assert given == {setting} | ({"mos"} if context else set()), flag
@@ -146,16 +148,16 @@ def test_a_flag_out_of_range_is_named_as_typed():
     user = tiny_config()
     for flag, value in (("--n-inference", "1"), ("--seed", "-1"), ("--jobs", "0"),
                         ("--image-size", "8"), ("--dask-scheduler", " ")):
-        args = main.build_parser(user.config, user.modes).parse_args([flag, value])
+        args = cli.build_parser(user.config, user.modes).parse_args([flag, value])
         with pytest.raises(UsageError, match=rf"^{flag} .* is not valid: it must be "):
-            main.settings(args, user)
+            cli.settings(args, user)
 
 
 def test_a_function_over_60_lines_says_why_and_how_long():
     """Every function of the top-level modules is at most 60 lines, or its docstring gives the
     reason with its length ('N lines'), kept true as the function changes."""
     too_long = {}
-    for path in glob.glob(os.path.join(ROOT, "*.py")):
+    for path in glob.glob(os.path.join(ROOT, "featrank", "*.py")):
         for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1

@@ -1,5 +1,5 @@
-"""Behaviour unchanged by the stage records (issue #37), shown by running it: the code of the
-commit before them (BEFORE, taken from this clone's git history) and the working tree run the same
+"""Behaviour unchanged by the package move (issue #42), shown by running it: the code of the
+commit before it (BEFORE, taken from this clone's git history) and the working tree run the same
 medium run, the same no-reference --mos run and the same --apply, each in its own process with a
 cache of its own, and write byte-identical CSVs, and JSONs equal but for the run's own folder
 names, time stamps and command line."""
@@ -15,14 +15,18 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BEFORE = "6c9c0e9"          # main before the stage records: the behaviour to keep
+BEFORE = "d936915"          # main before the package move (issue #42): the behaviour to keep
 # tiny_config's CONFIG (tests/helpers.py), written out: both trees' run_plan.UserConfig.load takes it
 USER = {"working_size": 32, "batch_size": 8, "num_workers": 0,
         "degradations": {"blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]},
                          "noise": {"type": "gaussian_noise", "levels": [10, 40]}},
         "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95}, "report": False}
-DRIVER = ("import json, sys; sys.path.insert(0, '.'); import main, run_plan; "
-          "sys.exit(main.main(sys.argv[2:], user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))")
+# run with the tree as the current folder: `python -c` puts it first on the import path, so the
+# flat BEFORE tree's `main` is its own; the package's tree runs `featrank` as installed (editable)
+DRIVERS = {"before": "import json, sys, main, run_plan; sys.exit(main.main(sys.argv[2:], "
+                     "user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))",
+           "after": "import json, sys; from featrank import cli, run_plan; sys.exit(cli.main(sys.argv[2:], "
+                    "user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))"}
 VOLATILE = {"timestamp", "command", "cache_dir", "results_dir", "versions"}
 
 
@@ -41,11 +45,11 @@ def trees(tmp_path_factory):
     return out
 
 
-def _run(tree, work, *argv):
+def _run(which, tree, work, *argv):
     """main.py of `tree` on a tiny run; its sweep in one process (a sweep in 2 processes writes
     the same CSV, tests/test_scale_out.py), which costs the suite's two workers less."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(USER), *argv, "-q",
+    out = subprocess.run([sys.executable, "-c", DRIVERS[which], json.dumps(USER), *argv, "-q",
                           "--cache-dir", str(work / "cache"), "--image-size", "32",
                           "--weights", "random", "--jobs", "1"], cwd=tree, env=env, capture_output=True,
                          text=True, timeout=600)
@@ -93,7 +97,7 @@ def _rated_set(root):
     """A no-reference rated set: 12 built-in crops, blurred or noised by their index, rated by
     it (image,mos), and 8 other built-in photographs as its references."""
     from PIL import Image, ImageFilter
-    from dataset import builtin_sources, load_rgb
+    from featrank.dataset import builtin_sources, load_rgb
     sources = builtin_sources()
     (root / "rated").mkdir(parents=True)
     (root / "refs").mkdir()
@@ -123,7 +127,7 @@ def test_a_medium_run_a_mos_run_and_an_apply_write_what_they_wrote_before(trees,
     for which, tree in trees.items():
         for name, argv in (("medium", medium), ("mos", mos)):
             work = tmp_path / which / name
-            _run(tree, work, *argv, "--results-dir", str(work / "results"))
+            _run(which, tree, work, *argv, "--results-dir", str(work / "results"))
             runs[which, name] = _results(work)
     for name in ("medium", "mos"):
         files = _same_outputs(runs["before", name], runs["after", name])
@@ -139,7 +143,7 @@ def test_a_medium_run_a_mos_run_and_an_apply_write_what_they_wrote_before(trees,
         work = tmp_path / which / "apply"
         work.mkdir()
         out = work / "scores.csv"
-        _run(tree, work, "--apply", f"{runs['before', 'medium']}#1", str(folders["ref"]),
+        _run(which, tree, work, "--apply", f"{runs['before', 'medium']}#1", str(folders["ref"]),
              str(folders["eval"]), "--out", str(out))
         outs[which] = out.read_bytes()
     assert outs["before"] == outs["after"] and outs["after"].count(b"\n") == 2

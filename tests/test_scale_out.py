@@ -18,13 +18,13 @@ import time
 import numpy as np
 import pytest
 
-import run_plan
-import main
-import pipeline
-from errors import ConfigError
-from feature_cache import LayerCache
+from featrank import run_plan
+from featrank import cli
+from featrank import pipeline
+from featrank.errors import ConfigError
+from featrank.feature_cache import LayerCache
 from helpers import TINY_DEGRADATIONS, cache_hits, write_images
-from parallel import ParallelError, Ranks, Shard
+from featrank.parallel import ParallelError, Ranks, Shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ["7", "8"]
@@ -88,7 +88,7 @@ def test_two_shards_build_the_single_process_cache(single, tmp_path, caplog, mon
     assert all("error" not in o.lower() for o in outs)
     # then a quick run with the same parameters finds everything
     caplog.clear()
-    code = main.main(["--mode", "quick", "--backbone", "resnet50", "--layers", *LAYERS, "--weights",
+    code = cli.main(["--mode", "quick", "--backbone", "resnet50", "--layers", *LAYERS, "--weights",
                       "random", "--image-size", "32",
                       "--dataset", str(tmp_path / "imgs"), "--n-inference", "5", "--n-evaluation", "3",
                       "--cache-dir", str(cache), "--results-dir", str(tmp_path / "results"),
@@ -131,9 +131,9 @@ def test_a_killed_shard_resumes_and_the_cache_is_equal(single, tmp_path):
 # ---------------------------------------------------------------- the manifest with N writers
 
 def _tiny_cache(tmp_path):
-    from dataset import ImageRecord
+    from featrank.dataset import ImageRecord
     recs = tuple(ImageRecord(f"im{i}", f"{i:064x}") for i in range(3))
-    from feature_cache import evaluation_units
+    from featrank.feature_cache import evaluation_units
     cache = LayerCache(str(tmp_path / "c"), "bb", 0, "layer", {"k": 1}, [], list(recs), 0, True)
     return cache, evaluation_units(list(recs), TINY_DEGRADATIONS)
 
@@ -171,14 +171,14 @@ def test_a_filesystem_without_locks_still_works(tmp_path, monkeypatch, caplog):
 
 @pytest.mark.parametrize("text", ["2/2", "-1/2", "0/0", "1", "a/b", "1/2/3"])
 def test_a_bad_shard_is_a_usage_error(tmp_path, capsys, text):
-    assert main.main(["--build-cache", "--layers", "8", f"--shard={text}", "--cache-dir",
+    assert cli.main(["--build-cache", "--layers", "8", f"--shard={text}", "--cache-dir",
                       str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert f"--shard {text}" in err and "I/N" in err and "Traceback" not in err
 
 
 def test_shard_with_a_mode_is_a_usage_error(tmp_path, capsys):
-    assert main.main(["--mode", "quick", "--shard", "0/2", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert cli.main(["--mode", "quick", "--shard", "0/2", "--cache-dir", str(tmp_path / "c")]) == 2
     assert "--build-cache" in capsys.readouterr().err
 
 
@@ -194,9 +194,9 @@ def test_shards_with_different_reference_sets_share_the_evaluation_files_out():
     """Shard 0/2 started with 5 reference images and shard 1/2 with 150 (one reference chunk
     against two; the evaluation set is drawn first, so it is the same): between them they
     extract every evaluation file once."""
-    from cache_fill import shard_units
-    from dataset import select_images
-    from feature_cache import evaluation_units, reference_units
+    from featrank.cache_fill import shard_units
+    from featrank.dataset import select_images
+    from featrank.feature_cache import evaluation_units, reference_units
     shares = []
     for shard, n_ref in ((Shard(0, 2), 5), (Shard(1, 2), 150)):
         ev, ref = select_images("builtin", 3, n_ref, 0)
@@ -273,11 +273,11 @@ def test_a_dask_cluster_writes_the_serial_csv(sweep_data):
 
 def test_an_unreachable_dask_scheduler_is_a_usage_error(sweep_data, monkeypatch, capsys):
     pytest.importorskip("distributed")
-    import parallel
+    from featrank import parallel
     monkeypatch.setattr(parallel, "DASK_CONNECT_TIMEOUT", "2s")
     tmp, _ = sweep_data
     results = tmp / "results_unreachable"
-    code = main.main(["--mode", "quick", "--layers", "8", "--weights", "random", "--image-size", "32",
+    code = cli.main(["--mode", "quick", "--layers", "8", "--weights", "random", "--image-size", "32",
                       "--dataset", str(tmp / "imgs"), "--n-inference", "12", "--n-evaluation", "6",
                       "--cache-dir", str(tmp / "cache"), "--results-dir", str(results),
                       "--dask-scheduler", "tcp://127.0.0.1:9", "-q"])
@@ -308,15 +308,15 @@ def test_a_dask_cluster_without_workers_or_without_the_project_fails_before_subm
     """A scheduler with no workers, or workers that cannot import what the tasks unpickle:
     one ParallelError naming the cause and the fix, before any task is submitted (no hang)."""
     distributed = pytest.importorskip("distributed")
-    import parallel
+    from featrank import parallel
     with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         with pytest.raises(ParallelError, match="no workers"):
-            parallel.check_cluster(client, cluster.scheduler_address, ("pipeline",), wait=1)
+            parallel.check_cluster(client, cluster.scheduler_address, ("featrank.pipeline",), wait=1)
     with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        parallel.check_cluster(client, cluster.scheduler_address, ("pipeline",))
-        with pytest.raises(ParallelError, match="cannot import this project.*PYTHONPATH="):
+        parallel.check_cluster(client, cluster.scheduler_address, ("featrank.pipeline",))
+        with pytest.raises(ParallelError, match="cannot import featrank.*pip install"):
             parallel.check_cluster(client, cluster.scheduler_address, ("no_such_module_of_ours",))
 
 
@@ -336,6 +336,6 @@ def test_a_worker_holding_memory_between_tasks_is_not_restarted():
     """loky shuts down a worker whose memory grew by 300 MB since its first task; the sweep's
     workers hold their spaces on purpose (parallel._hold_memory), so the same two processes run
     every task: 10 tasks of 200 MiB each."""
-    import parallel
+    from featrank import parallel
     pids = parallel.sweep_map(_hold, [200] * 10, 2)
     assert len(set(pids)) == 2, pids

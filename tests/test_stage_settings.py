@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-import run_plan
+from featrank import run_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {"cfg", "config", "settings"}
@@ -39,7 +39,7 @@ def reads(source: str) -> list[int]:
 
 def test_no_module_below_the_plan_indexes_a_configuration_dictionary():
     found = {}
-    for path in sorted(glob.glob(os.path.join(ROOT, "*.py"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "featrank", "*.py"))):
         name = os.path.basename(path)
         if name in ALLOWED:
             continue

@@ -22,7 +22,7 @@ def test_two():
 
 
 def _pytest(project, *args):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = dict(os.environ)
     env.pop("PYTEST_XDIST_WORKER", None)         # the inner run is a session of its own
     env.pop("PYTEST_ADDOPTS", None)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],

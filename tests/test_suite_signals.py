@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SUITE = '''
 import os, signal, time
-import errors
+from featrank import errors
 
 def test_first_gets_sigterm_inside_the_handler():
     with errors.sigterm_raises_terminated():
@@ -42,7 +42,7 @@ def _run(tmp_path, body):
     shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), suite / "conftest.py")
     shutil.copy(os.path.join(ROOT, "tests", "helpers.py"), suite / "helpers.py")
     (suite / "test_inner.py").write_text(body)
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    env = dict(os.environ)
     return suite, subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                   str(suite)], cwd=ROOT, env=env, capture_output=True, text=True,
                                  timeout=300)

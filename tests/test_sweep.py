@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import evaluation as ev
-import run_plan
-import sweep
+from featrank import evaluation as ev
+from featrank import run_plan
+from featrank import sweep
 
 
 def _row(name, backbone="efficientnet_lite0", scored=True):

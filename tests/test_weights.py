@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-import backbones
-import main
+from featrank import backbones
+from featrank import cli
 from helpers import tiny_args, tiny_config, torch_hub_standin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,7 @@ def test_hf_cache_pretrained_timm_offline(tmp_path):
     (cache / "models--timm--vit_base_patch14_dinov2.lvd142m" / "refs" / "main").write_text("0" * 40)
     model = _standin("dinov2_vitb14")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "model.safetensors"))
-    code = ("import torch, backbones; from safetensors.torch import load_file; "
+    code = ("import torch; from featrank import backbones; from safetensors.torch import load_file; "
             f"bb = backbones.build_backbone('dinov2_vitb14', 'pretrained'); "
             f"sd = load_file(r'{snap / 'model.safetensors'}'); "
             "own = bb.module.state_dict(); "
@@ -89,7 +89,7 @@ def test_hf_cache_pretrained_timm_offline(tmp_path):
 
 
 def test_hf_absent_offline_names_the_model_id(tmp_path):
-    code = ("import backbones\n"
+    code = ("from featrank import backbones\n"
             "try:\n backbones.resolve_weights('clip_vit', 'pretrained')\n"
             "except backbones.WeightsError as e:\n print(e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
@@ -115,7 +115,7 @@ def test_mismatched_and_corrupt_weight_files_fail_clearly(tmp_path, monkeypatch,
     corrupt.write_bytes(b"\x80\x04garbage")
     args = tiny_args(tmp_path, "--build-cache", "--layers", "8", "--n-inference", "3", "--n-evaluation", "2")
     args[args.index("--weights") + 1] = str(corrupt)
-    assert main.main(args, user=user) == 1
+    assert cli.main(args, user=user) == 1
     err = capsys.readouterr().err
     assert "cannot read weights file" in err and "Traceback" not in err
 

@@ -1,0 +1,44 @@
+"""Facts about this machine and its files, each computed in one place: the cores this process
+may use, the device a setting names, and the sha256 of a file."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from featrank.errors import UsageError
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:           # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def _mps_available(torch) -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(device: str):
+    """config['device'] / --device as a torch.device: 'auto' = cuda, else mps, else cpu. A
+    device that is not there is a UsageError naming the flag and the fix."""
+    import torch                     # heavy; only the stages that run torch call this
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available(torch) else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device == "mps" and not _mps_available(torch):
+        raise UsageError("--device mps: MPS is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def file_sha256(path: str, block: int = 1 << 22) -> str:
+    """sha256 of a file's bytes, read now (files may change between two calls)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
