@@ -63,7 +63,7 @@ def bare_forward(name, layers, device, batch, steps=20, image_size=None):
 def loader_only(name, n_inference, n_evaluation, batch, device, image_size=None):
     """img/s of the pipeline's DataLoader alone over the same items (decode + degrade)."""
     import torch
-    from featrank.run_plan import default_config
+    from featrank.user_config import default_config
     from featrank.dataset import select_images
     from featrank.feature_cache import evaluation_units, reference_units
     from featrank.feature_extraction import ImageItem, ImageDataset, default_workers, unit_batches

@@ -34,7 +34,7 @@ def setup(root):
 def measure(root, how):
     import numpy as np
     from featrank import distance_metrics as dm
-    from featrank.evaluation import FeatureAssembler
+    from featrank.feature_spaces import FeatureAssembler
     cache, units = setup_existing(root)
     if how == "chunked":
         asm = FeatureAssembler({"encoder.down_blocks.2.downsamplers.0": cache}, units, units[:1],

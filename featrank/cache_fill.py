@@ -12,7 +12,7 @@ from featrank.errors import UsageError
 from featrank.layer_registry import CAPTURE
 from featrank.parallel import Ranks, Shard
 from featrank.run_plan import (DataSettings, ExtractionSettings, SpaceSettings, Stages, backbones_of,
-                      check_module_paths, check_writable, layers_of, spec_of, validate_config,
+                      check_writable, layers_of, spec_of, validate_config,
                       with_degradation_sets)
 
 log = logging.getLogger("iqm")
@@ -56,7 +56,8 @@ def run_data(d: DataSettings) -> RunData:
         return RunData(ref_records, eval_records, d.degradations,
                        evaluation_units(eval_records, d.degradations))
     from featrank.dataset import select_images
-    from featrank.rated_database import NO_REFERENCE, read_ratings
+    from featrank.rated_database import read_ratings
+    from featrank.rated_design import NO_REFERENCE
     refs = None
     if d.mos_reference != "database":
         refs = select_images(d.mos_reference, 0, d.n_images_inference, d.seed)[1]
@@ -154,6 +155,23 @@ class CacheBuild:
     weights: str                 # provenance label
     extracted: int               # unit files extracted by this process
     missing: int                 # unit files still missing (other shards' share)
+
+
+def check_module_paths(backbone: str, layers, image_size, module=None) -> None:
+    """Unknown module paths fail now, with close matches, before any extraction. `module` is
+    the built backbone when the caller has it (else a random-init one is built)."""
+    others = [p for i, p in layers if i is None]
+    if not others:
+        return
+    from featrank.backbones import build_backbone        # torch and the model libraries
+    from featrank.feature_extraction import find_modules
+    if module is None:
+        module = build_backbone(backbone, "random", 0, image_size, allow_download=False).module
+    try:
+        find_modules(module, others)
+    except KeyError as exc:
+        raise UsageError(f"{backbone}: {exc.args[0]}. List valid names with "
+                         f"`python main.py --list-layers {backbone}`") from None
 
 
 def build_cache(cfg, backbone: str, layers, shard: Shard | None = None, *,

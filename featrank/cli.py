@@ -13,11 +13,12 @@ import logging
 import shlex
 import sys
 
-from featrank import feature_metric
+from featrank import apply_metric
 from featrank import fid_stats
 from featrank import pipeline
 from featrank import report
 from featrank import run_plan
+from featrank import user_config
 from featrank.errors import UsageError, exit_status, sigterm_raises_terminated
 from featrank.layer_guide import write_guide
 from featrank.parallel import Shard
@@ -26,7 +27,7 @@ log = logging.getLogger("iqm")
 
 
 def build_parser(d: dict, modes) -> argparse.ArgumentParser:
-    """The flags: the commands' here, the settings' from run_plan.SETTING_FLAGS (defaults shown from
+    """The flags: the commands' here, the settings' from user_config.SETTING_FLAGS (defaults shown from
     `d`, config.py's CONFIG)."""
     p = argparse.ArgumentParser(
         prog="main.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,10 +57,10 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
     a("--write-layer-guide", action="store_true", help="regenerate LAYER_GUIDE.md from layer_registry.py")
     a("--config", metavar="FILE", help="the config.py to read (default: the one beside main.py; for "
       "`python -m featrank` and `featrank`, the one the package was installed from)")
-    groups = {g: p.add_argument_group(g) for g in (run_plan.MODEL, run_plan.DATA, run_plan.EXECUTION)}
-    model, execution = groups[run_plan.MODEL].add_argument, groups[run_plan.EXECUTION].add_argument
+    groups = {g: p.add_argument_group(g) for g in (user_config.MODEL, user_config.DATA, user_config.EXECUTION)}
+    model, execution = groups[user_config.MODEL].add_argument, groups[user_config.EXECUTION].add_argument
     model("--layers", nargs="+", metavar="L", help="layer indices (--list-layers) or module paths")
-    for f in run_plan.SETTING_FLAGS:                  # the flags that set one setting of CONFIG each
+    for f in user_config.SETTING_FLAGS:                  # the flags that set one setting of CONFIG each
         groups[f.group].add_argument(f.flag, dest=f.dest, help=f.help_for(d), **f.options)
     execution("--shard", metavar="I/N", help="with --build-cache: extract only share I of N (SLURM: "
               "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; torchrun sets it from RANK)")
@@ -69,9 +70,9 @@ def build_parser(d: dict, modes) -> argparse.ArgumentParser:
 
 
 def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
-    """The flags as settings (run_plan.resolve_settings), errors named by the flag typed; and
+    """The flags as settings (user_config.resolve_settings), errors named by the flag typed; and
     the settings a flag set."""
-    typed = [f for f in run_plan.SETTING_FLAGS if getattr(args, f.dest) is not None]
+    typed = [f for f in user_config.SETTING_FLAGS if getattr(args, f.dest) is not None]
     overrides = {f.setting: getattr(args, f.dest) for f in typed}
     if args.mos is not None and args.dataset is not None:
         overrides["mos_reference"] = args.dataset   # --dataset names the references of a --mos run
@@ -80,7 +81,7 @@ def settings(args, user: run_plan.UserConfig) -> tuple[dict, set]:
     names = {f.setting: f.flag for f in typed}
     sweep = not (args.cache_info or args.preview_degradations or args.save_stats or args.fid_stats
                  or args.save_reference or args.apply or args.build_cache)
-    return run_plan.resolve_settings(user, overrides, args.mode, names, sweep), set(names)
+    return user_config.resolve_settings(user, overrides, args.mode, names, sweep), set(names)
 
 
 def run(args, user) -> int:
@@ -109,9 +110,9 @@ def run(args, user) -> int:
         print(fid_stats.command(run_plan.Stages.of(cfg).extraction, args.save_stats, args.fid_stats,
                                 args.backbone, args.layers, progress))
     elif args.save_reference:
-        print(feature_metric.save_command(cfg, args.save_reference, given))
+        print(apply_metric.save_command(cfg, args.save_reference, given))
     elif args.apply:
-        print("\n".join(feature_metric.command(cfg, args.apply, args.out, given, progress,
+        print("\n".join(apply_metric.command(cfg, args.apply, args.out, given, progress,
                                                 args.generator, args.n)))
     elif args.build_cache:
         shard = Shard.parse(args.shard) if args.shard is not None else None
@@ -147,7 +148,7 @@ def config_flag(argv: list) -> str | None:
 
 def main(argv=None, user: run_plan.UserConfig | None = None, config: str | None = None) -> int:
     """Run the command line `argv` with the tables of `config` (a config.py's path; default:
-    run_plan.DEFAULT_CONFIG, or --config in `argv`), or with `user`'s."""
+    user_config.DEFAULT_CONFIG, or --config in `argv`), or with `user`'s."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if user is None:                      # a config.py that does not run: exit 2

@@ -5,10 +5,8 @@ evaluation set is scored at level 0 (the undegraded images) and at each level;
 monotonicity is Spearman's rho (scipy) between the level position 0..L and the
 score, with Kendall's tau beside it. The mean over degradations ranks configurations.
 
-The grid is built from what each metric and model declares it needs
-(distance_metrics.METRICS, distribution_modeling.MODELS): a pair that can never run
-(mahalanobis x kde: a KDE has no covariance) is never generated, and two-sample metrics are
-not crossed with models. A configuration whose space cannot serve it at this data size is
+The grid and its records are configurations.py's. A configuration whose space cannot serve it
+at this data size is
 reported as `not_run` with the rule (feature_spaces.Infeasible, model_feasibility); an
 error while scoring is `failed`, with its message. Neither is ever skipped for cost.
 
@@ -31,214 +29,17 @@ told apart from it with these evaluation images.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
 from featrank import distance_metrics as dm
 from featrank import human_agreement as ha
-from featrank.distribution_modeling import (MODELS, KernelQuery, KernelRows, ModelError, ModelSpec,
-                                   SpanCoordinates, fit_distribution, in_span, model_feasibility)
-from featrank.errors import UsageError
-from featrank.feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible, Transform, clean_rows
-from featrank.layer_registry import LayerConfig
-
-SCORED, NOT_RUN, FAILED = "scored", "not_run", "failed"
-BASELINE = "baseline"       # the backbone of the full-reference baselines' rows (baseline:psnr)
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One row of the grid. Config-shaped dicts given for the layer config, transform or model
-    become their records (LayerConfig, Transform, ModelSpec)."""
-    backbone: str
-    layer_config: LayerConfig
-    transform: Transform
-    model: ModelSpec | None
-    metric: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "layer_config", LayerConfig.of(self.layer_config))
-        object.__setattr__(self, "transform", Transform.of(self.transform))
-        if self.model is not None:
-            object.__setattr__(self, "model", ModelSpec.of(self.model))
-
-    @property
-    def label(self) -> str:
-        if self.backbone == BASELINE:
-            return f"{BASELINE}:{self.metric}"
-        parts = [self.backbone, self.layer_config.name, self.transform.name]
-        if self.model:
-            parts.append(self.model.name)
-        return " / ".join(parts + [self.metric])
-
-
-def configuration_of_row(row: dict) -> Configuration:
-    """The Configuration of one row of a results JSON."""
-    if row.get("backbone") == BASELINE:
-        raise UsageError(f"{row.get('label')} is a pixel baseline, not a feature space; choose a "
-                         "feature-space row")
-    resolved = tuple((i if isinstance(i, int) else None, p)
-                     for i, p in zip(row["layers"], row["module_paths"]))
-    lc = LayerConfig(row["layer_config"], resolved, row.get("aggregate", "concat"))
-    transform = Transform.of({"name": row["transform"], **(row.get("transform_params") or {})})
-    model = None
-    if row.get("distribution"):
-        params = row.get("distribution_params") or {}
-        kind = row.get("distribution_type") or next(   # older results: the type's parameters
-            k for k, d in MODELS.items() if set(d["params"]) == set(params))
-        model = ModelSpec.of({"name": row["distribution"], "type": kind, **params})
-    return Configuration(row["backbone"], lc, transform, model, row["metric"])
-
-
-def pair_allowed(metric: str, model: ModelSpec | None) -> bool:
-    """Can this metric ever run with this model (declared needs only, no data)?"""
-    need = dm.METRICS[metric]
-    if not need["model"]:
-        return model is None
-    return model is not None and (not need["covariance"] or MODELS[model.type]["covariance"])
-
-
-def build_grid(backbone, layer_configs, transforms, models, metrics) -> list[Configuration]:
-    """Every (layers, transform, [model,] metric) that can run in principle, in config order.
-    Transforms and models are records or their config entries."""
-    transforms = [Transform.of(t) for t in transforms]
-    models = [ModelSpec.of(m) for m in models]
-    grid = []
-    for lc in layer_configs:
-        for t in transforms:
-            for metric in metrics:
-                for m in ([None] if not dm.METRICS[metric]["model"] else models):
-                    if pair_allowed(metric, m):
-                        grid.append(Configuration(backbone, lc, t, m, metric))
-    return grid
-
-
-@dataclass
-class ConfigResult:
-    """The outcome of one configuration: its scores and monotonicity, or why it did not run."""
-    conf: Configuration
-    status: str = SCORED
-    reason: str = ""
-    per_degradation: dict = field(default_factory=dict)
-    mean_spearman: float | None = None
-    mean_kendall: float | None = None
-    mean_spearman_ci: list | None = None
-    n_resamples: int = 0
-    confidence: float | None = None
-    rank: int | None = None
-    ridge: float | None = None          # the model's ridge (0.0: exact covariance)
-    notes: list = field(default_factory=list)
-    n_reference: int = 0
-    n_evaluation: int = 0
-    seed: int = 0
-    weights: str = ""
-    random_init: bool = False
-    delta_top: float | None = None      # mean rho of #1 minus this one's
-    delta_top_ci: list | None = None    # its paired bootstrap interval
-    tied_with_top: bool | None = None   # the interval contains 0 (None: not bootstrapped)
-    mos: dict | None = None             # agreement with human opinion scores (--mos runs)
-    # runtime state for the bootstrap; never written out
-    scorer: object = field(default=None, repr=False, compare=False)
-    prepared: dict | None = field(default=None, repr=False, compare=False)
-    boot_mean: object = field(default=None, repr=False, compare=False)   # mean rho per resample
-    boot_mos: object = field(default=None, repr=False, compare=False)    # set SRCC per resample
-    # a --mos run's per-image scores of a per-image metric, one array per rated group
-    # (Ratings.image_keys): mos_images.csv; not in the JSON record
-    image_scores: list | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def label(self) -> str:
-        return self.conf.label
-
-    @property
-    def scored(self) -> bool:
-        return self.status == SCORED
-
-    def fields(self) -> dict:
-        """Every outcome, as plain data (the JSON record)."""
-        c = self.conf
-        return {"label": self.label, "rank": self.rank, "status": self.status, "reason": self.reason,
-                "backbone": c.backbone, "layer_config": c.layer_config.name,
-                "layers": c.layer_config.layers, "module_paths": c.layer_config.paths,
-                "aggregate": c.layer_config.aggregate, "transform": c.transform.name,
-                "transform_params": c.transform.params() if c.backbone != BASELINE else {},
-                "distribution": c.model.name if c.model else "",
-                "distribution_type": c.model.type if c.model else None,
-                "distribution_params": c.model.params if c.model else None,
-                "metric": c.metric, "mean_spearman": self.mean_spearman,
-                "mean_spearman_ci": self.mean_spearman_ci, "mean_kendall": self.mean_kendall,
-                "per_degradation": self.per_degradation, "n_resamples": self.n_resamples,
-                "confidence": self.confidence, "ridge": self.ridge, "notes": self.notes,
-                "n_reference": self.n_reference, "n_evaluation": self.n_evaluation,
-                "seed": self.seed, "weights": self.weights, "random_init": self.random_init,
-                "delta_rho_top": self.delta_top, "delta_rho_top_ci": self.delta_top_ci,
-                "tied_with_top": self.tied_with_top, "mos": self.mos}
-
-    def criterion(self, by: str) -> float:
-        """The value ranked on: mean monotonicity, or set-level SRCC with the MOS."""
-        return self.mean_spearman if by == "monotonicity" else self.mos["srcc"]
-
-    def csv_row(self, degradations: dict, mos_types=()) -> dict:
-        """One CSV row: scalars only, per-degradation rho, tau, interval and sensitivity."""
-        f = self.fields()
-        row = {k: f[k] for k in ("label", "rank", "status", "backbone", "layer_config", "aggregate", "transform",
-                                 "distribution", "metric", "mean_spearman", "mean_kendall", "ridge",
-                                 "n_reference", "n_evaluation", "seed", "weights")}
-        row["layers"] = " ".join(map(str, f["layers"]))
-        row["module_paths"] = " ".join(f["module_paths"])
-        row["transform_params"] = json.dumps(f["transform_params"], sort_keys=True)
-        row["distribution_params"] = (json.dumps(f["distribution_params"], sort_keys=True)
-                                      if f["distribution_params"] else "")
-        row["mean_spearman_ci_low"], row["mean_spearman_ci_high"] = self.mean_spearman_ci or (None, None)
-        row["delta_rho_top"] = self.delta_top
-        row["delta_rho_top_ci_low"], row["delta_rho_top_ci_high"] = self.delta_top_ci or (None, None)
-        row["tied_with_top"] = self.tied_with_top
-        for d in degradations:
-            v = self.per_degradation.get(d, {})
-            ci = v.get("spearman_ci") or (None, None)
-            row.update({f"rho_{d}": v.get("spearman"), f"rho_{d}_ci_low": ci[0],
-                        f"rho_{d}_ci_high": ci[1], f"tau_{d}": v.get("kendall"),
-                        f"sensitivity_{d}": v.get("sensitivity")})
-        if self.mos is not None or mos_types:
-            row.update(_mos_cells(self.mos, mos_types))
-        row["reason"] = self.reason
-        return row
-
-
-MOS_COLUMNS = ["srcc_mos", "srcc_mos_ci_low", "srcc_mos_ci_high", "krcc_mos", "plcc_mos",
-               "plcc_mos_fit", "delta_srcc_mos_top", "tied_with_top_mos", "srcc_mos_image",
-               "krcc_mos_image", "plcc_mos_image"]
-
-
-def _mos_cells(m: dict | None, types) -> dict:
-    if m is None:
-        return {}
-    ci = m.get("srcc_ci") or (None, None)
-    image = m.get("image") or {}
-    cells = {"srcc_mos": m["srcc"], "srcc_mos_ci_low": ci[0], "srcc_mos_ci_high": ci[1],
-             "krcc_mos": m["krcc"], "plcc_mos": m["plcc"], "plcc_mos_fit": m["plcc_fit"],
-             "delta_srcc_mos_top": m.get("delta_top"), "tied_with_top_mos": m.get("tied_with_top"),
-             "srcc_mos_image": image.get("srcc"), "krcc_mos_image": image.get("krcc"),
-             "plcc_mos_image": image.get("plcc")}
-    for t in types:
-        cells[f"srcc_mos_{t}"] = m["srcc_per_type"].get(t)
-    return cells
-
-
-def csv_columns(degradations: dict, mos_types=()) -> list[str]:
-    """The CSV header; `mos_types` (the rated database's types) adds the agreement columns."""
-    head = ["label", "rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
-            "transform", "transform_params", "distribution", "distribution_params", "metric",
-            "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall",
-            "delta_rho_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high", "tied_with_top"]
-    for d in degradations:
-        head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
-    if mos_types:
-        head += MOS_COLUMNS + [f"srcc_mos_{t}" for t in mos_types]
-    return head + ["ridge", "n_reference", "n_evaluation", "seed", "weights", "reason"]
-
+from featrank.configurations import (BASELINE, FAILED, NOT_RUN, SCORED, ConfigResult,
+                                     Configuration)
+from featrank.distribution_modeling import (KernelQuery, KernelRows, ModelError, SpanCoordinates, fit_distribution,
+                                   in_span, model_feasibility)
+from featrank.feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible, clean_rows
 
 # ------------------------------------------------------------------ monotonicity
 
@@ -297,46 +98,26 @@ def feasibility(conf: Configuration, space: FeatureSpace) -> str | None:
 
 def scorer_for(metric: str, space: FeatureSpace, model, seed: int, geometries: dict | None = None,
                *, kid: dict | None = None, cmmd: dict | None = None):
-    """The metric's reference object, precomputed once; it then scores every evaluation set.
-    `kid` and `cmmd` are those metrics' parameters (config['kid'|'cmmd']: what differs from
-    dm.METRIC_DEFAULTS). CMMD scores L2-normalised rows (the CMMD reference's embedding), so
-    `space` must already be unit rows for it (score_group does that). The distance-based
-    metrics of one space share its dm.Geometry, kept in `geometries` ({id(space): Geometry})
-    when given."""
-    k, c = dm.metric_params("kid", kid or {}), dm.metric_params("cmmd", cmmd or {})
-    if metric in dm.MODEL_METRICS:
-        return dm.ModelMetricReference(model, metric)
-    if dm.METRICS[metric]["paired"]:
-        return dm.PairedReference(metric)
+    """The metric's reference object, precomputed once by its METRICS row's factory; it then
+    scores every evaluation set. `kid` and `cmmd` are those metrics' parameters (config['kid'|
+    'cmmd']: what differs from the rows' published defaults). CMMD scores L2-normalised rows (the
+    CMMD reference's embedding), so `space` must already be unit rows for it (score_group does
+    that). The distance-based metrics of one space share its dm.Geometry, kept in `geometries`
+    ({id(space): Geometry}) when given."""
+    overrides = {"kid": kid or {}, "cmmd": cmmd or {}}
+    geometries = {} if geometries is None else geometries
     k_rr = space.kernel.rr if space.kernel is not None else None
     rows = space.ref if k_rr is None else None
-    if metric in dm.GEOMETRY_METRICS:
-        geometries = {} if geometries is None else geometries
+
+    def geometry() -> dm.Geometry:
         if id(space) not in geometries:
             geometries[id(space)] = dm.Geometry(rows, k_rr)
-        geo = geometries[id(space)]
-        if metric == "realism":
-            return dm.RealismReference(geometry=geo)
-        if metric == "energy":
-            return dm.EnergyReference(geometry=geo)
-        return dm.PRDCReference(metric, geometry=geo)
-    if metric == "sliced_wasserstein":
-        return dm.SlicedWassersteinReference(rows, seed=seed)
-    if metric == "fd_inf":
-        return dm.FDInfReference(scorer_for("fid", space, None, seed), seed)
-    if space.kernel is not None:
-        return dm.KernelReference(metric, space.kernel.rr, space.dim, kid_degree=k["degree"],
-                                  kid_gamma=k["gamma"], kid_coef0=k["coef0"], cmmd_sigma=c["sigma"],
-                                  cmmd_scale=c["scale"], kid_subsets=k["subsets"],
-                                  kid_subset_size=k["subset_size"], seed=seed)
-    if metric == "fid":
-        return dm.FIDReference(space.ref)
-    if metric == "kid":
-        return dm.KIDReference(space.ref, k["subsets"], k["subset_size"], k["degree"], k["gamma"],
-                               k["coef0"], seed)
-    if metric == "cmmd":
-        return dm.CMMDReference(space.ref, c["sigma"], c["scale"])
-    return dm.MMDRBFReference(space.ref)
+        return geometries[id(space)]
+
+    inputs = dm.ReferenceInputs(rows=rows, kernel_rr=k_rr, dim=space.dim, model=model, seed=seed,
+                                params=dm.metric_params(metric, overrides.get(metric, {})),
+                                geometry=geometry)
+    return dm.reference_for(metric, inputs)
 
 
 def _evaluation_input(metric: str, space: FeatureSpace, key):
@@ -509,7 +290,7 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     scorer, prepared, n = result.scorer, result.prepared, result.n_evaluation
     rng = np.random.default_rng([seed, 0xB007])
     if ratings is not None and not ratings.complete:     # groups of their own sizes
-        idx = ha.resamples(ratings, n_resamples, rng)
+        idx = ha.resamples(ratings, n_resamples, rng, CLEAN)
 
         def score(k, b):
             return _resampled_score(scorer, prepared[k], idx[b][k])

@@ -32,21 +32,16 @@ Layout (the original pipeline's, with content keys):
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from featrank.errors import RuntimeFailure
-from featrank.host import file_sha256
+from featrank.cache_files import (RECORD_SUFFIX, CacheError, atomic_save_npy, atomic_write_bytes,
+                                  lock, remove_orphans, valid_file_info, verify_file)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +52,6 @@ CHUNK_SIZE = 100                     # reference images per chunk file
 # output; tests/test_bad_input.py holds a golden hash of it per version.
 PREPROCESS_VERSION = 1
 CLEAN = "clean"
-RECORD_SUFFIX = ".record.json"       # per-file record beside each cached array
-HOST = socket.gethostname().replace("_", "-")
 # Libraries whose code makes the cached bytes, whatever the backbone; plus the backbone's own.
 PIPELINE_LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "pillow")
 
@@ -87,10 +80,6 @@ def code_identity(library: str, interpolation: str, antialias: bool = True) -> d
     if not antialias:     # the references' plain resize; absent otherwise, so older keys hold
         out["antialias"] = False
     return out
-
-
-class CacheError(RuntimeFailure):
-    """The cache cannot be used as it is; the message gives the command that fixes it."""
 
 
 def _canonical(obj) -> str:
@@ -222,12 +211,12 @@ class LayerCache:
 
     def _write_meta(self, entry: str, meta: dict) -> None:
         meta["context"] = self.context
-        _atomic_write_bytes(os.path.join(entry, "metadata.json"),
+        atomic_write_bytes(os.path.join(entry, "metadata.json"),
                             json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
 
     @staticmethod
     def _locked(entry: str):
-        return _lock(os.path.join(entry, ".lock"))
+        return lock(os.path.join(entry, ".lock"))
 
     # ------------------------------------------------------------ per-file records
     @staticmethod
@@ -273,7 +262,7 @@ class LayerCache:
             return "absent"
         if info.get("key") != self.unit_key(unit):
             return "stale"
-        problem = _verify_file(os.path.join(entry, unit.relpath), info,
+        problem = verify_file(os.path.join(entry, unit.relpath), info,
                                self.verify if full is None else full)
         return f"corrupt: {problem}" if problem else None
 
@@ -281,7 +270,7 @@ class LayerCache:
         """The units that must be extracted; corrupt files are dropped with a warning."""
         out = []
         for entry in sorted({self._dir(u) for u in units}):
-            _remove_orphans(entry)
+            remove_orphans(entry)
             self._heal(entry, sum(self._dir(u) == entry for u in units))
         for unit in units:
             why = self.check(unit)
@@ -335,12 +324,12 @@ class LayerCache:
         entry = self._dir(unit)
         path = os.path.join(entry, unit.relpath)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        digest = _atomic_save_npy(path, stored)
+        digest = atomic_save_npy(path, stored)
         info = {"key": self.unit_key(unit), "shape": list(stored.shape), "dtype": str(stored.dtype),
                 "bytes": os.path.getsize(path), "sha256": digest,
                 "images": [r.source for r in unit.records], "degradation": unit.degradation,
                 "level": unit.level}
-        _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True, default=str).encode())
+        atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True, default=str).encode())
         with self._locked(entry):        # a lost update (no lock) is healed by `missing`
             meta = self._read_meta(entry)
             meta["files"][unit.relpath] = info
@@ -355,7 +344,7 @@ class LayerCache:
             raise CacheError(f"{self.name}: {unit.relpath} is not in the cache; rebuild with "
                              "`python main.py --build-cache ...` or rerun the same command")
         path = os.path.join(entry, unit.relpath)
-        problem = _verify_file(path, info, full=False)
+        problem = verify_file(path, info, full=False)
         if problem:
             raise CacheError(f"cache file {path} is corrupt ({problem}); delete it "
                              f"(`rm {path}`) and rerun the same command to extract it again")
@@ -392,7 +381,7 @@ class DerivedCache:
         out = {}
         for name, info in meta["files"].items():
             path = os.path.join(self.dir, name)
-            problem = _verify_file(path, info, self.cache.verify)
+            problem = verify_file(path, info, self.cache.verify)
             if problem:
                 log.warning("derived cache file %s is %s; it will be computed again", path, problem)
                 return None
@@ -403,7 +392,7 @@ class DerivedCache:
         """A lock held while the artefact is computed: a second process (another worker of a
         parallel sweep, another sweep on this cache) waits, then loads what the first saved."""
         os.makedirs(self.dir, exist_ok=True)
-        return _lock(os.path.join(self.dir, ".compute.lock"))
+        return lock(os.path.join(self.dir, ".compute.lock"))
 
     def save(self, arrays: dict, info: dict | None = None) -> None:
         """Write `arrays` ({name: array}) and `info` (how they were made; not part of the key)."""
@@ -412,14 +401,14 @@ class DerivedCache:
             files = {}
             for name, array in arrays.items():
                 path = os.path.join(self.dir, name + ".npy")
-                digest = _atomic_save_npy(path, array)
+                digest = atomic_save_npy(path, array)
                 files[name + ".npy"] = {"shape": list(array.shape), "dtype": str(array.dtype),
                                         "bytes": os.path.getsize(path), "sha256": digest}
             self.info = info or {}
             meta = {"key": self.key, "kind": self.kind, "params": self.params, "files": files,
                     "info": info or {},
                     "complete": True, "context": self.cache.context}
-            _atomic_write_bytes(os.path.join(self.dir, "metadata.json"),
+            atomic_write_bytes(os.path.join(self.dir, "metadata.json"),
                                 json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
 
 
@@ -441,191 +430,6 @@ def plan_extraction(backbone: str, caches: dict, units: list) -> dict:
         for u in missing:
             todo.setdefault(u.id, []).append(path)
     return todo
-
-
-# ---------------------------------------------------------------- file helpers
-
-_UNLOCKED_WARNED = set()
-
-
-@contextlib.contextmanager
-def _lock(path: str):
-    """An exclusive `fcntl` lock on `path` (created). Where the filesystem refuses locks
-    (Lustre without `-o flock`, NFS without a lock manager) the block runs unlocked, with one
-    warning: the per-file records keep the cache correct without it."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            folder = os.path.dirname(path)
-            if folder not in _UNLOCKED_WARNED:
-                _UNLOCKED_WARNED.add(folder)
-                log.warning("the filesystem of %s refuses file locks (%s); going on without them "
-                            "(per-file records keep the cache correct)", folder, exc.strerror)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _tmp_prefix() -> str:
-    """Temporary files name their writer, so a rerun can remove those of a killed one."""
-    return f".tmp_{HOST}_{os.getpid()}_"
-
-
-def _remove_orphans(entry: str) -> None:
-    """Delete temporary files left in `entry` by writers on this host that no longer run."""
-    head = f".tmp_{HOST}_"
-    for folder, _, names in os.walk(entry):
-        for name in names:
-            if not name.startswith(head):
-                continue
-            pid = name[len(head):].split("_", 1)[0]
-            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, name))
-                log.info("removed %s, left by a writer that was stopped (pid %s)", name, pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-def valid_file_info(info) -> bool:
-    """A file's entry in a manifest or its record: bytes, shape, dtype and sha256, each of its
-    type (anything else, e.g. a hand-edited "shape": 5, is not trusted)."""
-    return (isinstance(info, dict) and isinstance(info.get("bytes"), int)
-            and isinstance(info.get("shape"), list) and all(isinstance(d, int) for d in info["shape"])
-            and isinstance(info.get("dtype"), str) and isinstance(info.get("sha256"), str))
-
-
-def _verify_file(path: str, info: dict, full: bool) -> str | None:
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return "file missing"
-    if size != info.get("bytes"):
-        return f"size {size} bytes, expected {info.get('bytes')}"
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:
-        return f"unreadable ({type(exc).__name__})"
-    if list(arr.shape) != info.get("shape") or str(arr.dtype) != info.get("dtype"):
-        return f"shape {arr.shape} {arr.dtype}, expected {tuple(info.get('shape'))} {info.get('dtype')}"
-    if full and file_sha256(path) != info.get("sha256"):
-        return "checksum mismatch"
-    return None
-
-
-def _file_mode() -> int:
-    """rw for whoever the umask allows (mkstemp's files are 0600: a cache could not be shared)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write(path: str, write, suffix: str = "", size_hint: int = 0) -> None:
-    """Write through `write(fileobj)` to a temporary file beside `path`, fsync, then rename
-    it into place: readers see the old file or the complete new one, never a partial one.
-    A full disk raises CacheError naming the folder and the space needed; files already
-    complete stay as they are."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(), suffix=suffix)
-    try:
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(folder).free
-            raise CacheError(f"no space left on the device of {folder} while writing "
-                             f"{os.path.basename(path)} ({size_hint / 2**20:.1f} MiB needed, "
-                             f"{free / 2**20:.1f} MiB free); free some space or pass another "
-                             "--cache-dir, then rerun: completed cache files are kept") from None
-        raise
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-class _Hashing:
-    """A write-only file that hashes what goes through it (no second read for the checksum)."""
-
-    def __init__(self, f):
-        self.f, self.sha = f, hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        return self.f.write(data)
-
-
-def _atomic_save_npy(path: str, array: np.ndarray) -> str:
-    """np.save `array` to `path` atomically; returns the file's sha256."""
-    box = {}
-
-    def write(f):
-        h = _Hashing(f)
-        np.save(h, np.ascontiguousarray(array), allow_pickle=False)
-        box["sha256"] = h.sha.hexdigest()
-    _atomic_write(path, write, ".npy", array.nbytes)
-    return box["sha256"]
-
-
-def save_array(path: str, array: np.ndarray, key: str | None = None) -> str:
-    """np.save `array` to `path` atomically (folders made as needed), then its record
-    `<path>.record.json` (key, shape, dtype, bytes, sha256) as for activations; returns its
-    sha256."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    digest = _atomic_save_npy(path, array)
-    info = {"key": key, "shape": list(np.shape(array)), "dtype": str(np.asarray(array).dtype),
-            "bytes": os.path.getsize(path), "sha256": digest}
-    _atomic_write_bytes(path + RECORD_SUFFIX, json.dumps(info, sort_keys=True).encode())
-    return digest
-
-
-def load_array(path: str, shape: tuple, key: str | None = None) -> np.ndarray | None:
-    """A float64 array of `shape`, all finite, saved by save_array under `key` and matching its
-    record (size, shape, dtype, sha256); None when it is absent or anything else: a file
-    without its record, changed after it was written, truncated or foreign is recomputed,
-    never trusted (a warning names a file that is there but does not match)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path + RECORD_SUFFIX, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        info = None
-    problem = ("it has no record" if not valid_file_info(info) else
-               f"its record is for key {info.get('key')!r}" if info.get("key") != key else
-               _verify_file(path, info, full=True))
-    if problem is None:
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            a = None
-        if a is None or a.dtype != np.float64 or a.shape != tuple(shape) or not np.isfinite(a).all():
-            problem = "not a finite float64 array of the expected shape"
-    if problem is not None:
-        log.warning("cached values %s cannot be used (%s); they are computed again", path, problem)
-        return None
-    return a
 
 
 BASELINES_DIR = "baselines"     # <cache_dir>/baselines/<name>/<key>.npy: baselines.py's values

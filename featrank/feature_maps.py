@@ -28,7 +28,8 @@ import numpy as np
 
 from featrank.backbones import resolve_weights
 from featrank.cache_fill import RunData, feature_assembler, open_caches
-from featrank.evaluation import BASELINE, SCORED, configuration_of_row
+from featrank.evaluation import BASELINE, SCORED
+from featrank.configurations import configuration_of_row
 from featrank.feature_spaces import CLEAN_KEY, FeatureSpace, Infeasible
 from featrank.parallel import sweep_map
 from featrank.report import MAPS_FILE

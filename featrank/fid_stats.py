@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featrank.errors import UsageError
-from featrank.run_plan import (ExtractionSettings, check_input_size, check_module_paths, check_output_file,
+from featrank.run_plan import (ExtractionSettings, check_input_size, check_output_file,
                       layers_of, spec_of)
 
 log = logging.getLogger("iqm")
@@ -66,6 +66,7 @@ def folder_statistics(ext: ExtractionSettings, folder: str, backbone: str = DEFA
     from featrank.backbones import build_backbone, resolve_weights
     from featrank.dataset import DatasetError
     from featrank.distance_metrics import gaussian_stats
+    from featrank.cache_fill import check_module_paths
     from featrank.feature_extraction import folder_activations
     from featrank.representations import gap, prefix_tokens
     spec = spec_of(backbone)

@@ -1,5 +1,5 @@
 """Facts about this machine and its files, each computed in one place: the cores this process
-may use, the device a setting names, and the sha256 of a file."""
+may use (and the worker count a setting asks for), the device a setting names, and the sha256 of a file."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +14,15 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:           # macOS
         return max(1, os.cpu_count() or 1)
+
+
+def resolve_jobs(setting) -> int:
+    """config['jobs'] / --jobs: 'auto' = every core this process may use; else an integer >= 1."""
+    if setting == "auto":
+        return available_cores()
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+        raise UsageError(f"jobs = {setting!r} is not valid: it must be 'auto' or an integer >= 1")
+    return setting
 
 
 def _mps_available(torch) -> bool:

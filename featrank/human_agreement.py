@@ -205,13 +205,11 @@ def cluster_indices(n_references: int, n_resamples: int, rng: np.random.Generato
     return rng.integers(0, n_references, size=(n_resamples, n_references))
 
 
-def resamples(ratings: Ratings, n_resamples: int, rng: np.random.Generator) -> list:
+def resamples(ratings: Ratings, n_resamples: int, rng: np.random.Generator, clean: tuple) -> list:
     """For a design that is not complete: per resample, {set key: its rows in that resample}.
-    A full-reference database draws R references with replacement (its clean set takes those
-    positions, each group each of its images once per draw of its reference); a no-reference
-    set resamples its clean (reference) set and each bin on its own."""
-    from featrank.feature_cache import CLEAN
-    clean = (CLEAN, 0)
+    A full-reference database draws R references with replacement (its clean set, whose key is
+    `clean`, takes those positions, each group each of its images once per draw of its
+    reference); a no-reference set resamples its clean (reference) set and each bin on its own."""
     out = []
     for _ in range(n_resamples):
         if ratings.clusters is not None:

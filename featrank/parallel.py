@@ -24,7 +24,6 @@ import re
 from dataclasses import dataclass
 
 from featrank.errors import UserError
-from featrank.host import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +157,6 @@ class Ranks:
 
 
 # ---------------------------------------------------------------- sweeps
-
-def resolve_jobs(setting) -> int:
-    """config['jobs'] / --jobs: 'auto' = every core this process may use; else an integer >= 1."""
-    if setting == "auto":
-        return available_cores()
-    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
-        raise ParallelError(f"jobs = {setting!r} is not valid: it must be 'auto' or an integer >= 1")
-    return setting
-
 
 _PRESTART: dict = {}
 

@@ -36,11 +36,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from featrank.cache_fill import (CacheBuild, RunData, build_cache, build_caches, ensure_cached,
+from featrank.cache_fill import (CacheBuild, RunData, build_cache, build_caches, check_module_paths, ensure_cached,
                         open_caches, run_data, extract_on_ranks)
 from featrank import report
 from featrank.errors import RuntimeFailure, UsageError, UserError
-from featrank.parallel import ParallelError, Ranks, dask_session, prestart, resolve_jobs
+from featrank.parallel import ParallelError, Ranks, dask_session, prestart
+from featrank.host import resolve_jobs
 from featrank.run_plan import (DataSettings, RankingSettings, RunPlan, Stages, UserConfig, check_writable,
                       layers_of, make_plan, recorded_stages, spec_of, with_degradation_sets)
 from featrank.sweep import SWEEP_MODULES, bootstrap_top, score_backbone, score_baselines
@@ -192,6 +193,9 @@ def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None 
     command line)."""
     plan = make_plan(cfg, mode, layer_specs, user=user)
     stages, plans = plan.stages, plan.backbones
+    for backbone, lcs in plans:     # one model built for every module path (a library model's)
+        check_module_paths(backbone, sorted({x for lc in lcs for x in lc.resolved}, key=str),
+                           stages.extraction.image_size)
     jobs = resolve_jobs(stages.scoring.jobs)
     data = run_data(stages.data)
     stages = stages.replace(data=dataclasses.replace(stages.data, degradations=data.degradations))

@@ -43,7 +43,7 @@ def _cell(v):
 def write_csv(path: str, results, degradations: dict, mos_types=()) -> None:
     """One row per configuration (evaluation.ConfigResult.csv_row), ranked ones first; with
     `mos_types` (a --mos run) the agreement columns too."""
-    from featrank.evaluation import csv_columns
+    from featrank.configurations import csv_columns
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=csv_columns(degradations, mos_types))
         w.writeheader()

@@ -10,10 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # the numeric core; pass globs (e.g. "distance_metrics.*") to run only those
 GLOBS=(
-  "distance_metrics.*"
-  "representations.*"
-  "gram_engine.*"
-  "distribution_modeling.*"
+  "featrank.distance_metrics.*"
+  "featrank.two_sample_metrics.*"
+  "featrank.neighbour_metrics.*"
+  "featrank.pixel_metrics.*"
+  "featrank.metric_checks.*"
+  "featrank.representations.*"
+  "featrank.gram_engine.*"
+  "featrank.distribution_modeling.*"
   "featrank.evaluation.x_spearman_monotonicity*" "featrank.evaluation.x_kendall_monotonicity*"
   "featrank.evaluation.x__spearman_rows*" "featrank.evaluation.x__monotonicity*" "featrank.evaluation.x_bootstrap*"
   "featrank.evaluation.x_ties_with_top*" "featrank.evaluation.x_rank*" "featrank.evaluation.x_scorer_for*"

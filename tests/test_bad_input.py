@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from featrank import run_plan
+from featrank import user_config
 from featrank import dataset
 from featrank import feature_cache
 from featrank import cli
@@ -306,7 +307,7 @@ GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
 def test_degradations_match_their_golden_hashes_for_this_version():
     from featrank.degradation_generator import DEGRADATION_VERSION, EXTRA_DEGRADATIONS, apply_degradation
     from featrank.degradation_generator import KADID10K
-    specs = {**run_plan.default_config()["degradations"], **EXTRA_DEGRADATIONS,
+    specs = {**user_config.default_config()["degradations"], **EXTRA_DEGRADATIONS,
              **(KADID10K if DEGRADATION_VERSION >= 2 else {})}
     got = {}
     for spec in specs.values():

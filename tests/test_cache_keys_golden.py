@@ -10,7 +10,7 @@ from featrank import backbones
 from featrank import feature_cache
 from featrank import pipeline
 from featrank import run_plan
-from featrank.run_plan import default_config
+from featrank.user_config import default_config
 from featrank.dataset import ImageRecord
 from featrank.feature_cache import evaluation_units, reference_units
 

@@ -157,7 +157,7 @@ def test_level_validation(spec, needle):
 
 
 def test_default_levels_are_the_seed_levels():
-    from featrank.run_plan import default_config
+    from featrank.user_config import default_config
     d = default_config()["degradations"]
     assert d["blur"]["levels"] == [0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.3, 1.6, 2, 2.5, 3]
     assert d["noise"]["levels"] == [1, 2, 3, 5, 7, 9, 12, 15, 18, 22, 26, 30]

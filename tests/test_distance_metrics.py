@@ -153,9 +153,10 @@ def test_kernel_forms_equal_explicit_forms(case):
 
 def test_fid_stats_npz_roundtrip(tmp_path):
     ref, ev = CASES["full-rank"]
-    dm.save_fid_stats(tmp_path / "ref.npz", ref)
+    np.savez(tmp_path / "ref.npz", mu=ref.mean(axis=0), sigma=np.cov(ref, rowvar=False))
     from pytorch_fid.fid_score import calculate_frechet_distance
-    mu, sigma = dm.load_fid_stats(str(tmp_path / "ref.npz"))
+    from featrank.fid_stats import load_stats
+    mu, sigma = load_stats(str(tmp_path / "ref.npz"))
     mu2, s2 = dm.gaussian_stats(ev)
     assert dm.frechet_distance(mu, sigma, mu2, s2) == pytest.approx(
         calculate_frechet_distance(mu, sigma, mu2, s2), rel=1e-5)
@@ -326,13 +327,14 @@ def test_config_defaults_are_the_published_constants():
     sources (torch-fidelity's KID defaults / Binkowski et al.; the CMMD reference's _SIGMA and
     _SCALE); config.py's sections hold only overrides, and a run's settings record every value."""
     from featrank import run_plan
+    from featrank import user_config
     from helpers import tiny_config
     assert dm.metric_params("cmmd", {}) == {"sigma": 10.0, "scale": 1000.0}
     assert dm.metric_params("kid", {}) == {"subsets": None, "subset_size": 1000, "degree": 3,
                                            "gamma": None, "coef0": 1.0}
     user = tiny_config()
     user = user.replace(config={**user.config, "kid": {"subsets": 7}})
-    cfg = run_plan.resolve_settings(user, {}, "quick")
+    cfg = user_config.resolve_settings(user, {}, "quick")
     assert cfg["kid"] == {**dm.metric_params("kid", {}), "subsets": 7}
     assert cfg["cmmd"] == {"sigma": 10.0, "scale": 1000.0}
 

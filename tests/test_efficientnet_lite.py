@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from featrank import backbones
+from featrank import weight_sources
 from featrank import cli
 from featrank.dataset import _photo_paths, load_rgb
 from featrank.feature_extraction import preprocess
@@ -261,10 +262,10 @@ class _Server:
 def online(tmp_path, monkeypatch):
     """An online machine with an empty torch hub cache, resnet50's weights served on loopback."""
     import dataclasses
-    for var in backbones.OFFLINE_SWITCHES:
+    for var in weight_sources.OFFLINE_SWITCHES:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(backbones, "_FAILED_DOWNLOADS", {})
+    monkeypatch.setattr(weight_sources, "_FAILED_DOWNLOADS", {})
     torch.manual_seed(4)
     buf = tmp_path / "standin.pth"
     spec = backbones.BACKBONES["resnet50"]
@@ -303,7 +304,7 @@ def test_a_failed_download_leaves_no_file_and_falls_back_once(online, route, mon
     back to random-init once and names an installed backbone."""
     import time
     serve, data, server = online
-    monkeypatch.setattr(backbones, "DOWNLOAD_TIMEOUT_S", 1)
+    monkeypatch.setattr(weight_sources, "DOWNLOAD_TIMEOUT_S", 1)
     folder = serve(route)
     t0 = time.perf_counter()
     with pytest.raises(backbones.WeightsError, match="the download of .* failed"):
@@ -364,7 +365,7 @@ def test_an_unreachable_hugging_face_hub_is_asked_once_and_briefly(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in backbones.OFFLINE_SWITCHES}
+    env = {k: v for k, v in os.environ.items() if k not in weight_sources.OFFLINE_SWITCHES}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{dead}", HF_HUB_CACHE=str(tmp_path / "hf"),
                HF_HOME=str(tmp_path / "home"))
     code = ("from featrank import backbones; p = backbones.resolve_weights('clip_vit', 'auto'); print(p.label)")

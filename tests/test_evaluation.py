@@ -5,7 +5,8 @@ from scipy import stats
 
 from featrank import distance_metrics as dm
 from featrank import evaluation as ev
-from featrank.run_plan import default_config
+from featrank import configurations
+from featrank.user_config import default_config
 from featrank.feature_spaces import FeatureSpace
 
 
@@ -72,7 +73,7 @@ def test_score_that_ignores_severity_has_interval_containing_zero():
 def test_grid_has_no_redundant_rows_and_no_impossible_pairs():
     cfg = default_config()
     lcs = [{"name": "a", "layers": [0], "paths": ["p"]}, {"name": "b", "layers": [1], "paths": ["q"]}]
-    grid = ev.build_grid("bb", lcs, cfg["feature_transforms"], cfg["distribution_models"],
+    grid = configurations.build_grid("bb", lcs, cfg["feature_transforms"], cfg["distribution_models"],
                          cfg["distance_metrics"])
     n_t, n_m = len(cfg["feature_transforms"]), len(cfg["distribution_models"])
     n_cov = sum(m["type"] != "kde" for m in cfg["distribution_models"])   # a KDE has no covariance
@@ -132,7 +133,7 @@ def test_perfect_configuration_is_not_tied_with_a_severity_blind_one():
     assert blind.delta_top == 1.0 and blind.delta_top_ci == [1.0, 1.0]
     row = blind.csv_row(DEGS)
     assert row["tied_with_top"] is False and row["delta_rho_top_ci_low"] == 1.0
-    assert set(ev.csv_columns(DEGS)) >= {"tied_with_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high"}
+    assert set(configurations.csv_columns(DEGS)) >= {"tied_with_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high"}
     assert blind.fields()["delta_rho_top_ci"] == [1.0, 1.0]
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from featrank import evaluation as ev
-from featrank.run_plan import default_config
+from featrank import configurations
+from featrank.user_config import default_config
 from featrank.dataset import ImageRecord
 from featrank.feature_cache import LayerCache, evaluation_units, reference_units
 from featrank.feature_spaces import FeatureAssembler
@@ -48,7 +49,7 @@ def run_grid(root, shape, patch=None, max_bytes=2 * 1024**3, transforms=None, fa
                            9, patch, max_bytes, precision)
     transforms = transforms or cfg["feature_transforms"] + EXTRA
     lc = {"name": "l", "layers": [0], "paths": ["p"], "aggregate": "concat"}
-    grid = ev.build_grid("fake", [lc], transforms, cfg["distribution_models"],
+    grid = configurations.build_grid("fake", [lc], transforms, cfg["distribution_models"],
                          metrics or cfg["distance_metrics"])
     out = []
     for t in transforms:

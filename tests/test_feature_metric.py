@@ -11,9 +11,13 @@ import pytest
 from PIL import Image
 
 from featrank import evaluation as ev
+from featrank import configurations
 from featrank import feature_metric as fm
+from featrank import metric_spec
+from featrank import apply_metric
 from featrank import cli
 from featrank import run_plan
+from featrank import user_config
 from featrank.dataset import load_rgb
 from featrank.degradation_generator import apply_degradation
 from featrank.errors import UserError
@@ -43,17 +47,17 @@ def _grid():
 
 def test_spec_strings_and_results_rows_round_trip_for_every_configuration():
     grid = _grid()
-    assert len(grid) > 100 and {c.metric for c in grid} >= set(run_plan.default_config()["distance_metrics"])
+    assert len(grid) > 100 and {c.metric for c in grid} >= set(user_config.default_config()["distance_metrics"])
     for conf in grid:
-        spec = fm.spec_string(conf)
-        back = fm.parse_spec(spec)
+        spec = metric_spec.spec_string(conf)
+        back = metric_spec.parse_spec(spec)
         assert _content(back) == _content(conf), spec
-        assert fm.spec_string(back) == spec
+        assert metric_spec.spec_string(back) == spec
         row = json.loads(json.dumps(ev.ConfigResult(conf).fields()))      # as the JSON holds it
-        assert _content(ev.configuration_of_row(row)) == _content(conf), spec
-    assert fm.spec_string(fm.parse_spec("resnet50:7+8/concat/gram,pca=64/gaussian/mahalanobis")) == \
+        assert _content(configurations.configuration_of_row(row)) == _content(conf), spec
+    assert metric_spec.spec_string(metric_spec.parse_spec("resnet50:7+8/concat/gram,pca=64/gaussian/mahalanobis")) == \
         "resnet50:7+8/concat/gram,pca=64/gaussian/mahalanobis"
-    c = fm.parse_spec("resnet50:layer3+8/mean/gap,l2/gmm,covariance_type=diag,n_components=3/neg_loglik")
+    c = metric_spec.parse_spec("resnet50:layer3+8/mean/gap,l2/gmm,covariance_type=diag,n_components=3/neg_loglik")
     assert c.layer_config.paths == ["layer3", "layer4"] and c.layer_config.layers == [7, 8]
     assert c.model.params["n_components"] == 3 and c.transform.l2_normalize
 
@@ -75,7 +79,7 @@ def test_spec_strings_and_results_rows_round_trip_for_every_configuration():
 ])
 def test_a_malformed_spec_names_the_bad_part(spec, named):
     with pytest.raises(UserError) as exc:
-        fm.parse_spec(spec)
+        metric_spec.parse_spec(spec)
     assert named in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -159,7 +163,7 @@ def test_bad_apply_input_exits_2_with_one_line(sweep, capsys, extra, named):
 
 def test_out_is_checked_before_any_work(sweep, capsys, monkeypatch):
     tmp, user, _, _, folders = sweep
-    monkeypatch.setattr(fm, "apply", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(apply_metric, "apply", lambda *a, **k: pytest.fail("work started"))
     assert cli.main(tiny_args(tmp, "--apply", "resnet50:8/concat/gap/fid", str(folders["ref"]),
                                str(folders["degraded"]), "--out", "/no/such/dir/s.csv"), user=user) == 2
     assert "/no/such/dir" in capsys.readouterr().err
@@ -434,7 +438,7 @@ def test_the_applied_interval_is_a_percentile_bootstrap_over_every_eval_image():
     m.update(features=rows)
     cfg = {**m.stages.config(), "seed": 17, "bootstrap": {"n_resamples": 60, "scope": "top",
                                                           "confidence": 0.95}}
-    got = fm._with_interval(m.result(), "eval", 14, run_plan.Stages.of(cfg))
+    got = apply_metric._with_interval(m.result(), "eval", 14, run_plan.Stages.of(cfg))
     draws = np.random.default_rng([17, 0xA991])
     vals = [dm.fid(ref, rows[draws.integers(0, 14, 14)]) for _ in range(60)]
     assert got.score == pytest.approx(dm.fid(ref, rows), rel=1e-9)

@@ -10,7 +10,7 @@ import pytest
 from featrank import distance_metrics as dm
 from featrank import gram_engine as ge
 from featrank import representations as rp
-from featrank.run_plan import default_config
+from featrank.user_config import default_config
 from featrank.feature_cache import cache_info, evaluation_units, reference_units
 from featrank.feature_spaces import FeatureAssembler
 from test_every_combination import DEGS, RECORDS, FakeCache, run_grid

@@ -10,10 +10,11 @@ import pytest
 from scipy import linalg
 
 from featrank import distance_metrics as dm
+from featrank import neighbour_metrics
 from featrank import evaluation as ev
 from featrank import representations as rp
 from featrank.feature_spaces import FeatureSpace, explicit_kernel
-from featrank.run_plan import default_config
+from featrank.user_config import default_config
 
 prdc = pytest.importorskip("prdc")
 dcor = pytest.importorskip("dcor")
@@ -120,7 +121,7 @@ def test_energy_and_sliced_wasserstein_on_cached_features_equal_the_peers(cached
 
 def test_reference_blocks_cover_references_wider_than_one_block(monkeypatch):
     """The reference radii and mean distance are computed in row blocks (no n x n matrix)."""
-    monkeypatch.setattr(dm, "_BLOCK", 7)
+    monkeypatch.setattr(neighbour_metrics, "_BLOCK", 7)
     ref, e = _random_sets(n_ref=30)
     _check_prdc(ref, e)
     assert dm.energy_distance(ref, e) == pytest.approx(dcor.energy_distance(ref, e), abs=1e-9)
@@ -143,7 +144,7 @@ def test_random_projections_are_pots_bit_for_bit_in_blocks_with_one_array_at_pea
     one (dim, P) array plus a block, where POT's expression holds two at once."""
     import tracemalloc
     from ot.sliced import get_random_projections
-    monkeypatch.setattr(dm, "_PROJECTION_ROWS", rows)
+    monkeypatch.setattr(neighbour_metrics, "_PROJECTION_ROWS", rows)
     for dim, n_proj, seed in ((1, 50, 0), (7, 3, 1), (50, 50, 2), (1000, 13, 3)):
         got = dm.random_projections(dim, n_proj, seed)
         assert got.dtype == np.float64 and got.shape == (dim, n_proj)

@@ -480,7 +480,7 @@ def test_the_reference_bootstrap_keeps_a_references_images_together():
     ratings = ha.Ratings(keys=(("a", 1), ("a", 2), ("b", 1)),
                          quality=tuple(np.arange(len(c), dtype=float) for c in clusters),
                          clusters=clusters, n_clusters=4, complete=False)
-    for rows in ha.resamples(ratings, 50, np.random.default_rng(0)):
+    for rows in ha.resamples(ratings, 50, np.random.default_rng(0), ("clean", 0)):
         drawn = np.bincount(rows[("clean", 0)], minlength=4)
         for key, cl in zip(ratings.keys, clusters):
             got = np.bincount(cl[rows[key]], minlength=4)
@@ -494,7 +494,7 @@ def test_a_no_reference_resample_draws_the_clean_set_and_each_bin_on_its_own():
     ratings = ha.Ratings(keys=(("mos", 1), ("mos", 2), ("mos", 3)), quality=rows, clusters=None,
                          complete=False, paired=False, n_clean=7)
     seen = {k: set() for k in [("clean", 0), *ratings.keys]}
-    for draw in ha.resamples(ratings, 200, np.random.default_rng(1)):
+    for draw in ha.resamples(ratings, 200, np.random.default_rng(1), ("clean", 0)):
         assert len(draw[("clean", 0)]) == 7
         for key, q in zip(ratings.keys, rows):
             assert len(draw[key]) == len(q)
@@ -537,7 +537,7 @@ def test_bootstrap_srcc_of_an_incomplete_design_recomputes_each_groups_mos():
     ratings = ha.Ratings(keys=tuple(("t", p) for p in range(1, 5)), quality=rows,
                          clusters=tuple(np.arange(len(r)) for r in rows), n_clusters=4,
                          complete=False)
-    idx = ha.resamples(ratings, 30, np.random.default_rng(2))
+    idx = ha.resamples(ratings, 30, np.random.default_rng(2), ("clean", 0))
     idx[0][("t", 2)] = np.array([], dtype=int)                 # emptied by the resample
     scores = np.random.default_rng(3).normal(size=(30, 4))
     got = ha.bootstrap_srcc(scores, ratings, idx)
@@ -555,7 +555,7 @@ def test_every_reference_can_be_drawn_by_the_reference_bootstrap():
     ratings = ha.Ratings(keys=(("a", 1), ("a", 2), ("a", 3)),
                          quality=tuple(np.ones(len(c)) for c in clusters), clusters=clusters,
                          n_clusters=4, complete=False)
-    drawn = np.concatenate([r[("clean", 0)] for r in ha.resamples(ratings, 100, np.random.default_rng(0))])
+    drawn = np.concatenate([r[("clean", 0)] for r in ha.resamples(ratings, 100, np.random.default_rng(0), ("clean", 0))])
     assert set(drawn.tolist()) == {0, 1, 2, 3}
 
 

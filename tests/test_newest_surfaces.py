@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featrank import apply_metric
 from featrank import feature_metric as fm
+from featrank import metric_spec
 from featrank import cli
 from featrank import run_plan
+from featrank import user_config
 from featrank.errors import ConfigError, UsageError
 from helpers import tiny_args, tiny_config, write_images
 
@@ -167,7 +170,7 @@ def test_generator_batches_are_checked_like_update(folders, tmp_path, capsys, mo
                                   "resnet50:7/concat/gap/gaussian,/mahalanobis", "resnet50:7/concat/gap/"])
 def test_a_spec_with_an_empty_part_is_refused(spec):
     with pytest.raises(UsageError, match="empty"):
-        fm.parse_spec(spec)
+        metric_spec.parse_spec(spec)
 
 
 def _results_folder(tmp_path, content):
@@ -250,7 +253,7 @@ def test_a_failure_after_scoring_prints_the_scores_and_leaves_no_tmp(folders, tm
         open(path + ".tmp", "w").close()
         os.unlink(path + ".tmp")
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(fm, "write_scores", broken)
+    monkeypatch.setattr(apply_metric, "write_scores", broken)
     capsys.readouterr()
     assert cli.main(tiny_args(tmp_path, "--apply", SPEC, str(folders / "ref"), str(folders / "eval"),
                                "--out", str(out)), user=tiny_config()) == 1
@@ -350,9 +353,9 @@ VALID = {"dataset": ("a string",), "mos": ("a string", "None"), "mos_reference":
 
 
 def test_every_config_key_checks_its_type():
-    assert set(VALID) == set(run_plan.CONFIG_KEYS)
-    base = run_plan.default_config()
-    for key in run_plan.CONFIG_KEYS:
+    assert set(VALID) == set(user_config.CONFIG_KEYS)
+    base = user_config.default_config()
+    for key in user_config.CONFIG_KEYS:
         for what, value in WRONG.items():
             if what in VALID[key]:
                 continue

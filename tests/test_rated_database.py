@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from featrank import rated_database as rd
+from featrank import rated_design
 
 N_REF = 4
 # KADID-10k type numbers (imdist_generator.m's cases), listed out of their numbering on purpose
@@ -312,7 +313,7 @@ def test_levels_from_the_names_each_database_uses():
 
 def test_a_no_reference_set_says_what_it_is(tmp_path):
     db = rd.read_ratings(str(_no_reference(tmp_path, 9)), bins=3)
-    assert (db.format, db.kind, db.references, db.binned) == ("csv", rd.NO_REFERENCE, (), (rd.BIN_TYPE,))
+    assert (db.format, db.kind, db.references, db.binned) == ("csv", rated_design.NO_REFERENCE, (), (rd.BIN_TYPE,))
     assert not db.complete and db.pairs(db.groups[(rd.BIN_TYPE, 1.0)]) is None
     r = db.ratings(n_clean=5)
     assert r.clusters is None and not r.paired and r.n_clean == 5

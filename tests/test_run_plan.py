@@ -8,6 +8,7 @@ import pytest
 
 from featrank import cli
 from featrank import run_plan
+from featrank import user_config
 from featrank.errors import ConfigError, UsageError
 from helpers import tiny_args, tiny_config
 
@@ -18,7 +19,7 @@ CONFIG_PY = os.path.join(ROOT, "config.py")
 
 def test_config_py_ships_exactly_the_known_keys():
     """The unknown-key check compares with this list, not with the edited CONFIG itself."""
-    assert tuple(runpy.run_path(CONFIG_PY)["CONFIG"]) == run_plan.CONFIG_KEYS
+    assert tuple(runpy.run_path(CONFIG_PY)["CONFIG"]) == user_config.CONFIG_KEYS
 
 
 def test_a_key_added_to_config_is_unknown(tmp_path, capsys):
@@ -77,18 +78,18 @@ def test_user_config_load_is_a_copy():
 
 def test_resolve_settings_names_the_flag_or_the_key():
     user = tiny_config()
-    cfg = run_plan.resolve_settings(user, {"bootstrap.n_resamples": 5, "n_images_inference": 9},
+    cfg = user_config.resolve_settings(user, {"bootstrap.n_resamples": 5, "n_images_inference": 9},
                                     "medium")
     assert cfg["bootstrap"] == {**user.config["bootstrap"], "n_resamples": 5}
     assert cfg["n_images_inference"] == 9
     assert cfg["n_images_evaluation"] == user.modes["medium"]["n_images_evaluation"]
     assert user.config["bootstrap"]["n_resamples"] == 20          # the UserConfig is unchanged
     with pytest.raises(UsageError, match=r"^--batch-size 0 is not valid"):
-        run_plan.resolve_settings(user, {"batch_size": 0}, "quick", {"batch_size": "--batch-size"})
+        user_config.resolve_settings(user, {"batch_size": 0}, "quick", {"batch_size": "--batch-size"})
     with pytest.raises(UsageError, match=r"^batch_size 0 is not valid"):
-        run_plan.resolve_settings(user, {"batch_size": 0}, "quick")
+        user_config.resolve_settings(user, {"batch_size": 0}, "quick")
     with pytest.raises(UsageError, match="mode 'fast'"):
-        run_plan.resolve_settings(user, {}, "fast")
+        user_config.resolve_settings(user, {}, "fast")
 
 
 def test_quick_and_enabled_layers_come_from_the_user_config():
@@ -104,7 +105,7 @@ def test_quick_and_enabled_layers_come_from_the_user_config():
     assert medium.enabled_layers == user.enabled_layers
 
 
-# Every flag of run_plan.SETTING_FLAGS: a value typed, the setting it must set and the value it
+# Every flag of user_config.SETTING_FLAGS: a value typed, the setting it must set and the value it
 # must become there. A flag added to the table without a row here fails the first assert.
 FLAG_SAMPLES = {
     "--backbone": ("vgg19", "backbone", "vgg19"), "--weights": ("random", "weights", "random"),
@@ -128,7 +129,7 @@ NEEDS = {"--mos-bins": ["--mos", "ratings.csv"], "--mos-orientation": ["--mos", 
 def test_every_setting_flag_sets_its_setting_and_only_it():
     """Each flag, parsed by main.py's parser, changes its own setting of the resolved CONFIG to
     the value typed and no other setting, and reports that setting as set by a flag."""
-    assert {f.flag for f in run_plan.SETTING_FLAGS} == set(FLAG_SAMPLES)
+    assert {f.flag for f in user_config.SETTING_FLAGS} == set(FLAG_SAMPLES)
     user = tiny_config()
     parse = cli.build_parser(user.config, user.modes).parse_args
     for flag, (typed, setting, want) in FLAG_SAMPLES.items():

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from featrank import run_plan
+from featrank import user_config
 from featrank import cli
 from featrank import pipeline
 from featrank.errors import ConfigError
@@ -221,7 +222,7 @@ def test_torchrun_environment():
 # ---------------------------------------------------------------- parallel sweeps (library API)
 
 def _sweep_config(tmp_path, **extra):
-    cfg = run_plan.default_config()
+    cfg = user_config.default_config()
     cfg.update({"working_size": 32, "degradations": copy.deepcopy(TINY_DEGRADATIONS), "batch_size": 8,
                 "num_workers": 0, "image_size": 32, "weights": "random", "dataset": str(tmp_path / "imgs"),
                 "n_images_inference": 12, "n_images_evaluation": 6, "cache_dir": str(tmp_path / "cache"),

@@ -13,10 +13,11 @@ import os
 import pytest
 
 from featrank import run_plan
+from featrank import user_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {"cfg", "config", "settings"}
-ALLOWED = {"config.py", "run_plan.py"}
+ALLOWED = {"config.py", "run_plan.py", "user_config.py"}   # the settings and the plan
 
 
 def _named(node) -> bool:
@@ -47,7 +48,7 @@ def test_no_module_below_the_plan_indexes_a_configuration_dictionary():
             lines = reads(f.read())
         if lines:
             found[name] = lines
-    assert not found, f"configuration dictionaries indexed outside run_plan.py: {found}"
+    assert not found, f"configuration dictionaries indexed outside user_config.py and run_plan.py: {found}"
 
 
 @pytest.mark.parametrize("planted", [
@@ -62,7 +63,7 @@ def test_a_planted_read_is_caught(planted):
 
 
 def test_the_records_hold_every_key_once_and_give_the_configuration_back():
-    cfg = run_plan.with_degradation_sets(run_plan.resolve_settings(run_plan.UserConfig.load(), {},
+    cfg = run_plan.with_degradation_sets(user_config.resolve_settings(run_plan.UserConfig.load(), {},
                                                                    "medium"))
     stages = run_plan.Stages.of(cfg)
     assert stages.config() == cfg
@@ -73,4 +74,4 @@ def test_the_records_hold_every_key_once_and_give_the_configuration_back():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, dataclasses.fields(record)[0].name, None)
         keys |= set(run_plan.as_config(record))
-    assert keys == set(run_plan.CONFIG_KEYS)
+    assert keys == set(user_config.CONFIG_KEYS)

@@ -8,6 +8,7 @@ import pytest
 
 from featrank import evaluation as ev
 from featrank import run_plan
+from featrank import user_config
 from featrank import sweep
 
 
@@ -21,7 +22,7 @@ def _targets(monkeypatch, ranked, scope, top_n):
     monkeypatch.setattr(ev, "bootstrap", lambda r, *a, **k: seen.append(r.label))
     ranking = run_plan.RankingSettings("auto", n_resamples=10, scope=scope, confidence=0.95,
                                        top_n=top_n)
-    scoring = run_plan.Stages.of(run_plan.default_config()).scoring
+    scoring = run_plan.Stages.of(user_config.default_config()).scoring
     sweep.bootstrap_top(ranked, ranking, scoring, {}, 1, {})
     return seen
 
@@ -52,7 +53,7 @@ def test_no_resamples_no_bootstrap(monkeypatch):
     seen = []
     monkeypatch.setattr(ev, "bootstrap", lambda r, *a, **k: seen.append(r.label))
     ranking = run_plan.RankingSettings("auto", n_resamples=0, scope="all", confidence=0.95, top_n=3)
-    scoring = run_plan.Stages.of(run_plan.default_config()).scoring
+    scoring = run_plan.Stages.of(user_config.default_config()).scoring
     sweep.bootstrap_top([_row("f1")], ranking, scoring, {}, 1, {})
     assert seen == []
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from featrank import backbones
+from featrank import weight_sources
 from featrank import cli
 from helpers import tiny_args, tiny_config, torch_hub_standin
 
@@ -126,4 +127,4 @@ def test_torch_hub_dir_follows_torch_rule(monkeypatch, env):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert backbones.torch_hub_dir() == torch.hub.get_dir()
+    assert weight_sources.torch_hub_dir() == torch.hub.get_dir()
