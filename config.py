@@ -170,7 +170,9 @@ QUICK = {
                "sd_vae": [9], "lpips_vgg": [7], "clip_vit": [9],
                "inception_fid": [16], "dinov2_vitl14": [25], "clip_vit_l14_336": [26],
                # the 1280-d pooled embedding (global_pool) of EfficientNet-Lite
-               "efficientnet_lite0": [11], "efficientnet_lite1": [11], "efficientnet_lite2": [11]},
+               "efficientnet_lite0": [11], "efficientnet_lite1": [11], "efficientnet_lite2": [11],
+               # MobileNetV2's 1280-channel head (its GAP is the embedding the classifier reads)
+               "mobilenet_v2": [18]},
     "transform": "raw",
     "metric": "fid",
 }
@@ -194,5 +196,7 @@ ENABLED_LAYERS = {
     "efficientnet_lite0": {i: i in (4, 6, 8, 11) for i in range(13)},
     "efficientnet_lite1": {i: i in (4, 6, 8, 11) for i in range(13)},
     "efficientnet_lite2": {i: i in (4, 6, 8, 11) for i in range(13)},
+    # MobileNetV2: the last block at 56, 28 and 14 px, and the 1280-channel head
+    "mobilenet_v2": {i: i in (3, 6, 13, 18) for i in range(20)},
 }
 

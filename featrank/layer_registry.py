@@ -243,6 +243,26 @@ def _lite_table(n: int) -> list:
 EFFICIENTNET_LITE = {n: _lite_table(n) for n in _LITE_SIZES}
 
 
+# torchvision's MobileNetV2 (Sandler et al. 2018) at 224 px: features.0 the stem, features.1-17
+# the inverted-residual blocks of the 7 stages (t, c, n, s = 1,16,1,1 / 6,24,2,2 / 6,32,3,2 /
+# 6,64,4,2 / 6,96,3,1 / 6,160,3,2 / 6,320,1,1), features.18 the 1x1 head; the classifier pools
+# features.18 (a function, no module) before its Linear.
+_MOBILENET_V2_BLOCKS = [(16, 112, "early")] + [(24, 56, "early")] * 2 + [(32, 28, "early-mid")] * 3 + \
+    [(64, 14, "mid")] * 4 + [(96, 14, "mid")] * 3 + [(160, 7, "mid-late")] * 3 + [(320, 7, "late")]
+MOBILENET_V2 = [
+    Layer(0, "features.0", "Conv2dNormActivation", (32, 112, 112), "very early",
+          "stem: 3x3 stride-2 convolution, BatchNorm, ReLU6"),
+] + [
+    Layer(i + 1, f"features.{i + 1}", "InvertedResidual", (c, r, r), lvl,
+          f"inverted-residual block {i + 1} of 17 ({c} channels at {r}x{r})")
+    for i, (c, r, lvl) in enumerate(_MOBILENET_V2_BLOCKS)
+] + [
+    Layer(18, "features.18", "Conv2dNormActivation", (1280, 7, 7), "final",
+          "head: 1x1 convolution to 1280 channels, BatchNorm, ReLU6; its average is the embedding"),
+    Layer(19, "classifier.1", "Linear", (1000,), "final", "ImageNet logits (1280 -> 1000)"),
+]
+
+
 class LayerError(UserError):
     """A layer index or name the registry cannot resolve; the message says how to list them."""
 

