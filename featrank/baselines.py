@@ -33,8 +33,9 @@ from featrank.perceptual import NETWORK_BASELINES, BaselineUnavailable, build
 log = logging.getLogger(__name__)
 
 BASELINES = dm.PIXEL_METRICS          # in distance_metrics' order
-BASELINE_VERSION = 2                  # bump when a pixel score changes its numbers (2: ssim and
-                                      # ms_ssim became Wang et al.'s, on luminance)
+BASELINE_VERSION = 3                  # bump when a pixel score changes its numbers (2: ssim and
+                                      # ms_ssim became Wang et al.'s, on luminance; 3: ssim as
+                                      # pyiqa's calibrated default, without ssim.m's downsampling)
 
 
 def unit_images(unit, working_size: int, seed: int, which=None) -> np.ndarray:

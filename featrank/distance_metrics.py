@@ -32,7 +32,7 @@ from featrank.neighbour_metrics import (
 from featrank.pixel_metrics import (
     DISTS_C1, DISTS_C2, LPIPS_EPS, LUMA, MS_SSIM_MIN_SIDE, MS_SSIM_WEIGHTS, PSNR_MAX_DB, SSIM_K,
     SSIM_SIGMA, SSIM_WIN, dists_from_features, lpips_from_features, luminance, ms_ssim,
-    ms_ssim_min_size, ms_ssim_rgb, psnr, ssim, ssim_downsampling, ssim_rgb)
+    ms_ssim_min_size, ms_ssim_rgb, psnr, ssim, ssim_rgb)
 from featrank.two_sample_metrics import (
     CMMD_SCALE, CMMD_SIGMA, KID_COEF0, KID_DEGREE, KID_SUBSET_SIZE, CMMDReference, FIDReference,
     KernelReference, KIDReference, MMDRBFReference, ModelMetricReference, cmmd, cmmd_from_kernel,

@@ -118,16 +118,16 @@ def ms_ssim_rgb(x, y, data_range: float = 255.0) -> np.ndarray:
 
 
 
-# The IQA literature's SSIM and MS-SSIM: Wang et al.'s MATLAB code (ssim.m and msssim.m) as
-# pyiqa ports it and calibrates it against the MATLAB outputs (pyiqa/archs/ssim_arch.py,
-# ResultsCalibra: SSIM within 4e-4 of ssim.m on TID2013 images). pyiqa's `ssim` and `ms_ssim`:
-# * luminance only: Y = 0.299 R + 0.587 G + 0.114 B (YIQ's Y), rounded to an integer as
-#   MATLAB's uint8 rgb2gray is; data range 255;
-# * ssim.m's automatic downsampling, f = max(1, round(min(H, W) / 256)), as pyiqa's
-#   SSIM(downsample=True) does it: an f x f average pool. For f = 2 (the databases' 384-639 px
-#   images, even sides) that is exactly ssim.m's imfilter(ones(f)/f^2, 'symmetric') and
-#   every f-th pixel; for f >= 3 ssim.m centres the box, and at exact halves (a 640 px side)
-#   Python's round gives f = 2 where MATLAB's gives 3;
+# The IQA literature's SSIM and MS-SSIM as the field's tables compute them: pyiqa's calibrated
+# `create_metric("ssim")` and `("ms_ssim")` with their default options (pyiqa/archs/ssim_arch.py,
+# default_model_configs.py: downsample=False, test_y_channel=True, color_space "yiq"; the SSIM
+# behind pyiqa's benchmark tables, TID2013 SRCC 0.627; ResultsCalibra's official MATLAB values
+# are reproduced to 4e-4):
+# * luminance only: Y = 0.299 R + 0.587 G + 0.114 B (YIQ's Y, MATLAB's rgb2gray weights),
+#   rounded to an integer as pyiqa's preprocess_rgb does; data range 255;
+# * no automatic downsampling: ssim.m's f = max(1, round(min(H, W) / 256)) box filter is not
+#   applied (pyiqa's default; with it, TID2013's I03 would score 0.6435 instead of the
+#   official 0.6993);
 # * fspecial('gaussian', 11, 1.5), filter2(..., 'valid'), K = (0.01, 0.03), the mean of the
 #   map; pyiqa clamps the contrast-structure map at 0 (ssim.m does not: on heavy noise or
 #   strong blur the two differ by up to 1e-3);
@@ -147,20 +147,6 @@ def luminance(x) -> np.ndarray:
     return np.round(x @ np.asarray(LUMA))[:, None]
 
 
-def ssim_downsampling(height: int, width: int) -> int:
-    """ssim.m's factor max(1, round(min(H, W) / 256)), with Python's round as pyiqa has it."""
-    return max(1, round(min(height, width) / 256))
-
-
-def _avg_pool(a: np.ndarray, f: int) -> np.ndarray:
-    """torch's avg_pool2d(kernel f, stride f), no padding, over the last two axes."""
-    if f == 1:
-        return a
-    h, w = a.shape[-2] // f * f, a.shape[-1] // f * f
-    a = a[..., :h, :w]
-    return a.reshape(*a.shape[:-2], h // f, f, w // f, f).mean(axis=(-3, -1))
-
-
 def _check_pixels(x, y) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x), np.asarray(y)
     if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
@@ -170,15 +156,13 @@ def _check_pixels(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ssim(x, y) -> np.ndarray:
-    """Per image: the IQA literature's SSIM (Wang et al.'s ssim.m on luminance, with its
-    automatic downsampling, as pyiqa's `ssim` computes it; see the notes above) of
+    """Per image: the IQA literature's SSIM (Wang et al.'s on luminance, as pyiqa's calibrated
+    `ssim` computes it by default: no automatic downsampling; see the notes above) of
     (n, H, W, 3) 0-255 images."""
     x, y = _check_pixels(x, y)
-    f = ssim_downsampling(*x.shape[-2:])
-    x, y = _avg_pool(x, f), _avg_pool(y, f)
     if min(x.shape[-2:]) < SSIM_WIN:
-        raise MetricInputError(f"ssim needs images of at least {SSIM_WIN} px a side after its "
-                               f"downsampling; these are {x.shape[-1]} px: raise config['working_size']")
+        raise MetricInputError(f"ssim needs images of at least {SSIM_WIN} px a side; these are "
+                               f"{x.shape[-1]} px: raise config['working_size']")
     return _ssim_cs(x, y, 255.0, _gauss_window(), clamp_cs=True)[0][:, 0]
 
 
@@ -199,9 +183,6 @@ def ms_ssim(x, y) -> np.ndarray:
     w = np.asarray(MS_SSIM_WEIGHTS)
     return np.prod(np.stack(mcs) ** w[:-1, None], axis=0) * s[:, 0] ** w[-1]
 
-
-PIXEL_FUNCTIONS = {"psnr": psnr, "ssim": ssim, "ms_ssim": ms_ssim, "ssim_rgb": ssim_rgb,
-                   "ms_ssim_rgb": ms_ssim_rgb}
 
 # ------------------------------------------------------- network baselines (LPIPS, DISTS)
 # The networks run in perceptual.py; these are the distances over their layer outputs,

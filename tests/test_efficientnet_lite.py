@@ -117,16 +117,20 @@ def test_the_classifier_sees_what_the_builtin_photographs_show():
         assert not _sees_the_photographs(random_init), random_init
 
 
-def _fid_rhos(tmp_path, weights):
+def fid_paper_rhos(tmp_path, weights, backbone="efficientnet_lite0", layer="11",
+                   path="global_pool", size="224"):
+    """Quick mode's FID of `backbone`'s `layer` (module `path`) on the FID paper's disturbances,
+    30 reference and 12 evaluation built-in images at `size` px: {disturbance: rho}."""
     argv = tiny_args(tmp_path, "--mode", "quick", "--degradations", "fid", "--n-inference", "30",
-                     "--n-evaluation", "12", "--n-resamples", "0", "--backbone", "efficientnet_lite0")
-    argv[argv.index("--image-size") + 1] = "224"
+                     "--n-evaluation", "12", "--n-resamples", "0", "--backbone", backbone,
+                     "--layers", layer)
+    argv[argv.index("--image-size") + 1] = size
     argv[argv.index("--weights") + 1] = weights
     assert cli.main(argv, user=tiny_config(working_size=256)) == 0
-    (path,) = glob.glob(str(tmp_path / "results" / "*" / "results_*.csv"))
-    with open(path) as f:
+    (found,) = glob.glob(str(tmp_path / "results" / "*" / "results_*.csv"))
+    with open(found) as f:
         (row,) = list(csv.DictReader(f))
-    assert row["layers"] == "11" and row["module_paths"] == "global_pool" and row["metric"] == "fid"
+    assert row["module_paths"] == path and row["metric"] == "fid"
     return {d: float(row[f"rho_{d}"]) for d in ("rectangles", "swirl", "salt_pepper", "pixelation")}
 
 
@@ -134,9 +138,9 @@ def test_final_layer_fid_follows_every_fid_paper_disturbance_only_when_pretraine
     """Quick mode's configuration (global_pool GAP, FID) on the FID paper's disturbances: each
     Spearman rho >= 0.9 with the shipped weights; a random-init network of the same shape
     misses it, so the check discriminates."""
-    pretrained = _fid_rhos(tmp_path / "p", "auto")
+    pretrained = fid_paper_rhos(tmp_path / "p", "auto")
     assert all(r >= 0.9 for r in pretrained.values()), pretrained
-    random_init = _fid_rhos(tmp_path / "r", "random")
+    random_init = fid_paper_rhos(tmp_path / "r", "random")
     assert not all(r >= 0.9 for r in random_init.values()), random_init
 
 

@@ -354,9 +354,10 @@ DISTORTIONS = [("gaussian_blur", 1.0), ("gaussian_blur", 3.0), ("gaussian_noise"
 
 
 def test_ssim_and_ms_ssim_are_the_literatures_as_pyiqa_computes_them():
-    """`ssim` and `ms_ssim` (Wang et al.'s ssim.m and msssim.m on luminance, ssim.m's automatic
-    downsampling) equal pyiqa's SSIM(downsample=True) and MS_SSIM, the port pyiqa calibrates
-    against the MATLAB code, on photographs and their distortions; the RGB reading differs."""
+    """`ssim` and `ms_ssim` (Wang et al.'s SSIM and MS-SSIM on luminance, no automatic
+    downsampling) equal pyiqa's ssim and ms_ssim functions with the options of its calibrated
+    metrics (downsample=False, YIQ's Y), on photographs and their distortions; the RGB reading
+    differs."""
     import torch
     pyiqa_ssim = pytest.importorskip("pyiqa.archs.ssim_arch")
     from pyiqa.archs.func_util import preprocess_rgb
@@ -367,7 +368,7 @@ def test_ssim_and_ms_ssim_are_the_literatures_as_pyiqa_computes_them():
         return preprocess_rgb(x, test_y_channel=True, data_range=255, color_space="yiq")
 
     def ref_ssim(x, y):
-        return pyiqa_ssim.ssim(x, y, data_range=255, downsample=True)
+        return pyiqa_ssim.ssim(x, y, data_range=255, downsample=False)
 
     def ref_ms(x, y):
         return pyiqa_ssim.ms_ssim(x, y, data_range=255, downsample=False, is_prod=True)
@@ -386,23 +387,48 @@ def test_ssim_and_ms_ssim_are_the_literatures_as_pyiqa_computes_them():
     assert rgb_gap > 1e-3                       # the RGB reading is another number
 
 
-def test_ssim_downsamples_as_ssim_m_and_reads_luminance():
-    """Hand-built cases: a 2x2-block image at 512 px equals its 256 px version (f = 2 box
-    average then every second pixel); only luminance counts (a colour change that keeps
-    0.299 R + 0.587 G + 0.114 B leaves SSIM at 1); the factor is max(1, round(min side/256))."""
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (2, 256, 256, 3)).astype(np.uint8)
-    big = small.repeat(2, axis=1).repeat(2, axis=2)
-    np.testing.assert_allclose(dm.ssim(big[:1], big[1:]), dm.ssim(small[:1], small[1:]), atol=1e-12)
-    assert [dm.ssim_downsampling(h, 999) for h in (100, 383, 384, 639, 767, 768)] == [1, 1, 2, 2, 3, 3]
+def test_ssim_does_not_downsample_and_reads_luminance():
+    """Hand-built cases: a one-pixel checkerboard of +-20 grey levels on a flat 512 px image
+    vanishes under ssim.m's 2 x 2 box downsampling (SSIM 1) but not in the field's SSIM, which
+    sees it (well below 1); only luminance counts (a colour change that keeps 0.299 R + 0.587 G +
+    0.114 B leaves SSIM at 1); MS-SSIM needs its 176 px."""
+    flat = np.full((1, 512, 512, 3), 128, np.uint8)
+    board = flat.astype(np.int16)
+    yy, xx = np.mgrid[0:512, 0:512]
+    board[0] += np.where((yy + xx) % 2 == 0, 20, -20)[..., None].astype(np.int16)
+    board = board.astype(np.uint8)
+    assert dm.ssim(board, flat)[0] < 0.5
+    assert board.reshape(1, 256, 2, 256, 2, 3).mean(axis=(2, 4)).max() == 128   # what f = 2 would see
     grey = np.full((1, 64, 64, 3), 100, np.uint8)
     tinted = grey.copy()
     tinted[..., 0], tinted[..., 2] = 100 + 38, 100 - 100       # +0.299*38 - 0.114*100 = 0 in Y
     assert dm.luminance(tinted)[0, 0, 0, 0] == dm.luminance(grey)[0, 0, 0, 0] == 100
     assert dm.ssim(tinted, grey) == pytest.approx([1.0])
     assert dm.ssim_rgb(tinted, grey)[0] < 0.9
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (2, 170, 170, 3)).astype(np.uint8)
     with pytest.raises(dm.MetricInputError, match="176 px"):
-        dm.ms_ssim(small[:1, :170, :170], small[1:, :170, :170])
+        dm.ms_ssim(small[:1], small[1:])
+
+
+def test_ssim_and_ms_ssim_equal_pyiqas_calibrated_metrics():
+    """pyiqa's own `create_metric("ssim")` and `("ms_ssim")`, default options, float64: the
+    metrics behind its calibration table and benchmark numbers, on crops of the built-in
+    photographs and their distortions (1e-4)."""
+    pyiqa = pytest.importorskip("pyiqa")
+    import torch
+    from featrank.degradation_generator import apply_degradation
+    metrics = {name: pyiqa.create_metric(name, device="cpu", as_loss=False) for name in ("ssim", "ms_ssim")}
+    ours = {"ssim": dm.ssim, "ms_ssim": dm.ms_ssim}
+    for ref in list(_photographs())[:3]:
+        ref = np.ascontiguousarray(ref[:192, :224])
+        dist = np.stack([apply_degradation(ref, d, lv, 0, "x") for d, lv in DISTORTIONS[::2]])
+        refs = np.repeat(ref[None], len(dist), axis=0)
+        t = (lambda a: torch.from_numpy(np.array(a, np.float32)).permute(0, 3, 1, 2) / 255)
+        for name, metric in metrics.items():
+            with torch.no_grad():
+                want = metric(t(dist), t(refs)).double().numpy().ravel()
+            np.testing.assert_allclose(ours[name](dist, refs), want, atol=1e-4, err_msg=name)
 
 
 def test_psnr_in_closed_form():

@@ -165,3 +165,22 @@ def test_a_function_over_60_lines_says_why_and_how_long():
                 if length > 60 and f"{length} lines" not in (ast.get_docstring(node) or ""):
                     too_long[f"{os.path.basename(path)}:{node.name}"] = length
     assert too_long == {}
+
+
+def test_a_config_file_is_read_by_path_and_checked_for_its_four_tables(tmp_path):
+    """UserConfig.load(path) runs the file (never imports it: no `config` module appears), and
+    a missing file or a missing table is one ConfigError naming the file and the table."""
+    import sys
+    with pytest.raises(ConfigError, match=r"no such file.*config\.py"):
+        run_plan.UserConfig.load(tmp_path / "nope.py")
+    partial = tmp_path / "partial.py"
+    partial.write_text("CONFIG = {}\nQUICK = {}\nMODES = {}\n")
+    with pytest.raises(ConfigError, match="ENABLED_LAYERS"):
+        run_plan.UserConfig.load(partial)
+    mine = tmp_path / "mine.py"
+    with open(CONFIG_PY) as f:
+        mine.write_text(f.read().replace('"seed": 0,', '"seed": 11,'))
+    before = set(sys.modules)
+    assert run_plan.UserConfig.load(mine).config["seed"] == 11
+    assert run_plan.UserConfig.load().config["seed"] == 0
+    assert "config" not in set(sys.modules) - before

