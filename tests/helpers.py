@@ -10,6 +10,19 @@ TINY_DEGRADATIONS = {
 }
 
 
+# Which way each score points, written from the literature (never read from the code under test):
+# +1 a distance or a loss, which grows as the evaluation images depart from the reference
+# (FID, KID, CMMD, MMD, Mahalanobis, NLL, FD-inf, energy, sliced Wasserstein, the paired
+# distances, LPIPS, DISTS); -1 a similarity or a fidelity, which falls (precision and recall of
+# Kynkaanniemi et al., density and coverage of Naeem et al., the realism score, PSNR, SSIM,
+# MS-SSIM). rho times this is "the score worsens as the images do".
+WORSENS = {**dict.fromkeys(("fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik", "fd_inf",
+                            "energy", "sliced_wasserstein", "paired_l2", "paired_cosine", "lpips",
+                            "dists"), 1),
+           **dict.fromkeys(("precision", "recall", "density", "coverage", "realism", "psnr", "ssim",
+                            "ms_ssim", "ssim_rgb", "ms_ssim_rgb"), -1)}
+
+
 def tiny_config(**overrides) -> run_plan.UserConfig:
     """config.py's tables with a CONFIG for a fast run: 32-px working images, two degradations,
     no report.html (the tests of the report ask for it); pass it as cli.main(argv, user=...)."""

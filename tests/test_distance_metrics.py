@@ -502,3 +502,11 @@ def test_frechet_distance_refuses_mismatched_statistics():
         with pytest.raises(dm.MetricInputError, match="shapes differ"):
             dm.frechet_distance(*args)
     assert dm.frechet_distance(mu, s3, mu + 1, s3) == pytest.approx(3.0, rel=1e-12)
+
+
+def test_every_metric_points_the_way_the_literature_defines_it():
+    """dm.orientation, checked once against the written table (tests/helpers.WORSENS), which the
+    other tests use instead of the code: every metric has a row, and the two agree."""
+    from helpers import WORSENS
+    assert set(WORSENS) == set(dm.METRICS)
+    assert {m: dm.orientation(m) for m in dm.METRICS} == WORSENS

@@ -181,9 +181,17 @@ def test_baseline_values_of_lpips_are_the_networks_scores_and_are_cached(tmp_pat
     got = baselines.baseline_values(["lpips", "psnr"], units, 32, 0, str(tmp_path / "cache"), "random")
     assert got.reasons == {} and got.weights["lpips"].random_init
     net = perceptual.build("lpips", "random", 0)
-    clean = baselines.unit_images(units[0], 32, 0)
+    from featrank.dataset import load_rgb
+    from featrank.degradation_generator import apply_degradation
+
+    def images(u):           # written out here, not baselines.unit_images: decode, then degrade
+        return np.stack([load_rgb(r.source, 32) if u.degradation is None else
+                         apply_degradation(load_rgb(r.source, 32), u.degradation, u.level, 0, r.sha256)
+                         for r in u.records]).astype(np.uint8)
+    clean = images(units[0])
+    assert units[0].degradation is None and len(units) == 3
     for u in units:
-        want = net.score(baselines.unit_images(u, 32, 0), clean)
+        want = net.score(images(u), clean)
         assert np.array_equal(got.values["lpips"][(u.group, u.position)], want)
     calls = []
     monkeypatch.setattr(perceptual.PerceptualNet, "features", lambda self, x: calls.append(1))

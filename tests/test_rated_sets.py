@@ -18,7 +18,7 @@ from featrank import distance_metrics as dm
 from featrank import human_agreement as ha
 from featrank import cli
 from featrank.dataset import builtin_sources, load_rgb
-from helpers import tiny_args, tiny_config
+from helpers import WORSENS, tiny_args, tiny_config
 
 N_REFS, N_RATED, BINS = 16, 30, 4
 
@@ -88,7 +88,7 @@ def _recomputed_set_srcc(out):
     res = _csv(out)
     got = {}
     for label, rows in g[g.score.notna()].groupby("config", sort=False):
-        sign = dm.orientation(res.loc[label, "metric"])
+        sign = WORSENS[res.loc[label, "metric"]]
         got[label] = stats.spearmanr(sign * rows.score, -rows.mos).statistic
     return got
 
@@ -128,7 +128,7 @@ def test_bins_are_quantiles_and_srcc_is_recomputed_from_the_outputs(no_reference
     img = pd.read_csv(out / "mos_images.csv")
     assert {"mahalanobis", "neg_loglik", "realism"} <= set(res.loc[img.config.unique(), "metric"])
     for label, rows in img.groupby("config"):
-        sign = dm.orientation(res.loc[label, "metric"])
+        sign = WORSENS[res.loc[label, "metric"]]
         assert len(rows) == N_RATED
         want = stats.spearmanr(sign * rows.score, -rows.mos).statistic
         assert res.loc[label, "srcc_mos_image"] == pytest.approx(want, abs=1e-6), label
@@ -246,8 +246,15 @@ def test_an_incomplete_design_runs_on_the_images_each_group_has(incomplete):
     for label, v in _recomputed_set_srcc(out).items():
         assert res.loc[label, "srcc_mos"] == pytest.approx(v, abs=1e-6), label
     # each image pairs with its own reference: exact copies score 0 (paired) and PSNR_MAX (psnr)
-    for label in res[res.metric == "paired_l2"].index:
+    paired = res[res.metric == "paired_l2"]
+    scored = paired[paired.status == "scored"].index
+    assert len(scored) >= 2, paired[["status", "reason"]]            # raw and gram_only at least
+    # the others are not run for a stated size rule (a PCA of 10 needs 11 references), not failed
+    assert all(paired.loc[lb, "status"] == "not_run" and "pca_dim" in paired.loc[lb, "reason"]
+               for lb in paired.index.difference(scored))
+    for label in scored:
         same = g[(g.config == label) & (g.type == "same")]
+        assert len(same) > 0 and same.score.notna().all(), label        # scored, not skipped
         assert np.allclose(same.score.astype(float), 0.0, atol=1e-9), label
 
 
@@ -269,9 +276,11 @@ def test_incomplete_design_pairs_each_image_with_its_reference_on_kernel_blocks(
                   if r["label"] == label)
     assert any("kernel blocks" in note for note in record["notes"]), record["notes"]
     same = g[(g.config == label) & (g.type == "same")]
+    assert len(same) > 0 and same.score.notna().all()               # scored, not skipped
     assert np.allclose(same.score.astype(float), 0.0, atol=1e-5)   # cancellation only: a wrong pair gives > 1
     psnr = g[(g.config == "baseline:psnr") & (g.type == "same")]
-    assert np.allclose(psnr.score.astype(float), dm.PSNR_MAX_DB)
+    assert len(psnr) > 0 and psnr.score.notna().all()
+    assert np.allclose(psnr.score.astype(float), 100.0)             # PSNR's cap for identical images
 
 
 def test_the_unified_csv_gives_the_generic_layouts_srcc(incomplete, capsys):
