@@ -162,6 +162,14 @@ def check_duplicates(path, rows) -> None:
         seen[r.image] = r.line
 
 
+def check_spread(path, rows) -> None:
+    """Opinion scores that are all equal carry no order: no criterion can agree with them."""
+    scores = {r.score for r in rows}
+    if len(rows) > 1 and len(scores) == 1:
+        raise RatingsError(f"{path}: all {len(rows)} opinion scores are {scores.pop()!r}; with no "
+                           "spread there is nothing to agree with: give ratings that vary")
+
+
 def quantile_bins(rows: list, n_bins: int, higher_is_better: bool) -> list[list]:
     """`rows` in `n_bins` bins of equal counts (sizes differ by one at most), the best opinions
     first; ties broken by path."""
@@ -243,6 +251,7 @@ def _records(ratings_path: str, rows) -> dict:
 
 def no_reference(path, fmt, higher_is_better, rows, bins, exclude) -> RatedDatabase:
     check_duplicates(path, rows)
+    check_spread(path, rows)
     records = _records(path, rows)
     kept = [r for r in rows if records[r.image].sha256 not in exclude]
     excluded = len(rows) - len(kept)
@@ -266,6 +275,7 @@ def full_reference(path, fmt, higher_is_better, rows, bins, binned=frozenset()) 
     """Group by (type, level) (MOS bins within the `binned` types); check each group rates a
     reference once; order groups and references; hash the images."""
     check_duplicates(path, rows)
+    check_spread(path, rows)
     by_group: dict = {}
     for t in sorted({r.type for r in rows}, key=type_rank):
         of_type = [r for r in rows if r.type == t]

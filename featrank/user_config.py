@@ -254,6 +254,14 @@ def _unique_named(entries, what, key, validate, error):
             raise ConfigError(f"{exc} (edit config['{key}'] in config.py)") from None
 
 
+def _no_repeats(names, key: str) -> None:
+    """A name listed twice would be scored twice and ranked against itself."""
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ConfigError(f"config['{key}'] lists {', '.join(map(repr, twice))} more than once; "
+                          "keep one of each (edit config.py)")
+
+
 def _validate_scoring(cfg: dict) -> None:
     """Layer configs, transforms, models, metrics and their parameters."""
     _unique_named(cfg["feature_transforms"], "feature transform", "feature_transforms",
@@ -272,6 +280,8 @@ def _validate_scoring(cfg: dict) -> None:
                           f"{', '.join(dm.PIXEL_METRICS)} (or [])")
     for name in cfg["baselines"]:
         _choice(name, dm.PIXEL_METRICS, "config['baselines'] entry")
+    for key in ("distance_metrics", "baselines"):
+        _no_repeats(cfg[key], key)
     if any(m in MODEL_METRICS for m in cfg["distance_metrics"]) and not cfg["distribution_models"]:
         raise ConfigError("mahalanobis/neg_loglik need at least one entry in "
                           "config['distribution_models']")

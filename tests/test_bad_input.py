@@ -162,6 +162,10 @@ def test_unwritable_cache_folder(tmp_path, monkeypatch, capsys):
     (lambda c: c.__setitem__("seed", -1), "seed"),
     (lambda c: c.__setitem__("layer_configs", [{"name": "a", "layers": [7]}, {"name": "a", "layers": [8]}]),
      "named twice"),
+    (lambda c: c.__setitem__("distance_metrics", ["fid", "kid", "fid"]),
+     "config['distance_metrics'] lists 'fid' more than once"),
+    (lambda c: c.__setitem__("baselines", ["psnr", "ssim", "psnr"]),
+     "config['baselines'] lists 'psnr' more than once"),
 ])
 def test_config_mistakes_name_the_key_and_list_valid_ones(tmp_path, monkeypatch, capsys, edit, needle):
     user = tiny_config()

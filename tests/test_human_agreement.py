@@ -288,6 +288,12 @@ def test_bad_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, caps
     _edit(gen, lambda ls: ls + [ls[1].replace("d1_", "x1_", 1)])
     (gen.parent / "img" / "x1_1_1.png").write_bytes((gen.parent / "img" / "d1_1_1.png").read_bytes())
     assert "two images of reference 'ref1.png'" in _bad(tmp_path, capsys, gen)
+    # every opinion score the same: no order to agree with
+    lines = original.splitlines()
+    flat = [",".join(r.split(",")[:2] + ["3.5"] + r.split(",")[3:]) for r in lines[1:]]
+    gen.write_text("\n".join([lines[0]] + flat) + "\n")
+    msg = _bad(tmp_path, capsys, gen)
+    assert f"all {len(flat)} opinion scores are 3.5" in msg and "vary" in msg
 
 
 def test_blank_ratings_files_are_one_line_usage_errors(tmp_path, monkeypatch, capsys):
