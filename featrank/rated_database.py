@@ -185,6 +185,7 @@ def read_ratings(path: str, *, bins: int = 6, orientation: str | None = None,
     which a no-reference set's rated images must not repeat."""
     path = os.path.abspath(resolve_path(path))
     if os.path.isdir(path):
+        _orientation_unused(path, "raise", orientation)
         rows = [r for s in RAISE_SPLITS for r in _raise(os.path.join(path, "ratings", f"{s}.csv"), s)]
         return no_reference(path, "raise", True, rows, bins, exclude)
     text = _read_text(path)
@@ -202,10 +203,20 @@ def read_ratings(path: str, *, bins: int = 6, orientation: str | None = None,
     sniffed = Sniffed(text, lines, content, frozenset(header))
     for fmt in FORMATS:
         if fmt.sniff(sniffed):
+            _orientation_unused(path, fmt.name, orientation)
             return fmt.read(path, sniffed, Options(bins, orientation, exclude))
     raise RatingsError(
         f"--mos {path!r}: unknown ratings format (first line {content[0][:60]!r}); use "
         + ", ".join(f.shown for f in FORMATS))
+
+
+def _orientation_unused(path: str, fmt: str, orientation: str | None) -> None:
+    """--mos-orientation means something for the unified CSV alone: every other format states
+    which way its scores go (mos or dmos columns, the database's own definition)."""
+    if orientation is not None and fmt != "unified":
+        raise RatingsError(f"--mos-orientation {orientation} does nothing with {path} ({fmt} format), "
+                           "which states which way its scores go; drop --mos-orientation (or "
+                           "config['mos_orientation'])")
 
 
 def _number(text) -> bool:

@@ -290,6 +290,11 @@ def test_the_unified_csv_gives_the_generic_layouts_srcc(incomplete, capsys):
                                "--no-baselines"), user=tiny_config()) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--mos-orientation" in err[0] and "Traceback" not in err[0]
+    # ... and with a format that states its orientation the flag does nothing: refused
+    assert cli.main(tiny_args(tmp, "--mode", "medium", "--layers", "7", "--mos", str(generic),
+                               "--mos-orientation", "higher-better"), user=tiny_config()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--mos-orientation higher-better does nothing" in err[0] and "csv format" in err[0]
     uni = _csv(_run(tmp, unified, "--mos-orientation", "higher-better"))
     gen = _csv(out)
     common = [lb for lb in uni.index if not lb.startswith("baseline:") and uni.loc[lb, "status"] == "scored"]
