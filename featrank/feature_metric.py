@@ -129,6 +129,7 @@ class FeatureMetric:
     def reset(self) -> None:
         """Forget every image given to update()."""
         self._rows, self._n, self._mean, self._scatter, self._pending = [], 0, None, None, []
+        self._size = None               # (H, W) of the images given since the last reset()
         self._warned = False
 
     def state_bytes(self) -> int:
@@ -147,7 +148,15 @@ class FeatureMetric:
             self._check_width(rows.shape[1], "features")
             self._add(rows)
             return
-        self._pending.extend(check_images(images, "FeatureMetric.update"))
+        batch = check_images(images, "FeatureMetric.update")
+        size = tuple(batch.shape[-2:])
+        if self._size is not None and size != self._size:
+            raise UsageError(f"FeatureMetric.update: images of {size[0]}x{size[1]} px, but the "
+                             f"images so far are {self._size[0]}x{self._size[1]}: one metric scores "
+                             "images of one size (as --apply reads every image at the working "
+                             "size); resize them first, or reset() to start over")
+        self._size = size
+        self._pending.extend(batch)
         while len(self._pending) >= self.batch_size:
             self._flush(self.batch_size)
 

@@ -97,6 +97,30 @@ def test_only_uint8_and_float_in_0_1_are_scored_and_they_agree():
         m.update(features=np.ones((3, 7)))
 
 
+def test_a_batch_of_another_size_is_refused_and_the_state_kept():
+    """Three batch sizes (1, 3 and 5 images) of one image size score as the same images given at
+    once; a batch of another height or width is one line naming both sizes, and the metric is
+    as it was (the next compute gives the first score); reset() accepts a new size."""
+    import torch
+    ref, x = _images(10, 1), _images(9, 4)
+    m = _metric(ref)
+    m.update(torch.from_numpy(x))
+    want = m.compute()
+    m.reset()
+    for part in (x[:1], x[1:4], x[4:]):
+        m.update(torch.from_numpy(part))
+    pending, rows = len(m._pending), len(m._rows)
+    for other in ((2, 3, 32, 40), (2, 3, 24, 32)):
+        with pytest.raises(UsageError, match=r"images of \d+x\d+ px, but the images so far are 32x32") as exc:
+            m.update(torch.zeros(other, dtype=torch.uint8))
+        assert "\n" not in str(exc.value)
+        assert (len(m._pending), len(m._rows)) == (pending, rows)
+    assert m.compute() == pytest.approx(want, rel=1e-6)
+    m.reset()
+    m.update(torch.zeros((5, 3, 40, 40), dtype=torch.uint8))     # a new size after reset()
+    assert np.isfinite(m.compute())
+
+
 def test_the_running_fid_refuses_nan_and_other_widths():
     import torch
     m = fm.FeatureMetric("resnet50:8/concat/gap/fid", reference=torch.from_numpy(_images(10, 1)),
