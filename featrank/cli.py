@@ -1,6 +1,6 @@
 """Which deep-feature space gives an image-quality score that rises monotonically as images get
-worse? The command line: flags become settings (run_plan), then the library runs (pipeline,
-fid_stats, feature_metric). Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
+worse? The command line: flags become settings (user_config, run_plan), then the library runs
+(pipeline, fid_stats, apply_metric). Exit codes: 0 success, 2 usage or configuration error, 1 runtime error.
 
     python main.py --mode quick|medium|full          (the checkout's main.py: its config.py)
     python -m featrank --mode quick                    (or the `featrank` console script)
