@@ -4,6 +4,7 @@ upper-case and spaced headers gives the same groups in the same order in every f
 name the line of the file they are about; the boundaries of the minimum group count and of the
 images a set needs."""
 import csv
+import os
 import random
 
 import numpy as np
@@ -80,7 +81,9 @@ def write_databases(root, rows, shuffle=None, shout=False):
 
 
 def _read(path):
-    return rd.read_ratings(str(path), orientation="higher-better")
+    """read_ratings, telling the unified CSV (the one format that does not say) its scores' way."""
+    unified = os.path.basename(str(path)) == "unified.txt"
+    return rd.read_ratings(str(path), orientation="higher-better" if unified else None)
 
 
 def _groups(db):
