@@ -102,7 +102,8 @@ CONFIG = {
     # and full mode, on the working-size pixels: psnr (over R, G and B), ssim and ms_ssim (the
     # IQA literature's: Wang et al.'s MATLAB code on luminance, as pyiqa computes them),
     # ssim_rgb and ms_ssim_rgb (pytorch_msssim on R, G, B); also "lpips" and "dists" (a VGG16
-    # forward per image and level: minutes on a CPU). [] or --no-baselines: none.
+    # forward per image and level: minutes on a CPU) and shift-tolerant LPIPS, "stlpips_vgg" and
+    # "stlpips_alex" (trained on BAPPS; requirements-weights.txt). [] or --no-baselines: none.
     "baselines": ["psnr", "ssim", "ms_ssim"],
 
     # Parameters of KID and CMMD that differ from the published ones (distance_metrics.py:
@@ -172,7 +173,9 @@ QUICK = {
                # the 1280-d pooled embedding (global_pool) of EfficientNet-Lite
                "efficientnet_lite0": [11], "efficientnet_lite1": [11], "efficientnet_lite2": [11],
                # MobileNetV2's 1280-channel head (its GAP is the embedding the classifier reads)
-               "mobilenet_v2": [18]},
+               "mobilenet_v2": [18],
+               # shift-tolerant LPIPS's last ReLU map (relu5_3 / relu5)
+               "stlpips_vgg": [17], "stlpips_alex": [9]},
     "transform": "raw",
     "metric": "fid",
 }
@@ -198,5 +201,8 @@ ENABLED_LAYERS = {
     "efficientnet_lite2": {i: i in (4, 6, 8, 11) for i in range(13)},
     # MobileNetV2: the last block at 56, 28 and 14 px, and the 1280-channel head
     "mobilenet_v2": {i: i in (3, 6, 13, 18) for i in range(20)},
+    # shift-tolerant LPIPS: the five ReLU maps the metric compares
+    "stlpips_vgg": {i: i in (13, 14, 15, 16, 17) for i in range(18)},
+    "stlpips_alex": {i: i in (5, 6, 7, 8, 9) for i in range(10)},
 }
 

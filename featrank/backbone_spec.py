@@ -20,7 +20,7 @@ from typing import Callable
 
 from featrank import layer_registry as R
 from featrank.errors import UserError
-from featrank.weight_sources import FolderFiles, HubFiles, TorchHubFile, WeightsError
+from featrank.weight_sources import FolderFiles, HubFiles, PackageFile, TorchHubFile, WeightsError
 
 LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
 
@@ -290,3 +290,28 @@ def _hf_preprocessor(where: str, local: bool) -> dict:
 
 def is_library_model(name: str) -> bool:
     return name.startswith(LIBRARY_PREFIXES)
+
+
+# ----------------------------------------------------------------- networks ported here
+
+def _shift_tolerant(net: str, input_size: int):
+    from featrank import shift_tolerant      # imports torch, as every spec's build does
+    return shift_tolerant.build(net)
+
+
+def stlpips_spec(net: str) -> BackboneSpec:
+    """Shift-tolerant LPIPS's trunk (shift_tolerant.py, ported from stlpips-pytorch): the whole
+    network with its linear heads, whose keys are the weight file's; the layers are the trunk's."""
+    return BackboneSpec(
+        name=f"stlpips_{net}", library="stlpips-pytorch",
+        architecture=f"ST-LPIPS {'VGG16' if net == 'vgg' else 'AlexNet'} trunk (anti-aliased, "
+                     "trained from scratch on BAPPS 2AFC)",
+        weights_id=f"stlpips-pytorch vST0.0/{net}_shift_tolerant.pth",
+        weights=PackageFile("stlpips-pytorch", suffix=f"/{net}_shift_tolerant.pth", no_deps=True),
+        # LPIPS(normalize=True): 2x - 1, then its ScalingLayer (the module's first step)
+        input_size=224, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1],
+        min_input_size=18 if net == "vgg" else 21,   # the smallest size whose reflection pads fit
+        build=functools.partial(_shift_tolerant, net),
+        layers=tuple(R.STLPIPS_VGG if net == "vgg" else R.STLPIPS_ALEX),
+        recommended=(13, 14, 15, 16, 17) if net == "vgg" else (5, 6, 7, 8, 9),
+        notes="the ReLU maps of the 5 slices (the recommended layers) are what ST-LPIPS compares")

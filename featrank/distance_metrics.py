@@ -143,6 +143,8 @@ METRICS = {
     # with networks of their own (perceptual.py runs them; the distances are below)
     "lpips": _PIXELS,
     "dists": _PIXELS,
+    "stlpips_vgg": _PIXELS,          # shift-tolerant LPIPS (Ghildyal & Liu 2022), lpips_from_features
+    "stlpips_alex": _PIXELS,
 }
 
 

@@ -262,6 +262,46 @@ MOBILENET_V2 = [
     Layer(19, "classifier.1", "Linear", (1000,), "final", "ImageNet logits (1280 -> 1000)"),
 ]
 
+# Shift-tolerant LPIPS (shift_tolerant.py) at 224 px: each max-pool runs at stride 1 and a blur
+# pool (reflect-padded by 2, stride 2) halves the map, so the sizes are 224, 113, 57, 29, 15
+# (VGG) and 110, 55, 28 (AlexNet; its first convolution, 11x11 at stride 1, gives 218).
+# Convolutions first (before their in-place ReLU), then the five slice outputs, the ReLU maps
+# the metric itself compares.
+_ST_VGG_CONVS = [  # (slice, features index, name, channels, resolution)
+    (1, 0, "conv1_1", 64, 224), (1, 2, "conv1_2", 64, 224), (2, 6, "conv2_1", 128, 113),
+    (2, 8, "conv2_2", 128, 113), (3, 12, "conv3_1", 256, 57), (3, 14, "conv3_2", 256, 57),
+    (3, 16, "conv3_3", 256, 57), (4, 20, "conv4_1", 512, 29), (4, 22, "conv4_2", 512, 29),
+    (4, 24, "conv4_3", 512, 29), (5, 28, "conv5_1", 512, 15), (5, 30, "conv5_2", 512, 15),
+    (5, 32, "conv5_3", 512, 15),
+]
+_ST_VGG_SLICES = [("relu1_2", 64, 224, "very early"), ("relu2_2", 128, 113, "early"),
+                  ("relu3_3", 256, 57, "early-mid"), ("relu4_3", 512, 29, "mid"),
+                  ("relu5_3", 512, 15, "late")]
+STLPIPS_VGG = [
+    Layer(i, f"net.slice{s}.{f}", "Conv2d", (c, r, r), _LPIPS_LEVELS[i],
+          f"anti-aliased VGG16 {name}, before its in-place ReLU")
+    for i, (s, f, name, c, r) in enumerate(_ST_VGG_CONVS)
+] + [
+    Layer(13 + k, f"net.slice{k + 1}", "Sequential", (c, r, r), lvl,
+          f"{name}: feature map {k + 1} of the 5 that ST-LPIPS compares")
+    for k, (name, c, r, lvl) in enumerate(_ST_VGG_SLICES)
+]
+_ST_ALEX_CONVS = [(1, 0, "conv1", 64, 218, "very early"), (2, 5, "conv2", 192, 55, "early"),
+                  (3, 9, "conv3", 384, 28, "early-mid"), (4, 11, "conv4", 256, 28, "mid"),
+                  (5, 13, "conv5", 256, 28, "late")]
+_ST_ALEX_SLICES = [("relu1", 64, 110, "very early"), ("relu2", 192, 55, "early"),
+                   ("relu3", 384, 28, "early-mid"), ("relu4", 256, 28, "mid"),
+                   ("relu5", 256, 28, "late")]
+STLPIPS_ALEX = [
+    Layer(i, f"net.slice{s}.{f}", "Conv2d", (c, r, r), lvl,
+          f"anti-aliased AlexNet {name} (stride 1), before its ReLU")
+    for i, (s, f, name, c, r, lvl) in enumerate(_ST_ALEX_CONVS)
+] + [
+    Layer(5 + k, f"net.slice{k + 1}", "Sequential", (c, r, r), lvl,
+          f"{name}: feature map {k + 1} of the 5 that ST-LPIPS compares")
+    for k, (name, c, r, lvl) in enumerate(_ST_ALEX_SLICES)
+]
+
 
 class LayerError(UserError):
     """A layer index or name the registry cannot resolve; the message says how to list them."""

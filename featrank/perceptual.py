@@ -1,4 +1,4 @@
-"""The full-reference baselines with networks of their own: LPIPS and DISTS.
+"""The full-reference baselines with networks of their own: LPIPS, shift-tolerant LPIPS and DISTS.
 
 * LPIPS (Zhang et al., CVPR 2018), the VGG variant of version 0.1, as `lpips.LPIPS(net="vgg")`
   computes it: the image in [-1, 1] shifted and scaled by its ScalingLayer, the five ReLU outputs
@@ -8,13 +8,19 @@
   each max-pool replaced by an L2 pooling (a 3-tap Hann window, stride 2), the image itself and
   the five stage outputs, and the alpha/beta weights the `DISTS-pytorch` package ships
   (`DISTS_pytorch/weights.pt`).
+* ST-LPIPS (Ghildyal & Liu, ECCV 2022), `stlpips_vgg` and `stlpips_alex`, as
+  `stlpips_pytorch.stlpips.LPIPS(net=..., variant="shift_tolerant")` computes it on [0, 1]
+  images (`normalize=True`): LPIPS's distance over the five ReLU maps of an anti-aliased trunk.
+  Trunk and linear heads come from one file of the `stlpips-pytorch` package (the backbones
+  `stlpips_vgg` and `stlpips_alex`, shift_tolerant.py); both were trained on BAPPS, not ImageNet.
 
 This module runs the networks and returns their layer outputs; the distances themselves are
-the pure functions `distance_metrics.lpips_from_features` and `dists_from_features`. Both
-trunks are torchvision's ImageNet VGG16, found through torch.hub's cache as the `lpips_vgg`
-backbone finds it (`backbones.resolve_weights`); when it is absent they are random-init, and the
-baseline's rows say so. The heads (LPIPS's linear layers, DISTS's alpha and beta) always come
-from the installed packages, and their digests enter the baseline's cache key.
+the pure functions `distance_metrics.lpips_from_features` and `dists_from_features`. The LPIPS
+and DISTS trunks are torchvision's ImageNet VGG16, found through torch.hub's cache as the
+`lpips_vgg` backbone finds it (`backbones.resolve_weights`); when it is absent they are
+random-init, and the baseline's rows say so. The heads (LPIPS's linear layers, DISTS's alpha
+and beta, ST-LPIPS's linear layers) always come from the installed packages, and their
+digests enter the baseline's cache key; `--weights random` makes only the trunk random.
 """
 from __future__ import annotations
 
@@ -24,11 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featrank.backbones import Provenance, WeightsError, resolve_weights
+from featrank.backbones import Provenance, WeightsError, build_backbone, get_spec, resolve_weights
 from featrank.host import file_sha256, resolve_device
 from featrank.layer_registry import IMAGENET_MEAN, IMAGENET_STD     # DISTS normalises [0, 1] images with these
 
-NETWORK_BASELINES = ("lpips", "dists")
+NETWORK_BASELINES = ("lpips", "dists", "stlpips_vgg", "stlpips_alex")
+SHIFT_TOLERANT = ("stlpips_vgg", "stlpips_alex")   # their names are their backbones' too
 TRUNK = "lpips_vgg"                   # the backbone whose VGG16 weights both trunks load
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # lpips.ScalingLayer: (x - shift) / scale, x in [-1, 1]
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -64,7 +71,7 @@ class PerceptualNet:
     def distance(self, fx: list, fy: list) -> np.ndarray:
         """Per image: the distance between two images' layer outputs (`features`)."""
         from featrank import distance_metrics as dm
-        if self.name == "lpips":
+        if self.name == "lpips" or self.name in SHIFT_TOLERANT:
             return dm.lpips_from_features(fx, fy, self.head["lin"])
         return dm.dists_from_features(fx, fy, self.head["alpha"], self.head["beta"])
 
@@ -157,14 +164,42 @@ def _dists_module(features, device):
     return run
 
 
+def _shift_tolerant(name: str, weights: str, seed: int, dev):
+    """ST-LPIPS: its backbone (trunk and heads from the package's one file), the trunk
+    random-init under `seed` when `weights` is random; the heads always the file's."""
+    import torch
+    from featrank import shift_tolerant      # imports torch
+    source = get_spec(name).weights
+    try:
+        found = source.find(name)
+    except WeightsError as exc:
+        raise BaselineUnavailable(str(exc)) from None
+    if found is None:
+        raise BaselineUnavailable(source.missing(name))
+    prov = resolve_weights(name, "random" if weights == "random" else "pretrained", seed,
+                           allow_download=False)
+    module = build_backbone(name, provenance=prov).module.to(dev)
+    state = torch.load(found.paths[-1], map_location="cpu", weights_only=True)
+    for k in range(5):                # the file's heads, whatever the trunk
+        getattr(module, f"lin{k}").model[1].weight.copy_(state[f"lin{k}.model.1.weight"])
+    identity = {"trunk": prov.identity(), "head_sha256": file_sha256(found.paths[-1])}
+
+    def run(x):                       # x in [0, 1]: LPIPS(normalize=True) maps it to [-1, 1]
+        return module(2 * x - 1)
+    return PerceptualNet(name, run, {"lin": shift_tolerant.head(module)}, prov, identity, dev)
+
+
 def build(name: str, weights: str, seed: int, device: str = "cpu") -> PerceptualNet:
-    """The network of baseline `name` (lpips or dists). `weights` is the run's setting: random
-    gives a random-init trunk; anything else takes torchvision's ImageNet VGG16 from torch.hub's
-    cache when present and falls back to random-init with a warning (a checkpoint given for the
-    run's backbone is not a VGG16). `device`: config['device']. BaselineUnavailable when a
-    package or its head is missing."""
+    """The network of baseline `name` (NETWORK_BASELINES). `weights` is the run's setting:
+    random gives a random-init trunk; anything else takes the pretrained trunk (LPIPS and DISTS:
+    torchvision's ImageNet VGG16 from torch.hub's cache when present, else random-init with a
+    warning, as a checkpoint given for the run's backbone is not a VGG16; ST-LPIPS: its
+    package's file). `device`: config['device']. BaselineUnavailable when a package or its
+    head is missing."""
     import torch
     dev = resolve_device(device)
+    if name in SHIFT_TOLERANT:
+        return _shift_tolerant(name, weights, seed, dev)
     head_file = lpips_head_file() if name == "lpips" else dists_head_file()
     try:
         prov = resolve_weights(TRUNK, "random" if weights == "random" else "auto", seed,

