@@ -150,8 +150,10 @@ class ConfigResult:
                 "tied_with_top": self.tied_with_top, "mos": self.mos}
 
     def criterion(self, by: str) -> float:
-        """The value ranked on: mean monotonicity, or set-level SRCC with the MOS."""
-        return self.mean_spearman if by == "monotonicity" else self.mos["srcc"]
+        """The value ranked on: mean monotonicity, or agreement with human judgments
+        (mos_criterion); NaN when the row has none."""
+        v = self.mean_spearman if by == "monotonicity" else mos_criterion(self.mos)
+        return float("nan") if v is None else float(v)
 
     def csv_row(self, degradations: dict, mos_types=()) -> dict:
         """One CSV row: scalars only, per-degradation rho, tau, interval and sensitivity."""
@@ -180,6 +182,16 @@ class ConfigResult:
         return row
 
 
+def mos_criterion(m: dict | None):
+    """A --mos row's ranking value: the 2AFC agreement for pairwise judgments, else the
+    set-level SRCC with the MOS (None when absent)."""
+    if not m:
+        return None
+    return m["agreement_2afc"] if "agreement_2afc" in m else m["srcc"]
+
+
+PAIR_COLUMNS = ["agreement_2afc", "agreement_2afc_ci_low", "agreement_2afc_ci_high", "delta_2afc_top",
+                "tied_with_top_2afc"]
 MOS_COLUMNS = ["srcc_mos", "srcc_mos_ci_low", "srcc_mos_ci_high", "krcc_mos", "plcc_mos",
                "plcc_mos_fit", "delta_srcc_mos_top", "tied_with_top_mos", "srcc_mos_image",
                "krcc_mos_image", "plcc_mos_image"]
@@ -197,11 +209,18 @@ def _mos_cells(m: dict | None, types) -> dict:
              "plcc_mos_image": image.get("plcc")}
     for t in types:
         cells[f"srcc_mos_{t}"] = m["srcc_per_type"].get(t)
+    if "agreement_2afc" in m:            # pairwise: the ties are the 2AFC agreement's
+        ci2 = m.get("agreement_2afc_ci") or (None, None)
+        cells.update({"agreement_2afc": m["agreement_2afc"], "agreement_2afc_ci_low": ci2[0],
+                      "agreement_2afc_ci_high": ci2[1], "delta_2afc_top": m.get("delta_top"),
+                      "tied_with_top_2afc": m.get("tied_with_top"), "delta_srcc_mos_top": None,
+                      "tied_with_top_mos": None})
     return cells
 
 
-def csv_columns(degradations: dict, mos_types=()) -> list[str]:
-    """The CSV header; `mos_types` (the rated database's types) adds the agreement columns."""
+def csv_columns(degradations: dict, mos_types=(), pairwise: bool = False) -> list[str]:
+    """The CSV header; `mos_types` (the rated database's types) adds the agreement columns,
+    `pairwise` the 2AFC ones."""
     head = ["label", "rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
             "transform", "transform_params", "distribution", "distribution_params", "metric",
             "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall",
@@ -209,7 +228,7 @@ def csv_columns(degradations: dict, mos_types=()) -> list[str]:
     for d in degradations:
         head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
     if mos_types:
-        head += MOS_COLUMNS + [f"srcc_mos_{t}" for t in mos_types]
+        head += (PAIR_COLUMNS if pairwise else []) + MOS_COLUMNS + [f"srcc_mos_{t}" for t in mos_types]
     return head + ["ridge", "n_reference", "n_evaluation", "seed", "weights", "reason"]
 
 

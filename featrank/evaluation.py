@@ -239,15 +239,27 @@ def score_baseline(name: str, values: dict | None, degradations: dict, base: dic
 
 def agreement(r: ConfigResult, ratings: ha.Ratings) -> None:
     """Set-level criteria from the groups' scores; image-level ones for per-image metrics, over
-    every rated image (their values stay in `image_scores` for mos_images.csv)."""
+    every rated image (their values stay in `image_scores` for mos_images.csv). Pairwise
+    judgments add the 2AFC agreement of per-image metrics; on pairs that could not be scaled
+    (a disconnected comparison graph) it is the only criterion."""
     sign = dm.orientation(r.conf.metric)        # SRCC with the MOS of "worsens" scores
     scores = [r.per_degradation[t]["scores"][p] for t, p in ratings.keys]
-    m = ha.set_level(sign * np.asarray(scores), ratings)
+    if ratings.scaled:
+        m = ha.set_level(sign * np.asarray(scores), ratings)
+    else:
+        m = {"srcc": None, "krcc": None, "plcc": None, "plcc_fit": None, "logistic": None,
+             "srcc_per_type": {}}
     m.update(group_scores=[float(v) for v in scores], srcc_ci=None, delta_top=None,
              delta_top_ci=None, tied_with_top=None, image=None)
     if dm.METRICS[r.conf.metric]["per_image"]:
         r.image_scores = [np.asarray(r.prepared[k], np.float64) for k in ratings.image_keys]
-        m["image"] = ha.image_level([sign * v for v in r.image_scores], ratings)
+        if ratings.scaled:
+            m["image"] = ha.image_level([sign * v for v in r.image_scores], ratings)
+    if ratings.pairs is not None:
+        m["agreement_2afc"], m["agreement_2afc_ci"] = None, None
+        if r.image_scores is not None:
+            flat = sign * np.concatenate([v.ravel() for v in r.image_scores])
+            m["agreement_2afc"] = ha.agreement_2afc(flat, ratings.pairs, ratings.prefer_b)
     r.mos = m
 
 
@@ -318,11 +330,20 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     result.mean_spearman_ci = ha.interval(mean, confidence)
     result.n_resamples = n_resamples
     result.boot_mean = mean
-    if ratings is not None and result.mos is not None:
+    if ratings is not None and result.mos is not None and ratings.scaled:
         boot = ha.bootstrap_srcc(dm.orientation(result.conf.metric)
                                  * np.stack([columns[k] for k in ratings.keys], axis=1), ratings, idx)
         result.mos["srcc_ci"] = ha.interval(boot, confidence)
         result.boot_mos = boot
+    if ratings is not None and result.mos is not None and ratings.pairs is not None:
+        result.boot_mos = None        # pairwise data rank by the 2AFC agreement, resampled by pairs
+        if result.mos["agreement_2afc"] is not None:
+            flat = dm.orientation(result.conf.metric) * np.concatenate([v.ravel() for v in result.image_scores])
+            # the same resamples for every configuration (paired differences), by reference content
+            draws = ha.pair_resamples(ratings.pair_clusters, n_resamples, np.random.default_rng([seed, 0x2AFC]))
+            boot = np.array([ha.agreement_2afc(flat, ratings.pairs[d], ratings.prefer_b[d]) for d in draws])
+            result.mos["agreement_2afc_ci"] = ha.interval(boot, confidence)
+            result.boot_mos = boot
 
 
 def _resampled_score(scorer, state, rows: np.ndarray) -> float:
@@ -338,18 +359,19 @@ def _resampled_score(scorer, state, rows: np.ndarray) -> float:
 
 
 def ties_with_top_mos(ranked: list[ConfigResult], confidence: float) -> list[ConfigResult]:
-    """`ties_with_top` for the set-level SRCC with the MOS: delta_top, its paired interval and
-    tied_with_top in each result's `mos`, against the best SRCC among the bootstrapped."""
+    """`ties_with_top` for the agreement with human judgments (the set-level SRCC with the MOS,
+    or the 2AFC agreement of pairwise judgments): delta_top, its paired interval and
+    tied_with_top in each result's `mos`, against the best among the bootstrapped."""
     booted = [r for r in ranked if r.scored and r.boot_mos is not None]
     if not booted:
         return []
-    top = max(booted, key=lambda r: r.mos["srcc"])
+    top = max(booted, key=lambda r: r.criterion("mos"))
     tied = []
     for r in booted:
         if len(r.boot_mos) != len(top.boot_mos):
             continue
         ci = ha.interval(top.boot_mos - r.boot_mos, confidence)
-        r.mos.update(delta_top=float(top.mos["srcc"] - r.mos["srcc"]), delta_top_ci=ci,
+        r.mos.update(delta_top=float(top.criterion("mos") - r.criterion("mos")), delta_top_ci=ci,
                      tied_with_top=bool(ci[0] <= 0 <= ci[1]))
         if r.mos["tied_with_top"]:
             tied.append(r)
@@ -400,9 +422,12 @@ RANK_BY = ("monotonicity", "mos")
 
 
 def rank(results: list[ConfigResult], by: str = "monotonicity") -> list[ConfigResult]:
-    """Best first by `by` (mean Spearman monotonicity, or set-level SRCC with the MOS); then
-    configurations not run, then failures, in grid order."""
-    done = sorted((r for r in results if r.scored), key=lambda r: -r.criterion(by))
+    """Best first by `by` (mean Spearman monotonicity, or agreement with human judgments: the
+    set-level SRCC with the MOS, or the 2AFC agreement of pairs); scored rows without that
+    criterion (a set-level metric on pairs) after the others; then configurations not run,
+    then failures, in grid order."""
+    done = sorted((r for r in results if r.scored),
+                  key=lambda r: (np.isnan(r.criterion(by)), -np.nan_to_num(r.criterion(by), nan=0.0)))
     for i, r in enumerate(done, start=1):
         r.rank = i
     return (done + [r for r in results if r.status == NOT_RUN]

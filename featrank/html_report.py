@@ -294,15 +294,17 @@ def render(out_dir: str, generated: str | None = None) -> str:
         values = sorted({dict(t["attrs"])[key] for t in table})
         filters.append({"title": title, "key": key, "options": values})
     scored = [r for r in rows if r["status"] == "scored"]
-    mos_rows = [r for r in scored if r.get("mos")][:min(3, ranking.top_n)]     # as mos_scatter.png
+    mos_rows = [r for r in scored if r.get("mos") and r["mos"]["srcc"] is not None][:min(3, ranking.top_n)]
+    pairwise = any("agreement_2afc" in (r.get("mos") or {}) for r in scored)   # mos_scatter.png's rows
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.dirname(TEMPLATE)),
                              autoescape=jinja2.select_autoescape(["html"]), keep_trailing_newline=True)
     return env.get_template(os.path.basename(TEMPLATE)).render(
         title=f"Which feature space follows image quality? {results['mode']} run {results['timestamp']}",
-        criterion_text=("agreement with the human opinion scores (set-level SRCC)" if by == "mos"
+        criterion_text=("agreement with the pairwise human judgments (2AFC agreement)" if by == "mos" and pairwise
+                        else "agreement with the human opinion scores (set-level SRCC)" if by == "mos"
                         else "monotonicity: the Spearman ρ between severity and score, averaged over degradations"),
-        criterion_short="SRCC with the MOS" if by == "mos" else "mean ρ",
-        delta_text="SRCC(#1) − SRCC" if by == "mos" else "ρ(#1) − ρ",
+        criterion_short=("2AFC agreement" if pairwise else "SRCC with the MOS") if by == "mos" else "mean ρ",
+        delta_text=("2AFC(#1) − 2AFC" if pairwise else "SRCC(#1) − SRCC") if by == "mos" else "ρ(#1) − ρ",
         banners=banners, head=head, generated=generated or datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         has_mos=has_mos, filters=filters, columns=columns, rows=table, heat=_heatmap(rows, by),
         top=_top(out_dir, rows, ranking.top_n, degradations), degradation_names=degradations,

@@ -59,6 +59,12 @@ class Ratings:
     paired:      the images have clean versions (a full-reference database)
     complete:    every group is one image of every reference, in reference order
     n_clean:     the clean set's images (a no-reference set's reference images)
+    pairs:       pairwise judgments (None for opinion scores): (P, 2) positions of the two
+                 images of each pair in the concatenation of `image_quality`
+    prefer_b:    per pair, the fraction of people who chose its second image
+    pair_clusters: per pair, its reference content (the bootstrap's clusters)
+    scaled:      the opinions are scaled from the pairs (Bradley-Terry) on a connected graph;
+                 False: only the 2AFC agreement means something
     """
     keys: tuple
     quality: object
@@ -69,6 +75,10 @@ class Ratings:
     paired: bool = True
     complete: bool = True
     n_clean: int = 0
+    pairs: np.ndarray | None = None
+    prefer_b: np.ndarray | None = None
+    pair_clusters: np.ndarray | None = None
+    scaled: bool = True
 
     def __post_init__(self):
         q = self.quality
@@ -195,6 +205,64 @@ def image_level(image_scores, ratings: Ratings) -> dict:
     if len(s) != len(q):
         raise ValueError(f"{len(s)} per-image scores for {len(q)} rated images")
     return criteria(s, q)
+
+
+# ------------------------------------------------------------------ pairwise judgments
+
+def agreement_2afc(score, pairs, prefer_b) -> float:
+    """LPIPS's 2AFC score (Zhang et al. 2018, lpips `score_2afc_dataset`): the mean over pairs
+    of the fraction of people who chose the image the metric prefers, a metric tie counting
+    1/2. `score` is per image, higher = worse (the metric prefers the lower); `pairs` (P, 2)
+    positions into `score`; `prefer_b` the fraction who chose each pair's second image."""
+    s = np.asarray(score, np.float64)
+    pairs, p = np.asarray(pairs, np.intp).reshape(-1, 2), np.asarray(prefer_b, np.float64)
+    if not len(pairs):
+        return float("nan")
+    a, b = s[pairs[:, 0]], s[pairs[:, 1]]
+    return float(np.mean(np.where(a < b, 1.0 - p, np.where(b < a, p, 0.5))))
+
+
+def pair_resamples(clusters, n_resamples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per resample, the pair positions of a bootstrap over clusters (reference contents): the
+    clusters drawn with replacement, each bringing all its pairs."""
+    clusters = np.asarray(clusters)
+    ids, inverse = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(inverse == c) for c in range(len(ids))]
+    out = []
+    for _ in range(n_resamples):
+        draw = rng.integers(0, len(ids), len(ids))
+        out.append(np.concatenate([members[c] for c in draw]))
+    return out
+
+
+def comparison_components(n_items: int, wins: np.ndarray) -> list[np.ndarray]:
+    """The connected components of the comparison graph (an edge wherever two items were
+    compared), largest first: scaling puts items on one scale only within a component."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+    n, labels = connected_components(csr_matrix((wins + wins.T) > 0), directed=False)
+    comps = [np.flatnonzero(labels == c) for c in range(n)]
+    return sorted(comps, key=lambda c: (-len(c), c[0]))
+
+
+BT_ALPHA = 1e-3      # the L2 penalty when a plain maximum-likelihood estimate does not exist
+
+
+def bradley_terry(wins: np.ndarray) -> tuple[np.ndarray, float]:
+    """Bradley-Terry quality of n items from `wins` (n, n), wins[i, j] the (possibly
+    fractional) number of times i was chosen over j: the maximum-likelihood log-strengths of
+    choix's ILSR (Maystre & Grossglauser 2015), mean 0, higher = preferred. The plain MLE exists
+    when the directed graph of wins is strongly connected (Ford 1957); otherwise (an item never
+    chosen, or never beaten) the estimate is choix's L2-penalised one with alpha BT_ALPHA.
+    Returns (quality, alpha used). Call it on one connected component."""
+    import choix
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+    wins = np.asarray(wins, np.float64)
+    n_strong, _ = connected_components(csr_matrix(wins > 0), directed=True, connection="strong")
+    alpha = 0.0 if n_strong == 1 else BT_ALPHA
+    theta = choix.ilsr_pairwise_dense(wins, alpha=alpha, max_iter=1000, tol=1e-10)
+    return theta - theta.mean(), alpha
 
 
 # ------------------------------------------------------------------ bootstrap

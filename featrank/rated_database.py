@@ -31,6 +31,18 @@ reference set is `--dataset FOLDER`, the real photographs the rated images are c
 * Generic CSV: a header with `image` and `mos` (or `dmos`, flipped) and no `reference`; paths
   relative to the file.
 
+Pairwise judgments (which of two images people chose), scaled per image by Bradley-Terry and
+scored by their 2AFC agreement (human_agreement.agreement_2afc):
+
+* BAPPS 2AFC (Zhang et al. 2018): a folder with `ref/`, `p0/`, `p1/` images and `judge/` `.npy`
+  files of one name each (`000000.png`, `000000.npy`: the fraction of people who chose p1 as
+  closer to ref). Each triplet is a pair (p0, p1) with its reference.
+* Generic pairwise CSV: a header with `image_a,image_b` and either `votes_a,votes_b` (counts)
+  or `prefer_b` (the fraction who chose b, in [0, 1]); `reference` (one reference for both,
+  2AFC style) or `reference_a,reference_b` (each image's own, so a pair may cross contents), or
+  neither (scored as a no-reference set against --dataset). Paths are relative to the file;
+  repeated rows of one pair (in either order) add up: votes are summed, fractions averaged.
+
 A no-reference set is grouped into `mos_bins` MOS-quantile bins (equal counts, best first, ties
 broken by path); each bin is an evaluation set scored against the reference set, its MOS the
 mean of its images'. A rated image whose content (sha256) equals a reference image's is left
@@ -52,8 +64,8 @@ from typing import Callable
 
 import numpy as np
 
-from featrank.rated_design import (BIN_TYPE, RatedDatabase, RatedImage, RatingsError, full_reference,
-                                    no_reference)
+from featrank.rated_design import (BIN_TYPE, Pair, RatedDatabase, RatedImage, RatingsError,
+                                    full_reference, no_reference, pairwise)
 from featrank.kadid10k import KADID10K_LEVELS
 
 KADID_NAME = re.compile(r"^i(\d+)_(\d+)_(\d+)\.\w+$", re.IGNORECASE)
@@ -65,6 +77,12 @@ ORIENTATIONS = ("higher-better", "lower-better")
 UNIFIED = ("dis_img_path", "dis_type", "ref_img_path", "score")
 RAISE_HEADER = ("filename", "mos_rating")
 RAISE_SPLITS = ("train", "test")
+BAPPS_DIRS = ("ref", "p0", "p1", "judge")
+PAIR_IMAGES = ("image_a", "image_b")
+
+
+def is_bapps(folder: str) -> bool:
+    return all(os.path.isdir(os.path.join(folder, d)) for d in BAPPS_DIRS)
 
 
 def resolve_path(path: str) -> str:
@@ -77,11 +95,14 @@ def resolve_path(path: str) -> str:
         for name in KNOWN_FILES:
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
+        if is_bapps(path):
+            return path
         for raise_dir in (path, os.path.join(path, "dataset")):
             if all(os.path.isfile(os.path.join(raise_dir, "ratings", f"{s}.csv")) for s in RAISE_SPLITS):
                 return raise_dir
-        raise RatingsError(f"--mos {path!r} is a folder without {', '.join(KNOWN_FILES)} or RAISE's "
-                           "ratings/train.csv and ratings/test.csv; pass the ratings file itself")
+        raise RatingsError(f"--mos {path!r} is a folder without {', '.join(KNOWN_FILES)}, RAISE's "
+                           "ratings/train.csv and ratings/test.csv, or BAPPS's ref/ p0/ p1/ judge/; "
+                           "pass the ratings file itself")
     return path
 
 
@@ -145,6 +166,118 @@ def _read_generic(path: str, f: Sniffed, o: Options) -> "RatedDatabase":
                          o.bins, o.exclude)
 
 
+# ------------------------------------------------------------------ pairwise judgments
+
+def _votes(path, n, row) -> tuple[float, float]:
+    """(chosen a, chosen b) of one row: votes_a,votes_b counts or prefer_b, a fraction."""
+    if "prefer_b" in row:
+        p = row.get("prefer_b")
+        if not _number(p) or not 0.0 <= float(p) <= 1.0:
+            raise RatingsError(f"{path}:{n}: prefer_b {p!r} is not a fraction in [0, 1] (the share "
+                               "of people who chose image_b); fix that line")
+        return 1.0 - float(p), float(p)
+    out = []
+    for c in ("votes_a", "votes_b"):
+        v = row.get(c)
+        if not _number(v) or float(v) < 0 or float(v) != int(float(v)):
+            raise RatingsError(f"{path}:{n}: {c} {v!r} is not a count (a whole number of 0 or "
+                               "more); fix that line")
+        out.append(float(v))
+    if out[0] + out[1] == 0:
+        raise RatingsError(f"{path}:{n}: votes_a and votes_b are both 0: nobody chose; remove the "
+                           "row or give the votes")
+    return out[0], out[1]
+
+
+def _merge(path, judged: list) -> list[Pair]:
+    """Rows of one pair (either order) as one Pair: wins summed; prefer_b from the votes, or the
+    mean of the rows' fractions."""
+    merged = {}
+    for n, a, b, wa, wb, cluster in judged:
+        key = tuple(sorted((a, b)))
+        if key != (a, b):
+            wa, wb = wb, wa
+        m = merged.setdefault(key, [0.0, 0.0, 0, n, cluster])
+        m[0], m[1], m[2] = m[0] + wa, m[1] + wb, m[2] + 1
+    return [Pair(a, b, wb / (wa + wb), wa, wb, n, cluster)
+            for (a, b), (wa, wb, _, n, cluster) in sorted(merged.items(), key=lambda kv: kv[1][3])]
+
+
+def _read_pairs(path: str, f: Sniffed, o: Options) -> RatedDatabase:
+    cols = f.columns
+    if "prefer_b" in cols and {"votes_a", "votes_b"} & cols:
+        raise RatingsError(f"{path}:1: both prefer_b and votes columns; keep prefer_b (a fraction) or "
+                           "votes_a,votes_b (counts)")
+    if "prefer_b" not in cols and not {"votes_a", "votes_b"} <= cols:
+        raise RatingsError(f"{path}:1: a pairwise CSV needs votes_a,votes_b (counts) or prefer_b (the "
+                           "fraction who chose image_b)")
+    if len({"reference_a", "reference_b"} & cols) == 1 or ("reference" in cols and "reference_a" in cols):
+        raise RatingsError(f"{path}:1: give 'reference' (one for both images) or both 'reference_a' "
+                           "and 'reference_b' (each image's own)")
+    base = os.path.dirname(path)
+    judged, refs = [], {}
+
+    def file(n, name, what):
+        if not name:
+            raise RatingsError(f"{path}:{n}: no {what}; fix that line")
+        return _exists(path, n, os.path.normpath(os.path.join(base, name)),
+                       "image" if what.startswith("image") else "reference")
+    for n, row in _csv_rows(f.text):
+        a, b = file(n, row.get("image_a"), "image_a"), file(n, row.get("image_b"), "image_b")
+        if a == b:
+            raise RatingsError(f"{path}:{n}: {os.path.basename(a)!r} is paired with itself; a pair "
+                               "compares two images")
+        wa, wb = _votes(path, n, row)
+        if "reference" in cols:
+            ra = rb = file(n, row.get("reference"), "reference")
+        elif "reference_a" in cols:
+            ra, rb = file(n, row.get("reference_a"), "reference_a"), file(n, row.get("reference_b"), "reference_b")
+        else:
+            ra = rb = None
+        for im, r in ((a, ra), (b, rb)):
+            if refs.setdefault(im, r) != r:
+                raise RatingsError(f"{path}:{n}: {os.path.basename(im)!r} has reference "
+                                   f"{os.path.basename(r)!r} here and {os.path.basename(refs[im])!r} "
+                                   "on an earlier line; an image has one reference")
+        cluster = "|".join(sorted({ra, rb})) if ra is not None else "|".join(sorted((a, b)))
+        judged.append((n, a, b, wa, wb, cluster))
+    if not judged:
+        raise RatingsError(f"{path}: no pairs after the header; add rows image_a,image_b,...")
+    return pairwise(path, "pairs", _merge(path, judged), refs, o.bins, o.exclude)
+
+
+def _bapps(folder: str) -> tuple[list[Pair], dict]:
+    """BAPPS 2AFC triplets: judge/NAME.npy (the fraction who chose p1) with ref/, p0/ and p1/
+    images of the same stem."""
+    judges = sorted(f for f in os.listdir(os.path.join(folder, "judge")) if f.endswith(".npy"))
+    if not judges:
+        raise RatingsError(f"{folder}/judge holds no .npy file; BAPPS's judge/NAME.npy gives the "
+                           "fraction of people who chose p1/NAME")
+    index = {d: {os.path.splitext(f)[0]: os.path.join(folder, d, f)
+                 for f in sorted(os.listdir(os.path.join(folder, d)))} for d in BAPPS_DIRS[:3]}
+    pairs, refs = [], {}
+    for k, name in enumerate(judges, start=1):
+        stem = name[:-4]
+        files = {}
+        for d in BAPPS_DIRS[:3]:
+            if stem not in index[d]:
+                raise RatingsError(f"{folder}/judge/{name}: {d}/{stem}.* does not exist; every "
+                                   "judge/NAME.npy needs ref/, p0/ and p1/ images named NAME")
+            files[d] = _inside(folder, k, folder, os.path.relpath(index[d][stem], folder),
+                               "reference" if d == "ref" else "image")
+        try:
+            p = float(np.asarray(np.load(os.path.join(folder, "judge", name), allow_pickle=False)).ravel()[0])
+        except (ValueError, IndexError, OSError) as exc:
+            raise RatingsError(f"{folder}/judge/{name} is not a .npy number ({type(exc).__name__}); "
+                               "replace it") from None
+        if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+            raise RatingsError(f"{folder}/judge/{name}: {p!r} is not a fraction in [0, 1] (the share "
+                               "of people who chose p1); replace it")
+        refs[files["p0"]] = refs[files["p1"]] = files["ref"]
+        pairs.append(Pair(files["p0"], files["p1"], p, 1.0 - p, p, k, files["ref"]))
+    return pairs, refs
+
+
 def _is_tid(f: Sniffed) -> bool:
     tid = [TID_LINE.match(ln) for ln in f.content]
     return all(tid) and _number(tid[0].group(1))
@@ -169,6 +302,9 @@ FORMATS = (
                 f"the unified {','.join(UNIFIED)}"),
     RatedFormat("raise", lambda f: set(RAISE_HEADER) <= f.columns, _read_raise_csv,
                 "RAISE's ratings/train.csv or test.csv (or its dataset/ folder)"),
+    RatedFormat("pairs", lambda f: set(PAIR_IMAGES) <= f.columns, _read_pairs,
+                "a pairwise CSV image_a,image_b with votes_a,votes_b or prefer_b (optional "
+                "reference, or reference_a,reference_b)"),
     RatedFormat("csv", lambda f: "image" in f.columns and bool({"mos", "dmos"} & f.columns),
                 _read_generic, "a CSV image,reference,mos (full-reference) or image,mos (no-reference)"),
     RatedFormat("tid", _is_tid,
@@ -184,6 +320,10 @@ def read_ratings(path: str, *, bins: int = 6, orientation: str | None = None,
     `orientation`: the unified CSV's score direction; `exclude`: sha256 of reference images,
     which a no-reference set's rated images must not repeat."""
     path = os.path.abspath(resolve_path(path))
+    if os.path.isdir(path) and is_bapps(path):
+        _orientation_unused(path, "bapps", orientation)
+        pairs, refs = _bapps(path)
+        return pairwise(path, "bapps", pairs, refs, bins)
     if os.path.isdir(path):
         _orientation_unused(path, "raise", orientation)
         rows = [r for s in RAISE_SPLITS for r in _raise(os.path.join(path, "ratings", f"{s}.csv"), s)]
@@ -397,5 +537,4 @@ def _raise(path, split, folder=None) -> list[RatedImage]:
         rows.append(RatedImage(_inside(path, n, images, name), None, BIN_TYPE, 0.0,
                                _score(path, n, row.get("mos_rating")), n))
     return rows
-
 

@@ -15,13 +15,16 @@ group's images by reference path, then by image path.
 """
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from featrank.dataset import DatasetError, ImageRecord
 from featrank.kadid10k import KADID10K_LEVELS
+
+log = logging.getLogger(__name__)
 
 MIN_GROUPS = 3
 # A set statistic needs 2 images (a covariance, an unbiased pair mean); a group of 2 is left
@@ -62,6 +65,12 @@ class RatedDatabase:
     small: dict = field(default_factory=dict)
     binned: tuple = ()         # types whose levels are MOS-quantile bins
     excluded: int = 0          # rated images equal to a reference image, left out
+    judgments: tuple = ()      # pairwise judgments: Pair records (their images' scores are scaled)
+    scaled: bool = True        # False: pairs on a disconnected graph, not on one scale
+
+    @property
+    def pairwise(self) -> bool:
+        return bool(self.judgments)
 
     @property
     def types(self) -> list[str]:
@@ -123,15 +132,26 @@ class RatedDatabase:
         groups = self.all_groups()
         scored = groups[:len(self.groups)]
         if self.complete:
-            return Ratings(tuple(k for k, _, _ in scored), self.quality())
+            return Ratings(tuple(k for k, _, _ in scored), self.quality(), **self._pair_fields())
         fr = self.kind == FULL_REFERENCE
-        return Ratings(
+        return Ratings(**self._pair_fields(), 
             keys=tuple(k for k, _, _ in scored),
             quality=tuple(self.oriented(ims) for _, _, ims in scored),
             clusters=tuple(np.asarray(self.pairs(ims)) for _, _, ims in scored) if fr else None,
             n_clusters=len(self.references), image_keys=tuple(k for k, _, _ in groups),
             image_quality=tuple(self.oriented(ims) for _, _, ims in groups), paired=fr,
             complete=False, n_clean=n_clean)
+
+    def _pair_fields(self) -> dict:
+        """Ratings' pairwise fields: each pair's images as positions in the concatenation of
+        every group's images (all_groups order), its fraction for the second, its cluster."""
+        if not self.judgments:
+            return {}
+        position = {im.image: i for i, im in enumerate(im for _, _, ims in self.all_groups() for im in ims)}
+        _, clusters = np.unique([p.cluster for p in self.judgments], return_inverse=True)
+        return {"pairs": np.array([[position[p.a], position[p.b]] for p in self.judgments], np.intp),
+                "prefer_b": np.array([p.prefer_b for p in self.judgments], np.float64),
+                "pair_clusters": clusters, "scaled": self.scaled}
 
     def group_rows(self) -> list[dict]:
         """One record per group, scored or not: what mos_groups.csv and the results JSON say."""
@@ -152,6 +172,70 @@ class RatedDatabase:
 
 
 # ------------------------------------------------------------------ reading
+
+@dataclass(frozen=True)
+class Pair:
+    """One pair of a pairwise database, its repeated rows merged: images `a` and `b`, the
+    fraction of people who chose `b`, the wins each got (votes, or the fractions of each row),
+    its first line and its cluster (the reference content(s), or the pair itself)."""
+    a: str
+    b: str
+    prefer_b: float
+    wins_a: float
+    wins_b: float
+    line: int
+    cluster: str
+
+
+def pairwise(path, fmt, pairs: list, references: dict, bins: int, exclude=frozenset()) -> RatedDatabase:
+    """A database of pairwise judgments: each image's quality is its Bradley-Terry scale value
+    from the pairs (human_agreement.bradley_terry), and the images are grouped as a rated set
+    is, in `bins` quantile bins of that quality (full-reference when `references` gives each
+    image its reference, else no-reference against --dataset). On a disconnected comparison
+    graph the components are named in a warning, the bins follow each image's share of wins,
+    and only the 2AFC agreement is reported (`scaled` False)."""
+    from featrank import human_agreement as ha
+    images = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    index = {im: i for i, im in enumerate(images)}
+    wins = np.zeros((len(images), len(images)))
+    first = {}
+    for p in pairs:
+        wins[index[p.a], index[p.b]] += p.wins_a
+        wins[index[p.b], index[p.a]] += p.wins_b
+        first.setdefault(p.a, p.line)
+        first.setdefault(p.b, p.line)
+    comps = ha.comparison_components(len(images), wins)
+    scaled = len(comps) == 1
+    if scaled:
+        quality, alpha = ha.bradley_terry(wins)
+        log.info("%s: %d images scaled by Bradley-Terry from %d pairs%s", path, len(images), len(pairs),
+                 "" if alpha == 0 else f" (an image never chosen or never beaten: L2 penalty {alpha:g})")
+    else:
+        shown = "; ".join("{" + ", ".join(os.path.basename(images[i]) for i in c[:3])
+                          + (", …" if len(c) > 3 else "") + "}" for c in comps[:3])
+        log.warning("%s: the comparison graph has %d separate components (sizes %s; %s%s): "
+                    "Bradley-Terry puts images on one scale only within one, so SRCC/KRCC/PLCC with "
+                    "scaled quality are left out and agreement_2afc is reported. Compare images "
+                    "across components to scale them.", path, len(comps),
+                    ", ".join(str(len(c)) for c in comps[:8]) + (", …" if len(comps) > 8 else ""),
+                    shown, "; …" if len(comps) > 3 else "")
+        total = wins.sum(axis=1) + wins.sum(axis=0)
+        quality = wins.sum(axis=1) / np.where(total > 0, total, 1)
+    rows = [RatedImage(im, references.get(im), BIN_TYPE, 0.0, float(q), first[im])
+            for im, q in zip(images, quality)]
+    if any(r.reference is not None for r in rows):
+        db = full_reference(path, fmt, True, rows, bins, frozenset({BIN_TYPE}))
+    else:
+        db = no_reference(path, fmt, True, rows, bins, exclude)
+    kept = [p for p in pairs if p.a in db.records and p.b in db.records]
+    if len(kept) < len(pairs):
+        log.info("%s: %d pair(s) left out with their images (equal to a reference image)", path,
+                 len(pairs) - len(kept))
+    if not kept:
+        raise RatingsError(f"{path}: no pair is left once the images equal to a reference image of "
+                           "--dataset are left out; give a --dataset of other photographs")
+    return replace(db, judgments=tuple(kept), scaled=scaled)
+
 
 def check_duplicates(path, rows) -> None:
     seen = {}

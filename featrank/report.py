@@ -40,12 +40,13 @@ def _cell(v):
     return "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)
 
 
-def write_csv(path: str, results, degradations: dict, mos_types=()) -> None:
+def write_csv(path: str, results, degradations: dict, mos_types=(), pairwise: bool = False) -> None:
     """One row per configuration (evaluation.ConfigResult.csv_row), ranked ones first; with
-    `mos_types` (a --mos run) the agreement columns too."""
+    `mos_types` (a --mos run) the agreement columns too, and the 2AFC ones for `pairwise`
+    judgments."""
     from featrank.configurations import csv_columns
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=csv_columns(degradations, mos_types))
+        w = csv.DictWriter(f, fieldnames=csv_columns(degradations, mos_types, pairwise))
         w.writeheader()
         for r in results:
             w.writerow({k: _cell(v) for k, v in r.csv_row(degradations, mos_types).items()})
@@ -83,9 +84,11 @@ def write_mos_groups(path: str, results, database) -> None:
 
 def write_mos_images(path: str, results, database) -> bool:
     """One row per configuration with a score per image x rated image (every group, scored as
-    a set or not): `mos` the image's opinion oriented higher = better, `score` the metric's own
-    value for it. The image-level SRCC of the results CSV is Spearman's rho between `score`
-    (negated for a higher-is-better metric) and -`mos`. False when no configuration has one."""
+    a set or not): `mos` the image's opinion oriented higher = better (for pairwise judgments
+    its Bradley-Terry scale value; empty when the pairs could not be scaled), `score` the
+    metric's own value for it. The image-level SRCC of the results CSV is Spearman's rho
+    between `score` (negated for a higher-is-better metric) and -`mos`; the 2AFC agreement
+    follows from `score` and the pairs. False when no configuration has one."""
     groups = database.all_groups()
     rows = [r for r in results if r.scored and r.image_scores is not None]
     if not rows:
@@ -97,7 +100,7 @@ def write_mos_images(path: str, results, database) -> bool:
             for ((t, _), (_, lv), ims), values in zip(groups, r.image_scores):
                 for im, m, v in zip(ims, database.oriented(ims), values):
                     w.writerow({"config": r.label, "image": im.image, "type": t, "level": f"{lv:g}",
-                                "mos": repr(float(m)), "score": repr(float(v))})
+                                "mos": repr(float(m)) if database.scaled else "", "score": repr(float(v))})
     return True
 
 
@@ -157,10 +160,11 @@ def layer_label(row: dict, with_backbone: bool = True) -> str:
 
 def criterion(row: dict, by: str):
     """A scored row's ranking value and whether it is tied with #1: mean rho, or with `by` =
-    "mos" the set-level SRCC with the MOS."""
+    "mos" the agreement with human judgments (configurations.mos_criterion); None without one."""
+    from featrank.configurations import mos_criterion
     if by == "monotonicity":
         return row["mean_spearman"], row.get("tied_with_top")
-    return row["mos"]["srcc"], row["mos"].get("tied_with_top")
+    return mos_criterion(row["mos"]), row["mos"].get("tied_with_top")
 
 
 def heatmap_cells(rows: list, by: str = "monotonicity") -> tuple[list, list, dict]:
@@ -168,7 +172,8 @@ def heatmap_cells(rows: list, by: str = "monotonicity") -> tuple[list, list, dic
     layer_label, in network order) and metric, the scored row with the best criterion over
     transforms and models. Baselines have no layer: they are left out."""
     from featrank.distance_metrics import METRICS
-    done = [r for r in rows if r["status"] == "scored" and r["backbone"] != BASELINE]
+    done = [r for r in rows if r["status"] == "scored" and r["backbone"] != BASELINE
+            and criterion(r, by)[0] is not None]
     first = {}
     for r in done:   # layer configurations in network order, metrics in config order
         first.setdefault(layer_label(r), (r["backbone"], str(r["layers"][0]).zfill(4)))
@@ -258,15 +263,22 @@ def plot_mos_scatter(target, rows: list, rated: dict) -> None:
 
 
 def _mos_lines(m: dict, level: str) -> list[str]:
+    out = []
+    if "agreement_2afc" in m:
+        a, ci = m["agreement_2afc"], m.get("agreement_2afc_ci")
+        out.append("   2AFC agreement: " + ("- (no score per image)" if a is None else f"{a:.4f}")
+                   + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""))
     ci = m.get("srcc_ci")
-    out = [f"   Agreement with the MOS: SRCC {m['srcc']:.4f}"
-           + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-           + f", KRCC {m['krcc']:.4f}, PLCC {m['plcc']:.4f} ({m['plcc_fit']})"]
+    if m["srcc"] is not None:
+        out.append(f"   Agreement with the MOS: SRCC {m['srcc']:.4f}"
+                   + (f"  [{level} CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+                   + f", KRCC {m['krcc']:.4f}, PLCC {m['plcc']:.4f} ({m['plcc_fit']})")
     if m.get("image"):
         out.append(f"   Per image: SRCC {m['image']['srcc']:.4f}, PLCC {m['image']['plcc']:.4f}")
     d = m.get("delta_top_ci")
     if d and m.get("delta_top"):
-        out.append(f"   SRCC(#1) - SRCC: {m['delta_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
+        what = "2AFC(#1) - 2AFC" if "agreement_2afc" in m else "SRCC(#1) - SRCC"
+        out.append(f"   {what}: {m['delta_top']:.4f}  [{d[0]:.4f}, {d[1]:.4f}] "
                    + ("tied with #1" if m["tied_with_top"] else "below #1"))
     return out
 
@@ -274,8 +286,10 @@ def _mos_lines(m: dict, level: str) -> list[str]:
 def summary(results, top_n: int, weights: dict, by: str = "monotonicity", versus: dict | None = None) -> str:
     """summary.txt: the weights, the top-N blocks, ties with #1, the best feature space against the
     best baseline, and why rows did not run."""
+    pairwise = any("agreement_2afc" in (r.mos or {}) for r in results)
     lines = [RULE, "TOP PERFORMING CONFIGURATIONS"
-             + (" (ranked by SRCC with the MOS)" if by == "mos" else ""), RULE, ""]
+             + ("" if by != "mos" else " (ranked by 2AFC agreement with the pairwise judgments)"
+                if pairwise else " (ranked by SRCC with the MOS)"), RULE, ""]
     for backbone, prov in weights.items():
         lines.append(f"Weights ({backbone}): {_weights_label(prov)}")
     lines.append("")
@@ -284,7 +298,8 @@ def summary(results, top_n: int, weights: dict, by: str = "monotonicity", versus
         lines += _top_lines(i, r)
     lines += _tie_lines(done, by)
     if versus:
-        what = "mean rho" if versus["criterion"] == "monotonicity" else "SRCC with the MOS"
+        what = ("mean rho" if versus["criterion"] == "monotonicity" else "2AFC agreement" if pairwise
+                else "SRCC with the MOS")
         ci = versus["delta_ci"]
         lines.append(f"Best feature space ({versus['feature']}) vs best baseline ({versus['baseline']}): "
                      f"{what} difference {versus['delta']:+.4f}"
@@ -343,7 +358,8 @@ def _tie_lines(done: list, by: str) -> list[str]:
     tested = sum(key(r) is not None for r in done)
     if tested > 1:                   # one configuration is tied with itself: nothing to say
         what = ("rho(#1) - rho" if by == "monotonicity" else
-                "SRCC(#1) - SRCC (resampled by reference, or within each MOS bin)")
+                "2AFC(#1) - 2AFC (pairs resampled by reference content)" if "agreement_2afc" in done[0]["mos"]
+                else "SRCC(#1) - SRCC (resampled by reference, or within each MOS bin)")
         lines.append(f"Statistically tied with #1 (the paired bootstrap interval of {what} "
                      f"contains 0): {', '.join(f'#{i}' for i in tied)} of the {tested} bootstrapped"
                      + ("; --bootstrap-all tests every configuration"
@@ -413,7 +429,8 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, degradations: d
     by = head["rank_by"]
     files = {"csv": os.path.join(out_dir, base + ".csv"), "json": os.path.join(out_dir, base + ".json"),
              "summary": os.path.join(out_dir, "summary.txt")}
-    write_csv(files["csv"], ranked, degradations, database.types if database is not None else ())
+    write_csv(files["csv"], ranked, degradations, database.types if database is not None else (),
+              database is not None and database.pairwise)
     rated = None
     if database is not None:
         files["mos_groups"] = os.path.join(out_dir, "mos_groups.csv")
@@ -429,6 +446,8 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, degradations: d
                              "mos": float(np.mean([im.score for im in database.groups[(t, lv)]]))}
                             for t in database.types for lv in database.levels(t)],
                  "not_scored": [g for g in every if not g["scored"]]}
+        if database.pairwise:
+            rated.update(pairs=len(database.judgments), scaled=database.scaled)
     rows = [r.fields() for r in ranked]
     write_json(files["json"], {"mode": head["mode"], "timestamp": head["timestamp"],
                                "weights": head["weights"], "rank_by": by, "rated_database": rated,
@@ -443,7 +462,7 @@ def write_run(out_dir: str, base: str, ranked: list, head: dict, degradations: d
     for k, r in enumerate(done[:top_n], start=1):
         plot_monotonicity(os.path.join(out_dir, f"monotonicity_top{k}.png"), r, k)
     plot_heatmap(os.path.join(out_dir, "heatmap_mean_rho.png"), rows, by)
-    if rated is not None and done:
+    if rated is not None and done and database.scaled:
         plot_mos_scatter(os.path.join(out_dir, "mos_scatter.png"), done[:min(3, top_n)], rated)
     text = summary(ranked, top_n, head["weights"], by, head.get("versus_baseline"))
     with open(files["summary"], "w") as f:

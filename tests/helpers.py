@@ -18,7 +18,7 @@ TINY_DEGRADATIONS = {
 # MS-SSIM). rho times this is "the score worsens as the images do".
 WORSENS = {**dict.fromkeys(("fid", "kid", "cmmd", "mmd_rbf", "mahalanobis", "neg_loglik", "fd_inf",
                             "energy", "sliced_wasserstein", "paired_l2", "paired_cosine", "lpips",
-                            "dists"), 1),
+                            "dists", "stlpips_vgg", "stlpips_alex"), 1),
            **dict.fromkeys(("precision", "recall", "density", "coverage", "realism", "psnr", "ssim",
                             "ms_ssim", "ssim_rgb", "ms_ssim_rgb"), -1)}
 

@@ -86,7 +86,7 @@ def test_a_rated_format_is_one_row_tried_in_order(tmp_path):
     """FORMATS is the table read_ratings walks: a file is read by the first row whose sniff
     accepts it, and the unknown-format message names every row."""
     names = [f.name for f in rated_database.FORMATS]
-    assert names == ["kadid10k", "unified", "raise", "csv", "tid"]
+    assert names == ["kadid10k", "unified", "raise", "pairs", "csv", "tid"]
     odd = tmp_path / "odd.csv"
     odd.write_text("a,b\n1,2\n")
     with pytest.raises(rated_database.RatingsError) as err:
