@@ -295,7 +295,7 @@ def _with_settings(config: str, cfg: dict, given) -> tuple[Applied, Stages]:
     """The configuration named by `config`, and the stages of cfg with the settings of its
     results row (but for those in `given`, set by a flag), validated."""
     applied = configuration_from(config)
-    return applied, applied_stages(cfg, applied.settings, given)
+    return applied, applied_stages(cfg, applied.settings, given, applied.conf.backbone)
 
 
 def save_command(cfg: dict, args: list, given=()) -> str:

@@ -61,7 +61,10 @@ class BackboneSpec:
     interpolation: str = "bicubic"  # resize to input_size (torch.nn.functional.interpolate mode)
     antialias: bool = True
     patch: int | None = None       # transformer patch size: tokens = prefix + (size/patch)^2
-    min_input_size: int = 16       # the smallest --image-size its forward pass accepts
+    # the smallest --image-size: the larger of the smallest input its forward accepts and its
+    # output stride (its deepest map then has a pixel of the image); checked from the
+    # architecture by tests/test_backbone_specs.py. 16 for library models (no layer table).
+    min_input_size: int = 16
     layers: tuple = ()             # layer_registry.Layer rows; () for library models
     recommended: tuple = ()
     forward: Callable = _module_itself

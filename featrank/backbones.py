@@ -277,7 +277,7 @@ BACKBONES = {spec.name: spec for spec in (
         name="resnet50", library="torchvision", architecture="resnet50",
         weights_id="IMAGENET1K_V1",
         weights=TorchHubFile("https://download.pytorch.org/models/resnet50-0676ba61.pth"),
-        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD,
+        input_size=224, mean=R.IMAGENET_MEAN, std=R.IMAGENET_STD, min_input_size=32,
         build=torchvision_arch("resnet50"), layers=tuple(R.RESNET50), recommended=(7, 8, 9)),
     BackboneSpec(
         name="mobilenet_v2", library="torchvision", architecture="mobilenet_v2",
@@ -307,7 +307,7 @@ BACKBONES = {spec.name: spec for spec in (
         weights_id="stabilityai/sd-vae-ft-mse",
         weights=HubFiles("stabilityai/sd-vae-ft-mse", required=("config.json",),
                          weights=("diffusion_pytorch_model.safetensors",)),
-        input_size=256, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1],
+        input_size=256, mean=R.SIGNED_UNIT[0], std=R.SIGNED_UNIT[1], min_input_size=8,
         build=_sd_vae, forward=lambda m, s: m.encoder, adapt_keys=_sd_vae_keys,
         load_pretrained=lambda file, s: _sd_vae_folder(os.path.dirname(file), s),
         load_folder=_sd_vae_folder, layers=tuple(R.SD_VAE), recommended=(0, 3, 6, 9, 12, 16)),

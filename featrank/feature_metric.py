@@ -106,8 +106,8 @@ class FeatureMetric:
         from featrank.user_config import default_config
         self.applied = config if isinstance(config, Applied) else configuration_from(config)
         self.conf = self.applied.conf
-        self.stages = applied_stages(default_config(),
-                                     {**self.applied.settings, **(settings or {})})
+        self.stages = applied_stages(default_config(), {**self.applied.settings, **(settings or {})},
+                                     backbone=self.conf.backbone, what="settings['image_size']")
         ext = self.stages.extraction
         self.spec = spec_of(self.conf.backbone)
         self.backbone = build_backbone(self.conf.backbone, ext.weights, ext.seed, ext.image_size,

@@ -66,17 +66,19 @@ def backbones_of(cfg) -> list[str]:
     return names
 
 
-def check_input_size(name: str, size: int | None) -> None:
-    """`size` (--image-size) within what backbone `name` accepts: at least its smallest input,
-    and for a ViT a multiple of its patch size; UsageError naming the sizes to use."""
+def check_input_size(name: str, size: int | None, what: str = "--image-size") -> None:
+    """`size` (--image-size, or `what` names where it was set) within what backbone `name`
+    accepts: at least its smallest input (BackboneSpec.min_input_size), and for a ViT a multiple
+    of its patch size; UsageError naming the sizes to use. Every command that builds a network
+    checks it: the sweep, --build-cache, --apply, --save-reference, --save-stats, FeatureMetric."""
     spec = spec_of(name)
     if size and size < spec.min_input_size:
-        raise UsageError(f"--image-size {size} is below {name}'s smallest input, "
-                         f"{spec.min_input_size} px; use --image-size {spec.min_input_size} or more")
+        raise UsageError(f"{what} {size} is below {name}'s smallest input, "
+                         f"{spec.min_input_size} px; use {what} {spec.min_input_size} or more")
     p = spec.patch
     if size and p and size % p:
         lo, hi = max(p, size // p * p), (size // p + 1) * p
-        raise UsageError(f"--image-size {size} is not a multiple of {name}'s patch size {p} "
+        raise UsageError(f"{what} {size} is not a multiple of {name}'s patch size {p} "
                          f"(pixels past the last patch would be dropped); use {lo} or {hi}")
 
 
@@ -284,12 +286,15 @@ def reproduced(settings: dict, leave_out=()) -> dict:
     return {k: settings[k] for k in REPRODUCED if k in settings and k not in leave_out}
 
 
-def applied_stages(cfg: dict, settings: dict, keep=()) -> Stages:
+def applied_stages(cfg: dict, settings: dict, keep=(), backbone: str | None = None,
+                   what: str = "--image-size") -> Stages:
     """The stages of applying a configuration: `cfg` (config.py's keys) with `settings` (those of
     the run that ranked it, or a caller's) over it, but for the keys in `keep` (set by a flag),
-    validated."""
+    validated; with `backbone`, its input size checked (`what` names where it was set)."""
     merged = {**cfg, **{k: v for k, v in settings.items() if k not in keep}}
     validate_config(merged)
+    if backbone is not None:
+        check_input_size(backbone, merged["image_size"], what)
     return Stages.of(merged)
 
 

@@ -238,3 +238,33 @@ def test_fid_stats_bad_inputs_are_usage_errors(tmp_path, capsys):
         assert needle in err and "Traceback" not in err
     assert cli.main(["--fid-stats", str(tmp_path / "x.npz"), str(tmp_path / "x.npz")]) == 0
     assert float(capsys.readouterr().out.split("FID:")[1]) == 0.0
+
+
+def _accepts(forward, size: int) -> bool:
+    import torch
+    try:
+        with torch.inference_mode():
+            forward(torch.zeros(1, 3, size, size))
+        return True
+    except (RuntimeError, ValueError):
+        return False
+
+
+@pytest.mark.parametrize("name", [n for n, s in backbones.BACKBONES.items() if s.layers and not s.patch])
+def test_min_input_size_comes_from_the_architecture(name):
+    """Each convolutional backbone's smallest --image-size is the larger of the smallest input its
+    random-init forward accepts (found here by trying every size) and its output stride (the
+    input size over its deepest map's side in the layer table): below it the network fails, or
+    its deepest layer sees padding only. The stride is the power of two nearest the input size
+    over the deepest spatial map's side (ceil-padded maps: 240 px gives 8, not 7.5)."""
+    import math
+    import torch
+    spec = backbones.get_spec(name)
+    torch.manual_seed(0)
+    module = spec.build(spec.input_size).eval()
+    forward = spec.forward(module, spec.input_size)
+    smallest = next(s for s in range(1, 400) if _accepts(forward, s))
+    assert all(_accepts(forward, s) for s in range(smallest, smallest + 8)), name
+    maps = [layer.shape[-1] for layer in spec.layers if len(layer.shape) == 3 and layer.shape[-1] > 1]
+    stride = 2 ** round(math.log2(spec.input_size / min(maps)))
+    assert spec.min_input_size == max(smallest, stride), (name, smallest, stride)

@@ -648,3 +648,22 @@ def test_a_poisoned_report_runs_nothing_in_a_real_browser(run_dir, tmp_path, cap
         assert "<script>window.__pwned=1</script>" in driver.find_element(By.TAG_NAME, "body").text
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("spec, size", [("inception_fid:15/concat/gap/fid", 40),
+                                        ("efficientnet_lite0:11/concat/gap/fid", 16),
+                                        ("stlpips_alex:9/concat/gap/fid", 20)])
+def test_every_command_that_builds_a_network_checks_its_input_size(folders, tmp_path, capsys, spec, size):
+    """--apply, --save-reference and FeatureMetric refuse an image size below the backbone's
+    smallest input (BackboneSpec.min_input_size, from the architecture) with one line naming
+    where the size was set, before building anything; nothing is written."""
+    name = spec.split(":")[0]
+    for argv in (["--apply", spec, str(folders / "ref"), str(folders / "eval")],
+                 ["--save-reference", spec, str(folders / "ref"), str(tmp_path / "ref.npz")]):
+        args = tiny_args(tmp_path, *argv)
+        args[args.index("--image-size") + 1] = str(size)
+        line = _one_line(capsys, 2, args)
+        assert f"--image-size {size} is below {name}'s smallest input" in line, line
+    assert not (tmp_path / "ref.npz").exists() and not (tmp_path / "cache").exists()
+    with pytest.raises(UsageError, match=rf"settings\['image_size'\] {size} is below {name}'s"):
+        fm.FeatureMetric(spec, reference_features=np.zeros((4, 3)), settings={"image_size": size})
