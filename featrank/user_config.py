@@ -17,6 +17,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable
+from featrank.config_schema import check_tables
 from featrank.backbones import BACKBONE_NAMES, BackboneError, get_spec
 from featrank.backbone_spec import LIBRARY_PREFIXES
 from featrank.degradation_generator import select_sets, validate_degradations, validate_sets
@@ -91,6 +92,7 @@ class UserConfig:
         if missing:
             raise ConfigError(f"{path} defines no {', '.join(missing)}; restore "
                               f"{'it' if len(missing) == 1 else 'them'} from the config.py beside main.py")
+        check_tables(tables)
         cfg = copy.deepcopy(tables["CONFIG"])
         cfg.update(copy.deepcopy(changes))
         return cls(cfg, copy.deepcopy(tables["QUICK"]), copy.deepcopy(tables["ENABLED_LAYERS"]),
@@ -211,7 +213,8 @@ def _validate_extraction(cfg: dict, backbones) -> None:
     if not _is_int(cfg["batch_size"]) or cfg["batch_size"] < 1:
         raise ConfigError(f"config['batch_size'] = {cfg['batch_size']!r} must be a positive integer")
     if cfg["image_size"] is not None and (not _is_int(cfg["image_size"]) or cfg["image_size"] < 16):
-        raise ConfigError(f"image size {cfg['image_size']!r} must be an integer >= 16")
+        raise ConfigError(f"config['image_size'] = {cfg['image_size']!r} must be an integer >= 16 "
+                          "or None (--image-size; edit config.py)")
     for key in ("cache_dir", "results_dir"):
         if not isinstance(cfg[key], str) or not cfg[key].strip():
             raise ConfigError(f"config['{key}'] = {cfg[key]!r} must be a folder path (a string)")
@@ -292,14 +295,16 @@ def _validate_scoring(cfg: dict) -> None:
             raise ConfigError(f"{exc} (edit config.py)") from None
     if cfg["layer_configs"] is None:
         return
-    for lc in cfg["layer_configs"]:
+    for i, lc in enumerate(cfg["layer_configs"]):
+        at = f"config['layer_configs'][{i}]"
         extra = set(lc) - {"name", "layers", "aggregate"}
         if extra:
-            raise ConfigError(f"layer config {lc.get('name')!r} has unknown key(s) {sorted(extra)}; "
-                              "valid keys: name, layers, aggregate (edit config.py)")
-        if not lc.get("layers"):
-            raise ConfigError(f"layer config {lc} needs a non-empty 'layers' list")
-        _choice(lc.get("aggregate", "concat"), AGGREGATIONS, f"layer config {lc.get('name')!r} aggregate")
+            raise ConfigError(f"{at} has unknown key(s) {sorted(extra)}; valid keys: name, layers, "
+                              "aggregate (edit config.py)")
+        if not isinstance(lc.get("layers"), (list, tuple)) or not lc["layers"]:
+            raise ConfigError(f"{at}['layers'] = {lc.get('layers')!r} must be a non-empty list of "
+                              "layer indices or module paths (edit config.py)")
+        _choice(lc.get("aggregate", "concat"), AGGREGATIONS, f"{at}['aggregate']")
     named = [lc["name"] for lc in cfg["layer_configs"] if lc.get("name")]
     dup = sorted({n for n in named if named.count(n) > 1})
     if dup:
