@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from featrank.dataset import ImageRecord, load_rgb
 from featrank.degradation_generator import apply_degradation
-from featrank.host import available_cores, resolve_device
+from featrank.host import available_cores, die_with_parent, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ def cpu_threads(setting) -> int:
     return int(setting) if setting != "auto" else available_cores()
 
 
+def _die_with_this_process():
+    """A DataLoader's worker_init_fn: its workers end with this process, even on SIGKILL."""
+    return functools.partial(die_with_parent, parent=os.getpid())
+
+
 def default_workers(setting, device_type: str = "cpu") -> int:
     """DataLoader workers: 'auto' = up to 4 beside a CPU forward pass (which needs the cores
     itself), every core but one (up to 16) to feed an accelerator."""
@@ -256,7 +262,7 @@ def _extract(backbone, items, paths, batches, dev, working_size, seed, num_worke
                       spec.interpolation, on_device=on_device, antialias=spec.antialias)
     workers = default_workers(num_workers, dev.type)
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers,
-                                         pin_memory=cuda)
+                                         pin_memory=cuda, worker_init_fn=_die_with_this_process())
     bar = None
     if progress:
         from tqdm import tqdm
@@ -400,7 +406,7 @@ def folder_activations(backbone, files, path: str, *, batch_size: int, device="a
     dev = resolve_device(device)
     module = backbone.module.to(dev)
     data = FolderDataset(files, backbone.spec, backbone.input_size)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, worker_init_fn=_die_with_this_process(),
                                          num_workers=default_workers(num_workers, dev.type))
     before = torch.get_num_threads()
     if dev.type == "cpu":

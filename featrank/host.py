@@ -51,3 +51,23 @@ def file_sha256(path: str, block: int = 1 << 22) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def die_with_parent(worker_id=None, parent: int | None = None) -> None:
+    """In a child process (a DataLoader worker: its worker_init_fn, bound with
+    `functools.partial(die_with_parent, parent=os.getpid())`): ask Linux to kill it when the
+    process that started it dies, even by SIGKILL (prctl PR_SET_PDEATHSIG), so no worker
+    outlives a killed run; and exit at once if `parent` is already gone. Elsewhere a no-op
+    (PyTorch's own watchdog then ends the workers within seconds)."""
+    import signal
+    import sys
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)       # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:     # it died before prctl
+        os._exit(1)

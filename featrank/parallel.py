@@ -164,7 +164,7 @@ _PRESTART: dict = {}
 _WATCHER = {}
 
 
-def watch_parent(interval: float = 1.0) -> None:
+def watch_parent(interval: float = 0.25) -> None:
     """In a worker process: exit as soon as the process that started it is gone. A main
     process killed with SIGKILL cannot stop its loky workers; without this they would be
     reparented to PID 1 and live on. Installed once per process, by every task it runs."""
