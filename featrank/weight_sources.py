@@ -26,6 +26,8 @@ class WeightsError(RuntimeFailure):
 # One weights download may wait this long for the server (connect, and each read). A machine
 # without network fails at once; one behind a dead proxy waits this long, once per run.
 DOWNLOAD_TIMEOUT_S = 15
+# ... and one download may take this long in all (a server that drips bytes is stopped).
+DOWNLOAD_TOTAL_S = 900
 OFFLINE_SWITCHES = ("IQM_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _FAILED_DOWNLOADS: dict = {}          # what this process could not download, and why: tried once
 
@@ -47,29 +49,47 @@ def offline() -> bool:
                for v in OFFLINE_SWITCHES)
 
 
-def download_file(url: str, path: str, timeout: float | None = None) -> None:
-    """Fetch `url` to `path` as torch.hub does, but bounded and atomic: the bytes go to a
-    temporary file beside `path` and are renamed onto it only when complete (the length the
-    server announced) and, where the file name carries a sha256 prefix (torch.hub's
-    `name-<sha256 prefix>.ext`), equal to it. A failure leaves no file where a later run would
-    read it; it raises OSError (or ValueError for a hash mismatch). `timeout` defaults to
-    DOWNLOAD_TIMEOUT_S."""
+def download_file(url: str, path: str, timeout: float | None = None, total: float | None = None) -> None:
+    """Fetch `url` to `path` as torch.hub does, but bounded, verified and atomic. Bounded: each
+    read waits at most `timeout` (DOWNLOAD_TIMEOUT_S) and the whole download at most `total`
+    (DOWNLOAD_TOTAL_S), so a server that drips bytes is stopped. Verified before the rename: not
+    a web page (a text/* Content-Type), every byte the server announced (Content-Length), the
+    sha256 prefix where the file name carries one (torch.hub's `name-<prefix>.ext`), and the
+    file loads as a checkpoint (`read_state_dict`); its sha256 is recorded by the caller's
+    provenance either way. The bytes go to a temporary file beside `path`, renamed onto it only
+    then. A failure leaves no file and no folder it created (the weights cache appears only when
+    a file is written); it raises OSError (ValueError for a hash mismatch, WeightsError for a
+    file that is not a checkpoint)."""
     import re
     import tempfile
+    import time
     import urllib.request
+    deadline = time.monotonic() + (total or DOWNLOAD_TOTAL_S)
     folder = os.path.dirname(path)
+    created = []
+    probe = folder
+    while probe and not os.path.isdir(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial" + ext, dir=folder)
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
                 url, timeout=timeout or DOWNLOAD_TIMEOUT_S) as resp:
+            kind = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if kind.startswith("text/"):
+                raise OSError(f"the server sent {kind}, a page, not a checkpoint")
             size = resp.headers.get("Content-Length")
             got = 0
-            while chunk := resp.read(1 << 20):
+            while chunk := resp.read1(1 << 20):
                 out.write(chunk)
                 h.update(chunk)
                 got += len(chunk)
+                if time.monotonic() > deadline:
+                    raise OSError(f"the download took longer than {total or DOWNLOAD_TOTAL_S:g} s "
+                                  f"({got} bytes by then); fetch the file by hand")
             if size is not None and got != int(size):
                 raise OSError(f"the connection closed after {got} of {size} bytes")
             out.flush()
@@ -78,10 +98,14 @@ def download_file(url: str, path: str, timeout: float | None = None) -> None:
         if prefix and not h.hexdigest().startswith(prefix.group(1)):
             raise ValueError(f"the downloaded file's sha256 {h.hexdigest()[:12]}… does not start "
                              f"with {prefix.group(1)} as its name says")
+        read_state_dict(tmp)            # WeightsError when it is not a checkpoint
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        for d in created:               # deepest first: the folders this download made
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
         raise
 
 
@@ -126,12 +150,12 @@ class TorchHubFile:
     def fetch(self, name: str) -> Found:
         """Download into torch.hub's cache (once per process: a failure is remembered)."""
         if self.url not in _FAILED_DOWNLOADS:
-            log.info("downloading the %s weights from %s (timeout %d s)", name, self.url,
-                     DOWNLOAD_TIMEOUT_S)
+            log.info("downloading the %s weights from %s (timeout %d s per read, %d s in all)", name,
+                     self.url, DOWNLOAD_TIMEOUT_S, DOWNLOAD_TOTAL_S)
             try:
                 download_file(self.url, self.path)
                 return Found((self.path,))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, WeightsError) as exc:
                 _FAILED_DOWNLOADS[self.url] = _failure(exc)
         raise WeightsError(f"pretrained {name} weights: the download of {self.url} failed "
                            f"({_FAILED_DOWNLOADS[self.url]})")

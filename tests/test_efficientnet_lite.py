@@ -223,7 +223,9 @@ def test_a_tampered_or_absent_package_is_named_with_its_fix(tmp_path, monkeypatc
 
 class _Server:
     """A loopback HTTP server: path -> (bytes, how) with how 'full', 'half' (announces every
-    byte, sends half, closes) or 'hang' (answers nothing)."""
+    byte, sends half, closes), 'hang' (answers nothing), 'drip' (every byte announced, 64 bytes
+    every 0.05 s), 'html' (status 200, text/html, a page) or 'cut' (no length announced, half
+    the bytes, then the connection dropped)."""
 
     def __init__(self, files):
         import http.server
@@ -242,10 +244,23 @@ class _Server:
                     outer.release.wait(30)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
+                if how == "html":
+                    data = b"<!doctype html><html><body>Sign in to continue</body></html>"
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                if how != "cut":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data if how == "full" else data[: len(data) // 2])
-                self.wfile.flush()
+                if how == "drip":
+                    import time
+                    for i in range(0, len(data), 64):
+                        if outer.release.is_set():
+                            break
+                        self.wfile.write(data[i:i + 64])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                else:
+                    self.wfile.write(data if how in ("full", "html") else data[: len(data) // 2])
+                    self.wfile.flush()
                 self.close_connection = True
 
             def log_message(self, *a):

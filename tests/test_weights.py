@@ -128,3 +128,50 @@ def test_torch_hub_dir_follows_torch_rule(monkeypatch, env):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert weight_sources.torch_hub_dir() == torch.hub.get_dir()
+
+
+# ---------------------------------------------------------------------- a bounded, verified download
+
+@pytest.mark.parametrize("how", ["drip", "html", "half", "cut", "hang"])
+def test_a_bad_server_leaves_no_file_and_no_folder_and_a_drip_is_stopped(tmp_path, how):
+    """Against a loopback server, a file name without a sha256 prefix (so the hash cannot save
+    it): a server that drips bytes is stopped at the total bound, an HTML page sent with 200 is
+    refused by its type, a body shorter than announced by its length, a cut connection without
+    a length because the file does not load as a checkpoint, a server that never answers by
+    the per-read timeout. None leaves a file, a .partial file, or the folder it would have made."""
+    import time
+    import torch
+    from featrank import weight_sources
+    from test_efficientnet_lite import _Server
+    buf = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(20000, dtype=torch.float32)}, buf)
+    server = _Server({"/f/model.pth": (buf.read_bytes(), how)})
+    home = tmp_path / "torch"
+    target = home / "hub" / "checkpoints" / "model.pth"
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises((OSError, ValueError, weight_sources.WeightsError)) as err:
+            weight_sources.download_file(f"{server.url}/f/model.pth", str(target), timeout=1.0, total=1.5)
+    finally:
+        server.close()
+    elapsed = time.perf_counter() - t0
+    assert not home.exists(), os.listdir(home)
+    assert elapsed < 1.5 + 1.0 + 1.0, elapsed           # the total, one read's timeout, slack
+    why = {"drip": "longer than 1.5 s", "html": "text/html", "half": "closed after",
+           "cut": "cannot read weights file", "hang": "timed out"}[how]
+    assert why in str(err.value), str(err.value)
+
+
+def test_a_complete_download_without_a_hash_is_verified_and_kept(tmp_path):
+    import torch
+    from featrank import weight_sources
+    from test_efficientnet_lite import _Server
+    buf = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(10, dtype=torch.float32)}, buf)
+    server = _Server({"/f/model.pth": (buf.read_bytes(), "full")})
+    target = tmp_path / "torch" / "hub" / "checkpoints" / "model.pth"
+    try:
+        weight_sources.download_file(f"{server.url}/f/model.pth", str(target))
+    finally:
+        server.close()
+    assert target.read_bytes() == buf.read_bytes() and os.listdir(target.parent) == ["model.pth"]
