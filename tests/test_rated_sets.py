@@ -347,3 +347,79 @@ def test_realism_is_the_authors_score_on_rows_and_on_kernel_blocks():
     kept = dm.RealismReference(real).radii_sq > 0
     assert kept.sum() == 30 and (own[kept] > 1e4).all()
     assert dm.RealismReference(real).score(fake) == pytest.approx(want.mean())
+
+
+# A design of uneven references: (reference, type, level) of each rated image. R0 has 2
+# images, R1 all 5, R2 3, R3 4, R4 2; group (noise, 2) holds 2 images (under 3: scored per
+# image, not as a set). "same" images are exact copies of their reference.
+UNEVEN = [(0, "blur", 1), (0, "same", 1),
+          (1, "blur", 1), (1, "blur", 2), (1, "same", 1), (1, "noise", 1), (1, "noise", 2),
+          (2, "blur", 1), (2, "blur", 2), (2, "noise", 1),
+          (3, "blur", 2), (3, "same", 1), (3, "noise", 1), (3, "noise", 2),
+          (4, "blur", 1), (4, "same", 1)]
+SIZE = 176                                 # MS-SSIM's smallest side: every pixel baseline runs
+
+
+def _uneven(root):
+    src = builtin_sources()
+    (root / "img").mkdir(parents=True)
+    refs = {}
+    for r in range(5):
+        refs[r] = load_rgb(src[200 + 11 * r], SIZE)
+        Image.fromarray(refs[r]).save(root / "img" / f"R{r}.png")
+    rows, pixels = [], {}
+    for k, (r, t, lv) in enumerate(UNEVEN):
+        out = (refs[r] if t == "same" else
+               dg.apply_degradation(refs[r], "gaussian_blur" if t == "blur" else "gaussian_noise",
+                                    lv * 1.5 if t == "blur" else lv * 15.0, 0, f"u{k}"))
+        name = f"img/d{k:02d}.png"
+        Image.fromarray(out).save(root / name)
+        pixels[name] = (out, refs[r])
+        rows.append([name, f"img/R{r}.png", round(4.5 - 0.7 * lv - (0.5 if t == "noise" else 0) + 0.1 * r, 3), t, lv])
+    with open(root / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "reference", "mos", "type", "level"])
+        w.writerows(rows)
+    return root / "ratings.csv", pixels
+
+
+@pytest.mark.slow
+def test_on_an_uneven_design_every_pixel_baseline_and_paired_metric_scores_each_image_against_its_own_reference(tmp_path):
+    """Every pixel baseline and paired metric is scored (not 'not_run', not failed) on a design
+    whose references have 2 to 5 images and whose one group is under 3; per image, PSNR equals
+    the formula and SSIM / MS-SSIM equal pyiqa's calibrated metrics on (image, its own
+    reference); an exact copy of its reference scores 0 on the paired distances."""
+    pyiqa = pytest.importorskip("pyiqa")
+    import torch
+    ratings, pixels = _uneven(tmp_path / "db")
+    user = tiny_config(working_size=SIZE, baselines=["psnr", "ssim", "ms_ssim"])
+    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings))
+    assert cli.main(args, user=user) == 0
+    (out,) = glob.glob(str(tmp_path / "results" / "*"))
+    res = pd.read_csv(glob.glob(f"{out}/results_*.csv")[0])
+    images = pd.read_csv(f"{out}/mos_images.csv")
+    want = {"baseline:psnr", "baseline:ssim", "baseline:ms_ssim"}
+    paired = res.metric.isin(["paired_l2", "paired_cosine"]) & res["transform"].isin(["raw", "gram_only"])
+    rows = res[res.label.isin(want) | paired]           # (PCA needs more than 5 references)
+    assert want <= set(rows.label) and {"paired_l2", "paired_cosine"} <= set(rows.metric)
+    assert (rows.status == "scored").all(), rows[["label", "status", "reason"]].to_string()
+    peers = {"ssim": pyiqa.create_metric("ssim", device="cpu"), "ms_ssim": pyiqa.create_metric("ms_ssim", device="cpu")}
+
+    def tensor(a):
+        return torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255.0
+    for label in sorted(rows.label):
+        per = images[images.config == label]
+        assert len(per) == len(UNEVEN), label                  # the small group's images too
+        for name, (img, ref) in pixels.items():
+            got = float(per[per.image.str.endswith(name)].score.iloc[0])
+            if label == "baseline:psnr":
+                mse = np.mean((img.astype(np.float64) - ref) ** 2)
+                assert got == pytest.approx(100.0 if mse == 0 else 10 * np.log10(255 ** 2 / mse), abs=1e-9)
+            elif label.startswith("baseline:"):
+                with torch.no_grad():
+                    peer = float(peers[label.split(":")[1]](tensor(img), tensor(ref)))
+                assert got == pytest.approx(peer, abs=1e-4), (label, name)
+            elif np.array_equal(img, ref):                      # paired distances: a copy is 0
+                assert got == pytest.approx(0.0, abs=1e-6), (label, name)
+            else:
+                assert got > 1e-6, (label, name)
