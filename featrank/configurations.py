@@ -170,14 +170,15 @@ class ConfigResult:
         row["delta_rho_top"] = self.delta_top
         row["delta_rho_top_ci_low"], row["delta_rho_top_ci_high"] = self.delta_top_ci or (None, None)
         row["tied_with_top"] = self.tied_with_top
+        col = ColumnNames(degradations, mos_types)
         for d in degradations:
             v = self.per_degradation.get(d, {})
             ci = v.get("spearman_ci") or (None, None)
-            row.update({f"rho_{d}": v.get("spearman"), f"rho_{d}_ci_low": ci[0],
-                        f"rho_{d}_ci_high": ci[1], f"tau_{d}": v.get("kendall"),
-                        f"sensitivity_{d}": v.get("sensitivity")})
+            row.update({col.of("rho", d): v.get("spearman"), col.of("rho", d, "ci_low"): ci[0],
+                        col.of("rho", d, "ci_high"): ci[1], col.of("tau", d): v.get("kendall"),
+                        col.of("sensitivity", d): v.get("sensitivity")})
         if self.mos is not None or mos_types:
-            row.update(_mos_cells(self.mos, mos_types))
+            row.update(_mos_cells(self.mos, mos_types, col))
         row["reason"] = self.reason
         return row
 
@@ -197,7 +198,33 @@ MOS_COLUMNS = ["srcc_mos", "srcc_mos_ci_low", "srcc_mos_ci_high", "krcc_mos", "p
                "krcc_mos_image", "plcc_mos_image"]
 
 
-def _mos_cells(m: dict | None, types) -> dict:
+class ColumnNames:
+    """The CSV's per-degradation and per-type column names. A name of user data (a degradation
+    of config.py, a rated database's type) joins its prefix with "_" (`rho_blur`,
+    `rho_blur_ci_low`, `srcc_mos_blur`) unless some name would then equal another column
+    (a type named `image` gives `srcc_mos_image`; types `blur` and `blur_ci_low`); then every
+    such name of the run is written in brackets, `rho[blur]`, `rho[blur]_ci_low`,
+    `srcc_mos[image]`, which no fixed column and no other name can equal (names are
+    [A-Za-z0-9_.-]+)."""
+
+    def __init__(self, degradations, mos_types=()):
+        self.bracket = False
+        plain = self._all(degradations, mos_types)
+        fixed = set(_FIXED + MOS_COLUMNS + PAIR_COLUMNS)
+        self.bracket = len(set(plain)) != len(plain) or bool(fixed & set(plain))
+
+    def _all(self, degradations, mos_types) -> list:
+        return ([self.of(p, d, s) for d in degradations
+                 for p, s in (("rho", ""), ("rho", "ci_low"), ("rho", "ci_high"), ("tau", ""),
+                              ("sensitivity", ""))]
+                + [self.of("srcc_mos", t) for t in mos_types])
+
+    def of(self, prefix: str, name: str, suffix: str = "") -> str:
+        base = f"{prefix}[{name}]" if self.bracket else f"{prefix}_{name}"
+        return f"{base}_{suffix}" if suffix else base
+
+
+def _mos_cells(m: dict | None, types, col: "ColumnNames | None" = None) -> dict:
     if m is None:
         return {}
     ci = m.get("srcc_ci") or (None, None)
@@ -207,8 +234,9 @@ def _mos_cells(m: dict | None, types) -> dict:
              "delta_srcc_mos_top": m.get("delta_top"), "tied_with_top_mos": m.get("tied_with_top"),
              "srcc_mos_image": image.get("srcc"), "krcc_mos_image": image.get("krcc"),
              "plcc_mos_image": image.get("plcc")}
+    col = col or ColumnNames((), types)
     for t in types:
-        cells[f"srcc_mos_{t}"] = m["srcc_per_type"].get(t)
+        cells[col.of("srcc_mos", t)] = m["srcc_per_type"].get(t)
     if "agreement_2afc" in m:            # pairwise: the ties are the 2AFC agreement's
         ci2 = m.get("agreement_2afc_ci") or (None, None)
         cells.update({"agreement_2afc": m["agreement_2afc"], "agreement_2afc_ci_low": ci2[0],
@@ -221,14 +249,21 @@ def _mos_cells(m: dict | None, types) -> dict:
 def csv_columns(degradations: dict, mos_types=(), pairwise: bool = False) -> list[str]:
     """The CSV header; `mos_types` (the rated database's types) adds the agreement columns,
     `pairwise` the 2AFC ones."""
-    head = ["label", "rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
-            "transform", "transform_params", "distribution", "distribution_params", "metric",
-            "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall",
-            "delta_rho_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high", "tied_with_top"]
+    col = ColumnNames(degradations, mos_types)
+    head = list(_FIXED[:21])
     for d in degradations:
-        head += [f"rho_{d}", f"rho_{d}_ci_low", f"rho_{d}_ci_high", f"tau_{d}", f"sensitivity_{d}"]
+        head += [col.of("rho", d), col.of("rho", d, "ci_low"), col.of("rho", d, "ci_high"),
+                 col.of("tau", d), col.of("sensitivity", d)]
     if mos_types:
-        head += (PAIR_COLUMNS if pairwise else []) + MOS_COLUMNS + [f"srcc_mos_{t}" for t in mos_types]
-    return head + ["ridge", "n_reference", "n_evaluation", "seed", "weights", "reason"]
+        head += (PAIR_COLUMNS if pairwise else []) + MOS_COLUMNS + [col.of("srcc_mos", t) for t in mos_types]
+    return head + list(_FIXED[21:])
+
+
+# the columns whose names are not made from user data (before and after the per-name ones)
+_FIXED = ["label", "rank", "status", "backbone", "layer_config", "layers", "module_paths", "aggregate",
+          "transform", "transform_params", "distribution", "distribution_params", "metric",
+          "mean_spearman", "mean_spearman_ci_low", "mean_spearman_ci_high", "mean_kendall",
+          "delta_rho_top", "delta_rho_top_ci_low", "delta_rho_top_ci_high", "tied_with_top",
+          "ridge", "n_reference", "n_evaluation", "seed", "weights", "reason"]
 
 

@@ -423,3 +423,36 @@ def test_on_an_uneven_design_every_pixel_baseline_and_paired_metric_scores_each_
                 assert got == pytest.approx(0.0, abs=1e-6), (label, name)
             else:
                 assert got > 1e-6, (label, name)
+
+
+@pytest.mark.slow
+def test_type_names_that_would_collide_with_columns_are_bracketed_and_agree_with_the_json(tmp_path):
+    """Types named `image` (srcc_mos_image is a column) and `blur` beside `blur_ci_low`
+    (rho_blur_ci_low twice): the CSV's columns are unique, the per-type ones in brackets, and
+    each cell equals the results JSON."""
+    ratings, _ = _uneven(tmp_path / "db")
+    rename = {"blur": "blur", "noise": "blur_ci_low", "same": "image"}
+    text = ratings.read_text().splitlines()
+    rows = [text[0]] + [",".join(line.split(",")[:3] + [rename[line.split(",")[3]]] + line.split(",")[4:])
+                        for line in text[1:]]
+    ratings.write_text("\n".join(rows) + "\n")
+    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings), "--no-baselines")
+    assert cli.main(args, user=tiny_config()) == 0
+    (out,) = glob.glob(str(tmp_path / "results" / "*"))
+    with open(glob.glob(f"{out}/results_*.csv")[0]) as f:
+        header = next(csv.reader(f))
+    assert len(header) == len(set(header))
+    for t in ("image", "blur", "blur_ci_low"):
+        assert f"srcc_mos[{t}]" in header and f"rho[{t}]" in header and f"rho[{t}]_ci_low" in header
+    res = pd.read_csv(glob.glob(f"{out}/results_*.csv")[0])
+    with open(glob.glob(f"{out}/results_*.json")[0]) as f:
+        records = {r["label"]: r for r in json.load(f)["results"]}
+    scored = res[res.status == "scored"]
+    assert len(scored) > 0
+    for _, row in scored.iterrows():
+        rec = records[row["label"]]
+        for t in ("image", "blur", "blur_ci_low"):
+            want = rec["mos"]["srcc_per_type"][t]
+            assert (pd.isna(row[f"srcc_mos[{t}]"]) if want is None
+                    else row[f"srcc_mos[{t}]"] == pytest.approx(want, abs=1e-6)), (row["label"], t)
+            assert row[f"rho[{t}]"] == pytest.approx(rec["per_degradation"][t]["spearman"], abs=1e-6)
