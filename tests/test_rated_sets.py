@@ -351,13 +351,16 @@ def test_realism_is_the_authors_score_on_rows_and_on_kernel_blocks():
 
 # A design of uneven references: (reference, type, level) of each rated image. R0 has 2
 # images, R1 all 5, R2 3, R3 4, R4 2; group (noise, 2) holds 2 images (under 3: scored per
-# image, not as a set). "same" images are exact copies of their reference.
+# image, not as a set). "same" images are exact copies of their reference. In the ratings file
+# the types are named as NAMED says, names whose CSV columns would collide with others
+# (`srcc_mos_image` is a column; `rho_blur_ci_low` both blur's interval and a type's rho).
 UNEVEN = [(0, "blur", 1), (0, "same", 1),
           (1, "blur", 1), (1, "blur", 2), (1, "same", 1), (1, "noise", 1), (1, "noise", 2),
           (2, "blur", 1), (2, "blur", 2), (2, "noise", 1),
           (3, "blur", 2), (3, "same", 1), (3, "noise", 1), (3, "noise", 2),
           (4, "blur", 1), (4, "same", 1)]
 SIZE = 176                                 # MS-SSIM's smallest side: every pixel baseline runs
+NAMED = {"blur": "blur", "noise": "blur_ci_low", "same": "image"}
 
 
 def _uneven(root):
@@ -375,7 +378,8 @@ def _uneven(root):
         name = f"img/d{k:02d}.png"
         Image.fromarray(out).save(root / name)
         pixels[name] = (out, refs[r])
-        rows.append([name, f"img/R{r}.png", round(4.5 - 0.7 * lv - (0.5 if t == "noise" else 0) + 0.1 * r, 3), t, lv])
+        rows.append([name, f"img/R{r}.png", round(4.5 - 0.7 * lv - (0.5 if t == "noise" else 0) + 0.1 * r, 3),
+                     NAMED[t], lv])
     with open(root / "ratings.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "reference", "mos", "type", "level"])
@@ -388,7 +392,9 @@ def test_on_an_uneven_design_every_pixel_baseline_and_paired_metric_scores_each_
     """Every pixel baseline and paired metric is scored (not 'not_run', not failed) on a design
     whose references have 2 to 5 images and whose one group is under 3; per image, PSNR equals
     the formula and SSIM / MS-SSIM equal pyiqa's calibrated metrics on (image, its own
-    reference); an exact copy of its reference scores 0 on the paired distances."""
+    reference); an exact copy of its reference scores 0 on the paired distances. The types'
+    names would make columns collide: the CSV's are unique, every per-name one bracketed, and
+    each equals the results JSON."""
     pyiqa = pytest.importorskip("pyiqa")
     import torch
     ratings, pixels = _uneven(tmp_path / "db")
@@ -423,35 +429,18 @@ def test_on_an_uneven_design_every_pixel_baseline_and_paired_metric_scores_each_
                 assert got == pytest.approx(0.0, abs=1e-6), (label, name)
             else:
                 assert got > 1e-6, (label, name)
-
-
-@pytest.mark.slow
-def test_type_names_that_would_collide_with_columns_are_bracketed_and_agree_with_the_json(tmp_path):
-    """Types named `image` (srcc_mos_image is a column) and `blur` beside `blur_ci_low`
-    (rho_blur_ci_low twice): the CSV's columns are unique, the per-type ones in brackets, and
-    each cell equals the results JSON."""
-    ratings, _ = _uneven(tmp_path / "db")
-    rename = {"blur": "blur", "noise": "blur_ci_low", "same": "image"}
-    text = ratings.read_text().splitlines()
-    rows = [text[0]] + [",".join(line.split(",")[:3] + [rename[line.split(",")[3]]] + line.split(",")[4:])
-                        for line in text[1:]]
-    ratings.write_text("\n".join(rows) + "\n")
-    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings), "--no-baselines")
-    assert cli.main(args, user=tiny_config()) == 0
-    (out,) = glob.glob(str(tmp_path / "results" / "*"))
+    # column names from user data: unique, bracketed, equal to the JSON
     with open(glob.glob(f"{out}/results_*.csv")[0]) as f:
         header = next(csv.reader(f))
     assert len(header) == len(set(header))
-    for t in ("image", "blur", "blur_ci_low"):
-        assert f"srcc_mos[{t}]" in header and f"rho[{t}]" in header and f"rho[{t}]_ci_low" in header
-    res = pd.read_csv(glob.glob(f"{out}/results_*.csv")[0])
     with open(glob.glob(f"{out}/results_*.json")[0]) as f:
         records = {r["label"]: r for r in json.load(f)["results"]}
     scored = res[res.status == "scored"]
     assert len(scored) > 0
-    for _, row in scored.iterrows():
-        rec = records[row["label"]]
-        for t in ("image", "blur", "blur_ci_low"):
+    for t in NAMED.values():
+        assert f"srcc_mos[{t}]" in header and f"rho[{t}]" in header and f"rho[{t}]_ci_low" in header
+        for _, row in scored.iterrows():
+            rec = records[row["label"]]
             want = rec["mos"]["srcc_per_type"][t]
             assert (pd.isna(row[f"srcc_mos[{t}]"]) if want is None
                     else row[f"srcc_mos[{t}]"] == pytest.approx(want, abs=1e-6)), (row["label"], t)
