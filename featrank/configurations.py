@@ -224,7 +224,7 @@ class ColumnNames:
         return f"{base}_{suffix}" if suffix else base
 
 
-def _mos_cells(m: dict | None, types, col: "ColumnNames | None" = None) -> dict:
+def _mos_cells(m: dict | None, types, col: ColumnNames) -> dict:
     if m is None:
         return {}
     ci = m.get("srcc_ci") or (None, None)
@@ -234,7 +234,6 @@ def _mos_cells(m: dict | None, types, col: "ColumnNames | None" = None) -> dict:
              "delta_srcc_mos_top": m.get("delta_top"), "tied_with_top_mos": m.get("tied_with_top"),
              "srcc_mos_image": image.get("srcc"), "krcc_mos_image": image.get("krcc"),
              "plcc_mos_image": image.get("plcc")}
-    col = col or ColumnNames((), types)
     for t in types:
         cells[col.of("srcc_mos", t)] = m["srcc_per_type"].get(t)
     if "agreement_2afc" in m:            # pairwise: the ties are the 2AFC agreement's

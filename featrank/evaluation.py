@@ -258,9 +258,14 @@ def agreement(r: ConfigResult, ratings: ha.Ratings) -> None:
     if ratings.pairs is not None:
         m["agreement_2afc"], m["agreement_2afc_ci"] = None, None
         if r.image_scores is not None:
-            flat = sign * np.concatenate([v.ravel() for v in r.image_scores])
-            m["agreement_2afc"] = ha.agreement_2afc(flat, ratings.pairs, ratings.prefer_b)
+            m["agreement_2afc"] = ha.agreement_2afc(_worsening_image_scores(r), ratings.pairs,
+                                                    ratings.prefer_b)
     r.mos = m
+
+
+def _worsening_image_scores(r: ConfigResult) -> np.ndarray:
+    """Every rated image's score, oriented higher = worse, in the order of Ratings.pairs."""
+    return dm.orientation(r.conf.metric) * np.concatenate([v.ravel() for v in r.image_scores])
 
 
 def _set(r: ConfigResult, status: str, reason: str) -> ConfigResult:
@@ -338,7 +343,7 @@ def bootstrap(result: ConfigResult, degradations: dict, n_resamples: int, confid
     if ratings is not None and result.mos is not None and ratings.pairs is not None:
         result.boot_mos = None        # pairwise data rank by the 2AFC agreement, resampled by pairs
         if result.mos["agreement_2afc"] is not None:
-            flat = dm.orientation(result.conf.metric) * np.concatenate([v.ravel() for v in result.image_scores])
+            flat = _worsening_image_scores(result)
             # the same resamples for every configuration (paired differences), by reference content
             draws = ha.pair_resamples(ratings.pair_clusters, n_resamples, np.random.default_rng([seed, 0x2AFC]))
             boot = np.array([ha.agreement_2afc(flat, ratings.pairs[d], ratings.prefer_b[d]) for d in draws])

@@ -71,7 +71,7 @@ class PerceptualNet:
     def distance(self, fx: list, fy: list) -> np.ndarray:
         """Per image: the distance between two images' layer outputs (`features`)."""
         from featrank import distance_metrics as dm
-        if self.name == "lpips" or self.name in SHIFT_TOLERANT:
+        if "lin" in self.head:            # LPIPS and ST-LPIPS: linear heads
             return dm.lpips_from_features(fx, fy, self.head["lin"])
         return dm.dists_from_features(fx, fy, self.head["alpha"], self.head["beta"])
 
@@ -179,9 +179,10 @@ def _shift_tolerant(name: str, weights: str, seed: int, dev):
     prov = resolve_weights(name, "random" if weights == "random" else "pretrained", seed,
                            allow_download=False)
     module = build_backbone(name, provenance=prov).module.to(dev)
-    state = torch.load(found.paths[-1], map_location="cpu", weights_only=True)
-    for k in range(5):                # the file's heads, whatever the trunk
-        getattr(module, f"lin{k}").model[1].weight.copy_(state[f"lin{k}.model.1.weight"])
+    if prov.random_init:              # a pretrained build loaded the file's heads already
+        state = torch.load(found.paths[-1], map_location="cpu", weights_only=True)
+        for k in range(5):
+            getattr(module, f"lin{k}").model[1].weight.copy_(state[f"lin{k}.model.1.weight"])
     identity = {"trunk": prov.identity(), "head_sha256": file_sha256(found.paths[-1])}
 
     def run(x):                       # x in [0, 1]: LPIPS(normalize=True) maps it to [-1, 1]

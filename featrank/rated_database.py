@@ -189,7 +189,7 @@ def _votes(path, n, row) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def _merge(path, judged: list) -> list[Pair]:
+def _merge(judged: list) -> list[Pair]:
     """Rows of one pair (either order) as one Pair: wins summed; prefer_b from the votes, or the
     mean of the rows' fractions."""
     merged = {}
@@ -197,10 +197,10 @@ def _merge(path, judged: list) -> list[Pair]:
         key = tuple(sorted((a, b)))
         if key != (a, b):
             wa, wb = wb, wa
-        m = merged.setdefault(key, [0.0, 0.0, 0, n, cluster])
-        m[0], m[1], m[2] = m[0] + wa, m[1] + wb, m[2] + 1
+        m = merged.setdefault(key, [0.0, 0.0, n, cluster])
+        m[0], m[1] = m[0] + wa, m[1] + wb
     return [Pair(a, b, wb / (wa + wb), wa, wb, n, cluster)
-            for (a, b), (wa, wb, _, n, cluster) in sorted(merged.items(), key=lambda kv: kv[1][3])]
+            for (a, b), (wa, wb, n, cluster) in sorted(merged.items(), key=lambda kv: kv[1][2])]
 
 
 def _read_pairs(path: str, f: Sniffed, o: Options) -> RatedDatabase:
@@ -243,7 +243,7 @@ def _read_pairs(path: str, f: Sniffed, o: Options) -> RatedDatabase:
         judged.append((n, a, b, wa, wb, cluster))
     if not judged:
         raise RatingsError(f"{path}: no pairs after the header; add rows image_a,image_b,...")
-    return pairwise(path, "pairs", _merge(path, judged), refs, o.bins, o.exclude)
+    return pairwise(path, "pairs", _merge(judged), refs, o.bins, o.exclude)
 
 
 def _bapps(folder: str) -> tuple[list[Pair], dict]:
