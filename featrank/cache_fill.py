@@ -44,12 +44,13 @@ class RunData:
         return self.ref_units + self.eval_units
 
 
-def run_data(d: DataSettings) -> RunData:
+def run_data(d: DataSettings, given=frozenset()) -> RunData:
     """The images of a run (its DataSettings `d`). With a rated database (`d.mos`), the
     evaluation sets are the database's groups: (type, level) of a full-reference database, whose
     references are the clean level and, unless `mos_reference` (a folder or "builtin") names
     others, the reference set; or the MOS bins of a no-reference set, whose reference set (and
-    clean level) is `mos_reference`, required there."""
+    clean level) is `mos_reference`, required there. `given`: the settings a flag set (a
+    --mos-bins that would shape no group is refused)."""
     from featrank.feature_cache import evaluation_units, rated_units
     if not d.mos:
         eval_records, ref_records = select(d)
@@ -67,6 +68,10 @@ def run_data(d: DataSettings) -> RunData:
         raise UsageError(f"--mos {d.mos}: a no-reference rated set (realism ratings, no "
                          "reference per image) is compared with real photographs: give --dataset "
                          "FOLDER (or config['mos_reference'])")
+    if "mos_bins" in given and not db.uses_bins:
+        raise UsageError(f"--mos-bins {d.mos_bins} does nothing with {db.path}: every type of this "
+                         f"{db.format} database has its own levels (bins group a no-reference set, "
+                         "a pairwise set or types without levels); drop --mos-bins")
     refs = refs if refs is not None else list(db.references)
     clean = list(db.references) if db.kind != NO_REFERENCE else refs
     groups = db.all_groups()
@@ -210,7 +215,8 @@ def _build(ext: ExtractionSettings, data: RunData, backbone: str, layers, shard,
     return CacheBuild(backbone, resolved, ext.cache_dir, prov.label, n, missing)
 
 
-def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True) -> list[CacheBuild]:
+def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = True,
+                 given=frozenset()) -> list[CacheBuild]:
     """`build_cache` for every backbone of cfg (config['backbone'] may be 'all'). Under torchrun
     each rank extracts its share on its own GPU, then every rank waits for the others; rank 0
     checks that the cache is complete (logging CACHE HIT) and returns the builds, the other
@@ -223,7 +229,7 @@ def build_caches(cfg, layers, shard: Shard | None = None, *, progress: bool = Tr
         raise UsageError(f"--shard {shard} under torchrun: the shard comes from RANK/WORLD_SIZE; "
                          "drop --shard")
     names = backbones_of(cfg)
-    data = run_data(Stages.of(cfg).data)
+    data = run_data(Stages.of(cfg).data, given)
     ext = Stages.of(cfg).extraction
     if ranks is None:
         return [_build(ext, data, b, layers, shard, progress) for b in names]

@@ -116,14 +116,14 @@ def run(args, user) -> int:
                                                 args.generator, args.n)))
     elif args.build_cache:
         shard = Shard.parse(args.shard) if args.shard is not None else None
-        for b in pipeline.build_caches(cfg, args.layers, shard, progress=progress):
+        for b in pipeline.build_caches(cfg, args.layers, shard, progress=progress, given=given):
             log.info("%s", report.cache_build_line(b, shard))
     else:
         if args.shard is not None:
             raise UsageError("--shard works with --build-cache (a sweep needs every file); run "
                              "--build-cache --shard I/N in each process, then the sweep once")
         exp = pipeline.run_experiment(cfg, args.mode, args.layers, user=user, progress=progress,
-                                      command=shlex.join(["python", "main.py", *args.argv]))
+                                      command=shlex.join(["python", "main.py", *args.argv]), given=given)
         if exp is None:                  # a torchrun rank other than 0: its share is extracted
             return 0
         print(f"{exp.summary}\n\nResults: {exp.out_dir}")

@@ -184,20 +184,21 @@ def new_results_dir(results_dir: str, mode) -> tuple[str, str]:
 
 
 def run_experiment(cfg, mode: str, layer_specs=None, *, user: UserConfig | None = None,
-                   progress: bool = True, command: str | None = None) -> Experiment | None:
+                   progress: bool = True, command: str | None = None,
+                   given=frozenset()) -> Experiment | None:
     """Extract what is missing, score every configuration of `mode` and write the report into
     a new folder under config['results_dir']. `layer_specs` (indices or module paths, one layer
     config each) replaces the mode's layers; QUICK and ENABLED_LAYERS come from `user` (default:
     config.py's). Under torchrun, extraction is split over the ranks and rank 0 alone scores;
     the other ranks return None. `command` is recorded in the results (main.py passes the
-    command line)."""
+    command line); `given`, the settings its flags set."""
     plan = make_plan(cfg, mode, layer_specs, user=user)
     stages, plans = plan.stages, plan.backbones
     for backbone, lcs in plans:     # one model built for every module path (a library model's)
         check_module_paths(backbone, sorted({x for lc in lcs for x in lc.resolved}, key=str),
                            stages.extraction.image_size)
     jobs = resolve_jobs(stages.scoring.jobs)
-    data = run_data(stages.data)
+    data = run_data(stages.data, given)
     stages = stages.replace(data=dataclasses.replace(stages.data, degradations=data.degradations))
     check_writable(stages.extraction.cache_dir, "--cache-dir")
     check_writable(stages.output.results_dir, "--results-dir")

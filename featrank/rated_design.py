@@ -73,6 +73,12 @@ class RatedDatabase:
         return bool(self.judgments)
 
     @property
+    def uses_bins(self) -> bool:
+        """Whether `bins` shaped the groups: a no-reference set, a pairwise set (its scale), or
+        types without levels. Otherwise every type has its own levels and bins mean nothing."""
+        return self.kind == NO_REFERENCE or bool(self.binned)
+
+    @property
     def types(self) -> list[str]:
         return list(dict.fromkeys(t for t, _ in self.groups))
 

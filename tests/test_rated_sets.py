@@ -295,6 +295,16 @@ def test_the_unified_csv_gives_the_generic_layouts_srcc(incomplete, capsys):
                                "--mos-orientation", "higher-better"), user=tiny_config()) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--mos-orientation higher-better does nothing" in err[0] and "csv format" in err[0]
+    # --mos-bins with a database whose every type has levels shapes no group: refused, for the
+    # sweep and for --build-cache, before anything is written
+    for command in (("--mode", "medium"), ("--build-cache",)):
+        assert cli.main(tiny_args(tmp, *command, "--layers", "7", "--mos", str(generic),
+                                  "--mos-bins", "4", "--results-dir", str(tmp / "not_written"),
+                                  "--cache-dir", str(tmp / "not_written_cache")),
+                        user=tiny_config()) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--mos-bins 4 does nothing" in err[0] and "drop --mos-bins" in err[0]
+        assert not (tmp / "not_written").exists() and not (tmp / "not_written_cache").exists()
     uni = _csv(_run(tmp, unified, "--mos-orientation", "higher-better"))
     gen = _csv(out)
     common = [lb for lb in uni.index if not lb.startswith("baseline:") and uni.loc[lb, "status"] == "scored"]
