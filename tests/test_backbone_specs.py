@@ -268,3 +268,32 @@ def test_min_input_size_comes_from_the_architecture(name):
     maps = [layer.shape[-1] for layer in spec.layers if len(layer.shape) == 3 and layer.shape[-1] > 1]
     stride = 2 ** round(math.log2(spec.input_size / min(maps)))
     assert spec.min_input_size == max(smallest, stride), (name, smallest, stride)
+
+
+# ---------------------------------------------------------------- preprocessing, written out
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))       # torchvision / timm ImageNet
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))                       # [-1, 1]: LPIPS, TF Inception, VAE
+OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+LITE = ((127 / 255,) * 3, (128 / 255,) * 3)                     # EfficientNet-Lite: (x - 127) / 128
+# backbone: (input size, interpolation, antialias, (mean, std)). Each value is part of every cache
+# key of the backbone (test_feature_cache.py); changing one here is changing what its features are.
+PREPROCESSING = {
+    "resnet50": (224, "bicubic", True, IMAGENET), "mobilenet_v2": (224, "bilinear", True, IMAGENET),
+    "vgg19": (224, "bicubic", True, IMAGENET), "dinov2_vitb14": (518, "bicubic", True, IMAGENET),
+    "dinov2_vitl14": (224, "bicubic", True, IMAGENET), "sd_vae": (256, "bicubic", True, HALF),
+    "lpips_vgg": (224, "bicubic", True, HALF), "stlpips_vgg": (224, "bicubic", True, HALF),
+    "stlpips_alex": (224, "bicubic", True, HALF), "inception_fid": (299, "bilinear", False, HALF),
+    "clip_vit": (224, "bicubic", True, OPENAI_CLIP), "clip_vit_l14_336": (336, "bicubic", False, OPENAI_CLIP),
+    "efficientnet_lite0": (224, "bicubic", True, LITE), "efficientnet_lite1": (240, "bicubic", True, LITE),
+    "efficientnet_lite2": (260, "bicubic", True, LITE)}
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_each_backbones_preprocessing_is_the_written_one(name):
+    spec = backbones.BACKBONES[name]
+    size, interpolation, antialias, (mean, std) = PREPROCESSING[name]
+    assert spec.input_size == size, f"{name}: input_size"
+    assert spec.interpolation == interpolation, f"{name}: interpolation"
+    assert spec.antialias is antialias, f"{name}: antialias"
+    assert np.allclose(spec.mean, mean, rtol=0, atol=1e-7), f"{name}: mean"
+    assert np.allclose(spec.std, std, rtol=0, atol=1e-7), f"{name}: std"

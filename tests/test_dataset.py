@@ -96,3 +96,34 @@ def test_byte_identical_copies_count_once(tmp_path):
     import pytest
     with pytest.raises(dataset.DatasetError, match="found 4 readable distinct images"):
         dataset.select_images(str(tmp_path), 2, 3, seed=0)
+
+
+# ------------------------------------------------------------------ the version in the cache key
+# sha256 (16 hex) of load_rgb at working size 32 on three written files (a wide 8-bit RGB PNG, a
+# tall 16-bit grey PNG, a palette PNG with transparency), per dataset.LOADER_VERSION. A failure
+# means decoding, bit-depth scaling, the Lanczos resize or the centre crop changed their output:
+# bump LOADER_VERSION (part of every cache key; old caches then miss) and record the new value.
+GOLDEN_LOADER = {2: "a4fbe1f58f21b404"}
+
+
+def _golden_files(folder):
+    y, x = np.mgrid[0:40, 0:60]
+    rgb = np.stack([x * 4, y * 6, (x + y) * 2], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(folder / "wide.png")
+    grey = ((np.mgrid[0:70, 0:45][0] * 900) % 65536).astype(np.uint16)
+    Image.fromarray(grey).save(folder / "tall16.png")
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    pal.save(folder / "palette.png", transparency=0)
+    return [folder / n for n in ("wide.png", "tall16.png", "palette.png")]
+
+
+def test_the_loader_matches_its_golden_hash_for_this_version(tmp_path):
+    import hashlib
+    h = hashlib.sha256()
+    for f in _golden_files(tmp_path):
+        arr = dataset.load_rgb(str(f), 32)
+        assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+        h.update(arr.tobytes())
+    assert h.hexdigest()[:16] == GOLDEN_LOADER[dataset.LOADER_VERSION], \
+        "load_rgb's output changed: bump dataset.LOADER_VERSION and record the new hash here"

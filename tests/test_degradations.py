@@ -1,4 +1,5 @@
 """Each degradation against an independent computation, and determinism across processes."""
+import hashlib
 import io
 import os
 import subprocess
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 from featrank import degradation_generator as dg
 from featrank.errors import ConfigError
+from featrank.user_config import default_config
 
 
 @pytest.fixture
@@ -133,7 +135,6 @@ def test_random_degradations_are_deterministic_across_processes(img):
                            text=True).stdout for _ in range(2)}
     assert len(outs) == 1 and len(next(iter(outs)).strip()) == 64
     local = np.arange(48 * 48 * 3, dtype=np.uint64).reshape(48, 48, 3).astype(np.uint8)
-    import hashlib
     assert hashlib.sha256(dg.apply_degradation(local, "gaussian_noise", 7, 3, "abc").tobytes()).hexdigest() \
         == next(iter(outs)).strip()
     # a different image, level or seed gives different noise
@@ -165,3 +166,52 @@ def test_default_levels_are_the_seed_levels():
     assert len(d["blur_contrast"]["levels"]) == 6
     dg.validate_degradations(d)
     dg.validate_degradations(dg.EXTRA_DEGRADATIONS)
+
+
+# ------------------------------------------------------------------ the version in the cache key
+
+def _golden_image():
+    y, x = np.mgrid[0:48, 0:48]
+    rng = np.random.default_rng(0)
+    base = np.stack([x * 5, y * 5, (x + y) * 2], -1) + rng.integers(0, 30, (48, 48, 3))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+# sha256 (16 hex) of every level of each degradation on _golden_image(), per DEGRADATION_VERSION.
+# A failure means a degradation's output changed: bump DEGRADATION_VERSION (old caches then
+# miss) and record the new hashes. If a library upgrade changed it, its version is already in
+# the cache key: record the new hashes under the same version.
+GOLDEN_DEGRADATIONS = {1: {
+    "gaussian_blur": "d7c9fcaeddcf6627", "blur_plus_contrast": "3f47a43e3a75c5a3",
+    "gaussian_noise": "83495d7fe15e3147", "downsample_upsample": "8b02e823380c3b7e",
+    "jpeg_compression": "ec70fc586f6b45e7", "black_rectangles": "63f1a2eac7a3cc84",
+    "swirl": "adac33b79f20f79c", "salt_and_pepper": "8f7ee9608ecb0efc", "pixelation": "b13bb68de9750ea9"}, 2: {
+    "gaussian_blur": "d7c9fcaeddcf6627", "blur_plus_contrast": "3f47a43e3a75c5a3", "gaussian_noise": "83495d7fe15e3147",
+    "downsample_upsample": "8b02e823380c3b7e", "jpeg_compression": "ec70fc586f6b45e7", "black_rectangles": "63f1a2eac7a3cc84",
+    "swirl": "adac33b79f20f79c", "salt_and_pepper": "8f7ee9608ecb0efc", "pixelation": "b13bb68de9750ea9",
+    "kadid_gaussian_blur": "5cc055c31f630358", "kadid_lens_blur": "34a85a07774560e5", "kadid_motion_blur": "a6817582e1ae73d8",
+    "kadid_color_diffusion": "ce844c94702d244d", "kadid_color_shift": "66186c3934c2ff81", "kadid_color_quantization": "f097427d968b16b7",
+    "kadid_color_saturation_1": "f6f6a15c22c8e4cd", "kadid_color_saturation_2": "aeaaf58768729116", "kadid_jpeg2000": "41fffa6fcd5d2feb",
+    "kadid_jpeg": "030480bb55a8d6cf", "kadid_white_noise": "0266fe1e3251b77e", "kadid_white_noise_color": "9f11082512597a3d",
+    "kadid_impulse_noise": "be6d5a4551de493d", "kadid_multiplicative_noise": "149f482573d61e07", "kadid_denoise": "5a78a18e83a9388a",
+    "kadid_brighten": "3a3dbf3310c89e7d", "kadid_darken": "1313b533ec883ff4", "kadid_mean_shift": "f9361fa2a89d08fa",
+    "kadid_jitter": "fc6be3a426886dfd", "kadid_non_eccentricity_patch": "c3c92f40c6f1b8b0", "kadid_pixelate": "3456917cee9b1f2f",
+    "kadid_quantization": "a497c39d31459a26", "kadid_color_block": "19e1ae49ab884d11", "kadid_high_sharpen": "4d940a1f5fa21d90",
+    "kadid_contrast_change": "4fba665f4936fb6b"}}
+# 3: swirl and black_rectangles as TTUR's FIDvsINC makes them; every other type unchanged
+GOLDEN_DEGRADATIONS[3] = {**GOLDEN_DEGRADATIONS[2], "black_rectangles": "e9e290d2e78ea0c7",
+                          "swirl": "9a03d47be8f1fe97"}
+
+
+def test_degradations_match_their_golden_hashes_for_this_version():
+    specs = {**default_config()["degradations"], **dg.EXTRA_DEGRADATIONS,
+             **(dg.KADID10K if dg.DEGRADATION_VERSION >= 2 else {})}
+    got = {}
+    for spec in specs.values():
+        h = hashlib.sha256()
+        for lv in spec["levels"]:
+            h.update(dg.apply_degradation(_golden_image(), spec["type"], lv, 0, "0" * 64).tobytes())
+        got[spec["type"]] = h.hexdigest()[:16]
+    changed = {t for t in got if got[t] != GOLDEN_DEGRADATIONS[dg.DEGRADATION_VERSION].get(t)}
+    assert not changed and set(got) == set(GOLDEN_DEGRADATIONS[dg.DEGRADATION_VERSION]), \
+        f"these degradations' output changed: {sorted(changed)}; bump DEGRADATION_VERSION"

@@ -79,6 +79,130 @@ def test_noise_seed_changes_evaluation_keys_only(tmp_path):
     assert a.check(u) == "absent"
 
 
+# ------------------------------------------------------------------ the key's fields, by name
+# What a cached activation depends on, written out: the context every key of one (backbone,
+# layer) holds (cache_fill.open_caches builds it), and where each of its values comes from. A
+# field dropped from the key, or a setting or constant that no longer reaches it, fails below
+# with the field's name; the golden hashes (test_cache_keys_golden.py) are only the safety net.
+CONTEXT_FIELDS = {"backbone", "module_path", "weights", "capture", "input_size", "working_size",
+                  "code", "mean", "std", "dtype", "precision"}
+CODE_FIELDS = {"libraries", "loader", "degradations", "preprocess", "interpolation"}
+# (the extraction setting, a changed value, the context field it must reach)
+SETTING_FIELDS = [("image_size", 64, "input_size"), ("working_size", 48, "working_size"),
+                  ("cache_dtype", "float32", "dtype"), ("extraction_precision", "bfloat16", "precision")]
+# (the module, its constant, the field of code_identity it must reach)
+CODE_CONSTANTS = [("featrank.dataset", "LOADER_VERSION", "loader"),
+                  ("featrank.degradation_generator", "DEGRADATION_VERSION", "degradations"),
+                  ("featrank.feature_cache", "PREPROCESS_VERSION", "preprocess")]
+
+
+def _caches(tmp_path, ext=None, backbone="resnet50", prov=None):
+    from featrank import cache_fill, run_plan
+    from featrank.dataset import ImageRecord
+    from featrank.user_config import default_config
+    ext = ext or run_plan.Stages.of({**default_config(), "cache_dir": str(tmp_path),
+                                     "image_size": None}).extraction
+    prov = prov or backbones.Provenance.of("random-init", seed=0)
+    ref = [ImageRecord(f"/r/{i}", f"{i + 100:064x}") for i in range(4)]
+    ev = [ImageRecord(f"/e/{i}", f"{i:064x}") for i in range(3)]
+    (cache,) = cache_fill.open_caches(ext, backbone, [(8, "layer4")], prov, ref, ev).values()
+    return cache, ext, ref, ev
+
+
+def _all_keys(cache, ref, ev) -> list:
+    from featrank.feature_cache import evaluation_units, reference_units
+    units = reference_units(ref) + evaluation_units(ev, {"blur": {"type": "gaussian_blur",
+                                                                   "levels": [1.0, 2.0]}})
+    return [cache.ref_dir, cache.eval_dir] + [cache.unit_key(u) for u in units]
+
+
+def test_the_key_holds_every_field_written_here(tmp_path):
+    cache, *_ = _caches(tmp_path)
+    assert set(cache.context) == CONTEXT_FIELDS, set(cache.context) ^ CONTEXT_FIELDS
+    assert set(cache.context["code"]) == CODE_FIELDS, set(cache.context["code"]) ^ CODE_FIELDS
+    assert set(cache.context["code"]["libraries"]) >= {"torch", "torchvision", "numpy", "scipy",
+                                                      "pillow"}
+
+
+@pytest.mark.parametrize("field", sorted(CONTEXT_FIELDS - {"code"}) + [f"code.{f}" for f in
+                                                                       sorted(CODE_FIELDS)])
+def test_each_field_of_the_context_changes_every_key(tmp_path, field):
+    from featrank.feature_cache import LayerCache
+    cache, ext, ref, ev = _caches(tmp_path)
+    ctx = json.loads(json.dumps(cache.context))
+    outer, _, inner = field.partition(".")
+    where, name = (ctx["code"], inner) if inner else (ctx, outer)
+    where[name] = {"changed": repr(where[name])}
+    ctx.pop("backbone"), ctx.pop("module_path")
+    backbone = "vgg19" if field == "backbone" else "resnet50"
+    path = "layer3" if field == "module_path" else "layer4"
+    other = LayerCache(str(tmp_path), backbone, 8, path, ctx, ref, ev, seed=0)
+    before, after = _all_keys(cache, ref, ev), _all_keys(other, ref, ev)
+    assert all(a != b for a, b in zip(before, after)), f"{field} left a key unchanged"
+
+
+@pytest.mark.parametrize("setting,value,field", SETTING_FIELDS, ids=[s[0] for s in SETTING_FIELDS])
+def test_each_extraction_setting_reaches_its_field(tmp_path, setting, value, field):
+    cache, ext, ref, ev = _caches(tmp_path)
+    changed, *_ = _caches(tmp_path, dataclasses.replace(ext, **{setting: value}))
+    assert cache.context[field] != changed.context[field], f"{setting} does not reach '{field}'"
+    assert {k for k in CONTEXT_FIELDS if cache.context[k] != changed.context[k]} == {field}
+    assert all(a != b for a, b in zip(_all_keys(cache, ref, ev), _all_keys(changed, ref, ev)))
+
+
+@pytest.mark.parametrize("module,constant,field", CODE_CONSTANTS, ids=[c[1] for c in CODE_CONSTANTS])
+def test_each_code_version_reaches_its_field(tmp_path, monkeypatch, module, constant, field):
+    import importlib
+    cache, ext, ref, ev = _caches(tmp_path)
+    owner = importlib.import_module(module)
+    monkeypatch.setattr(owner, constant, getattr(owner, constant) + 1)
+    changed, *_ = _caches(tmp_path, ext)
+    assert changed.context["code"][field] == cache.context["code"][field] + 1, f"{constant} -> code.{field}"
+    assert all(a != b for a, b in zip(_all_keys(cache, ref, ev), _all_keys(changed, ref, ev)))
+
+
+def test_the_backbones_preprocessing_and_weights_reach_the_key(tmp_path, monkeypatch):
+    """The spec's mean, std, interpolation and (off) antialias, a library's version and the
+    weights' identity are each in the context; a weights file's location is not."""
+    cache, ext, ref, ev = _caches(tmp_path)
+    spec = backbones.get_spec("resnet50")
+    assert (cache.context["mean"], cache.context["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert cache.context["code"]["interpolation"] == spec.interpolation
+    fid, *_ = _caches(tmp_path, backbone="inception_fid")
+    assert fid.context["code"]["antialias"] is False and fid.context["code"]["interpolation"] == "bilinear"
+    monkeypatch.setitem(backbones.BACKBONES, "resnet50", dataclasses.replace(spec, mean=(0.5, 0.456, 0.406)))
+    moved, *_ = _caches(tmp_path)
+    assert moved.context["mean"][0] == 0.5 and moved.ref_dir != cache.ref_dir
+    a = backbones.Provenance.of("local", path="/a/w.pth", sha256="ab" * 32)
+    b = backbones.Provenance.of("local", path="/b/w.pth", sha256="ab" * 32)
+    c = backbones.Provenance.of("local", path="/a/w.pth", sha256="cd" * 32)
+    ka, kb, kc = (_caches(tmp_path, ext, prov=p)[0] for p in (a, b, c))
+    assert ka.ref_dir == kb.ref_dir and ka.ref_dir != kc.ref_dir      # content, not location
+    from featrank import feature_cache
+    monkeypatch.setattr(feature_cache, "library_versions", lambda libs: {lib: "9.9" for lib in libs})
+    lib, *_ = _caches(tmp_path, ext)
+    assert lib.ref_dir != cache.ref_dir
+
+
+def test_each_field_of_a_unit_changes_its_key_and_the_seed_only_degraded_ones(tmp_path):
+    """A unit's own fields: its kind, position and images; an evaluation file's group,
+    degradation, level and noise seed. The seed leaves the clean level and the references."""
+    from featrank.feature_cache import LayerCache, Unit
+    cache, ext, ref, ev = _caches(tmp_path)
+    ctx = {k: v for k, v in cache.context.items() if k not in ("backbone", "module_path")}
+    reseeded = LayerCache(str(tmp_path), "resnet50", 8, "layer4", ctx, ref, ev, seed=1)
+    base = Unit("eval", "blur", 1, "gaussian_blur", 1.0, tuple(ev))
+    changes = {"kind": dict(kind="ref"), "position": dict(position=2), "images": dict(records=tuple(ev[:2])),
+               "group": dict(group="blur2"), "degradation": dict(degradation="gaussian_noise"),
+               "level": dict(level=2.0)}
+    for name, change in changes.items():
+        assert cache.unit_key(dataclasses.replace(base, **change)) != cache.unit_key(base), name
+    assert reseeded.unit_key(base) != cache.unit_key(base)
+    clean, chunk = Unit("eval", "clean", 0, None, None, tuple(ev)), Unit("ref", "", 0, None, None, tuple(ref))
+    assert cache.unit_key(clean) != cache.unit_key(chunk)
+    assert reseeded.unit_key(chunk) == cache.unit_key(chunk)
+
+
 @pytest.mark.slow
 def test_medium_run_after_build_cache_never_builds_the_backbone(built, caplog, monkeypatch):
     # ENABLED_LAYERS steers both runs: two of resnet50's (the third, 2048 channels, only costs time)

@@ -1,12 +1,14 @@
 """The staged extraction path (what a GPU runs: resize on the device, outputs converted to the
 cache dtype there, copies one batch behind), exercised on the CPU against the plain path; the
 writer threads; the decode memo."""
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
 from featrank import feature_extraction as fe
-from featrank.feature_cache import CacheError, LayerCache
+from featrank.feature_cache import PREPROCESS_VERSION, CacheError, LayerCache
 from helpers import build_cache, tiny_config, write_images
 
 
@@ -100,3 +102,24 @@ def test_an_evaluation_image_is_decoded_once(tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "load_rgb", lambda src, size: seen.append(src) or real(src, size))
     fe_build(tmp_path)
     assert len(seen) == len(set(seen)) == 8         # 5 reference + 3 evaluation images, 5 sets each
+
+
+# ------------------------------------------------------------------ the version in the cache key
+# sha256 (16 hex) of preprocess on one image, per feature_cache.PREPROCESS_VERSION: a failure means
+# the resize or the normalisation changed their output; bump the version (old caches then miss).
+
+def _golden_image():
+    y, x = np.mgrid[0:48, 0:48]
+    rng = np.random.default_rng(0)
+    base = np.stack([x * 5, y * 5, (x + y) * 2], -1) + rng.integers(0, 30, (48, 48, 3))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+GOLDEN_PREPROCESS = {1: "c606d020fcac4378"}
+
+
+def test_preprocessing_matches_its_golden_hash_for_this_version():
+    x = fe.preprocess(_golden_image(), 32, torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1),
+                   torch.tensor([0.2, 0.25, 0.3]).view(3, 1, 1))
+    digest = hashlib.sha256(x.numpy().round(5).tobytes()).hexdigest()[:16]
+    assert digest == GOLDEN_PREPROCESS[PREPROCESS_VERSION]
