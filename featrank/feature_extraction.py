@@ -28,13 +28,19 @@ from torch import nn
 
 from featrank.dataset import ImageRecord, load_rgb
 from featrank.degradation_generator import apply_degradation
-from featrank.host import available_cores, die_with_parent, resolve_device
+from featrank.errors import UsageError
+from featrank.host import available_cores, available_memory, die_with_parent, resolve_device
 
 log = logging.getLogger(__name__)
 
 DECODED_IMAGES = 256          # decoded working-size images kept per process (~50 MB at 256 px)
 WRITE_THREADS = 2             # cache files written (npy, sha256, fsync) beside the forward passes
 PENDING_WRITES = 4            # files waiting for a writer before the forward passes wait
+# What an extraction plans for before it starts, against the memory its device has free
+MEMORY_SHARE = 0.8            # of the free memory an extraction may plan to use
+LIVE_OUTPUTS = 3              # tensors of the largest module output alive at the peak: its
+                              # input, its output and a skip connection's
+PREFETCH = 2                  # batches a DataLoader worker prepares ahead (PyTorch's default)
 
 # Modules worth listing for an arbitrary model (the layer guide's "extractable" kinds);
 # activations, pooling, dropout and reshapes are left out.
@@ -193,6 +199,97 @@ def run_captured(forward, x: torch.Tensor, store: dict) -> dict:
     return dict(store)
 
 
+class _Forward(nn.Module):
+    """A backbone's forward as a module of its own, so torch.func.functional_call can swap the
+    backbone's parameters and buffers for meta tensors."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.module, self._forward = backbone.module, backbone.forward
+
+    def forward(self, x):
+        return self._forward(x)
+
+
+def forward_bytes(backbone, paths) -> tuple[int, int] | None:
+    """(peak, captured): float32 bytes per image of one forward pass of `backbone` at its input
+    size: LIVE_OUTPUTS times its largest module output, and the outputs of `paths` (the copies
+    the hooks keep). Found by a forward pass on the meta device (shapes only: no memory, no
+    arithmetic); None where the model cannot run there."""
+    module, wanted = backbone.module, set(paths)
+    sizes, captured = [], {}
+
+    def record(path):
+        def hook(_mod, _inp, out):   # returns None: the output is left as it is
+            try:
+                n = _unwrap(out).numel()
+            except TypeError:
+                return
+            sizes.append(n)
+            if path in wanted:
+                captured.setdefault(path, n)
+        return hook
+    meta = {"module." + k: torch.empty_like(t, device="meta") for k, t in
+            [*module.named_parameters(), *module.named_buffers()]}
+    x = torch.empty(1, 3, backbone.input_size, backbone.input_size, device="meta")
+    handles = [m.register_forward_hook(record(p)) for p, m in module.named_modules()]
+    try:
+        with torch.inference_mode():
+            torch.func.functional_call(_Forward(backbone), meta, (x,))
+    except Exception as exc:     # noqa: BLE001 - an op without a meta kernel: no estimate
+        log.debug("no memory estimate for %s (%s: %s)", backbone.name, type(exc).__name__, exc)
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    if not sizes or wanted - set(captured):
+        return None
+    return 4 * LIVE_OUTPUTS * max(sizes), 4 * sum(captured.values())
+
+
+def check_memory(backbone, paths, dev, batch_size: int, *, images: int, working_size: int | None = None,
+                 workers: int = 0, unit_images: int = 0, store_itemsize: int = 4) -> None:
+    """Before an extraction of `images` images starts: the memory it will hold, against
+    MEMORY_SHARE of what its device (and, for the loader and the cache files, the host) has free.
+    Per image of a batch: the forward pass (forward_bytes), the input tensor, and in the
+    DataLoader's queue the decoded image (`working_size`; None: files read as they are) and its
+    tensor; once: the decoded images kept per process, and two cache files of `unit_images`
+    rows of the captured layers in the cache's dtype. Where it cannot fit, a UsageError names
+    the largest --batch-size that does, or the sizes to lower when one image does not fit."""
+    est = forward_bytes(backbone, paths)
+    if est is None:
+        return
+    peak, captured = est
+    size = backbone.input_size
+    tensor = 3 * size * size * 4
+    decoded = 3 * working_size * working_size if working_size else tensor
+    queued = (workers * PREFETCH + 1) * (decoded + tensor)
+    memo = min(DECODED_IMAGES, images) * decoded * max(1, workers) if working_size else 0
+    files = 2 * unit_images * (captured // 4) * store_itemsize
+    forward = peak + captured + tensor
+    cpu = torch.device("cpu")
+    checks = ([(dev, 0, forward), (cpu, memo + files, queued)] if dev.type != "cpu"
+              else [(cpu, memo + files, forward + queued)])
+    for where, fixed, per_image in checks:
+        free = available_memory(where)
+        if free is None:
+            continue
+        budget, need = MEMORY_SHARE * free, fixed + batch_size * per_image
+        if need <= budget:
+            continue
+        what = (f"extracting {backbone.name} ({len(paths)} layer(s)) at {size} px"
+                + (f", working size {working_size}" if working_size else "")
+                + f" needs about {need / 2**30:.1f} GiB of {where.type} memory "
+                f"({per_image / 2**20:.0f} MiB per image of a batch of {batch_size}")
+        what += (f", plus {fixed / 2**30:.1f} GiB for decoded images and cache files)" if fixed
+                 else ")") + f" and {free / 2**30:.1f} GiB is free"
+        fits = int((budget - fixed) // per_image)
+        if fits >= 1:
+            raise UsageError(f"--batch-size {batch_size}: {what}; give --batch-size {fits} or fewer")
+        raise UsageError(f"{what}, even one image at a time: give a smaller --image-size or "
+                         "config['working_size'], or layers with smaller outputs")
+
+
 def cpu_threads(setting) -> int:
     """config['extraction_threads']: 'auto' = the cores this process may run on."""
     return int(setting) if setting != "auto" else available_cores()
@@ -342,6 +439,11 @@ def fill_cache(ext, backbone, caches, units, todo, provenance, progress=True) ->
             owner.append(ui)
     paths = sorted({p for ps in todo.values() for p in ps})
     batches = unit_batches([len(u.records) for u in units], ext.batch_size)
+    dev = resolve_device(ext.device)
+    check_memory(bb, paths, dev, ext.batch_size, images=len(items), working_size=ext.working_size,
+                 workers=default_workers(ext.num_workers, dev.type),
+                 unit_images=max((len(u.records) for u in units), default=0),
+                 store_itemsize=np.dtype(ext.cache_dtype).itemsize)
     buffers, filled = {}, [0] * len(units)
     # files are written by threads (np.save, sha256 and fsync release the GIL) while the next
     # batches run; at most PENDING_WRITES wait, and every write is finished (or its error
@@ -404,6 +506,8 @@ def folder_activations(backbone, files, path: str, *, batch_size: int, device="a
                        num_workers="auto", threads="auto", progress=True) -> np.ndarray:
     """(n, ...) float32 output of module `path` of `backbone` for every image of `files`."""
     dev = resolve_device(device)
+    check_memory(backbone, [path], dev, batch_size, images=len(files),
+                 workers=default_workers(num_workers, dev.type))
     module = backbone.module.to(dev)
     data = FolderDataset(files, backbone.spec, backbone.input_size)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, worker_init_fn=_die_with_this_process(),

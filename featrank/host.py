@@ -1,5 +1,6 @@
 """Facts about this machine and its files, each computed in one place: the cores this process
-may use (and the worker count a setting asks for), the device a setting names, and the sha256 of a file."""
+may use (and the worker count a setting asks for), the device a setting names, the memory a
+device has free, and the sha256 of a file."""
 from __future__ import annotations
 
 import hashlib
@@ -42,6 +43,34 @@ def resolve_device(device: str):
     if device == "mps" and not _mps_available(torch):
         raise UsageError("--device mps: MPS is not available; use --device cpu or auto")
     return torch.device(device)
+
+
+def available_memory(device) -> int | None:
+    """Bytes a new allocation on `device` (a torch.device) can take now: a CUDA device's free
+    memory; on the CPU, MemAvailable of /proc/meminfo, or less where a cgroup (v2 or v1) limits
+    this process. None where it is not known (MPS, or a system without /proc)."""
+    if device.type == "cuda":
+        import torch
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                         "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f1, open(used) as f2:
+                text = f1.read().strip()
+                if text != "max":
+                    avail = min(avail, max(0, int(text) - int(f2.read().strip())))
+            break
+        except (OSError, ValueError):
+            continue
+    return avail
 
 
 def file_sha256(path: str, block: int = 1 << 22) -> str:

@@ -2,6 +2,7 @@
 cache dtype there, copies one batch behind), exercised on the CPU against the plain path; the
 writer threads; the decode memo."""
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -102,6 +103,75 @@ def test_an_evaluation_image_is_decoded_once(tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "load_rgb", lambda src, size: seen.append(src) or real(src, size))
     fe_build(tmp_path)
     assert len(seen) == len(set(seen)) == 8         # 5 reference + 3 evaluation images, 5 sets each
+
+
+# ------------------------------------------------------------------ memory, before extraction
+
+def _tiny_backbone(size=32):
+    """A network whose every output shape is known by hand."""
+    from featrank.backbone_spec import Backbone
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1))
+    return Backbone("tiny", net, net, None, size)
+
+
+def test_forward_bytes_are_the_largest_output_and_the_captured_ones_by_hand():
+    peak, captured = fe.forward_bytes(_tiny_backbone(32), ["2", "3"])
+    # conv 8x32x32 (and the ReLU's) is the largest output; the pool gives 8x16x16, the last conv 16x16x16
+    assert peak == fe.LIVE_OUTPUTS * 4 * 8 * 32 * 32
+    assert captured == 4 * (8 * 16 * 16 + 16 * 16 * 16)
+    from featrank import backbones
+    bb = backbones.build_backbone("resnet50", "random", 0, 64)
+    peak, captured = fe.forward_bytes(bb, ["layer4"])        # conv1: 64 x 32 x 32 at 64 px
+    assert (peak, captured) == (fe.LIVE_OUTPUTS * 4 * 64 * 32 * 32, 4 * 2048 * 2 * 2)
+
+
+def test_a_batch_that_cannot_fit_names_the_batch_size_that_does(monkeypatch):
+    gib = 2 ** 30
+    monkeypatch.setattr(fe, "available_memory", lambda dev: 16 * gib)
+    bb = _tiny_backbone(4096)
+    cpu = torch.device("cpu")
+    # by hand, per image: 3 x 4 x 8 x 4096^2 (forward) + 4 x 16 x 2048^2 (captured) + 3 x 4 x 4096^2
+    # (the input) + the loader's decoded image (3 x 512^2) and tensor; once: the 5 decoded images
+    # a process keeps; 80 % of 16 GiB in all
+    per = 12 * 8 * 4096**2 + 4 * 16 * 2048**2 + 12 * 4096**2 + 3 * 512**2 + 12 * 4096**2
+    fits = int((0.8 * 16 * gib - 5 * 3 * 512**2) // per)
+    assert fits == 6
+    with pytest.raises(fe.UsageError) as exc:
+        fe.check_memory(bb, ["3"], cpu, 16, images=5, working_size=512)
+    msg = str(exc.value)
+    assert msg.startswith("--batch-size 16: extracting tiny (1 layer(s)) at 4096 px")
+    assert "give --batch-size 6 or fewer" in msg and "16.0 GiB is free" in msg
+    fe.check_memory(bb, ["3"], cpu, 6, images=5, working_size=512)     # the batch it names fits
+    monkeypatch.setattr(fe, "available_memory", lambda dev: gib // 2)
+    with pytest.raises(fe.UsageError, match="even one image at a time: give a smaller --image-size"):
+        fe.check_memory(bb, ["3"], cpu, 1, images=5, working_size=512)
+    monkeypatch.setattr(fe, "available_memory", lambda dev: None)         # not known: no check
+    fe.check_memory(bb, ["3"], cpu, 16, images=5, working_size=512)
+
+
+def test_a_huge_working_size_is_refused_before_any_image_is_decoded(tmp_path, monkeypatch, capsys):
+    """The decoded images a process keeps count too: 20000 px images (1.2 GB each) are refused
+    by the build, one line naming the sizes, before any is decoded or any file written."""
+    from featrank import cli
+    write_images(tmp_path / "imgs")
+    monkeypatch.setattr(fe, "available_memory", lambda dev: 8 * 2 ** 30)
+    monkeypatch.setattr(fe, "load_rgb", lambda *a: pytest.fail("an image was decoded"))
+    user = tiny_config()
+    user.config["working_size"] = 20000
+    assert cli.main(["--build-cache", "--layers", "8", "--dataset", str(tmp_path / "imgs"),
+                     "--n-inference", "5", "--n-evaluation", "3", "--cache-dir", str(tmp_path / "cache"),
+                     "--image-size", "32", "--weights", "random", "-q"], user=user) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "working size 20000" in err[0] and "Traceback" not in err[0]
+    assert not [f for _, _, fs in os.walk(tmp_path / "cache") for f in fs if f.endswith(".npy")]
+
+
+def test_folder_activations_check_memory_first(monkeypatch):
+    monkeypatch.setattr(fe, "available_memory", lambda dev: 2 ** 20)
+    with pytest.raises(fe.UsageError, match="--batch-size 4"):
+        fe.folder_activations(_tiny_backbone(64), ["/nonexistent.png"] * 4, "3", batch_size=4,
+                              device="cpu", num_workers=0, progress=False)
 
 
 # ------------------------------------------------------------------ the version in the cache key
