@@ -205,10 +205,13 @@ class _Forward(nn.Module):
 
     def __init__(self, backbone):
         super().__init__()
-        self.module, self._forward = backbone.module, backbone.forward
+        self.module = backbone.module
+        # in a tuple: a forward that is the module itself (nn.Sequential) must not become a
+        # second submodule, whose tied names functional_call would not put back
+        self._forward = (backbone.forward,)
 
     def forward(self, x):
-        return self._forward(x)
+        return self._forward[0](x)
 
 
 def forward_bytes(backbone, paths) -> tuple[int, int] | None:
@@ -248,14 +251,15 @@ def forward_bytes(backbone, paths) -> tuple[int, int] | None:
 
 
 def check_memory(backbone, paths, dev, batch_size: int, *, images: int, working_size: int | None = None,
-                 workers: int = 0, unit_images: int = 0, store_itemsize: int = 4) -> None:
+                 workers: int = 0, unit_images: int = 0, store_itemsize: int = 4,
+                 flag: str = "--batch-size", loader: bool = True) -> None:
     """Before an extraction of `images` images starts: the memory it will hold, against
     MEMORY_SHARE of what its device (and, for the loader and the cache files, the host) has free.
     Per image of a batch: the forward pass (forward_bytes), the input tensor, and in the
-    DataLoader's queue the decoded image (`working_size`; None: files read as they are) and its
-    tensor; once: the decoded images kept per process, and two cache files of `unit_images`
+    DataLoader's queue (`loader`) the decoded image (`working_size`; None: files read as they
+    are) and its tensor; once: the decoded images kept per process, and two cache files of `unit_images`
     rows of the captured layers in the cache's dtype. Where it cannot fit, a UsageError names
-    the largest --batch-size that does, or the sizes to lower when one image does not fit."""
+    the largest batch (`flag`) that does, or the sizes to lower when one image does not fit."""
     est = forward_bytes(backbone, paths)
     if est is None:
         return
@@ -263,7 +267,7 @@ def check_memory(backbone, paths, dev, batch_size: int, *, images: int, working_
     size = backbone.input_size
     tensor = 3 * size * size * 4
     decoded = 3 * working_size * working_size if working_size else tensor
-    queued = (workers * PREFETCH + 1) * (decoded + tensor)
+    queued = (workers * PREFETCH + 1) * (decoded + tensor) if loader else 0
     memo = min(DECODED_IMAGES, images) * decoded * max(1, workers) if working_size else 0
     files = 2 * unit_images * (captured // 4) * store_itemsize
     forward = peak + captured + tensor
@@ -285,7 +289,7 @@ def check_memory(backbone, paths, dev, batch_size: int, *, images: int, working_
                  else ")") + f" and {free / 2**30:.1f} GiB is free"
         fits = int((budget - fixed) // per_image)
         if fits >= 1:
-            raise UsageError(f"--batch-size {batch_size}: {what}; give --batch-size {fits} or fewer")
+            raise UsageError(f"{flag} {batch_size}: {what}; give {flag} {fits} or fewer")
         raise UsageError(f"{what}, even one image at a time: give a smaller --image-size or "
                          "config['working_size'], or layers with smaller outputs")
 

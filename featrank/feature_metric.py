@@ -232,13 +232,16 @@ class FeatureMetric:
         """The configuration's rows (n, d) of (B, 3, H, W) images (uint8, or float in [0, 1]),
         before post-processing, computed in batches of `batch_size` as given."""
         import torch
-        from featrank.feature_extraction import capture_layers, resize, run_captured
+        from featrank.feature_extraction import capture_layers, check_memory, resize, run_captured
         from featrank import gram_engine as ge
         from featrank import representations as rp
         from featrank.feature_extraction import cpu_threads
         # a contiguous NCHW batch, as the extraction's DataLoader collates one: convolutions on
         # a channels-last view round differently
         x = check_images(images, "FeatureMetric.features").contiguous()
+        lc, t = self.conf.layer_config, self.conf.transform
+        check_memory(self.backbone, lc.paths, x.device, min(self.batch_size, len(x)), images=len(x),
+                     flag="settings['batch_size']", loader=False)
         module = self.backbone.module.to(x.device)
         threads = torch.get_num_threads()
         if x.device.type == "cpu":      # the extraction's thread count: CPU sums depend on it
@@ -247,7 +250,6 @@ class FeatureMetric:
         mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1)
         store_dtype = getattr(np, self.stages.extraction.cache_dtype)
-        lc, t = self.conf.layer_config, self.conf.transform
         per_path = {p: [] for p in lc.paths}
         try:
             with capture_layers(module, lc.paths) as store, torch.inference_mode():

@@ -116,7 +116,11 @@ def _tiny_backbone(size=32):
 
 
 def test_forward_bytes_are_the_largest_output_and_the_captured_ones_by_hand():
-    peak, captured = fe.forward_bytes(_tiny_backbone(32), ["2", "3"])
+    tiny = _tiny_backbone(32)
+    before = {k: v.clone() for k, v in tiny.module.state_dict().items()}
+    peak, captured = fe.forward_bytes(tiny, ["2", "3"])
+    after = tiny.module.state_dict()        # the meta tensors were the call's alone
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     # conv 8x32x32 (and the ReLU's) is the largest output; the pool gives 8x16x16, the last conv 16x16x16
     assert peak == fe.LIVE_OUTPUTS * 4 * 8 * 32 * 32
     assert captured == 4 * (8 * 16 * 16 + 16 * 16 * 16)
@@ -124,6 +128,7 @@ def test_forward_bytes_are_the_largest_output_and_the_captured_ones_by_hand():
     bb = backbones.build_backbone("resnet50", "random", 0, 64)
     peak, captured = fe.forward_bytes(bb, ["layer4"])        # conv1: 64 x 32 x 32 at 64 px
     assert (peak, captured) == (fe.LIVE_OUTPUTS * 4 * 64 * 32 * 32, 4 * 2048 * 2 * 2)
+    assert {t.device.type for t in [*bb.module.parameters(), *bb.module.buffers()]} == {"cpu"}
 
 
 def test_a_batch_that_cannot_fit_names_the_batch_size_that_does(monkeypatch):

@@ -445,3 +445,21 @@ def test_the_applied_interval_is_a_percentile_bootstrap_over_every_eval_image():
     assert got.ci == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)], rel=1e-9)
     seen = np.random.default_rng([17, 0xA991]).integers(0, 14, (60, 14))
     assert seen.max() == 13 and seen.min() == 0           # every image can be drawn
+
+
+def test_a_batch_that_cannot_fit_is_refused_and_the_state_kept(monkeypatch):
+    """Memory is weighed before the forward pass: the one line names settings['batch_size']
+    with the batch that fits, and the metric keeps the rows it had."""
+    from featrank import feature_extraction as fe
+    rng = np.random.default_rng(0)
+    m = fm.FeatureMetric("resnet50:8/concat/gap/fid", reference_features=rng.normal(size=(20, 2048)),
+                         settings={"weights": "random", "image_size": 64, "batch_size": 8})
+    images = (rng.random((8, 3, 64, 64)) * 255).astype(np.uint8)
+    m.update(images[:4])
+    before = m.compute()
+    # resnet50 at 64 px, by hand: conv1's 64x32x32 output x 3, layer4's 2048x2x2, the 3x64x64 input
+    per_image = 4 * (3 * 64 * 32 * 32 + 2048 * 2 * 2 + 3 * 64 * 64)
+    monkeypatch.setattr(fe, "available_memory", lambda dev: int(3.5 * per_image / 0.8) + 1)
+    with pytest.raises(fm.UsageError, match=r"settings\['batch_size'\] 8: .*give settings\['batch_size'\] 3 or fewer"):
+        m.update(images)
+    assert m.compute() == before
