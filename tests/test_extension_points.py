@@ -50,7 +50,7 @@ def test_a_metric_added_as_a_row_and_a_function_is_scored_in_a_sweep(tmp_path, m
                                                   "reference": lambda m, x: dm.FIDReference(x.rows)})
     user = tiny_config(distance_metrics=["fid", "fid_twice", "mean_gap"], baselines=[],
                        feature_transforms=[{"name": "raw", "use_gram": False}])
-    argv = tiny_args(tmp_path, "--mode", "medium", "--layers", "8", "--n-inference", "8",
+    argv = tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--n-inference", "8",
                      "--n-evaluation", "5", "--jobs", "1", "--n-resamples", "5")
     assert cli.main(argv, user=user) == 0
     rows = {r["metric"]: r for r in _results(tmp_path)["results"]}

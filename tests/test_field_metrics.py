@@ -450,7 +450,7 @@ def test_baselines_are_ranked_rows_and_psnr_follows_the_seed_degradations(tmp_pa
     from helpers import tiny_args, tiny_config
     user = tiny_config(working_size=176, degradations=default_config()["degradations"],
                        distance_metrics=["fid", "paired_l2"])
-    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "8", "--n-inference", "6",
+    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--n-inference", "6",
                      "--n-evaluation", "5")
     assert cli.main(args, user=user) == 0
     out = capsys.readouterr().out

@@ -76,7 +76,7 @@ def make_databases(root):
 def _run(tmp_path, ratings, *extra):
     results = tmp_path / "results"
     before = set(results.iterdir()) if results.exists() else set()
-    rc = cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings),
+    rc = cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--mos", str(ratings),
                              "--n-resamples", "30", "--jobs", "1", *extra), user=tiny_config())
     assert rc == 0
     (run_dir,) = set(results.iterdir()) - before
@@ -246,7 +246,7 @@ def test_ratings_that_follow_one_configurations_scores_rank_it_first_and_untied(
 # ---------------------------------------------------------------- bad ratings files
 
 def _bad(tmp_path, capsys, ratings):
-    rc = cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(ratings)), user=tiny_config())
+    rc = cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--mos", str(ratings)), user=tiny_config())
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]

@@ -404,7 +404,7 @@ def _poison(obj):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reportrun")
-    assert cli.main(tiny_args(tmp, "--mode", "medium", "--layers", "8", "--n-inference", "12",
+    assert cli.main(tiny_args(tmp, "--mode", "medium", "--layers", "0", "--n-inference", "12",
                                "--n-evaluation", "5", "--no-baselines", "--n-resamples", "10"),
                      user=tiny_config(report=True)) == 0
     return next((tmp / "results").iterdir())
@@ -531,7 +531,7 @@ def _write_csv(path, header, rows, encoding="utf-8"):
 
 
 def _mos_run(tmp_path, ratings, capsys, code=2):
-    return _one_line(capsys, code, tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos",
+    return _one_line(capsys, code, tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--mos",
                                              str(ratings), "--no-baselines", "--n-resamples", "0"))
 
 
@@ -561,7 +561,7 @@ def test_headers_in_any_case_quoted_spaced_and_latin1_are_read(tmp_path, capsys)
     rows = _ratings_db(tmp_path / "db")
     _write_csv(tmp_path / "db" / "upper.csv", [" IMAGE ", "Reference", '"MOS"', "Type", "LEVEL"], rows)
     capsys.readouterr()
-    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos",
+    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--mos",
                                str(tmp_path / "db" / "upper.csv"), "--no-baselines", "--n-resamples", "0"),
                      user=tiny_config()) == 0, capsys.readouterr().err
     latin = tmp_path / "db" / "latin_name.csv"          # an image name in Latin-1
@@ -569,7 +569,7 @@ def test_headers_in_any_case_quoted_spaced_and_latin1_are_read(tmp_path, capsys)
     body = [r for r in rows if r[0] != "img/d0_0.png"] + [["img/d\xe9.png", "img/ref0.png", 3.0, "t0", 1]]
     _write_csv(latin, ["image", "reference", "mos", "type", "level"], body, "latin-1")
     capsys.readouterr()
-    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "7", "--mos", str(latin),
+    assert cli.main(tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--mos", str(latin),
                                "--no-baselines", "--n-resamples", "0"), user=tiny_config()) == 0
 
 

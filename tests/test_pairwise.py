@@ -246,7 +246,7 @@ def test_a_pairwise_run_writes_2afc_that_recomputes_from_mos_images_in_both_orie
     from featrank.pixel_metrics import psnr
     from helpers import WORSENS, tiny_args, tiny_config
     path, truth, rows = _simulated(tmp_path / "data", n_contents=4, voters=7)
-    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "8", "--mos", path, "--mos-bins", "3")
+    args = tiny_args(tmp_path, "--mode", "medium", "--layers", "0", "--mos", path, "--mos-bins", "3")
     assert cli.main(args, user=tiny_config(baselines=["psnr"])) == 0
     (run,) = os.listdir(tmp_path / "results")
     out = tmp_path / "results" / run
@@ -279,7 +279,7 @@ def test_a_pairwise_run_writes_2afc_that_recomputes_from_mos_images_in_both_orie
     bad = tmp_path / "data" / "bad.csv"
     bad.write_text("image_a,image_b,prefer_b\nimg/c00_0.png,img/c00_1.png,2\n")
     capsys.readouterr()
-    assert cli.main(tiny_args(tmp_path / "b", "--mode", "medium", "--layers", "8", "--mos", str(bad)),
+    assert cli.main(tiny_args(tmp_path / "b", "--mode", "medium", "--layers", "0", "--mos", str(bad)),
                     user=tiny_config()) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prefer_b '2' is not a fraction" in err[0], err

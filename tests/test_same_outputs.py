@@ -122,10 +122,10 @@ def _rated_set(root):
 
 @pytest.mark.slow
 def test_a_medium_run_a_mos_run_and_an_apply_write_what_they_wrote_before(trees, tmp_path):
-    medium = ["--mode", "medium", "--layers", "8", "--n-inference", "10", "--n-evaluation", "4",
+    medium = ["--mode", "medium", "--layers", "0", "--n-inference", "10", "--n-evaluation", "4",
               "--n-resamples", "10"]
     ratings, refs = _rated_set(tmp_path / "data")
-    mos = ["--mode", "medium", "--layers", "8", "--mos", str(ratings), "--dataset", str(refs),
+    mos = ["--mode", "medium", "--layers", "0", "--mos", str(ratings), "--dataset", str(refs),
            "--n-inference", "8",
            "--mos-bins", "3", "--n-resamples", "10", "--no-baselines"]
     runs = {}
