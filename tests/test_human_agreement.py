@@ -111,6 +111,7 @@ def test_kadid_tid_and_generic_formats_give_the_same_agreement(tmp_path, monkeyp
     from featrank import distance_metrics as dm
     per_image = scored.metric.map(lambda m: dm.METRICS[m]["per_image"])
     assert set(scored[per_image].metric) >= {"mahalanobis", "neg_loglik", "paired_l2", "psnr"}
+    assert (~per_image).any() and set(scored[~per_image].metric) >= {"fid", "kid"}
     assert scored[per_image].srcc_mos_image.notna().all() and scored[~per_image].srcc_mos_image.isna().all()
 
     # srcc_mos is Spearman's rho recomputed from mos_groups.csv (joined on the label)
