@@ -13,25 +13,25 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 
 # the last round's functions where numbers and orders are decided (tests/mutation.sh --new)
 NEW_GLOBS = [
-    "human_agreement.*",
-    "featrank.rated_database.x_header_names*",
-    "featrank.rated_database.x__csv_rows*",
-    "featrank.rated_database.x_level_from_name*",
+    # downloads: the total bound, the length, content-type and checkpoint checks (issue #45)
+    "featrank.weight_sources.x_download_file*",
+    "featrank.weight_sources.x_read_state_dict*",
+    # rated sets: MOS bins and their tie-break, the unified CSV, files inside the database
     "featrank.rated_design.x_quantile_bins*",
     "featrank.rated_design.x__check_bins*",
-    "featrank.rated_design.x__split_small*",
-    "featrank.rated_design.x_type_rank*",
-    "featrank.rated_design.x_full_reference*",
-    "featrank.rated_design.x_no_reference*",
-    "featrank.rated_design.x_check_duplicates*",
-    "rated_database.xǁRatedDatabaseǁ*",
-    "featrank.kadid10k.x_multiplicative_noise*",
-    "featrank.kadid10k.x_impulse_noise*",
-    "featrank.sweep.x_bootstrap_top*",
-    "featrank.baselines.x_value_key*",
-    "distance_metrics.xǁPRDCReferenceǁ*",
-    "featrank.pixel_metrics.x_lpips_from_features*",
-    "featrank.pixel_metrics.x_dists_from_features*",
+    "featrank.rated_database.x__unified*",
+    "featrank.rated_database.x__inside*",
+    # pairwise judgments (issue #44)
+    "featrank.rated_database.x__votes*",
+    "featrank.rated_database.x__merge*",
+    "featrank.human_agreement.x_agreement_2afc*",
+    "featrank.human_agreement.x_pair_resamples*",
+    "featrank.human_agreement.x_comparison_components*",
+    # the realism score, Wang's SSIM, the sweep's schedule
+    "featrank.neighbour_metrics.x_realism_scores*",
+    "featrank.pixel_metrics.x_ssim*",
+    "featrank.pixel_metrics.x__ssim_cs*",
+    "featrank.sweep.x_schedule*",
 ]
 
 # mutants read one by one: (function pattern, pattern of the mutated line) -> why they survive
@@ -158,9 +158,9 @@ def kind_of(name, diff):
 
 NEW_MODULES_INTRO = (
     "`bash tests/mutation.sh --new` (NEW_GLOBS in tests/mutation_report.py; mutmut 3.8, settings in setup.cfg: the test "
-    "selection adds test_human_agreement, test_rated_database, test_kadid10k, test_field_metrics, "
-    "test_perceptual and test_sweep) mutates the modules of the last round where their numbers "
-    "and orders are decided, and runs the tests that reach each mutant. Written by "
+    "selection adds test_weights and test_pairwise to the numeric tests) mutates the functions "
+    "of the last two rounds where downloads are verified and their numbers and orders are "
+    "decided, and runs the tests that reach each mutant. Written by "
     "`tests/mutation_report.py --new` from that run; a survivor is explained (equivalent, or a "
     "change of an error message, a default or a dtype) or open.")
 
