@@ -275,6 +275,30 @@ def test_a_dask_cluster_writes_the_serial_csv(sweep_data):
     assert _csv(exp) == serial
 
 
+def test_mos_runs_write_the_serial_csvs_in_two_processes_and_on_a_dask_cluster(tmp_path):
+    """A no-reference and an incomplete full-reference --mos run: --jobs 1, --jobs 2 and a Dask
+    cluster write the same CSVs (results, groups, images), byte for byte."""
+    distributed = pytest.importorskip("distributed")
+    from test_rated_sets import make_full_reference, make_no_reference
+    _, no_ref, refs = make_no_reference(tmp_path / "nr")
+    full_ref, _, _ = make_full_reference(tmp_path / "fr", n_refs=6, drop=0.2)
+    runs = {"no-reference": {"mos": str(no_ref), "mos_reference": str(refs), "mos_bins": 4},
+            "full-reference": {"mos": str(full_ref), "mos_reference": "database"}}
+
+    def outputs(name, **where):
+        cfg = _sweep_config(tmp_path / name, n_images_inference=12, **runs[name], **where)
+        exp = pipeline.run_experiment(cfg, "medium", ["0"], progress=False)
+        files = sorted(f for f in os.listdir(exp.out_dir) if f.endswith(".csv"))
+        assert {"mos_groups.csv", "mos_images.csv"} <= set(files) and len(exp.scored) > 10
+        return {f.split("_2")[0]: open(os.path.join(exp.out_dir, f), "rb").read() for f in files}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        for name in runs:
+            serial = outputs(name, jobs=1)
+            assert outputs(name, jobs=2) == serial, name
+            assert outputs(name, dask_scheduler=cluster.scheduler_address) == serial, name
+
+
 def test_an_unreachable_dask_scheduler_is_a_usage_error(sweep_data, monkeypatch, capsys):
     pytest.importorskip("distributed")
     from featrank import parallel
