@@ -275,9 +275,33 @@ def test_a_dask_cluster_writes_the_serial_csv(sweep_data):
     assert _csv(exp) == serial
 
 
-def test_mos_runs_write_the_serial_csvs_in_two_processes_and_on_a_dask_cluster(tmp_path):
-    """A no-reference and an incomplete full-reference --mos run: --jobs 1, --jobs 2 and a Dask
-    cluster write the same CSVs (results, groups, images), byte for byte."""
+KILLED_RUN = ("import json, sys; from featrank import pipeline; "
+              "pipeline.run_experiment(json.loads(sys.argv[1]), 'medium', ['0'], progress=False)")
+
+
+def _interrupted(cfg, cache, results, signum, when) -> None:
+    """run_experiment(cfg) in a process of its own, sent `signum` as soon as `when` (extraction:
+    its first cache file; scoring: experiment.log says so) happens."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(cfg)], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def started() -> bool:
+        if when == "extraction":
+            return any(f.endswith(".npy") for _, _, fs in os.walk(cache) for f in fs)
+        logs = glob.glob(os.path.join(results, "*", "experiment.log"))
+        return any("scoring" in open(f).read() for f in logs)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not started() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before its {when} could be interrupted"
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+
+
+def test_mos_runs_write_the_serial_csvs_in_two_processes_on_a_dask_cluster_and_resumed(tmp_path):
+    """A no-reference and an incomplete full-reference --mos run: --jobs 1, --jobs 2, a Dask
+    cluster, and a run interrupted (SIGKILL during extraction, SIGTERM during scoring) then run
+    again on its cache write the same CSVs (results, groups, images), byte for byte."""
     distributed = pytest.importorskip("distributed")
     from test_rated_sets import make_full_reference, make_no_reference
     _, no_ref, refs = make_no_reference(tmp_path / "nr")
@@ -286,17 +310,23 @@ def test_mos_runs_write_the_serial_csvs_in_two_processes_and_on_a_dask_cluster(t
             "full-reference": {"mos": str(full_ref), "mos_reference": "database"}}
 
     def outputs(name, **where):
-        cfg = _sweep_config(tmp_path / name, n_images_inference=12, **runs[name], **where)
+        cfg = _sweep_config(tmp_path / name, n_images_inference=12, **{**runs[name], **where})
         exp = pipeline.run_experiment(cfg, "medium", ["0"], progress=False)
         files = sorted(f for f in os.listdir(exp.out_dir) if f.endswith(".csv"))
         assert {"mos_groups.csv", "mos_images.csv"} <= set(files) and len(exp.scored) > 10
         return {f.split("_2")[0]: open(os.path.join(exp.out_dir, f), "rb").read() for f in files}
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        for name in runs:
+        for (name, where), (signum, when) in zip(runs.items(), ((signal.SIGKILL, "extraction"),
+                                                               (signal.SIGTERM, "scoring"))):
             serial = outputs(name, jobs=1)
             assert outputs(name, jobs=2) == serial, name
             assert outputs(name, dask_scheduler=cluster.scheduler_address) == serial, name
+            cache, killed = tmp_path / name / "resumed_cache", tmp_path / name / "killed"
+            cfg = _sweep_config(tmp_path / name, n_images_inference=12, jobs=1, **where,
+                                cache_dir=str(cache), results_dir=str(killed))
+            _interrupted(cfg, str(cache), str(killed), signum, when)
+            assert outputs(name, jobs=1, cache_dir=str(cache)) == serial, (name, when)
 
 
 def test_an_unreachable_dask_scheduler_is_a_usage_error(sweep_data, monkeypatch, capsys):
