@@ -1,8 +1,9 @@
 """Behaviour unchanged by the package move (issue #42), shown by running it: the code of the
 commit before it (BEFORE, taken from this clone's git history) and the working tree run the same
-medium run, the same no-reference --mos run and the same --apply, each in its own process with a
-cache of its own, and write byte-identical CSVs, and JSONs equal but for the run's own folder
-names, time stamps and command line."""
+medium run, the same no-reference --mos run and the same --apply (BEFORE in a process of its own,
+this tree in the test's), each with a cache of its own, and write byte-identical CSVs, and JSONs
+equal but for the run's own folder names, time stamps and command line."""
+import copy
 import csv
 import json
 import os
@@ -21,12 +22,10 @@ USER = {"working_size": 32, "batch_size": 8, "num_workers": 0,
         "degradations": {"blur": {"type": "gaussian_blur", "levels": [1.0, 3.0]},
                          "noise": {"type": "gaussian_noise", "levels": [10, 40]}},
         "bootstrap": {"n_resamples": 20, "scope": "top", "confidence": 0.95}, "report": False}
-# run with the tree as the current folder: `python -c` puts it first on the import path, so the
-# flat BEFORE tree's `main` is its own; the package's tree runs `featrank` as installed (editable)
-DRIVERS = {"before": "import json, sys, main, run_plan; sys.exit(main.main(sys.argv[2:], "
-                     "user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))",
-           "after": "import json, sys; from featrank import cli, run_plan; sys.exit(cli.main(sys.argv[2:], "
-                    "user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))"}
+# run with the BEFORE tree as the current folder: `python -c` puts it first on the import path,
+# so the flat tree's `main` is its own
+BEFORE_DRIVER = ("import json, sys, main, run_plan; sys.exit(main.main(sys.argv[2:], "
+                 "user=run_plan.UserConfig.load(**json.loads(sys.argv[1]))))")
 VOLATILE = {"timestamp", "command", "cache_dir", "results_dir", "versions"}
 # backbones registered since BEFORE: config.py's tables gained their rows, which the resolved
 # configuration records; nothing else of a run that does not use them changes
@@ -50,14 +49,19 @@ def trees(tmp_path_factory):
 
 def _run(which, tree, work, *argv):
     """main.py of `tree` on a tiny run; its sweep in one process (a sweep in 2 processes writes
-    the same CSV, tests/test_scale_out.py), which costs the suite's two workers less."""
+    the same CSV, tests/test_scale_out.py), which costs the suite's two workers less. The
+    BEFORE tree runs in a process of its own (its modules have the package's names); this
+    tree's command line runs here."""
+    argv = [*argv, "-q", "--cache-dir", str(work / "cache"), "--image-size", "32",
+            "--weights", "random", "--jobs", "1"]
+    if which == "after":
+        from featrank import cli, run_plan
+        assert cli.main(argv, user=run_plan.UserConfig.load(**copy.deepcopy(USER))) == 0
+        return
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", DRIVERS[which], json.dumps(USER), *argv, "-q",
-                          "--cache-dir", str(work / "cache"), "--image-size", "32",
-                          "--weights", "random", "--jobs", "1"], cwd=tree, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", BEFORE_DRIVER, json.dumps(USER), *argv], cwd=tree,
+                         env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
 
 
 def _scrub(value):
