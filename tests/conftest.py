@@ -75,8 +75,9 @@ def pytest_configure(config):
     """Before the xdist workers start, in the process that starts them: import dcor, which
     compiles its numba functions and writes numba's cache beside them. On a clean clone the two
     workers would otherwise compile and write that cache at once, and one read the other's
-    half-written file: a worker aborted inside LLVM that way (CI, 2026-12-03)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    half-written file: a worker aborted inside LLVM that way (CI, 2026-12-03). A session without
+    workers (-n 0, or an inner suite of a test) has no race and skips it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         return
     try:
         import dcor  # noqa: F401
