@@ -199,19 +199,27 @@ def run_captured(forward, x: torch.Tensor, store: dict) -> dict:
     return dict(store)
 
 
-class _Forward(nn.Module):
-    """A backbone's forward as a module of its own, so torch.func.functional_call can swap the
-    backbone's parameters and buffers for meta tensors."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.module = backbone.module
-        # in a tuple: a forward that is the module itself (nn.Sequential) must not become a
-        # second submodule, whose tied names functional_call would not put back
-        self._forward = (backbone.forward,)
-
-    def forward(self, x):
-        return self._forward[0](x)
+@contextlib.contextmanager
+def _on_meta(module: nn.Module):
+    """Every parameter and buffer of `module` swapped for a meta tensor of its shape for the
+    block, and the very same tensors put back after it (tied weights included: each module's
+    own entries are swapped and restored)."""
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in module.modules()]
+    try:
+        for m, params, buffers in saved:
+            for k, t in params.items():
+                if t is not None:
+                    m._parameters[k] = nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
+            for k, t in buffers.items():
+                if t is not None:
+                    m._buffers[k] = torch.empty_like(t, device="meta")
+        yield
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
 
 
 def forward_bytes(backbone, paths) -> tuple[int, int] | None:
@@ -232,13 +240,11 @@ def forward_bytes(backbone, paths) -> tuple[int, int] | None:
             if path in wanted:
                 captured.setdefault(path, n)
         return hook
-    meta = {"module." + k: torch.empty_like(t, device="meta") for k, t in
-            [*module.named_parameters(), *module.named_buffers()]}
     x = torch.empty(1, 3, backbone.input_size, backbone.input_size, device="meta")
     handles = [m.register_forward_hook(record(p)) for p, m in module.named_modules()]
     try:
-        with torch.inference_mode():
-            torch.func.functional_call(_Forward(backbone), meta, (x,))
+        with torch.inference_mode(), _on_meta(module):
+            backbone.forward(x)
     except Exception as exc:     # noqa: BLE001 - an op without a meta kernel: no estimate
         log.debug("no memory estimate for %s (%s: %s)", backbone.name, type(exc).__name__, exc)
         return None

@@ -131,6 +131,25 @@ def test_forward_bytes_are_the_largest_output_and_the_captured_ones_by_hand():
     assert {t.device.type for t in [*bb.module.parameters(), *bb.module.buffers()]} == {"cpu"}
 
 
+def test_the_estimate_puts_back_the_very_tensors_tied_weights_included():
+    """A module reached under two names (LPIPS's lin0 and lins.0) and a buffer: after the meta
+    forward pass every parameter and buffer is the same object with the same values."""
+    from featrank.backbone_spec import Backbone
+    head = torch.nn.Conv2d(8, 8, 1)
+    net = torch.nn.Module()
+    net.conv, net.bn, net.lin0 = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), head
+    net.lins = torch.nn.ModuleList([head])
+    net.forward = lambda x: net.lins[0](net.bn(net.conv(x)))
+    before = {n: (t, t.clone()) for n, t in [*net.named_parameters(remove_duplicate=False),
+                                             *net.named_buffers(remove_duplicate=False)]}
+    assert fe.forward_bytes(Backbone("tied", net, net.forward, None, 16), ["lin0"]) == \
+        (fe.LIVE_OUTPUTS * 4 * 8 * 14 * 14, 4 * 8 * 14 * 14)
+    after = dict([*net.named_parameters(remove_duplicate=False), *net.named_buffers(remove_duplicate=False)])
+    assert after.keys() == before.keys() and "lins.0.weight" in after and "lin0.weight" in after
+    for n, (t, values) in before.items():
+        assert after[n] is t and not t.is_meta and torch.equal(t, values), n
+
+
 def test_a_batch_that_cannot_fit_names_the_batch_size_that_does(monkeypatch):
     gib = 2 ** 30
     monkeypatch.setattr(fe, "available_memory", lambda dev: 16 * gib)
