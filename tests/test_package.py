@@ -127,7 +127,7 @@ def test_main_py_python_m_and_the_console_script_write_the_same_csv(tmp_path):
         done = subprocess.run(head + ["--mode", "quick", "--n-inference", "6", "--n-evaluation", "3",
                                       "--weights", "random", "--image-size", "32", "--n-resamples", "5",
                                       "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results),
-                                      "--degradations", "seed", "--backbone", "resnet50", "-q"],
+                                      "--degradations", "seed", "--backbone", "mobilenet_v2", "-q"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, (name, done.stderr[-3000:])
