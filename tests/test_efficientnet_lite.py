@@ -225,8 +225,8 @@ def test_a_tampered_or_absent_package_is_named_with_its_fix(tmp_path, monkeypatc
 class _Server:
     """A loopback HTTP server: path -> (bytes, how) with how 'full', 'half' (announces every
     byte, sends half, closes), 'hang' (answers nothing), 'drip' (every byte announced, 64 bytes
-    every 0.05 s), 'html' (status 200, text/html, a page) or 'cut' (no length announced, half
-    the bytes, then the connection dropped)."""
+    every 0.05 s), 'html' (status 200, text/html, a page; 'HTML': its type in other case and
+    spacing) or 'cut' (no length announced, half the bytes, then the connection dropped)."""
 
     def __init__(self, files):
         import http.server
@@ -245,9 +245,10 @@ class _Server:
                     outer.release.wait(30)
                     return
                 self.send_response(200)
-                if how == "html":
+                if how in ("html", "HTML"):     # the type's case is the server's to choose
                     data = b"<!doctype html><html><body>Sign in to continue</body></html>"
-                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Type", "text/html; charset=utf-8" if how == "html"
+                                     else " Text/HTML ;charset=UTF-8")
                 if how != "cut":
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -260,7 +261,7 @@ class _Server:
                         self.wfile.flush()
                         time.sleep(0.05)
                 else:
-                    self.wfile.write(data if how in ("full", "html") else data[: len(data) // 2])
+                    self.wfile.write(data if how in ("full", "html", "HTML") else data[: len(data) // 2])
                     self.wfile.flush()
                 self.close_connection = True
 

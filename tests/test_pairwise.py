@@ -283,3 +283,40 @@ def test_a_pairwise_run_writes_2afc_that_recomputes_from_mos_images_in_both_orie
                     user=tiny_config()) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prefer_b '2' is not a fraction" in err[0], err
+
+
+def test_repeated_rows_merge_into_one_pair_in_file_order_and_equal_votes_are_a_judgment():
+    """Rows of one pair in either order add their wins; the pairs keep the order of their first
+    lines (not of their names or clusters) and that line; 2 votes against 2 is a judgment
+    (prefer_b 1/2), 0 against 0 is none."""
+    from featrank import rated_database as rdb
+    assert rdb._votes("p.csv", 3, {"votes_a": "2", "votes_b": "2"}) == (2.0, 2.0)
+    with pytest.raises(RatingsError, match="both 0"):
+        rdb._votes("p.csv", 3, {"votes_a": "0", "votes_b": "0"})
+    merged = rdb._merge([(5, "y", "x", 2.0, 2.0, "k1"), (7, "a", "b", 3.0, 1.0, "k0"),
+                         (9, "x", "y", 1.0, 0.0, "k1")])
+    assert [(p.a, p.b, p.wins_a, p.wins_b, p.line, p.cluster) for p in merged] == \
+        [("x", "y", 3.0, 2.0, 5, "k1"), ("a", "b", 3.0, 1.0, 7, "k0")]
+    assert [p.prefer_b for p in merged] == [pytest.approx(2 / 5), pytest.approx(1 / 4)]
+
+
+def test_comparison_components_are_undirected_largest_first_then_by_first_item():
+    """Items 0..6: {0, 5} compared once each way (equal wins: still an edge), {1, 2} one-way,
+    {3, 4, 6} a chain; 6 items in three components, largest first, equal sizes by first item."""
+    wins = np.zeros((7, 7))
+    wins[0, 5] = wins[5, 0] = 1.0
+    wins[2, 1] = 3.0
+    wins[3, 4] = wins[6, 4] = 1.0
+    comps = ha.comparison_components(7, wins)
+    assert [c.tolist() for c in comps] == [[3, 4, 6], [0, 5], [1, 2]]
+
+
+def test_pair_resamples_draw_whole_clusters_of_unequal_sizes():
+    """Clusters of 3, 1 and 2 pairs: every resample is 3 draws of whole clusters (its length and
+    each cluster's count are multiples of that cluster's size), and the pairs are the cluster's."""
+    clusters = np.array(["r0", "r0", "r0", "r1", "r2", "r2"])
+    sizes = {"r0": 3, "r1": 1, "r2": 2}
+    for d in ha.pair_resamples(clusters, 100, np.random.default_rng(1)):
+        counts = {c: int((clusters[d] == c).sum()) for c in sizes}
+        assert all(counts[c] % sizes[c] == 0 for c in sizes)
+        assert sum(counts[c] // sizes[c] for c in sizes) == 3 and len(d) == sum(counts.values())

@@ -78,6 +78,11 @@ def test_schedule_splits_the_group_that_would_be_the_critical_path():
     assert len(tasks) == 4 and tasks[2:] == [narrow, small]
     a, b = tasks[:2]
     assert sorted(map(id, a + b)) == sorted(map(id, wide)) and min(len(a), len(b)) >= 4
+    # by hand: the units in grid order are fid, gaussian (1, 4), the distances (2, 5, 7, 9), kid,
+    # gmm k=2 (6, 8), cmmd, gmm k=3; each goes to the part with fewer configurations (the first
+    # on a tie)
+    assert [wide.index(c) for c in a] == [0, 2, 5, 7, 9, 10]
+    assert [wide.index(c) for c in b] == [1, 3, 4, 6, 8, 11]
     for part in (a, b):
         assert [wide.index(c) for c in part] == sorted(wide.index(c) for c in part)
 
@@ -92,3 +97,16 @@ def test_schedule_splits_the_group_that_would_be_the_critical_path():
     assert one == [wide, narrow, small]
     # no group with more than half of the work (200, 180, 100 of 480): nothing is split
     assert sweep.schedule([small, wide, narrow], [100, 15, 100], 2) == [narrow, wide, small]
+    # exactly half of the work (200 of 400) is not more than 1/jobs: not split either
+    other = [_conf("kid"), _conf("fid")]
+    assert sweep.schedule([narrow, other], [100, 100], 2) == [narrow, other]
+
+
+def test_one_distribution_model_is_one_unit_whatever_the_order_of_its_parameters():
+    """Two configurations of a GMM whose parameters differ only in the order they were written:
+    one model, fitted once, so one task even with 2 jobs and all the work in that group."""
+    confs = [_conf("mahalanobis", "gmm", {"k": 2, "covariance": "diag"}),
+             _conf("neg_loglik", "gmm", {"covariance": "diag", "k": 2})]
+    assert sweep.schedule([confs], [5000], 2) == [confs]
+    other = [_conf("mahalanobis", "gmm", {"k": 2}), _conf("neg_loglik", "gmm", {"k": 3})]
+    assert sorted(map(len, sweep.schedule([other], [5000], 2))) == [1, 1]

@@ -132,7 +132,7 @@ def test_torch_hub_dir_follows_torch_rule(monkeypatch, env):
 
 # ---------------------------------------------------------------------- a bounded, verified download
 
-@pytest.mark.parametrize("how", ["drip", "html", "half", "cut", "hang"])
+@pytest.mark.parametrize("how", ["drip", "html", "HTML", "half", "cut", "hang"])
 def test_a_bad_server_leaves_no_file_and_no_folder_and_a_drip_is_stopped(tmp_path, how):
     """Against a loopback server, a file name without a sha256 prefix (so the hash cannot save
     it): a server that drips bytes is stopped at the total bound, an HTML page sent with 200 is
@@ -157,7 +157,7 @@ def test_a_bad_server_leaves_no_file_and_no_folder_and_a_drip_is_stopped(tmp_pat
     elapsed = time.perf_counter() - t0
     assert not home.exists(), os.listdir(home)
     assert elapsed < 1.5 + 1.0 + 1.0, elapsed           # the total, one read's timeout, slack
-    why = {"drip": "longer than 1.5 s", "html": "text/html", "half": "closed after",
+    why = {"drip": "longer than 1.5 s", "html": "text/html", "HTML": "text/html", "half": "closed after",
            "cut": "cannot read weights file", "hang": "timed out"}[how]
     assert why in str(err.value), str(err.value)
 
@@ -167,7 +167,7 @@ def test_a_complete_download_without_a_hash_is_verified_and_kept(tmp_path):
     from featrank import weight_sources
     from test_efficientnet_lite import _Server
     buf = tmp_path / "w.pth"
-    torch.save({"w": torch.arange(10, dtype=torch.float32)}, buf)
+    torch.save({"w": torch.arange(800_000, dtype=torch.float32)}, buf)    # 3.2 MB: several reads
     server = _Server({"/f/model.pth": (buf.read_bytes(), "full")})
     target = tmp_path / "torch" / "hub" / "checkpoints" / "model.pth"
     try:
@@ -175,3 +175,63 @@ def test_a_complete_download_without_a_hash_is_verified_and_kept(tmp_path):
     finally:
         server.close()
     assert target.read_bytes() == buf.read_bytes() and os.listdir(target.parent) == ["model.pth"]
+
+
+def test_a_hash_prefixed_name_is_checked_and_the_partial_file_lies_beside_the_target(tmp_path, monkeypatch):
+    """torch.hub's `name-<sha256 prefix>.ext`: a file whose hash starts so is kept, written first
+    to a temporary `<name>.….partial<ext>` in the target's own folder (a rename across
+    filesystems would fail); one whose hash does not is refused and leaves nothing, and a folder
+    that was there before stays."""
+    import hashlib
+    import torch
+    from featrank import weight_sources
+    from test_efficientnet_lite import _Server
+    buf = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(10, dtype=torch.float32)}, buf)
+    data = buf.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    wrong = "0123abcd" if not digest.startswith("0123abcd") else "fedc3210"
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)                          # there already
+    renames = []
+    real = os.replace
+    monkeypatch.setattr(weight_sources.os, "replace",
+                        lambda src, dst: renames.append((src, dst)) or real(src, dst))
+    server = _Server({"/good.pth": (data, "full"), "/bad.pth": (data, "full")})
+    try:
+        good = folder / f"model-{digest[:8]}.pth"
+        weight_sources.download_file(f"{server.url}/good.pth", str(good))
+        with pytest.raises(ValueError, match=f"does not start with {wrong}"):
+            weight_sources.download_file(f"{server.url}/bad.pth", str(folder / f"model-{wrong}.pth"))
+    finally:
+        server.close()
+    assert good.read_bytes() == data and sorted(os.listdir(folder)) == [good.name]
+    (src, dst), = renames
+    assert dst == str(good) and os.path.dirname(src) == str(folder)
+    assert os.path.basename(src).startswith(good.name + ".") and src.endswith(".partial.pth")
+
+
+class Pickled:
+    """An object a pickle would rebuild by running this module's code."""
+
+
+def test_read_state_dict_reads_each_format_and_refuses_pickled_code(tmp_path):
+    """safetensors, a torch.save of tensors (also under 'state_dict'), a TorchScript archive
+    (its parameters and buffers); a pickle of anything but tensors is refused (weights_only:
+    loading it would run its code)."""
+    import torch
+    from safetensors.torch import save_file
+    from featrank import weight_sources
+    tensors = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.ones(2)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": tensors}, tmp_path / "w.pth")
+    net = torch.nn.Linear(3, 2)
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "w.pt"))
+    for name, want in (("w.safetensors", tensors), ("w.pth", tensors),
+                       ("w.pt", {"weight": net.weight, "bias": net.bias})):
+        got = weight_sources.read_state_dict(str(tmp_path / name))
+        assert got.keys() == want.keys(), name
+        assert all(torch.equal(got[k].detach(), want[k].detach()) for k in want), name
+    torch.save({"w": torch.ones(2), "extra": Pickled()}, tmp_path / "code.pth")
+    with pytest.raises(weight_sources.WeightsError, match="cannot read weights file"):
+        weight_sources.read_state_dict(str(tmp_path / "code.pth"))
