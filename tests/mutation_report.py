@@ -72,11 +72,11 @@ REVIEWED = {
         "dead code: representations.representation had no caller; removed after this run"),
     (r"SpanCoordinatesǁquery", r"_last"): (
         "memo of the last query: a miss recomputes the same numbers"),
-    (r"rated_database\.x_quantile_bins", r"sign = (2\.0|1\.0) if higher_is_better else -?(1|2)\.0"): (
+    (r"rated_(database|design)\.x_quantile_bins", r"sign = (2\.0|1\.0) if higher_is_better else -?(1|2)\.0"): (
         "equivalent: only the order of sign * score sorts the rows; a factor 2 keeps it"),
     (r"kadid10k\.x_impulse_noise", r"<= density|p > density"): (
         "equivalent with probability 1: a uniform draw equals d/2 or d with probability 0"),
-    (r"rated_database\.x__check_bins", r"n_images <= bins"): (
+    (r"rated_(database|design)\.x__check_bins", r"n_images <= bins"): (
         "equivalent but for the message: n == bins makes bins of one image, which the caller "
         "then refuses (fewer than 3 images per set)"),
     (r"human_agreement\.x_fit_logistic", r"_constant\(None\) or _constant\(y\)"): (
@@ -114,6 +114,29 @@ REVIEWED = {
         "equivalent: Generator.integers(n) is integers(0, n), the same draws from the same stream"),
     (r"human_agreement\.x_interval", r"float\(\"NAN\"\)"): (
         "equivalent: float('NAN') is NaN"),
+    (r"human_agreement\.x_comparison_components", r"directed=(True|None)|> 0\), \)"): (
+        "equivalent: connected_components' directed=True takes connection='weak' by default, which "
+        "is the undirected graph's components; directed=None is falsy"),
+    (r"sweep\.x_schedule", r"XXmodelXX|MODEL|XXgeometryXX|GEOMETRY|XXmetricXX|METRIC"): (
+        "equivalent: the tag of a unit's key only keeps model, distance and metric keys apart; "
+        "any other spelling keeps them apart too"),
+    (r"sweep\.x_schedule", r"jobs >= 1"): (
+        "equivalent: with one job k = min(1, units) = 1 either way"),
+    (r"weight_sources\.x_download_file", r"headers\.get\(\"(content-length|content-type|CONTENT-LENGTH|CONTENT-TYPE)\"\)"): (
+        "equivalent: HTTP header names are case-insensitive (http.client's message)"),
+    (r"weight_sources\.x_download_file", r"read1\("): (
+        "the size of one read: the same bytes in other chunks (the file of several reads is tested)"),
+    (r"weight_sources\.x_download_file", r"monotonic\(\) >= deadline"): (
+        "equivalent with probability 1: the clock equals the deadline at one instant"),
+    (r"weight_sources\.x_download_file", r"suppress\(None\)"): (
+        "the clean-up of a failed download: suppress(None) suppresses nothing, and removing the "
+        "partial file and the folders this download made does not fail in any test"),
+    (r"weight_sources\.x_read_state_dict", r"simplefilter"): (
+        "a warning filter: what is printed, not what is read"),
+    (r"weight_sources\.x_read_state_dict", r"map_location=None|weights_only=None|torch\.load\(path, (weights_only=True|map_location=\"cpu\", )\)"): (
+        "equivalent here: weights_only is True by default since torch 2.6 (None means the default) "
+        "and a checkpoint saved from the CPU loads there without map_location; weights_only=False "
+        "is killed (a pickle of code is refused, tested)"),
     (r"rated_database\.xǁRatedDatabaseǁratings", r"complete=None"): (
         "equivalent: None and False are both falsy where `complete` is read"),
 }

@@ -346,3 +346,28 @@ def test_the_ratings_of_a_full_reference_design(tmp_path):
     m = full.ratings()
     assert m.complete and m.matrix.shape == (3, 3)
     np.testing.assert_allclose(m.matrix, [[5 - lv + 0.01 * k for k in range(3)] for lv in (1, 2, 3)])
+
+
+def test_a_unified_type_without_levels_is_binned_alone_and_a_type_named_both_ways_is_refused(tmp_path):
+    """In a unified CSV, the types none of whose file names carry a level are binned (here
+    'renamed', 4 x 3 images named r<i>_<k>.png), the others keep their levels; a type naming
+    some images with a level and one without is refused at that row, naming the file."""
+    paths = write_databases(tmp_path, _rows())
+    text = paths["unified"].read_text().splitlines()
+    extra = []
+    for i in range(1, N_REF + 1):
+        for k in range(3):
+            _png(tmp_path / "uni" / "img" / f"r{i}_{k}.png", 7000 + 10 * i + k)
+            extra.append(f"uni/img/r{i}_{k}.png,renamed,uni/img/I{i:02d}.png,{50 + 10 * k + i}")
+    paths["unified"].write_text("\n".join(text + extra) + "\n")
+    db = rd.read_ratings(str(paths["unified"]), orientation="higher-better", bins=3)
+    assert db.binned == ("renamed",)
+    assert sorted(lv for t, lv in db.groups if t == "gaussian_blur") == [1.0, 2.0, 3.0]
+    assert sorted(lv for t, lv in db.groups if t == "renamed") == [1.0, 2.0, 3.0]   # the bins
+    # one gaussian_blur image without a level in its name: refused at its row
+    mixed = text + [f"uni/img/r1_0.png,gaussian_blur,uni/img/I01.png,40"]
+    paths["unified"].write_text("\n".join(mixed) + "\n")
+    with pytest.raises(rd.RatingsError) as err:
+        rd.read_ratings(str(paths["unified"]), orientation="higher-better", bins=3)
+    assert f"{paths['unified']}:{len(mixed)}:" in str(err.value)
+    assert "'gaussian_blur'" in str(err.value) and "'r1_0.png'" in str(err.value)
