@@ -317,6 +317,31 @@ def _torch_pixels(a):
     return torch.from_numpy(a.astype(np.float64)).permute(0, 3, 1, 2)
 
 
+def test_ssim_takes_images_of_one_window_and_refuses_smaller_ones():
+    """Wang's SSIM needs one 11 x 11 window: an 11-px image is scored (identical images give 1,
+    an image against its negative far less), a side of 10 is refused, whichever side it is."""
+    x, y = _image_pairs(5, (2, 11, 11, 3))
+    assert dm.ssim(x, x) == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert (dm.ssim(x, 255 - x) < 0.5).all()
+    for shape in ((1, 10, 30, 3), (1, 30, 10, 3)):
+        a, b = _image_pairs(6, shape)
+        with pytest.raises(dm.MetricInputError, match="at least 11 px a side"):
+            dm.ssim(a, b)
+
+
+def test_the_realism_score_of_each_row_by_hand():
+    """realism_scores: per evaluation row, max over the kept reference balls of D_r / (|x - r|^2
+    + eps), the radii (squared distance to the k-th neighbour) above their median dropped."""
+    ref = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
+    ev = np.array([[0.5], [4.0]])
+    # k = 1: squared radii 1, 1, 4, 9, 16; the median is 4, so 9 and 16 are dropped (set to 0)
+    kept = np.array([1.0, 1.0, 4.0, 0.0, 0.0])
+    d2 = (ev - ref.T) ** 2
+    want = np.max(kept[None] / (d2 + 1e-5), axis=1)
+    np.testing.assert_allclose(neighbour_metrics.realism_scores(ref, ev, k=1), want, rtol=1e-12)
+    assert want[0] == pytest.approx(1 / 0.25, rel=1e-4) and want[1] == pytest.approx(4 / 1, rel=1e-4)
+
+
 def test_rgb_ssim_and_ms_ssim_equal_pytorch_msssim():
     """ssim_rgb and ms_ssim_rgb are pytorch_msssim's (on R, G, B)."""
     pm = pytest.importorskip("pytorch_msssim")
