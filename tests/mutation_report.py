@@ -1,10 +1,12 @@
 """docs/mutation.md from mutmut's results: the kill rate per module and every survivor with the
 reason it is left, by the kind of change (read from `mutmut show`), plus reasons written by
-hand for mutants checked one by one (REVIEWED below).
+hand for mutants checked one by one (REVIEWED, read from tests/mutation_reviewed.json).
     .venv/bin/python tests/mutation_report.py > docs/mutation.md      (after bash tests/mutation.sh)
 """
 import collections
 import fnmatch
+import json
+import os
 import re
 import subprocess
 import sys
@@ -34,128 +36,11 @@ NEW_GLOBS = [
     "featrank.sweep.x_schedule*",
 ]
 
-# mutants read one by one: (function pattern, pattern of the mutated line) -> why they survive
-REVIEWED = {
-    (r"SpanCoordinatesǁ_query|KernelPCAǁtransform", r"mean"): (
-        "equivalent: a constant added to every entry of a centred kernel row is annihilated "
-        "by the projection (the eigenvectors of a centred kernel are orthogonal to 1)"),
-    (r"KernelPCAǁ__init__|SpanCoordinatesǁ__init__|x__centring", r"mean"): (
-        "equivalent below the rank: a constant matrix added to the centred kernel only moves the "
-        "eigenvalue of the vector 1, which is not among the top components; row and column means "
-        "of a symmetric kernel are equal"),
-    (r"_top_right_singular", r"n > d|full_matrices"): (
-        "equivalent: n == d takes either exact route; full SVD matrices are sliced to k rows"),
-    (r"x_gram_rows|_Imagesǁ|x__ranges|gram_kernel_blocks",
-     r"2\*\*31|2 \* 31|3\*\*31|2\*\*32|_ranges\(|\.to\(|chunk|budget|step|, 1[0-9]\)|, 17\)"): (
-        "memory or batching parameter (budget, chunk size, device of a CPU index tensor): the "
-        "numbers are the same, only the working set changes"),
-    (r"gram_route_costs|choose_gram_route|gram_block_size|gram_pairs", r"."): (
-        "cost model: decides which exact route runs (both give the same kernel, tested), not a number"),
-    (r"x_load_fid_stats", r"allow_pickle|astype"): (
-        "allow_pickle / dtype of a float64 .npz: equivalent on the files save_fid_stats and "
-        "pytorch-fid write"),
-    (r"_kid_subsets|KIDReferenceǁscore_prepared", r"min\(|replace=None|shape\[1\]"): (
-        "equal set sizes in the subset tests (torch-fidelity's convention draws min(n1, n2, size) "
-        "rows, which the peer comparison requires equal); replace=None is falsy, as replace=False"),
-    (r"x__spearman_rows|human_agreement\.x_spearman_rows", r"mean\(axis=None|mean\(keepdims|denom > 1|errstate"): (
-        "equivalent: every row's ranks have the same mean; with 3 or more columns a non-constant "
-        "row has denominator > 1 (two columns: tested)"),
-    (r"gaussian_stats|GaussianModelǁ__init__", r"rowvar=None|ddof=None|np\.cov\(x, rowvar=False, \)"): (
-        "equivalent: np.cov's rowvar=None is falsy and ddof=None means ddof=1"),
-    (r"_singular_tol", r"initial=|max\(n, d\)|, 0\.0\)|, 1\.0\)"): (
-        "rank threshold variants: eigenvalues of a covariance are >= -rounding, so the floor and "
-        "the initial value do not change which are counted"),
-    (r"x_validate_model|x_validate_metric_params|x__positive|x__number", r"."): (
-        "configuration validation, not a number: tests/test_bad_input.py checks each bad value "
-        "(outside this run's test selection, which is the numeric tests)"),
-    (r"representations\.x_representation__", r"."): (
-        "dead code: representations.representation had no caller; removed after this run"),
-    (r"SpanCoordinatesǁquery", r"_last"): (
-        "memo of the last query: a miss recomputes the same numbers"),
-    (r"rated_(database|design)\.x_quantile_bins", r"sign = (2\.0|1\.0) if higher_is_better else -?(1|2)\.0"): (
-        "equivalent: only the order of sign * score sorts the rows; a factor 2 keeps it"),
-    (r"kadid10k\.x_impulse_noise", r"<= density|p > density"): (
-        "equivalent with probability 1: a uniform draw equals d/2 or d with probability 0"),
-    (r"rated_(database|design)\.x__check_bins", r"n_images <= bins"): (
-        "equivalent but for the message: n == bins makes bins of one image, which the caller "
-        "then refuses (fewer than 3 images per set)"),
-    (r"human_agreement\.x_fit_logistic", r"_constant\(None\) or _constant\(y\)"): (
-        "equivalent in outcome: on a constant score curve_fit starts from b4 = std/4 = 0 and "
-        "fails, so the function still returns None (tested)"),
-    (r"human_agreement\.x_fit_logistic", r"isfinite\(params\)\) and not"): (
-        "equivalent on every input we could build: finite parameters give finite values of "
-        "logistic4 on finite scores (exp overflows to inf, 1 / (1 + inf) = 0)"),
-    (r"human_agreement\.x_plcc", r"params\[0\] - params\[1\]\) \* params\[3\] < 0|params\[3\] <= 0"): (
-        "equivalent: a / b and a * b have the same sign; the ratio is 0 only when b1 == b2, "
-        "where the fitted curve is constant and the linear fallback is taken first"),
-    (r"human_agreement\.x_bootstrap_srcc", r"or True else np\.nan"): (
-        "equivalent: the mean of a group a resample emptied is NaN either way (numpy's mean of an "
-        "empty array, with a RuntimeWarning the code avoids)"),
-    (r"rated_database\.x__(full|no)_reference", r"_duplicates\(None|_records\(None|RatedDatabase\(None"): (
-        "the ratings file's path, used in error messages and kept as the database's name: "
-        "tests/test_rated_database.py checks the messages name the file, on paths through "
-        "other functions; no number depends on it"),
-    (r"rated_database\.x__full_reference", r"by_group\[\(t, float\("): (
-        "killed by tests/test_rated_sets.py::test_a_unified_type_without_levels_is_binned_and_says_so "
-        "(a whole pipeline run, outside this run's test selection)"),
-    (r"rated_database\.x_header_names", r"next\(csv\.reader\(\[line\]\), None\)"): (
-        "equivalent: a one-line csv.reader always yields a row, so the default is never used"),
-    (r"baselines\.x_value_key", r"\"(XX[a-z_]+XX|[A-Z_]+)\": "): (
-        "a field's name in the cache key (a renamed field would orphan every stored value): "
-        "written after this run and not yet rerun, tests/test_field_metrics.py::"
-        "test_baseline_values_are_cached_and_a_bad_file_is_recomputed writes the key out field by "
-        "field through cache_key, which fails on each of these"),
-    (r"human_agreement\.x_interval", r"float\(None\)|float\(\"XXnanXX\"\)"): (
-        "the interval of resamples with no finite value: written after this run and not yet "
-        "rerun, tests/test_human_agreement.py::"
-        "test_an_interval_of_no_finite_resample_is_nan_and_otherwise_numpys_percentiles "
-        "(a TypeError or ValueError under these mutants)"),
-    (r"human_agreement\.x_cluster_indices", r"rng\.integers\(n_references, size"): (
-        "equivalent: Generator.integers(n) is integers(0, n), the same draws from the same stream"),
-    (r"human_agreement\.x_interval", r"float\(\"NAN\"\)"): (
-        "equivalent: float('NAN') is NaN"),
-    (r"human_agreement\.x_comparison_components", r"directed=(True|None)|> 0\), \)"): (
-        "equivalent: connected_components' directed=True takes connection='weak' by default, which "
-        "is the undirected graph's components; directed=None is falsy"),
-    (r"sweep\.x_schedule", r"XXmodelXX|MODEL|XXgeometryXX|GEOMETRY|XXmetricXX|METRIC"): (
-        "equivalent: the tag of a unit's key only keeps model, distance and metric keys apart; "
-        "any other spelling keeps them apart too"),
-    (r"sweep\.x_schedule", r"jobs >= 1"): (
-        "equivalent: with one job k = min(1, units) = 1 either way"),
-    (r"weight_sources\.x_download_file", r"headers\.get\(\"(content-length|content-type|CONTENT-LENGTH|CONTENT-TYPE)\"\)"): (
-        "equivalent: HTTP header names are case-insensitive (http.client's message)"),
-    (r"weight_sources\.x_download_file", r"read1\("): (
-        "the size of one read: the same bytes in other chunks (the file of several reads is tested)"),
-    (r"weight_sources\.x_download_file", r"monotonic\(\) >= deadline"): (
-        "equivalent with probability 1: the clock equals the deadline at one instant"),
-    (r"weight_sources\.x_download_file", r"suppress\(None\)"): (
-        "the clean-up of a failed download: suppress(None) suppresses nothing, and removing the "
-        "partial file and the folders this download made does not fail in any test"),
-    (r"weight_sources\.x_read_state_dict", r"simplefilter"): (
-        "a warning filter: what is printed, not what is read"),
-    (r"weight_sources\.x_read_state_dict", r"map_location=None|weights_only=None|torch\.load\(path, (weights_only=True|map_location=\"cpu\", )\)"): (
-        "equivalent here: weights_only is True by default since torch 2.6 (None means the default) "
-        "and a checkpoint saved from the CPU loads there without map_location; weights_only=False "
-        "is killed (a pickle of code is refused, tested)"),
-    (r"pixel_metrics\.x_ssim", r"shape\[\+2:\]"): (
-        "equivalent: the luminance is (n, 1, H, W), whose shape[2:] is shape[-2:]"),
-    (r"pixel_metrics\.x_ssim", r"<= SSIM_WIN"): (
-        "an image of exactly one window: written after this run and not yet rerun, "
-        "tests/test_field_metrics.py::test_ssim_takes_images_of_one_window_and_refuses_smaller_ones "
-        "scores 11-px images"),
-    (r"neighbour_metrics\.x_realism_scores", r"."): (
-        "the realism score of each row: written after this run and not yet rerun, "
-        "tests/test_field_metrics.py::test_the_realism_score_of_each_row_by_hand (no test of the "
-        "selection called the function itself; RealismReference, which it wraps, was tested)"),
-    (r"rated_database\.x__inside", r"_exists\((None, line|path, None|path, line, full, None)"): (
-        "the file, line and noun named in the message of a missing image: a message, no number "
-        "(tests/test_rated_database.py checks these messages through the formats' readers)"),
-    (r"rated_database\.x__unified", r"(0\.0 if \(lv is None\) and False|1\.0 if lv is None)"): (
-        "equivalent: the level of an image whose name carries none is a placeholder; its type is "
-        "binned and the bins replace it (tested: test_a_unified_type_without_levels_is_binned_alone…)"),
-    (r"rated_database\.xǁRatedDatabaseǁratings", r"complete=None"): (
-        "equivalent: None and False are both falsy where `complete` is read"),
-}
+# mutants read one by one, each group with why it survives: tests/mutation_reviewed.json, a list of
+# {"function": pattern of the mutant's name, "line": pattern of the mutated line, "reason": ...}
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mutation_reviewed.json"),
+          encoding="utf-8") as _f:
+    REVIEWED = {(row["function"], row["line"]): row["reason"] for row in json.load(_f)}
 
 KINDS = [
     ("message", "text of an error or log message (no number depends on it)"),
