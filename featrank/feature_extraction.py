@@ -258,15 +258,16 @@ def forward_bytes(backbone, paths) -> tuple[int, int] | None:
 
 def check_memory(backbone, paths, dev, batch_size: int, *, images: int, working_size: int | None = None,
                  workers: int = 0, unit_images: int = 0, store_itemsize: int = 4,
-                 flag: str = "--batch-size", loader: bool = True) -> None:
+                 flag: str = "--batch-size", loader: bool = True, est=False) -> None:
     """Before an extraction of `images` images starts: the memory it will hold, against
     MEMORY_SHARE of what its device (and, for the loader and the cache files, the host) has free.
     Per image of a batch: the forward pass (forward_bytes), the input tensor, and in the
     DataLoader's queue (`loader`) the decoded image (`working_size`; None: files read as they
     are) and its tensor; once: the decoded images kept per process, and two cache files of `unit_images`
     rows of the captured layers in the cache's dtype. Where it cannot fit, a UsageError names
-    the largest batch (`flag`) that does, or the sizes to lower when one image does not fit."""
-    est = forward_bytes(backbone, paths)
+    the largest batch (`flag`) that does, or the sizes to lower when one image does not fit.
+    `est`: forward_bytes(backbone, paths) computed before (a caller that checks every batch)."""
+    est = forward_bytes(backbone, paths) if est is False else est
     if est is None:
         return
     peak, captured = est

@@ -113,6 +113,7 @@ class FeatureMetric:
         self.backbone = build_backbone(self.conf.backbone, ext.weights, ext.seed, ext.image_size,
                                        allow_download=False)
         self.batch_size = ext.batch_size
+        self._forward_bytes = False          # the memory estimate's, made at the first batch
         t, metric = self.conf.transform, self.conf.metric
         self.running = not keep_rows and metric == "fid" and not (
             t.use_gram or t.use_pca or t.standardize or t.l2_normalize)
@@ -232,7 +233,8 @@ class FeatureMetric:
         """The configuration's rows (n, d) of (B, 3, H, W) images (uint8, or float in [0, 1]),
         before post-processing, computed in batches of `batch_size` as given."""
         import torch
-        from featrank.feature_extraction import capture_layers, check_memory, resize, run_captured
+        from featrank.feature_extraction import (capture_layers, check_memory, forward_bytes, resize,
+                                                 run_captured)
         from featrank import gram_engine as ge
         from featrank import representations as rp
         from featrank.feature_extraction import cpu_threads
@@ -240,8 +242,10 @@ class FeatureMetric:
         # a channels-last view round differently
         x = check_images(images, "FeatureMetric.features").contiguous()
         lc, t = self.conf.layer_config, self.conf.transform
+        if self._forward_bytes is False:    # one meta forward pass per metric, not per update
+            self._forward_bytes = forward_bytes(self.backbone, lc.paths)
         check_memory(self.backbone, lc.paths, x.device, min(self.batch_size, len(x)), images=len(x),
-                     flag="settings['batch_size']", loader=False)
+                     flag="settings['batch_size']", loader=False, est=self._forward_bytes)
         module = self.backbone.module.to(x.device)
         threads = torch.get_num_threads()
         if x.device.type == "cpu":      # the extraction's thread count: CPU sums depend on it
