@@ -12,13 +12,34 @@ DURATIONS = os.path.join(ROOT, "tests", "durations.json")
 # Tests never touch the network: Hugging Face libraries read only their cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# pytest.ini runs the suite in two pytest-xdist workers: each then computes on one thread (torch,
-# BLAS, OpenMP, and the processes a test starts), so that two workers do not run four threads
-# on two cores. Run alone (-n 0), a test has two.
-THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
-if THREADS == 1:
+
+
+def _worker_cores() -> set:
+    """The cores of this pytest-xdist worker: its share of the machine's (worker i of n takes
+    every n-th core from the i-th), all of them outside xdist. pytest.ini runs two workers."""
+    if not hasattr(os, "sched_getaffinity"):          # macOS: no affinity to share out
+        return set(range(os.cpu_count() or 1))
+    cores = sorted(os.sched_getaffinity(0))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or len(cores) < 2:
+        return set(cores)
+    index = int(worker[2:])
+    return set(cores[index % min(count, len(cores))::min(count, len(cores))])
+
+
+# Each worker runs on its own cores, pinned before torch starts its threads: the tool's "auto"
+# settings (extraction_threads, jobs, DataLoader workers) follow a process's CPU affinity, so
+# that a test and the processes it starts compute on the worker's cores only. Two workers that
+# each ran an "auto" extraction on both cores of a 2-core machine took 2.5 times as long as
+# pinned ones (the FID-paper run of pool3, twice at once: 43 s against 17 s, 2026-12-06).
+CORES = _worker_cores()
+if hasattr(os, "sched_setaffinity") and CORES != os.sched_getaffinity(0):
+    os.sched_setaffinity(0, CORES)
+THREADS = len(CORES)
+if os.environ.get("PYTEST_XDIST_WORKER"):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
+        os.environ[var] = str(THREADS)
 
 
 def pytest_addoption(parser):
