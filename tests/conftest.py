@@ -36,7 +36,10 @@ def _worker_cores() -> set:
 CORES = _worker_cores()
 if hasattr(os, "sched_setaffinity") and CORES != os.sched_getaffinity(0):
     os.sched_setaffinity(0, CORES)
-THREADS = len(CORES)
+# outside xdist, a caller that runs several pytest processes at once (tests/mutation.sh) sets
+# OMP_NUM_THREADS to each one's share
+THREADS = len(CORES) if os.environ.get("PYTEST_XDIST_WORKER") else \
+    max(1, min(len(CORES), int(os.environ.get("OMP_NUM_THREADS") or len(CORES))))
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(THREADS)

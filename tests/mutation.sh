@@ -29,5 +29,8 @@ elif [ "$#" -gt 0 ]; then
   GLOBS=("$@")
 fi
 rm -rf mutants
+# each of the JOBS test processes computes on its share of the cores (tests/conftest.py reads it)
+cores=$(nproc)
+export OMP_NUM_THREADS=$(( cores / ${JOBS:-2} > 0 ? cores / ${JOBS:-2} : 1 ))
 .venv/bin/mutmut run --max-children "${JOBS:-2}" "${GLOBS[@]}"
 .venv/bin/mutmut results
