@@ -351,6 +351,12 @@ def test_rgb_ssim_and_ms_ssim_equal_pytorch_msssim():
         np.testing.assert_allclose(dm.ssim_rgb(x, y), want, rtol=0, atol=1e-6)
         want = pm.ms_ssim(_torch_pixels(x), _torch_pixels(y), data_range=255, size_average=False).numpy()
         np.testing.assert_allclose(dm.ms_ssim_rgb(x, y), want, rtol=0, atol=1e-6)
+    # an image against its negative: the contrast-structure map is negative almost everywhere,
+    # and pytorch_msssim's SSIM keeps it so (no clamp at 0, unlike pyiqa's): a negative score
+    x = _image_pairs(2, (2, 64, 48, 3))[0]
+    want = pm.ssim(_torch_pixels(x), _torch_pixels(255 - x), data_range=255, size_average=False).numpy()
+    assert (want < -0.5).all(), want
+    np.testing.assert_allclose(dm.ssim_rgb(x, 255 - x), want, rtol=0, atol=1e-6)
     small = _image_pairs(shape=(1, 40, 40, 3))
     want = pm.ssim(_torch_pixels(small[0]), _torch_pixels(small[1]), data_range=255, size_average=False)
     np.testing.assert_allclose(dm.ssim_rgb(*small), want.numpy(), atol=1e-6)
@@ -376,6 +382,23 @@ def _photographs():
 DISTORTIONS = [("gaussian_blur", 1.0), ("gaussian_blur", 3.0), ("gaussian_noise", 10),
                ("gaussian_noise", 50), ("jpeg_compression", 10), ("jpeg_compression", 50),
                ("downsample_upsample", 3), ("blur_plus_contrast", [2.0, 0.6])]
+
+
+def test_every_ssim_of_flat_images_is_the_luminance_term_in_closed_form():
+    """Two flat images of grey levels a and b have no variance: the contrast-structure term is
+    (0 + C2) / (0 + C2) = 1 at every scale, and SSIM is the luminance term alone,
+    (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 * 255)^2 = 6.5025 (Wang et al. 2004, eq. 13);
+    MS-SSIM is that term at the coarsest scale to the power 0.1333 (Wang et al. 2003, eq. 7).
+    Dark levels, where C1 weighs: grey has the same luminance (0.299 + 0.587 + 0.114 = 1)."""
+    c1 = (0.01 * 255) ** 2
+    for a, b in ((0, 3), (2, 7), (40, 50), (9, 9)):
+        x, y = (np.full((1, 192, 192, 3), v, np.uint8) for v in (a, b))
+        term = (2 * a * b + c1) / (a * a + b * b + c1)
+        for name, f in (("ssim", dm.ssim), ("ssim_rgb", dm.ssim_rgb)):
+            assert f(x, y) == pytest.approx([term], rel=1e-12), (name, a, b)
+        for name, f in (("ms_ssim", dm.ms_ssim), ("ms_ssim_rgb", dm.ms_ssim_rgb)):
+            assert f(x, y) == pytest.approx([term ** 0.1333], rel=1e-12), (name, a, b)
+    assert (2 * 0 * 3 + c1) / (0 + 9 + c1) == pytest.approx(0.41945, abs=1e-5)
 
 
 def test_ssim_and_ms_ssim_are_the_literatures_as_pyiqa_computes_them():
