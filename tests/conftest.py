@@ -14,18 +14,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
 def _worker_cores() -> set:
     """The cores of this pytest-xdist worker: its share of the machine's (worker i of n takes
     every n-th core from the i-th), all of them outside xdist. pytest.ini runs two workers."""
     if not hasattr(os, "sched_getaffinity"):          # macOS: no affinity to share out
         return set(range(os.cpu_count() or 1))
     cores = sorted(os.sched_getaffinity(0))
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if not worker.startswith("gw") or count < 2 or len(cores) < 2:
+    shares = min(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), len(cores))
+    if not WORKER.startswith("gw") or shares < 2:
         return set(cores)
-    index = int(worker[2:])
-    return set(cores[index % min(count, len(cores))::min(count, len(cores))])
+    return set(cores[int(WORKER[2:]) % shares::shares])
 
 
 # Each worker runs on its own cores, pinned before torch starts its threads: the tool's "auto"
@@ -36,11 +37,10 @@ def _worker_cores() -> set:
 CORES = _worker_cores()
 if hasattr(os, "sched_setaffinity") and CORES != os.sched_getaffinity(0):
     os.sched_setaffinity(0, CORES)
-# outside xdist, a caller that runs several pytest processes at once (tests/mutation.sh) sets
-# OMP_NUM_THREADS to each one's share
-THREADS = len(CORES) if os.environ.get("PYTEST_XDIST_WORKER") else \
-    max(1, min(len(CORES), int(os.environ.get("OMP_NUM_THREADS") or len(CORES))))
-if os.environ.get("PYTEST_XDIST_WORKER"):
+# torch and BLAS threads: the worker's cores, or fewer where the caller says so (tests/mutation.sh
+# sets OMP_NUM_THREADS to the share of each of the test processes it runs at once)
+THREADS = max(1, min(len(CORES), int(os.environ.get("OMP_NUM_THREADS") or len(CORES))))
+if WORKER:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(THREADS)
 
@@ -82,7 +82,7 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session):
     """--store-durations: the process that saw every test (xdist's controller, or the only one)
     writes the seconds of the files it ran into the table; files it did not run keep theirs."""
-    if not session.config.getoption("--store-durations") or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not session.config.getoption("--store-durations") or WORKER:
         return
     try:
         with open(DURATIONS) as f:
@@ -101,7 +101,7 @@ def pytest_configure(config):
     workers would otherwise compile and write that cache at once, and one read the other's
     half-written file: a worker aborted inside LLVM that way (CI, 2026-12-03). A session without
     workers (-n 0, or an inner suite of a test) has no race and skips it."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+    if WORKER or not getattr(config.option, "numprocesses", None):
         return
     try:
         import dcor  # noqa: F401

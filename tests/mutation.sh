@@ -30,7 +30,7 @@ elif [ "$#" -gt 0 ]; then
 fi
 rm -rf mutants
 # each of the JOBS test processes computes on its share of the cores (tests/conftest.py reads it)
-cores=$(nproc)
-export OMP_NUM_THREADS=$(( cores / ${JOBS:-2} > 0 ? cores / ${JOBS:-2} : 1 ))
-.venv/bin/mutmut run --max-children "${JOBS:-2}" "${GLOBS[@]}"
+jobs=${JOBS:-2}
+export OMP_NUM_THREADS=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
+.venv/bin/mutmut run --max-children "$jobs" "${GLOBS[@]}"
 .venv/bin/mutmut results
